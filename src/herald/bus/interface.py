@@ -1,0 +1,85 @@
+"""The message bus contract: the in-process bus and Kafka both implement it.
+
+Topics hold keyed messages; a key (the user id) always maps to the same partition, so one
+user's messages keep their order. Consumers join a group; the group's partitions are shared
+among its live members and rebalanced when one joins or leaves. Consumption is
+at-least-once: a consumer commits after it has recorded its work, and whatever was handed
+out but not committed is handed out again (to the same group) after a restart or rebalance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from herald.domain.channels import Channel
+
+NOTIFICATIONS_TOPIC = "herald.notifications"
+
+
+def deliveries_topic(channel: Channel | str) -> str:
+    return f"herald.deliveries.{channel}"
+
+
+ALL_TOPICS: tuple[str, ...] = (NOTIFICATIONS_TOPIC, *(deliveries_topic(c) for c in Channel))
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A message to publish."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as consumed, with where it came from (for commits)."""
+
+    topic: str
+    key: str
+    value: bytes
+    partition: int
+    offset: int
+
+
+class BusUnavailable(RuntimeError):
+    """The bus cannot be reached (broker down); the caller should pause and retry."""
+
+
+class Consumer(Protocol):
+    async def poll(self, max_messages: int = 500, timeout: float = 1.0) -> list[Message]:
+        """Up to max_messages, waiting at most `timeout` seconds for the first one."""
+        ...
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Mark these (and everything before them in their partitions) as done."""
+        ...
+
+    async def close(self) -> None:
+        """Leave the group; uncommitted messages go to the remaining members."""
+        ...
+
+
+class Bus(Protocol):
+    async def start(self) -> None:
+        """Connect and create the topics when missing. Raises BusUnavailable."""
+        ...
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        """Returns once every record is durably stored (acks=all on Kafka)."""
+        ...
+
+    def consumer(self, topics: Sequence[str], group: str) -> Consumer:
+        """A new member of `group` reading `topics`."""
+        ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    def describe(self) -> str:
+        """One line for the startup banner."""
+        ...

@@ -1,0 +1,117 @@
+"""Configuration: HERALD_* environment variables, or the same keys in a TOML file
+(HERALD_CONFIG_FILE, default ./herald.toml when present). Environment wins over the file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="ignore")
+
+    data_dir: Path = Path(".herald")
+    database_url: str | None = None
+    kafka_bootstrap: str | None = None
+    kafka_partitions: int = 12
+    api_key: str | None = None
+    public_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secret_key: str | None = None
+    log_level: str = "INFO"
+    log_format: str = "auto"  # auto (JSON unless a terminal), json, console
+
+    # Delivery behaviour
+    lease_seconds: float = 30.0
+    max_attempts: int = 8
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 3600.0
+    circuit_cooldown_seconds: float = 30.0
+    sweep_stale_after_seconds: float = 300.0
+    events_retention_days: int = 30
+    worker_concurrency: int = 200
+    rate_limits: dict[str, float] = Field(default_factory=dict)  # provider name -> msg/s
+
+    # Providers
+    ca_file: Path | None = None
+    email_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sms_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    fcm_credentials: Path | None = None
+    fcm_base_url: str = "https://fcm.googleapis.com"
+
+    apns_key_file: Path | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_base_url: str = "https://api.push.apple.com"
+
+    vapid_private_key: str | None = None
+    vapid_subject: str | None = None
+
+    email_from: str = "Herald <herald@localhost>"
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = True
+    smtp_tls: bool = False
+
+    ses_region: str = "us-east-1"
+    ses_endpoint_url: str | None = None
+
+    sendgrid_api_key: str | None = None
+    sendgrid_base_url: str = "https://api.sendgrid.com"
+    sendgrid_webhook_key: str | None = None
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from: str | None = None
+    twilio_base_url: str = "https://api.twilio.com"
+
+    @field_validator("email_providers", "sms_providers", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("HERALD_CONFIG_FILE", "herald.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'herald.db').resolve()}"
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.effective_database_url.startswith(("postgresql", "postgres"))

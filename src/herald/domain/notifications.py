@@ -1,0 +1,36 @@
+"""Notifications as accepted from the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from herald.domain.channels import Channel, Priority
+
+
+class NotificationState(StrEnum):
+    ACCEPTED = "accepted"
+    ROUTED = "routed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class Notification:
+    id: str
+    user_id: str
+    category: str
+    priority: Priority
+    title: str | None
+    body: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+    channels: tuple[Channel, ...] | None = None
+    ttl_seconds: int | None = None
+    send_at: datetime | None = None
+    template: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    collapse_key: str | None = None
+    idempotency_key: str | None = None
+    state: NotificationState = NotificationState.ACCEPTED
+    created_at: datetime | None = None

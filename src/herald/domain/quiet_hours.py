@@ -1,0 +1,84 @@
+"""Quiet hours: a local-time window, possibly across midnight, in the user's IANA time zone.
+
+A window [start, end) is compared against the user's wall-clock time. Instants are UTC.
+DST: an end time that does not exist on a spring-forward day ends the window at the first
+instant whose wall time is past it (the transition); an end time that occurs twice on a
+fall-back day ends it at the first occurrence after now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    start: time
+    end: time
+
+    def __post_init__(self) -> None:
+        if self.start == self.end:
+            raise ValueError("quiet hours start and end must differ")
+
+    @property
+    def crosses_midnight(self) -> bool:
+        return self.start > self.end
+
+    def contains_wall_time(self, wall: time) -> bool:
+        if self.crosses_midnight:
+            return wall >= self.start or wall < self.end
+        return self.start <= wall < self.end
+
+    def is_quiet(self, instant: datetime, zone: ZoneInfo) -> bool:
+        wall = instant.astimezone(zone).time().replace(tzinfo=None)
+        return self.contains_wall_time(wall)
+
+    def window_end(self, instant: datetime, zone: ZoneInfo) -> datetime:
+        """The first instant at or after `instant` that is outside the window (UTC)."""
+        if not self.is_quiet(instant, zone):
+            return instant
+        local_date = instant.astimezone(zone).date()
+        candidates: list[datetime] = []
+        for day in range(3):
+            naive = datetime.combine(local_date + timedelta(days=day), self.end)
+            for fold in (0, 1):
+                at = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+                if at > instant and not self.is_quiet(at, zone):
+                    candidates.append(_earliest_outside(self, zone, instant, at))
+        return min(candidates)
+
+
+def _earliest_outside(
+    window: QuietHours, zone: ZoneInfo, after: datetime, outside: datetime
+) -> datetime:
+    """Move `outside` back to the first non-quiet instant, for end times inside a DST gap.
+
+    Within the hour before `outside`, quiet and not-quiet form one boundary, so a binary
+    search to the second finds it.
+    """
+    low = max(after, outside - timedelta(hours=1))
+    if not window.is_quiet(low, zone):
+        return outside if low == after else low
+    high = outside
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if window.is_quiet(middle, zone):
+            low = middle
+        else:
+            high = middle
+    return high.replace(microsecond=0) if not window.is_quiet(
+        high.replace(microsecond=0), zone
+    ) else high
+
+
+def parse_wall_time(text: str) -> time:
+    """'HH:MM' (24 h) to a time; raises ValueError with a message for anything else."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) == 2 for p in parts):
+        raise ValueError(f"time must be HH:MM (24-hour), got {text!r}")
+    hour, minute = int(parts[0]), int(parts[1])
+    if hour > 23 or minute > 59:
+        raise ValueError(f"time must be between 00:00 and 23:59, got {text!r}")
+    return time(hour, minute)

@@ -1,0 +1,32 @@
+"""Users and their devices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from herald.domain.channels import Platform
+
+
+@dataclass(slots=True)
+class User:
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    timezone: str = "UTC"
+    locale: str = "en"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Device:
+    id: str
+    user_id: str
+    platform: Platform
+    token: str
+    active: bool = True
+    subscription: dict[str, Any] | None = None
+    deactivated_reason: str | None = None
+    created_at: datetime | None = None
