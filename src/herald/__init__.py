@@ -1,1 +1,3 @@
-"""Herald."""
+"""Herald: multi-channel notifications for applications."""
+
+__version__ = "0.1.0"

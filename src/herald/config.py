@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     kafka_bootstrap: str | None = None
     kafka_partitions: int = 12
+    kafka_topic_prefix: str = ""
     api_key: str | None = None
     public_url: str | None = None
     host: str = "127.0.0.1"

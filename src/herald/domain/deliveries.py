@@ -88,6 +88,7 @@ class Delivery:
     policy: DeliveryPolicy
     priority: Priority
     payload: dict[str, Any]
+    category: str = "default"
     attempts: int = 0
     provider: str | None = None
     platform: str | None = None

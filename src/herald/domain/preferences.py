@@ -108,7 +108,9 @@ def _quiet_until(window: QuietHours | None, zone: ZoneInfo, at: datetime) -> dat
     return window.window_end(at, zone)
 
 
-def _send_or_schedule(channel: Channel, not_before: datetime | None, reason: str) -> ChannelDecision:
+def _send_or_schedule(
+    channel: Channel, not_before: datetime | None, reason: str
+) -> ChannelDecision:
     if not_before is None:
         return ChannelDecision(channel, Verdict.SEND)
     return ChannelDecision(channel, Verdict.DEFER, reason, not_before)

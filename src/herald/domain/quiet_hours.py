@@ -68,9 +68,11 @@ def _earliest_outside(
             low = middle
         else:
             high = middle
-    return high.replace(microsecond=0) if not window.is_quiet(
-        high.replace(microsecond=0), zone
-    ) else high
+    return (
+        high.replace(microsecond=0)
+        if not window.is_quiet(high.replace(microsecond=0), zone)
+        else high
+    )
 
 
 def parse_wall_time(text: str) -> time:

@@ -1,0 +1,153 @@
+"""The HTTP API: a FastAPI application over one Runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from herald import __version__
+from herald.api import errors
+from herald.api.routes import admin, inbox, notifications, ops, users
+from herald.runtime import Runtime
+
+ROUTE_MODULES = (users, notifications, inbox, admin, ops)
+DEFAULT_BODY_LIMIT = 1 * 1024 * 1024
+BATCH_BODY_LIMIT = 16 * 1024 * 1024
+
+
+class BodyLimit:
+    """Refuses a body over the limit before reading it whole: at once from Content-Length,
+    or as soon as a chunked body passes the limit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = BATCH_BODY_LIMIT if scope["path"].endswith("/batch") else DEFAULT_BODY_LIMIT
+        length = _content_length(scope)
+        if length is not None and length > limit:
+            await _too_large(send, limit)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, limit)
+
+
+class JsonOnly:
+    """The API speaks JSON: a body without a Content-Type is read as JSON, a body of
+    another type gets a 415 that says so. Webhooks keep their providers' own types."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(("/v1/webhooks/", "/v1/unsubscribe")):
+            await self.app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+        content_type = dict(scope.get("headers", [])).get(b"content-type")
+        if content_type is not None and not content_type.split(b";")[0].strip().endswith(b"json"):
+            body = errors.error_response(
+                415,
+                "unsupported_media_type",
+                f"send JSON with Content-Type: application/json (got {content_type.decode(errors='replace')})",
+            ).body
+            await _send_json(send, 415, body)
+            return
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = errors.error_response(
+        413, "payload_too_large", f"request body is over {limit} bytes"
+    ).body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="Herald",
+        version=__version__,
+        description="Multi-channel notifications: push, email, SMS and in-app.",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    errors.install(app)
+    for module in ROUTE_MODULES:
+        app.include_router(module.router)
+    app.add_middleware(JsonOnly)
+    app.add_middleware(BodyLimit)
+    return app
+
+
+def route_scopes() -> dict[tuple[str, str], str]:
+    """(method, path) -> the auth rule guarding it, for the auth table test."""
+    table: dict[tuple[str, str], str] = {}
+    for route in (r for module in ROUTE_MODULES for r in module.router.routes):
+        if not isinstance(route, APIRoute):
+            continue
+        rules = [getattr(d.call, "scope_rule", None) for d in route.dependant.dependencies]
+        rule = next((r for r in rules if r), "none")
+        for method in route.methods:
+            table[(method, route.path)] = rule
+    return table
+
+
+__all__: list[Any] = ["create_app", "route_scopes"]

@@ -1,0 +1,198 @@
+"""Templates, categories, suppressions, API keys and the sandbox outbox."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from herald.api.deps import RuntimeDep, require
+from herald.api.errors import ApiError, not_found
+from herald.api.schemas import CategoryIn, KeyIn, Name, SuppressionIn, TemplateIn
+from herald.security import generate_key
+from herald.storage import InvalidCursor, Page, Suppression
+from herald.templates import Template, TemplateError
+
+router = APIRouter(prefix="/v1", tags=["admin"])
+Limit = Annotated[int, Query(ge=1, le=200)]
+Cursor = Annotated[str | None, Query(max_length=500)]
+
+
+@router.put("/templates/{name}", dependencies=[require("manage")])
+async def put_template(
+    name: Name, body: TemplateIn, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    definition = body.model_dump(mode="json")
+    try:
+        Template.from_json(definition).validate()
+    except TemplateError as error:
+        raise ApiError(
+            422,
+            "template_error",
+            f"template does not compile: {error}",
+            [{"field": error.where, "message": error.message}],
+        ) from None
+    created = await rt.store.put_template(name, definition)
+    response.status_code = 201 if created else 200
+    return {"name": name, **definition}
+
+
+@router.get("/templates/{name}", dependencies=[require("read")])
+async def get_template(name: Name, rt: RuntimeDep) -> dict[str, Any]:
+    definition = await rt.store.get_template(name)
+    if definition is None:
+        raise not_found("template")
+    return {"name": name, **definition}
+
+
+@router.delete("/templates/{name}", status_code=204, dependencies=[require("manage")])
+async def delete_template(name: Name, rt: RuntimeDep) -> Response:
+    if not await rt.store.delete_template(name):
+        raise not_found("template")
+    return Response(status_code=204)
+
+
+@router.get("/templates", dependencies=[require("read")])
+async def list_templates(rt: RuntimeDep) -> dict[str, Any]:
+    return {
+        "items": [{"name": n, **d} for n, d in await rt.store.list_templates()],
+        "next_cursor": None,
+    }
+
+
+@router.put("/categories/{name}", dependencies=[require("manage")])
+async def put_category(
+    name: Name, body: CategoryIn, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    definition = body.model_dump(mode="json")
+    created = await rt.store.put_category(name, definition)
+    response.status_code = 201 if created else 200
+    return {"name": name, **definition}
+
+
+@router.get("/categories/{name}", dependencies=[require("read")])
+async def get_category(name: Name, rt: RuntimeDep) -> dict[str, Any]:
+    definition = await rt.store.get_category(name)
+    if definition is None:
+        raise not_found("category")
+    return {"name": name, **definition}
+
+
+@router.get("/categories", dependencies=[require("read")])
+async def list_categories(rt: RuntimeDep) -> dict[str, Any]:
+    return {
+        "items": [{"name": n, **d} for n, d in await rt.store.list_categories()],
+        "next_cursor": None,
+    }
+
+
+def _suppression(s: Suppression) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "channel": s.channel,
+        "address": s.address,
+        "reason": s.reason,
+        "created_at": s.created_at,
+    }
+
+
+@router.get("/suppressions", dependencies=[require("read")])
+async def list_suppressions(
+    rt: RuntimeDep,
+    channel: Annotated[str | None, Query(pattern="^(email|sms)$")] = None,
+    address: Annotated[str | None, Query(max_length=320)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    page = await _paged(rt.store.list_suppressions(channel, address, limit, cursor))
+    return {"items": [_suppression(s) for s in page.items], "next_cursor": page.next_cursor}
+
+
+@router.post("/suppressions", dependencies=[require("manage")])
+async def add_suppression(
+    body: SuppressionIn, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    suppression, created = await rt.store.add_suppression(body.channel, body.address, body.reason)
+    response.status_code = 201 if created else 200
+    return _suppression(suppression)
+
+
+@router.delete("/suppressions/{suppression_id}", status_code=204, dependencies=[require("manage")])
+async def delete_suppression(suppression_id: str, rt: RuntimeDep) -> Response:
+    if not await rt.store.delete_suppression(suppression_id):
+        raise not_found("suppression")
+    return Response(status_code=204)
+
+
+@router.post("/keys", status_code=201, dependencies=[require("admin")])
+async def create_key(body: KeyIn, rt: RuntimeDep) -> dict[str, Any]:
+    key = generate_key()
+    record = await rt.store.create_api_key(
+        key.id, key.secret_hash, sorted(set(body.scopes)), body.name
+    )
+    return {
+        "id": record.id,
+        "key": key.token,
+        "scopes": list(record.scopes),
+        "name": record.name,
+        "created_at": record.created_at,
+    }
+
+
+@router.get("/keys", dependencies=[require("admin")])
+async def list_keys(rt: RuntimeDep) -> dict[str, Any]:
+    return {
+        "items": [
+            {
+                "id": k.id,
+                "scopes": list(k.scopes),
+                "name": k.name,
+                "created_at": k.created_at,
+                "revoked": k.revoked_at is not None,
+            }
+            for k in await rt.store.list_api_keys()
+        ],
+        "next_cursor": None,
+    }
+
+
+@router.delete("/keys/{key_id}", status_code=204, dependencies=[require("admin")])
+async def revoke_key(key_id: str, rt: RuntimeDep) -> Response:
+    if not await rt.store.revoke_api_key(key_id):
+        raise not_found("active key")
+    return Response(status_code=204)
+
+
+@router.get("/sandbox/messages", dependencies=[require("read")])
+async def sandbox_messages(
+    rt: RuntimeDep,
+    channel: Annotated[str | None, Query(pattern="^(push|email|sms|in_app)$")] = None,
+    user_id: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    page = await _paged(rt.store.list_sandbox_messages(channel, user_id, limit, cursor))
+    return {
+        "items": [
+            {
+                "id": m.id,
+                "channel": m.channel,
+                "provider": m.provider,
+                "user_id": m.user_id,
+                "delivery_id": m.delivery_id,
+                "target": m.target,
+                "payload": m.payload,
+                "created_at": m.created_at,
+            }
+            for m in page.items
+        ],
+        "next_cursor": page.next_cursor,
+    }
+
+
+async def _paged(pending: Any) -> Page[Any]:
+    try:
+        page: Page[Any] = await pending
+    except InvalidCursor as error:
+        raise ApiError(400, "invalid_cursor", str(error)) from None
+    return page

@@ -1,0 +1,98 @@
+"""The in-app inbox: pages, unread count, read marks, and a live Server-Sent Events stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from herald.api.deps import RuntimeDep, require, require_inbox_access
+from herald.api.errors import ApiError, not_found
+from herald.api.schemas import UserId
+from herald.metrics import METRICS
+from herald.providers.inbox import inbox_item_json
+from herald.storage import InvalidCursor
+
+router = APIRouter(prefix="/v1/users/{user_id}", tags=["inbox"])
+INBOX_TOKEN_TTL = timedelta(hours=12)
+KEEPALIVE_SECONDS = 15.0
+
+
+@router.post("/inbox-token", dependencies=[require("manage")])
+async def inbox_token(user_id: UserId, rt: RuntimeDep) -> dict[str, str]:
+    if await rt.store.get_user(user_id) is None:
+        raise not_found("user")
+    token, expires_at = rt.signer.inbox_token(user_id, rt.clock.now(), INBOX_TOKEN_TTL)
+    return {"token": token, "expires_at": expires_at.isoformat()}
+
+
+@router.get("/inbox", dependencies=[require_inbox_access("read")])
+async def list_inbox(
+    user_id: UserId,
+    rt: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    unread_only: bool = False,
+) -> dict[str, Any]:
+    try:
+        page, unread = await rt.store.list_inbox(user_id, limit, cursor, unread_only)
+    except InvalidCursor as error:
+        raise ApiError(400, "invalid_cursor", str(error)) from None
+    return {
+        "items": [inbox_item_json(item) for item in page.items],
+        "unread_count": unread,
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.post("/inbox/read-all", dependencies=[require_inbox_access("manage")])
+async def read_all(user_id: UserId, rt: RuntimeDep) -> dict[str, int]:
+    return {"marked": await rt.store.mark_inbox_read(user_id, None)}
+
+
+@router.post("/inbox/{item_id}/read", dependencies=[require_inbox_access("manage")])
+async def read_one(user_id: UserId, item_id: str, rt: RuntimeDep) -> Response:
+    if not await rt.store.inbox_item_exists(user_id, item_id):
+        raise not_found("inbox item")
+    await rt.store.mark_inbox_read(user_id, item_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/inbox/stream",
+    dependencies=[require_inbox_access("read")],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream(user_id: UserId, rt: RuntimeDep, request: Request) -> StreamingResponse:
+    """One `inbox` event per new item, as it is stored; a comment line every 15 s keeps
+    proxies from closing an idle stream."""
+
+    async def events() -> AsyncIterator[bytes]:
+        async with rt.hub.subscribe(user_id) as queue:
+            METRICS.inbox_streams.inc()
+            try:
+                yield b": connected\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    except TimeoutError:
+                        yield b": keepalive\n\n"
+                        continue
+                    yield b"id: %s\nevent: inbox\ndata: %s\n\n" % (
+                        str(item.get("id")).encode(),
+                        orjson.dumps(item),
+                    )
+            finally:
+                METRICS.inbox_streams.dec()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

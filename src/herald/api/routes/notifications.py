@@ -1,0 +1,249 @@
+"""Notifications: accept (single and batch, idempotent), read back with deliveries and log."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from pydantic import ValidationError
+
+from herald.api.deps import RuntimeDep, require
+from herald.api.errors import ApiError, not_found, validation_details
+from herald.api.schemas import (
+    AcceptedOut,
+    BatchIn,
+    BatchItemIn,
+    DeliveryOut,
+    EventOut,
+    NotificationIn,
+    NotificationOut,
+)
+from herald.domain import Notification, mask_target
+from herald.metrics import METRICS
+from herald.runtime import Runtime
+from herald.storage import AcceptResult, NewNotification, new_id
+from herald.templates import Template, TemplateError
+from herald.util import canonical_hash
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    body: NotificationIn
+    key: str
+
+
+def _new_notification(candidate: _Candidate) -> NewNotification:
+    body = candidate.body
+    content = body.model_dump(mode="json", exclude={"idempotency_key"})
+    notification = Notification(
+        id=new_id(),
+        user_id=body.user_id,
+        category=body.category,
+        priority=body.priority,
+        title=body.title,
+        body=body.body,
+        data=body.data,
+        channels=tuple(body.channels) if body.channels is not None else None,
+        ttl_seconds=body.ttl_seconds,
+        send_at=body.send_at,
+        template=body.template,
+        variables=body.variables,
+        collapse_key=body.collapse_key,
+    )
+    stored = {
+        k: content[k] for k in ("title", "body", "data", "template", "variables", "collapse_key")
+    }
+    return NewNotification(notification, candidate.key, canonical_hash(content), stored)
+
+
+async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dict[int, ApiError]:
+    """What the schema cannot see: unknown users, templates that do not render for the
+    user's locale, push payloads over the provider limit."""
+    errors: dict[int, ApiError] = {}
+    known = await rt.store.existing_user_ids(c.body.user_id for c in candidates)
+    templates: dict[str, Template | None] = {}
+    for index, candidate in enumerate(candidates):
+        body = candidate.body
+        if body.user_id not in known:
+            errors[index] = ApiError(
+                422,
+                "unknown_user",
+                f"user {body.user_id!r} does not exist; PUT /v1/users/{{id}} first",
+            )
+            continue
+        problem = _push_size_problem(body)
+        if problem:
+            errors[index] = ApiError(413, "payload_too_large", problem)
+            continue
+        if body.template is None:
+            continue
+        if body.template not in templates:
+            raw = await rt.store.get_template(body.template)
+            templates[body.template] = Template.from_json(raw) if raw else None
+        template = templates[body.template]
+        if template is None:
+            errors[index] = ApiError(
+                422, "unknown_template", f"template {body.template!r} does not exist"
+            )
+            continue
+        user = await rt.store.get_user(body.user_id)
+        try:
+            template.render_all(user.locale if user else template.default_locale, body.variables)
+        except TemplateError as error:
+            errors[index] = ApiError(
+                422,
+                "template_error",
+                f"template {body.template!r} does not render: {error}",
+                [{"field": error.where, "message": error.message}],
+            )
+    return errors
+
+
+def _push_size_problem(body: NotificationIn) -> str | None:
+    try:
+        from herald.providers.push_payloads import check_push_size
+    except ImportError:  # pragma: no cover
+        return None
+    for platform in ("android", "ios", "web"):
+        over = check_push_size(platform, body.title, body.body, body.data)
+        if over:
+            return f"the {platform} push payload is {over} bytes over the provider's limit; shorten title, body or data"
+    return None
+
+
+async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptResult]:
+    results = await rt.store.accept_notifications([_new_notification(c) for c in candidates])
+    created = sum(1 for r in results if r.created)
+    METRICS.accepted.inc(created)
+    METRICS.replayed.inc(len(results) - created)
+    if created and rt.relay is not None:
+        rt.relay.wakeup.set()
+    return results
+
+
+@router.post("", status_code=202, response_model=AcceptedOut, dependencies=[require("send")])
+async def post_notification(
+    body: NotificationIn, rt: RuntimeDep, response: Response, idempotency_key: IdempotencyKey = None
+) -> AcceptedOut:
+    candidate = _Candidate(body, idempotency_key or f"auto:{uuid.uuid4()}")
+    problem = (await _semantic_errors(rt, [candidate])).get(0)
+    if problem:
+        raise problem
+    (result,) = await _accept(rt, [candidate])
+    if result.conflict:
+        raise ApiError(
+            409, "idempotency_conflict", "this Idempotency-Key was used with another body"
+        )
+    response.status_code = 202 if result.created else 200
+    return AcceptedOut(id=result.id)
+
+
+@router.post("/batch", dependencies=[require("send")])
+async def post_batch(body: BatchIn, rt: RuntimeDep) -> dict[str, Any]:
+    """Each item is validated and accepted on its own: one bad item does not refuse the rest."""
+    outcomes: list[dict[str, Any]] = [{"index": i} for i in range(len(body.notifications))]
+    candidates: list[tuple[int, _Candidate]] = []
+    for index, raw in enumerate(body.notifications):
+        try:
+            item = BatchItemIn.model_validate(raw)
+        except ValidationError as error:
+            details = validation_details(error.errors())
+            outcomes[index].update(
+                status="rejected",
+                error={"code": "invalid", "message": details[0]["message"], "details": details},
+            )
+            continue
+        outcomes[index]["idempotency_key"] = item.idempotency_key
+        candidates.append((index, _Candidate(item, item.idempotency_key)))
+    problems = await _semantic_errors(rt, [c for _, c in candidates])
+    for position, error in problems.items():
+        outcomes[candidates[position][0]].update(
+            status="rejected",
+            error={"code": error.code, "message": error.message, "details": error.details},
+        )
+    valid = [(i, c) for position, (i, c) in enumerate(candidates) if position not in problems]
+    for (index, _), result in zip(valid, await _accept(rt, [c for _, c in valid]), strict=True):
+        if result.conflict:
+            outcomes[index].update(
+                status="rejected",
+                error={
+                    "code": "idempotency_conflict",
+                    "message": "this idempotency_key was used with another body",
+                    "details": [],
+                },
+            )
+        else:
+            outcomes[index].update(
+                id=result.id, status="accepted" if result.created else "duplicate"
+            )
+    counts = {
+        s: sum(1 for o in outcomes if o.get("status") == s)
+        for s in ("accepted", "duplicate", "rejected")
+    }
+    return {"items": outcomes, **counts}
+
+
+@router.get("/{notification_id}", response_model=NotificationOut, dependencies=[require("read")])
+async def get_notification(notification_id: str, rt: RuntimeDep) -> NotificationOut:
+    notification = await rt.store.get_notification(notification_id)
+    if notification is None:
+        raise not_found("notification")
+    deliveries = await rt.store.list_deliveries(notification_id)
+    return NotificationOut(
+        id=notification.id,
+        user_id=notification.user_id,
+        category=notification.category,
+        priority=notification.priority.value,
+        title=notification.title,
+        body=notification.body,
+        data=notification.data,
+        channels=[c.value for c in notification.channels] if notification.channels else None,
+        ttl_seconds=notification.ttl_seconds,
+        send_at=notification.send_at,
+        template=notification.template,
+        status=notification.state.value,
+        created_at=notification.created_at,
+        deliveries=[
+            DeliveryOut(
+                id=d.id,
+                channel=d.channel.value,
+                provider=d.provider,
+                target=mask_target(d.channel, d.target),
+                status=d.state.value,
+                attempts=d.attempts,
+                provider_message_id=d.provider_message_id,
+                last_error=d.last_error,
+                due_at=d.due_at,
+                updated_at=d.updated_at,
+            )
+            for d in deliveries
+        ],
+    )
+
+
+@router.get("/{notification_id}/events", dependencies=[require("read")])
+async def get_events(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
+    if await rt.store.get_notification(notification_id) is None:
+        raise not_found("notification")
+    events = await rt.store.list_events(notification_id)
+    return {
+        "items": [
+            EventOut(
+                delivery_id=e.delivery_id,
+                status=e.state.value,
+                provider=e.provider,
+                detail=e.detail,
+                at=e.at,
+            )
+            for e in events
+        ],
+        "next_cursor": None,
+    }

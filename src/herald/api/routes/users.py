@@ -1,0 +1,158 @@
+"""Users, their preferences and their devices."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from herald.api.deps import RuntimeDep, require
+from herald.api.errors import ApiError, not_found
+from herald.api.schemas import (
+    DeviceIn,
+    DeviceOut,
+    PreferencesIn,
+    PreferencesOut,
+    UserIn,
+    UserOut,
+    UserId,
+)
+from herald.domain import (
+    ALL_CHANNELS,
+    Device,
+    Platform,
+    Preferences,
+    QuietHours,
+    User,
+    parse_wall_time,
+)
+from herald.storage.store import preferences_to_json
+
+router = APIRouter(prefix="/v1/users", tags=["users"])
+
+
+def user_out(user: User) -> UserOut:
+    assert user.created_at is not None and user.updated_at is not None
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        phone=user.phone,
+        timezone=user.timezone,
+        locale=user.locale,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
+    )
+
+
+def device_out(device: Device) -> DeviceOut:
+    return DeviceOut(
+        id=device.id,
+        platform=device.platform.value,
+        active=device.active,
+        deactivated_reason=device.deactivated_reason,
+        created_at=device.created_at,
+    )
+
+
+@router.put("/{user_id}", response_model=UserOut, dependencies=[require("manage")])
+async def put_user(user_id: UserId, body: UserIn, rt: RuntimeDep, response: Response) -> UserOut:
+    user, created = await rt.store.upsert_user(
+        User(
+            id=user_id,
+            email=body.email,
+            phone=body.phone,
+            timezone=body.timezone,
+            locale=body.locale,
+        )
+    )
+    response.status_code = 201 if created else 200
+    return user_out(user)
+
+
+@router.get("/{user_id}", response_model=UserOut, dependencies=[require("read")])
+async def get_user(user_id: UserId, rt: RuntimeDep) -> UserOut:
+    user = await rt.store.get_user(user_id)
+    if user is None:
+        raise not_found("user")
+    return user_out(user)
+
+
+@router.delete("/{user_id}", status_code=204, dependencies=[require("manage")])
+async def delete_user(user_id: UserId, rt: RuntimeDep) -> Response:
+    if not await rt.store.delete_user(user_id):
+        raise not_found("user")
+    return Response(status_code=204)
+
+
+def preferences_out(preferences: Preferences) -> PreferencesOut:
+    raw = preferences_to_json(preferences)
+    raw["channels"] = {c.value: preferences.channel_enabled(c) for c in ALL_CHANNELS}
+    return PreferencesOut.model_validate(raw)
+
+
+@router.get("/{user_id}/preferences", response_model=PreferencesOut, dependencies=[require("read")])
+async def get_preferences(user_id: UserId, rt: RuntimeDep) -> PreferencesOut:
+    preferences = await rt.store.get_preferences(user_id)
+    if preferences is None:
+        raise not_found("user")
+    return preferences_out(preferences)
+
+
+@router.put(
+    "/{user_id}/preferences", response_model=PreferencesOut, dependencies=[require("manage")]
+)
+async def put_preferences(user_id: UserId, body: PreferencesIn, rt: RuntimeDep) -> PreferencesOut:
+    quiet = (
+        QuietHours(parse_wall_time(body.quiet_hours.start), parse_wall_time(body.quiet_hours.end))
+        if body.quiet_hours
+        else None
+    )
+    preferences = Preferences(
+        channels=dict(body.channels), categories=dict(body.categories), quiet_hours=quiet
+    )
+    if not await rt.store.put_preferences(user_id, preferences):
+        raise not_found("user")
+    return preferences_out(preferences)
+
+
+@router.post("/{user_id}/devices", response_model=DeviceOut, dependencies=[require("manage")])
+async def add_device(
+    user_id: UserId, body: DeviceIn, rt: RuntimeDep, response: Response
+) -> DeviceOut:
+    if await rt.store.get_user(user_id) is None:
+        raise not_found("user")
+    problem = validate_device(body)
+    if problem:
+        raise ApiError(422, "invalid_device", problem, [{"field": "token", "message": problem}])
+    subscription = body.subscription.model_dump(exclude_none=True) if body.subscription else None
+    token = body.subscription.endpoint if body.subscription else body.token
+    assert token is not None
+    device, created = await rt.store.register_device(user_id, body.platform, token, subscription)
+    response.status_code = 201 if created else 200
+    return device_out(device)
+
+
+def validate_device(body: DeviceIn) -> str | None:
+    """Per-platform token checks (APNs hex, FCM token shape, Web Push endpoint and keys)."""
+    try:
+        from herald.providers.push_payloads import validate_push_device
+    except ImportError:  # pragma: no cover - the push module is optional at import time
+        return None
+    subscription = body.subscription.model_dump() if body.subscription else None
+    return validate_push_device(body.platform.value, body.token, subscription)
+
+
+@router.get("/{user_id}/devices", dependencies=[require("read")])
+async def list_devices(user_id: UserId, rt: RuntimeDep) -> dict[str, object]:
+    if await rt.store.get_user(user_id) is None:
+        raise not_found("user")
+    devices = await rt.store.list_devices(user_id)
+    return {"items": [device_out(d) for d in devices], "next_cursor": None}
+
+
+@router.delete("/{user_id}/devices/{device_id}", status_code=204, dependencies=[require("manage")])
+async def delete_device(user_id: UserId, device_id: str, rt: RuntimeDep) -> Response:
+    if not await rt.store.delete_device(user_id, device_id):
+        raise not_found("device")
+    return Response(status_code=204)
+
+
+__all__ = ["Platform", "router"]

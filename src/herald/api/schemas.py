@@ -1,0 +1,305 @@
+"""Request and response bodies, validated strictly: every field has a type, a size and a
+message that says what is wrong."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
+
+import orjson
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from herald.domain import (
+    Channel,
+    DeliveryPolicy,
+    Platform,
+    Priority,
+    QuietHoursAction,
+    parse_wall_time,
+)
+
+MAX_TITLE = 256
+MAX_BODY = 10_000
+MAX_DATA_BYTES = 8_192
+MAX_VARIABLES_BYTES = 32_768
+MAX_TTL = 28 * 24 * 3600
+MAX_BATCH = 1000
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s/?#]+$")]
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones()) | {"UTC"}
+
+
+def check_timezone(value: str) -> str:
+    if value not in _zones():
+        raise ValueError(f"unknown time zone {value!r}: use an IANA name such as 'Europe/Berlin'")
+    return value
+
+
+def check_locale(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8}){0,3}", value):
+        raise ValueError(f"locale {value!r} is not a language tag such as 'en' or 'pt-BR'")
+    return value
+
+
+def check_phone(value: str) -> str:
+    if not value.startswith("+"):
+        raise ValueError(
+            f"phone {value!r} is not in E.164 form (+ and country code, e.g. +14155550100)"
+        )
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as error:
+        raise ValueError(f"phone {value!r} is not a phone number: {error}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"phone {value!r} is not a valid number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_wall_time(value: str) -> str:
+    parse_wall_time(value)
+    return value
+
+
+def json_size_at_most(limit: int) -> Any:
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        size = len(orjson.dumps(value))
+        if size > limit:
+            raise ValueError(f"is {size} bytes as JSON; at most {limit} are allowed")
+        return value
+
+    return AfterValidator(check)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+# -- users and preferences -------------------------------------------------------------
+
+
+class UserIn(Strict):
+    email: EmailStr | None = None
+    phone: Annotated[str, AfterValidator(check_phone)] | None = None
+    timezone: Annotated[str, AfterValidator(check_timezone)] = "UTC"
+    locale: Annotated[str, AfterValidator(check_locale)] = "en"
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str | None
+    phone: str | None
+    timezone: str
+    locale: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class QuietHoursIn(Strict):
+    start: Annotated[str, AfterValidator(check_wall_time)]
+    end: Annotated[str, AfterValidator(check_wall_time)]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> QuietHoursIn:
+        if self.start == self.end:
+            raise ValueError("quiet_hours start and end must differ")
+        return self
+
+
+class PreferencesIn(Strict):
+    channels: dict[Channel, bool] = Field(default_factory=dict)
+    categories: dict[Name, dict[Channel, bool]] = Field(default_factory=dict, max_length=500)
+    quiet_hours: QuietHoursIn | None = None
+
+
+class PreferencesOut(BaseModel):
+    channels: dict[str, bool]
+    categories: dict[str, dict[str, bool]]
+    quiet_hours: QuietHoursIn | None
+
+
+# -- devices ------------------------------------------------------------------------------
+
+
+class WebSubscriptionKeys(Strict):
+    p256dh: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    auth: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class WebSubscription(Strict):
+    endpoint: Annotated[str, StringConstraints(min_length=9, max_length=2048)]
+    keys: WebSubscriptionKeys
+    expirationTime: int | None = None  # noqa: N815 - the browser's PushSubscription field
+
+
+class DeviceIn(Strict):
+    platform: Platform
+    token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+    subscription: WebSubscription | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> DeviceIn:
+        if self.platform == Platform.WEB:
+            if self.subscription is None:
+                raise ValueError(
+                    "a web device needs 'subscription' {endpoint, keys: {p256dh, auth}}"
+                )
+            if self.token is not None:
+                raise ValueError("a web device takes 'subscription', not 'token'")
+        elif self.token is None:
+            raise ValueError(f"an {self.platform.value} device needs 'token'")
+        elif self.subscription is not None:
+            raise ValueError("only web devices take 'subscription'")
+        return self
+
+
+class DeviceOut(BaseModel):
+    id: str
+    platform: str
+    active: bool
+    deactivated_reason: str | None = None
+    created_at: datetime | None = None
+
+
+# -- notifications -------------------------------------------------------------------------
+
+
+class NotificationIn(Strict):
+    user_id: UserId
+    category: Name = "default"
+    priority: Priority = Priority.NORMAL
+    title: Annotated[str, StringConstraints(max_length=MAX_TITLE)] | None = None
+    body: Annotated[str, StringConstraints(max_length=MAX_BODY)] | None = None
+    data: Annotated[dict[str, Any], json_size_at_most(MAX_DATA_BYTES)] = Field(default_factory=dict)
+    channels: list[Channel] | None = Field(default=None, min_length=1)
+    ttl_seconds: int | None = Field(default=None, ge=1, le=MAX_TTL)
+    send_at: datetime | None = None
+    template: Name | None = None
+    variables: Annotated[dict[str, Any], json_size_at_most(MAX_VARIABLES_BYTES)] = Field(
+        default_factory=dict
+    )
+    collapse_key: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+    @field_validator("send_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("send_at needs a time zone offset, e.g. 2026-01-01T09:00:00Z")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _unique(cls, value: list[Channel] | None) -> list[Channel] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("channels are listed more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _has_content(self) -> NotificationIn:
+        if not (self.title or self.body or self.template or self.data):
+            raise ValueError("a notification needs a title, a body, data or a template")
+        return self
+
+
+class BatchItemIn(NotificationIn):
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class BatchIn(Strict):
+    notifications: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("notifications")
+    @classmethod
+    def _limit(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(value) > MAX_BATCH:
+            raise ValueError(f"a batch takes at most {MAX_BATCH} notifications, got {len(value)}")
+        return value
+
+
+class AcceptedOut(BaseModel):
+    id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    channel: str
+    provider: str | None
+    target: str
+    status: str
+    attempts: int
+    provider_message_id: str | None
+    last_error: str | None
+    due_at: datetime | None = None
+    updated_at: datetime | None
+
+
+class NotificationOut(BaseModel):
+    id: str
+    user_id: str
+    category: str
+    priority: str
+    title: str | None
+    body: str | None
+    data: dict[str, Any]
+    channels: list[str] | None
+    ttl_seconds: int | None
+    send_at: datetime | None
+    template: str | None
+    status: str
+    created_at: datetime | None
+    deliveries: list[DeliveryOut]
+
+
+class EventOut(BaseModel):
+    delivery_id: str
+    status: str
+    provider: str | None
+    detail: dict[str, Any]
+    at: datetime
+
+
+# -- templates, categories, suppressions, keys ---------------------------------------------
+
+TemplatePart = Annotated[str, StringConstraints(max_length=20_000)]
+
+
+class TemplateIn(Strict):
+    locales: dict[
+        Annotated[str, AfterValidator(check_locale)], dict[Channel, dict[Name, TemplatePart]]
+    ] = Field(min_length=1, max_length=100)
+    default_locale: Annotated[str, AfterValidator(check_locale)]
+
+
+class CategoryIn(Strict):
+    quiet_hours: QuietHoursAction = QuietHoursAction.DEFER
+    channels: list[Channel] | None = None
+    policy: dict[Channel, DeliveryPolicy] = Field(default_factory=dict)
+
+
+class SuppressionIn(Strict):
+    channel: Literal["email", "sms"]
+    address: Annotated[str, StringConstraints(min_length=3, max_length=320)]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)] = "added by hand"
+
+
+class KeyIn(Strict):
+    scopes: list[Literal["admin", "send", "manage", "read"]] = Field(min_length=1)
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None

@@ -1,0 +1,31 @@
+"""What travels on the bus: small JSON envelopes naming rows in the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
+
+from herald.bus.interface import NOTIFICATIONS_TOPIC, Message, Record, deliveries_topic
+
+
+def notification_record(notification_id: str, user_id: str) -> Record:
+    return Record(NOTIFICATIONS_TOPIC, user_id, orjson.dumps({"notification_id": notification_id}))
+
+
+def delivery_record(delivery_id: str, user_id: str, channel: str) -> Record:
+    return Record(deliveries_topic(channel), user_id, orjson.dumps({"delivery_id": delivery_id}))
+
+
+def ids_in(messages: Iterable[Message], field: str) -> list[str]:
+    """The ids named by `field`, in order, without repeats; malformed messages are skipped
+    (they cannot name a row, so there is nothing to redo)."""
+    seen: dict[str, None] = {}
+    for message in messages:
+        try:
+            value = orjson.loads(message.value).get(field)
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(value, str):
+            seen[value] = None
+    return list(seen)

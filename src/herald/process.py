@@ -1,0 +1,178 @@
+"""Running roles: `herald serve` runs all of them in one process; `herald api`, `relay`,
+`router`, `worker --channel C` and `scheduler` run one each. SIGTERM or SIGINT stops the
+loops after their current batch (committed), then the API, then closes connections."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+import uvicorn
+
+from herald.bus.interface import BusUnavailable
+from herald.config import Settings
+from herald.domain import Channel
+from herald.runtime import Runtime
+from herald.security import generate_key, key_from_secret
+from herald.workers.worker import ChannelWorker
+
+log = structlog.get_logger()
+ROLES = ("api", "relay", "router", "worker", "scheduler")
+
+
+class StartupError(RuntimeError):
+    """A dependency (database, bus) is unreachable at start; the message names it."""
+
+
+@dataclass
+class Plan:
+    roles: Sequence[str]
+    channels: Sequence[Channel] = field(default_factory=lambda: list(Channel))
+    host: str = "127.0.0.1"
+    port: int = 8080
+    migrate: bool = True
+
+
+async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
+    runtime = Runtime.from_settings(settings)
+    try:
+        await asyncio.wait_for(runtime.store.migrate() if migrate else _ping(runtime), 30)
+    except Exception as error:
+        await runtime.store.close()
+        raise StartupError(
+            f"database unreachable at {runtime.store.describe()}: {error}"
+        ) from error
+    try:
+        await runtime.start(migrate=False)
+    except BusUnavailable as error:
+        await runtime.store.close()
+        raise StartupError(f"bus unreachable: {error}") from error
+    await _seed_admin_key(runtime)
+    return runtime
+
+
+async def _ping(runtime: Runtime) -> None:
+    if not await runtime.store.ping():
+        raise ConnectionError("no answer")
+
+
+async def _seed_admin_key(runtime: Runtime) -> None:
+    """HERALD_API_KEY (development, tests): make that exact key an admin key."""
+    presented = runtime.settings.api_key and key_from_secret(runtime.settings.api_key)
+    if runtime.settings.api_key and not presented:
+        raise StartupError(
+            "HERALD_API_KEY must look like hk_<16 hex>_<secret>; `herald keys create` prints one"
+        )
+    if presented and await runtime.store.get_api_key(presented.id) is None:
+        await runtime.store.create_api_key(
+            presented.id, presented.secret_hash, ["admin"], "HERALD_API_KEY"
+        )
+
+
+def example_key() -> str:
+    return generate_key().token
+
+
+async def run(settings: Settings, plan: Plan) -> None:
+    runtime = await start_runtime(settings, migrate=plan.migrate)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await _run_roles(runtime, plan, stop)
+    finally:
+        await runtime.close()
+        log.info("stopped cleanly")
+
+
+async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
+    tasks: list[Callable[[], Awaitable[None]]] = []
+    server: uvicorn.Server | None = None
+    if "worker" in plan.roles:
+        providers = runtime.build_providers()
+        await providers.start()
+        for channel in plan.channels:
+            worker = ChannelWorker(
+                channel,
+                runtime.store,
+                runtime.bus,
+                providers,
+                runtime.clock,
+                runtime.worker_settings(),
+            )
+            tasks.append(lambda w=worker: w.run(stop))
+    if "relay" in plan.roles:
+        relay = runtime.make_relay()
+        tasks.append(lambda: relay.run(stop))
+    if "router" in plan.roles:
+        router = runtime.router()
+        tasks.append(lambda: router.run(stop))
+    if "scheduler" in plan.roles:
+        scheduler = runtime.scheduler()
+        if isinstance(runtime.bus, _memory_bus_type()):
+            await scheduler.sweep(
+                older_than_seconds=0
+            )  # in-memory messages died with the last process
+        tasks.append(lambda: scheduler.run(stop))
+    if "api" in plan.roles:
+        server = _api_server(runtime, plan)
+        tasks.append(server.serve)
+    _banner(runtime, plan)
+    async with asyncio.TaskGroup() as group:
+        running = [group.create_task(task()) for task in tasks]
+        group.create_task(_stop_api_on(stop, server))
+        await _announce_ready(server, stop)
+        await stop.wait()
+        log.info("stopping: finishing in-flight batches")
+    del running
+
+
+async def _announce_ready(server: uvicorn.Server | None, stop: asyncio.Event) -> None:
+    while server is not None and not server.started and not stop.is_set():
+        await asyncio.sleep(0.02)
+    log.info("ready")
+
+
+async def _stop_api_on(stop: asyncio.Event, server: uvicorn.Server | None) -> None:
+    await stop.wait()
+    if server is not None:
+        server.should_exit = True
+
+
+def _memory_bus_type() -> type:
+    from herald.bus.memory import MemoryBus
+
+    return MemoryBus
+
+
+def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
+    from herald.api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=plan.host,
+        port=plan.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server
+
+
+def _banner(runtime: Runtime, plan: Plan) -> None:
+    providers = runtime.providers.describe() if runtime.providers else {}
+    log.info(
+        "herald starting",
+        roles=list(plan.roles),
+        listen=f"http://{plan.host}:{plan.port}" if "api" in plan.roles else None,
+        database=runtime.store.describe(),
+        bus=runtime.bus.describe(),
+        providers=providers or None,
+    )

@@ -1,0 +1,59 @@
+"""The in-app channel's provider: store the item in the user's inbox and push it live to
+the user's open event streams. Storing it is delivering it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from herald.clock import SYSTEM_CLOCK, Clock
+from herald.domain import Accepted, Channel, Outcome
+from herald.live import LiveHub
+from herald.providers.base import OutboundMessage, Provider
+from herald.storage import InboxItem, Store, new_id
+
+
+def inbox_item_json(item: InboxItem) -> dict[str, object]:
+    return {
+        "id": item.id,
+        "notification_id": item.notification_id,
+        "category": item.category,
+        "title": item.title,
+        "body": item.body,
+        "data": item.data,
+        "read": item.read_at is not None,
+        "read_at": item.read_at.isoformat() if item.read_at else None,
+        "created_at": item.created_at.isoformat(),
+    }
+
+
+class InboxProvider(Provider):
+    name: ClassVar[str] = "inbox"
+    channel: ClassVar[Channel] = Channel.IN_APP
+    batch_size: ClassVar[int] = 500
+
+    def __init__(self, store: Store, hub: LiveHub, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        now = self.clock.now()
+        items = [
+            InboxItem(
+                id=new_id(),
+                user_id=m.user_id,
+                delivery_id=m.delivery_id,
+                notification_id=m.notification_id,
+                category=m.category,
+                title=m.payload.get("title"),
+                body=m.payload.get("body"),
+                data=m.payload.get("data") or {},
+                read_at=None,
+                created_at=now,
+            )
+            for m in messages
+        ]
+        for item in await self.store.insert_inbox_items(items):
+            await self.hub.publish(item.user_id, inbox_item_json(item))
+        return [Accepted(provider_message_id=m.delivery_id, delivered=True) for m in messages]

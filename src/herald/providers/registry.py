@@ -1,0 +1,122 @@
+"""Which provider serves which delivery: built once from the settings.
+
+Push goes by platform (android to FCM, ios to APNs, web to Web Push); email and SMS go to
+their configured providers in failover order; in-app goes to the inbox. Anything without
+credentials goes to the sandbox.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from herald.clock import SYSTEM_CLOCK, Clock
+from herald.config import Settings
+from herald.domain import Channel, Delivery, Platform
+from herald.live import LiveHub
+from herald.providers.base import Provider
+from herald.providers.inbox import InboxProvider
+from herald.providers.sandbox import SandboxProvider
+from herald.storage import Store
+
+PUSH_BY_PLATFORM = {Platform.ANDROID: "fcm", Platform.IOS: "apns", Platform.WEB: "webpush"}
+KNOWN = {
+    Channel.EMAIL: ("smtp", "ses", "sendgrid"),
+    Channel.SMS: ("twilio",),
+}
+
+
+class UnknownProvider(ValueError):
+    pass
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The Provider subclass in herald.providers.<name> whose `name` is `name`."""
+    module = importlib.import_module(f"herald.providers.{name}")
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, Provider) and value is not Provider:
+            if getattr(value, "name", None) == name:
+                return value
+    raise UnknownProvider(f"herald.providers.{name} defines no provider named {name!r}")
+
+
+def _configured(name: str, settings: Settings, clock: Clock) -> Provider | None:
+    factory = getattr(provider_class(name), "from_settings", None)
+    if factory is None:
+        return None
+    provider: Provider | None = factory(settings, clock)
+    return provider
+
+
+@dataclass
+class ProviderSet:
+    by_channel: dict[Channel, list[Provider]] = field(default_factory=dict)
+    push_by_platform: dict[str, list[Provider]] = field(default_factory=dict)
+
+    def candidates(self, delivery: Delivery) -> list[Provider]:
+        """Providers for this delivery, in failover order."""
+        if delivery.channel == Channel.PUSH:
+            return self.push_by_platform.get(delivery.platform or "", self.by_channel[Channel.PUSH])
+        return self.by_channel[delivery.channel]
+
+    def all(self) -> list[Provider]:
+        seen: dict[int, Provider] = {}
+        for providers in [*self.by_channel.values(), *self.push_by_platform.values()]:
+            for provider in providers:
+                seen[id(provider)] = provider
+        return list(seen.values())
+
+    async def start(self) -> None:
+        for provider in self.all():
+            await provider.start()
+
+    async def close(self) -> None:
+        for provider in self.all():
+            await provider.close()
+
+    def describe(self) -> dict[str, str]:
+        lines = {
+            str(channel): ", ".join(p.describe() for p in providers)
+            for channel, providers in self.by_channel.items()
+            if channel != Channel.PUSH
+        }
+        lines["push"] = "; ".join(
+            f"{platform} → {', '.join(p.describe() for p in providers)}"
+            for platform, providers in self.push_by_platform.items()
+        )
+        return lines
+
+
+def build_providers(
+    settings: Settings, store: Store, hub: LiveHub, clock: Clock = SYSTEM_CLOCK
+) -> ProviderSet:
+    providers = ProviderSet()
+    push_sandbox = SandboxProvider(store, Channel.PUSH, clock)
+    providers.by_channel[Channel.PUSH] = [push_sandbox]
+    for platform, name in PUSH_BY_PLATFORM.items():
+        real = _try_configured(name, settings, clock)
+        providers.push_by_platform[platform.value] = [real] if real else [push_sandbox]
+    for channel, names in (
+        (Channel.EMAIL, settings.email_providers),
+        (Channel.SMS, settings.sms_providers),
+    ):
+        chosen = []
+        for name in names:
+            if name not in KNOWN[channel]:
+                raise UnknownProvider(
+                    f"unknown {channel} provider {name!r}; known: {', '.join(KNOWN[channel])}"
+                )
+            provider = _configured(name, settings, clock)
+            if provider is None:
+                raise UnknownProvider(f"{channel} provider {name!r} is named but not configured")
+            chosen.append(provider)
+        providers.by_channel[channel] = chosen or [SandboxProvider(store, channel, clock)]
+    providers.by_channel[Channel.IN_APP] = [InboxProvider(store, hub, clock)]
+    return providers
+
+
+def _try_configured(name: str, settings: Settings, clock: Clock) -> Provider | None:
+    try:
+        return _configured(name, settings, clock)
+    except ModuleNotFoundError:
+        return None

@@ -1,0 +1,65 @@
+"""The router role: notifications in, deliveries out.
+
+For a batch from `herald.notifications`: load each notification with its user,
+preferences, devices, category and template; plan the deliveries; write them (ON CONFLICT
+DO NOTHING: the ids are deterministic); publish the queued ones to their channel topics;
+then commit. A crash anywhere before the commit replays the batch, which writes nothing
+new and republishes what is still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+
+from herald.bus.interface import NOTIFICATIONS_TOPIC, Bus, Message
+from herald.bus.messages import delivery_record, ids_in
+from herald.clock import Clock
+from herald.metrics import METRICS
+from herald.roles import consume_loop
+from herald.router.planner import UnsubscribeUrl, plan_deliveries
+from herald.storage import Store
+
+log = structlog.get_logger()
+
+
+class Router:
+    group = "herald.router"
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        clock: Clock,
+        unsubscribe_url: UnsubscribeUrl | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.unsubscribe_url = unsubscribe_url
+
+    async def handle(self, messages: Sequence[Message]) -> None:
+        await self.route(ids_in(messages, "notification_id"))
+
+    async def route(self, notification_ids: Sequence[str]) -> None:
+        if not notification_ids:
+            return
+        now = self.clock.now()
+        inputs = await self.store.load_for_routing(notification_ids)
+        deliveries = [
+            delivery
+            for routing in inputs
+            for delivery in plan_deliveries(routing, now, self.unsubscribe_url)
+        ]
+        queued = await self.store.save_routing([r.notification.id for r in inputs], deliveries)
+        await self.bus.publish([delivery_record(d.id, d.user_id, d.channel) for d in queued])
+        METRICS.routed.inc(len(inputs))
+        for delivery in deliveries:
+            METRICS.planned.labels(delivery.channel.value, delivery.state.value).inc()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await consume_loop(
+            self.bus, [NOTIFICATIONS_TOPIC], self.group, self.handle, stop, name="router"
+        )

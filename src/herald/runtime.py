@@ -1,0 +1,118 @@
+"""Wiring: the components one Herald process builds from its settings."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from herald.bus.interface import Bus
+from herald.clock import SYSTEM_CLOCK, Clock
+from herald.config import Settings
+from herald.domain.retry import RetryPolicy
+from herald.live import LiveHub, LocalHub, PostgresHub
+from herald.providers.registry import ProviderSet, build_providers
+from herald.relay import Relay
+from herald.router.router import Router
+from herald.scheduler import Scheduler
+from herald.security import Signer
+from herald.storage import Store, open_store
+from herald.workers.worker import WorkerSettings
+
+UNSUBSCRIBE_TTL = timedelta(days=60)
+
+
+def make_bus(settings: Settings) -> Bus:
+    if settings.kafka_bootstrap:
+        from herald.bus.kafka import KafkaBus
+
+        return KafkaBus(
+            settings.kafka_bootstrap,
+            partitions=settings.kafka_partitions,
+            topic_prefix=settings.kafka_topic_prefix,
+        )
+    from herald.bus.memory import MemoryBus
+
+    return MemoryBus()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    bus: Bus
+    hub: LiveHub
+    clock: Clock = SYSTEM_CLOCK
+    signer: Signer = field(default_factory=lambda: Signer(secrets.token_urlsafe(32)))
+    providers: ProviderSet | None = None
+    relay: Relay | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:
+        store = open_store(settings.effective_database_url, clock)
+        hub: LiveHub = (
+            PostgresHub(_asyncpg_dsn(settings.effective_database_url))
+            if settings.uses_postgres
+            else LocalHub()
+        )
+        return cls(settings=settings, store=store, bus=make_bus(settings), hub=hub, clock=clock)
+
+    async def start(self, *, migrate: bool = True) -> None:
+        """Connect to the database and the bus (and create the schema when asked)."""
+        if migrate:
+            await self.store.migrate()
+        await self.store.maintain()
+        secret = self.settings.secret_key or await self.store.get_or_create_setting(
+            "secret_key", lambda: secrets.token_urlsafe(32)
+        )
+        self.signer = Signer(secret)
+        await self.bus.start()
+        if isinstance(self.hub, PostgresHub):
+            await self.hub.start()
+
+    def build_providers(self) -> ProviderSet:
+        if self.providers is None:
+            self.providers = build_providers(self.settings, self.store, self.hub, self.clock)
+        return self.providers
+
+    def worker_settings(self) -> WorkerSettings:
+        s = self.settings
+        return WorkerSettings(
+            lease_seconds=s.lease_seconds,
+            retry=RetryPolicy(s.max_attempts, s.retry_base_seconds, s.retry_max_seconds),
+            circuit_cooldown_seconds=s.circuit_cooldown_seconds,
+            rate_limits=dict(s.rate_limits),
+        )
+
+    def unsubscribe_url(self, user_id: str, category: str) -> str:
+        token = self.signer.sign(
+            "unsubscribe", user_id, self.clock.now() + UNSUBSCRIBE_TTL, cat=category
+        )
+        return f"{self.settings.effective_public_url}/v1/unsubscribe?token={token}"
+
+    def router(self) -> Router:
+        return Router(self.store, self.bus, self.clock, self.unsubscribe_url)
+
+    def scheduler(self) -> Scheduler:
+        return Scheduler(
+            self.store,
+            self.bus,
+            self.clock,
+            stale_after_seconds=self.settings.sweep_stale_after_seconds,
+        )
+
+    def make_relay(self) -> Relay:
+        if self.relay is None:
+            self.relay = Relay(self.store, self.bus)
+        return self.relay
+
+    async def close(self) -> None:
+        if self.providers is not None:
+            await self.providers.close()
+        await self.bus.close()
+        await self.hub.close()
+        await self.store.close()
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]

@@ -1,0 +1,104 @@
+"""The scheduler role: puts deliveries back on the bus when their time comes.
+
+- deferred deliveries that are due (quiet hours ended, send_at reached, retry backoff over);
+- deliveries whose worker died mid-send (lease expired): the channel policy decides
+  between sending again (at_least_once) and `unknown` (at_most_once);
+- a sweep for work whose bus message was lost (the in-process bus across a restart):
+  notifications accepted but never routed, deliveries queued but never claimed.
+Several schedulers may run: every step is one atomic statement (SKIP LOCKED on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+
+from herald.bus.interface import Bus
+from herald.bus.messages import delivery_record, notification_record
+from herald.clock import Clock
+from herald.metrics import METRICS
+from herald.storage import Released, Store
+
+log = structlog.get_logger()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        clock: Clock,
+        *,
+        interval_seconds: float = 0.25,
+        stale_after_seconds: float = 300.0,
+        sweep_every_seconds: float = 30.0,
+        maintain_every_seconds: float = 3600.0,
+        batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.interval = interval_seconds
+        self.stale_after = stale_after_seconds
+        self.sweep_every = sweep_every_seconds
+        self.maintain_every = maintain_every_seconds
+        self.batch = batch
+
+    async def tick(self) -> int:
+        """One pass over due and expired work; returns how many deliveries it released."""
+        released = 0
+        while True:
+            due = await self.store.release_due(self.batch)
+            await self._publish(due, "due")
+            requeued, unknown = await self.store.expire_leases(self.batch)
+            await self._publish(requeued, "lease_expired")
+            if unknown:
+                log.warning(
+                    "leases expired on at_most_once deliveries: marked unknown", count=unknown
+                )
+            released += len(due) + len(requeued)
+            if len(due) < self.batch and len(requeued) < self.batch:
+                return released
+
+    async def sweep(self, older_than_seconds: float | None = None) -> int:
+        """Republish work whose bus message may have been lost."""
+        age = self.stale_after if older_than_seconds is None else older_than_seconds
+        cutoff = self.clock.now() - timedelta(seconds=age)
+        notifications = await self.store.stale_notifications(cutoff, self.batch)
+        if notifications:
+            await self.bus.publish([notification_record(n, u) for n, u in notifications])
+        queued = await self.store.stale_queued(cutoff, self.batch)
+        await self._publish(queued, "stale")
+        if notifications or queued:
+            log.info(
+                "republished stale work", notifications=len(notifications), deliveries=len(queued)
+            )
+        return len(notifications) + len(queued)
+
+    async def _publish(self, released: list[Released], reason: str) -> None:
+        if released:
+            await self.bus.publish(
+                [delivery_record(r.delivery_id, r.user_id, r.channel) for r in released]
+            )
+            METRICS.released.labels(reason).inc(len(released))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last_sweep = last_maintain = float("-inf")
+        while not stop.is_set():
+            try:
+                await self.tick()
+                now = self.clock.time()
+                if now - last_sweep >= self.sweep_every:
+                    last_sweep = now
+                    await self.sweep()
+                if now - last_maintain >= self.maintain_every:
+                    last_maintain = now
+                    await self.store.maintain()
+            except Exception:
+                log.exception("scheduler pass failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass

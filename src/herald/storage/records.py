@@ -1,0 +1,139 @@
+"""Plain records the store takes and returns besides the domain objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from herald.domain import (
+    CategorySettings,
+    Delivery,
+    DeliveryState,
+    Device,
+    Notification,
+    Preferences,
+    User,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    notification: Notification
+    idempotency_key: str
+    request_hash: str
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    """`created` is False for a replay with the same body; `conflict` for another body."""
+
+    id: str
+    idempotency_key: str
+    created: bool
+    conflict: bool = False
+
+
+@dataclass(slots=True)
+class RoutingInput:
+    notification: Notification
+    user: User | None
+    preferences: Preferences
+    devices: list[Device]
+    category: CategorySettings
+    template: dict[str, Any] | None
+    suppressed: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUpdate:
+    """A worker's verdict on one claimed delivery, recorded with its event."""
+
+    delivery_id: str
+    notification_id: str
+    state: DeliveryState
+    provider: str | None = None
+    provider_message_id: str | None = None
+    last_error: str | None = None
+    due_at: datetime | None = None
+    attempts_refund: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A delivery put back on the bus (due, or its lease expired)."""
+
+    delivery_id: str
+    user_id: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    id: str
+    user_id: str
+    delivery_id: str
+    notification_id: str
+    category: str
+    title: str | None
+    body: str | None
+    data: dict[str, Any]
+    read_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxMessage:
+    id: str
+    channel: str
+    provider: str
+    user_id: str
+    delivery_id: str
+    target: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    id: str
+    channel: str
+    address: str
+    reason: str
+    created_at: datetime
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+__all__ = [
+    "AcceptResult",
+    "ApiKeyRecord",
+    "Delivery",
+    "DeliveryUpdate",
+    "InboxItem",
+    "NewNotification",
+    "Page",
+    "Released",
+    "RoutingInput",
+    "SandboxMessage",
+    "Suppression",
+]

@@ -1,0 +1,214 @@
+"""Table definitions (SQLAlchemy Core). The migrations create these; the store queries them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes on both backends (SQLite has no time zone type)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Id = sa.String(64)
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData()
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("secret_hash", sa.String(128), nullable=False),
+    sa.Column("scopes", Json, nullable=False),
+    sa.Column("name", sa.String(200)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("revoked_at", UtcDateTime),
+)
+
+settings_kv = sa.Table(
+    "settings_kv",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("email", sa.String(320)),
+    sa.Column("phone", sa.String(32)),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("locale", sa.String(35), nullable=False),
+    sa.Column("preferences", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("platform", sa.String(16), nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("subscription", Json),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("deactivated_reason", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("platform", "token_hash", name="uq_devices_platform_token"),
+)
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("definition", Json, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+categories = sa.Table(
+    "categories",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("definition", Json, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("category", sa.String(128), nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False),
+    sa.Column("content", Json, nullable=False),
+    sa.Column("channels", Json),
+    sa.Column("ttl_seconds", sa.Integer),
+    sa.Column("send_at", UtcDateTime),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("routed_at", UtcDateTime),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("topic", sa.String(200), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("notification_id", Id, nullable=False, index=True),
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("platform", sa.String(16)),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("target_ref", sa.String(400), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("policy", sa.String(16), nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False),
+    sa.Column("category", sa.String(128), nullable=False),
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("provider", sa.String(32)),
+    sa.Column("provider_message_id", sa.String(300)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("due_at", UtcDateTime),
+    sa.Column("expires_at", UtcDateTime),
+    sa.Column("lease_until", UtcDateTime),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_deliveries_state_due", "state", "due_at"),
+    sa.Index("ix_deliveries_state_lease", "state", "lease_until"),
+    sa.Index("ix_deliveries_state_updated", "state", "updated_at"),
+    sa.Index("ix_deliveries_provider_message", "provider_message_id"),
+)
+
+# Partitioned by created_at on PostgreSQL (see the migration); the primary key includes it.
+delivery_events = sa.Table(
+    "delivery_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", Id, nullable=False),
+    sa.Column("notification_id", Id, nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("provider", sa.String(32)),
+    sa.Column("detail", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+inbox_items = sa.Table(
+    "inbox_items",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("delivery_id", Id, nullable=False, unique=True),
+    sa.Column("notification_id", Id, nullable=False),
+    sa.Column("category", sa.String(128), nullable=False),
+    sa.Column("title", sa.Text),
+    sa.Column("body", sa.Text),
+    sa.Column("data", Json, nullable=False),
+    sa.Column("read_at", UtcDateTime),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_inbox_user_created", "user_id", "created_at"),
+)
+
+sandbox_messages = sa.Table(
+    "sandbox_messages",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("delivery_id", Id, nullable=False, unique=True),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_sandbox_channel_user", "channel", "user_id", "created_at"),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(320), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "address", name="uq_suppressions_channel_address"),
+)
