@@ -1,7 +1,12 @@
 import httpx
 import pytest
 
-USER = {"email": "ada@example.com", "phone": "+14155550100", "timezone": "Europe/Berlin", "locale": "de"}
+USER = {
+    "email": "ada@example.com",
+    "phone": "+14155550100",
+    "timezone": "Europe/Berlin",
+    "locale": "de",
+}
 ANDROID_TOKEN = "dXNlcjQyX2RldmljZQ:APA91bH" + "x" * 140
 
 
@@ -66,7 +71,9 @@ async def test_preferences_round_trip(api: httpx.AsyncClient) -> None:
         ({"categories": {"news": {"pigeon": False}}}, "pigeon"),
     ],
 )
-async def test_bad_preferences_are_refused(api: httpx.AsyncClient, prefs: dict[str, object], words: str) -> None:
+async def test_bad_preferences_are_refused(
+    api: httpx.AsyncClient, prefs: dict[str, object], words: str
+) -> None:
     await api.put("/v1/users/42", json=USER)
     response = await api.put("/v1/users/42/preferences", json=prefs)
     assert response.status_code == 422
@@ -81,9 +88,13 @@ async def test_preferences_of_unknown_user_is_404(api: httpx.AsyncClient) -> Non
 
 async def test_device_registration_is_idempotent(api: httpx.AsyncClient) -> None:
     await api.put("/v1/users/42", json=USER)
-    first = await api.post("/v1/users/42/devices", json={"platform": "android", "token": ANDROID_TOKEN})
+    first = await api.post(
+        "/v1/users/42/devices", json={"platform": "android", "token": ANDROID_TOKEN}
+    )
     assert first.status_code == 201
-    again = await api.post("/v1/users/42/devices", json={"platform": "android", "token": ANDROID_TOKEN})
+    again = await api.post(
+        "/v1/users/42/devices", json={"platform": "android", "token": ANDROID_TOKEN}
+    )
     assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     listed = (await api.get("/v1/users/42/devices")).json()["items"]
@@ -97,11 +108,16 @@ async def test_device_registration_is_idempotent(api: httpx.AsyncClient) -> None
     [
         {"platform": "android"},
         {"platform": "web", "token": "abc"},
-        {"platform": "ios", "subscription": {"endpoint": "https://x", "keys": {"p256dh": "a", "auth": "b"}}},
+        {
+            "platform": "ios",
+            "subscription": {"endpoint": "https://x", "keys": {"p256dh": "a", "auth": "b"}},
+        },
         {"platform": "blackberry", "token": "abc"},
     ],
 )
-async def test_malformed_devices_are_refused(api: httpx.AsyncClient, device: dict[str, object]) -> None:
+async def test_malformed_devices_are_refused(
+    api: httpx.AsyncClient, device: dict[str, object]
+) -> None:
     await api.put("/v1/users/42", json=USER)
     response = await api.post("/v1/users/42/devices", json=device)
     assert response.status_code == 422

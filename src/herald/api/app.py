@@ -76,7 +76,7 @@ class JsonOnly:
             return
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
         content_type = dict(scope.get("headers", [])).get(b"content-type")
-        if content_type is not None and not content_type.split(b";")[0].strip().endswith(b"json"):
+        if content_type and not content_type.split(b";")[0].strip().endswith(b"json"):
             body = errors.error_response(
                 415,
                 "unsupported_media_type",
@@ -106,16 +106,12 @@ async def _too_large(send: Send, limit: int) -> None:
     body = errors.error_response(
         413, "payload_too_large", f"request body is over {limit} bytes"
     ).body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    await _send_json(send, 413, body)
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

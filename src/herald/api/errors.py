@@ -55,6 +55,15 @@ def validation_details(errors: Any) -> list[dict[str, Any]]:
         location = [str(part) for part in error.get("loc", ()) if part != "body"]
         message = str(error.get("msg", "invalid"))
         message = message.removeprefix("Value error, ")
+        given = error.get("input")
+        if error.get("type") in (
+            "enum",
+            "literal_error",
+            "dict_type",
+            "string_type",
+            "int_parsing",
+        ) and isinstance(given, str | int | float | bool):
+            message = f"{message} (got {given!r})"[:500]
         details.append({"field": ".".join(location), "message": message, "type": error.get("type")})
     return details
 

@@ -579,62 +579,72 @@ class Store:
 
         Idempotency rests on the unique idempotency_key: INSERT ... ON CONFLICT DO NOTHING,
         then the rows that did not go in are compared by request hash (same body: a replay;
-        another body: a conflict). No read-then-write race.
+        another body: a conflict). No read-then-write race. A key repeated inside one
+        batch is judged against its first occurrence.
         """
+        firsts: dict[str, NewNotification] = {}
+        for item in items:
+            firsts.setdefault(item.idempotency_key, item)
+        stored = await self._insert_notifications(list(firsts.values()))
+        results = []
+        for item in items:
+            notification_id, stored_hash, created = stored[item.idempotency_key]
+            is_first = firsts[item.idempotency_key] is item
+            results.append(
+                AcceptResult(
+                    notification_id,
+                    item.idempotency_key,
+                    created=created and is_first,
+                    conflict=item.request_hash != stored_hash,
+                )
+            )
+        return results
+
+    async def _insert_notifications(
+        self, items: Sequence[NewNotification]
+    ) -> dict[str, tuple[str, str, bool]]:
+        """key -> (notification id, stored request hash, inserted now)."""
         from herald.bus.interface import NOTIFICATIONS_TOPIC
 
         now = self.clock.now()
-        results: dict[str, AcceptResult] = {}
+        stored: dict[str, tuple[str, str, bool]] = {}
         async with self.transaction() as db:
             for chunk in _chunks(items, self.batch_rows):
-                rows = [_notification_row(item, now) for item in chunk]
                 inserted = await db.execute(
                     self._insert(t.notifications)
-                    .values(rows)
+                    .values([_notification_row(item, now) for item in chunk])
                     .on_conflict_do_nothing(index_elements=["idempotency_key"])
                     .returning(t.notifications.c.id, t.notifications.c.idempotency_key)
                 )
-                created = {row.idempotency_key: row.id for row in inserted}
-                for key, notification_id in created.items():
-                    results[key] = AcceptResult(notification_id, key, created=True)
-                missing = [item for item in chunk if item.idempotency_key not in created]
-                results.update(await self._replays(db, missing))
-                outbox_rows = [
-                    {
-                        "topic": NOTIFICATIONS_TOPIC,
-                        "key": item.notification.user_id,
-                        "payload": orjson.dumps({"notification_id": created[item.idempotency_key]}),
-                        "created_at": now,
-                    }
-                    for item in chunk
-                    if item.idempotency_key in created
-                    and created[item.idempotency_key] == item.notification.id
-                ]
-                if outbox_rows:
-                    await db.execute(t.outbox.insert(), outbox_rows)
-        return [results[item.idempotency_key] for item in items]
-
-    async def _replays(
-        self, db: AsyncConnection, items: Sequence[NewNotification]
-    ) -> dict[str, AcceptResult]:
-        if not items:
-            return {}
-        rows = await db.execute(
-            sa.select(
-                t.notifications.c.id,
-                t.notifications.c.idempotency_key,
-                t.notifications.c.request_hash,
-            ).where(t.notifications.c.idempotency_key.in_([i.idempotency_key for i in items]))
-        )
-        stored = {row.idempotency_key: row for row in rows}
-        results = {}
-        for item in items:
-            row = stored[item.idempotency_key]
-            conflict = row.request_hash != item.request_hash
-            results[item.idempotency_key] = AcceptResult(
-                row.id, item.idempotency_key, False, conflict
-            )
-        return results
+                created = {row.idempotency_key for row in inserted}
+                new = [item for item in chunk if item.idempotency_key in created]
+                for item in new:
+                    stored[item.idempotency_key] = (item.notification.id, item.request_hash, True)
+                existing = [i.idempotency_key for i in chunk if i.idempotency_key not in created]
+                if existing:
+                    rows = await db.execute(
+                        sa.select(
+                            t.notifications.c.id,
+                            t.notifications.c.idempotency_key,
+                            t.notifications.c.request_hash,
+                        ).where(t.notifications.c.idempotency_key.in_(existing))
+                    )
+                    for row in rows:
+                        stored[row.idempotency_key] = (row.id, row.request_hash, False)
+                if new:
+                    await db.execute(
+                        t.outbox.insert(),
+                        [
+                            {
+                                "topic": NOTIFICATIONS_TOPIC,
+                                "key": item.notification.user_id,
+                                "payload": orjson.dumps({"notification_id": item.notification.id}),
+                                "created_at": now,
+                            }
+                            for item in new
+                        ],
+                    )
+        return stored
 
     async def get_notification(self, notification_id: str) -> Notification | None:
         async with self.engine.connect() as db:

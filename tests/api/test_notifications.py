@@ -1,0 +1,197 @@
+import httpx
+import pytest
+
+from herald.runtime import Runtime
+
+USER = {"email": "ada@example.com", "timezone": "UTC"}
+
+
+@pytest.fixture
+async def user(api: httpx.AsyncClient) -> str:
+    await api.put("/v1/users/42", json=USER)
+    return "42"
+
+
+async def test_accept_returns_202_and_an_id(api: httpx.AsyncClient, user: str) -> None:
+    response = await api.post("/v1/notifications", json={"user_id": user, "title": "Paid"})
+    assert response.status_code == 202
+    assert response.json()["status"] == "accepted"
+    stored = (await api.get(f"/v1/notifications/{response.json()['id']}")).json()
+    assert (stored["user_id"], stored["title"], stored["priority"]) == (user, "Paid", "normal")
+
+
+async def test_same_key_same_body_is_the_same_notification(
+    api: httpx.AsyncClient, user: str, runtime: Runtime
+) -> None:
+    body = {"user_id": user, "title": "Paid", "body": "€12"}
+    first = await api.post("/v1/notifications", json=body, headers={"Idempotency-Key": "pay-1"})
+    second = await api.post("/v1/notifications", json=body, headers={"Idempotency-Key": "pay-1"})
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert await runtime.store.outbox_size() == 1
+
+
+async def test_defaults_spelled_out_are_the_same_body(api: httpx.AsyncClient, user: str) -> None:
+    first = await api.post(
+        "/v1/notifications", json={"user_id": user, "title": "x"}, headers={"Idempotency-Key": "k"}
+    )
+    second = await api.post(
+        "/v1/notifications",
+        json={"user_id": user, "title": "x", "priority": "normal", "category": "default"},
+        headers={"Idempotency-Key": "k"},
+    )
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+
+
+async def test_same_key_other_body_is_a_conflict(
+    api: httpx.AsyncClient, user: str, runtime: Runtime
+) -> None:
+    await api.post(
+        "/v1/notifications", json={"user_id": user, "title": "a"}, headers={"Idempotency-Key": "k"}
+    )
+    response = await api.post(
+        "/v1/notifications", json={"user_id": user, "title": "b"}, headers={"Idempotency-Key": "k"}
+    )
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "idempotency_conflict"
+    assert await runtime.store.outbox_size() == 1
+
+
+async def test_concurrent_replays_make_one_notification(
+    api: httpx.AsyncClient, user: str, runtime: Runtime
+) -> None:
+    import asyncio
+
+    body = {"user_id": user, "title": "once"}
+    responses = await asyncio.gather(
+        *(
+            api.post("/v1/notifications", json=body, headers={"Idempotency-Key": "race"})
+            for _ in range(10)
+        )
+    )
+    assert {r.json()["id"] for r in responses} and len({r.json()["id"] for r in responses}) == 1
+    assert sorted(r.status_code for r in responses) == [200] * 9 + [202]
+    assert await runtime.store.outbox_size() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"user_id": "42"}, 422, "needs a title"),
+        ({"user_id": "42", "title": "x" * 257}, 422, "at most 256"),
+        ({"user_id": "42", "title": "x", "channels": ["fax"]}, 422, "fax"),
+        ({"user_id": "42", "title": "x", "channels": []}, 422, "at least 1"),
+        ({"user_id": "42", "title": "x", "priority": "urgent"}, 422, "critical"),
+        ({"user_id": "42", "title": "x", "ttl_seconds": 0}, 422, "greater than or equal to 1"),
+        ({"user_id": "42", "title": "x", "send_at": "2026-01-01T09:00:00"}, 422, "time zone"),
+        ({"user_id": "42", "title": "x", "data": {"blob": "y" * 9000}}, 422, "bytes as JSON"),
+        ({"user_id": "nobody", "title": "x"}, 422, "does not exist"),
+        ({"user_id": "42", "title": "x", "template": "missing"}, 422, "does not exist"),
+        ({"user_id": "42", "title": "x", "colour": "red"}, 422, "Extra inputs"),
+    ],
+)
+async def test_bad_notifications_say_what_is_wrong(
+    api: httpx.AsyncClient,
+    user: str,
+    runtime: Runtime,
+    body: dict[str, object],
+    status: int,
+    words: str,
+) -> None:
+    response = await api.post("/v1/notifications", json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert words in error["message"] or any(words in str(d) for d in error["details"]), error
+    assert await runtime.store.outbox_size() == 0
+
+
+async def test_malformed_json_is_a_400(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/v1/notifications", content=b'{"user_id": ', headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"
+
+
+async def test_non_json_content_type_is_a_415(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/v1/notifications",
+        content=b"user_id=42",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]["message"]
+
+
+async def test_missing_content_type_is_read_as_json(api: httpx.AsyncClient, user: str) -> None:
+    response = await api.post(
+        "/v1/notifications",
+        content=b'{"user_id": "42", "title": "x"}',
+        headers={"Content-Type": ""},
+    )
+    assert response.status_code == 202
+
+
+async def test_oversized_body_is_refused_before_it_is_read(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/notifications", content=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_batch_accepts_each_item_on_its_own(
+    api: httpx.AsyncClient, user: str, runtime: Runtime
+) -> None:
+    items = [
+        {"idempotency_key": "b1", "user_id": user, "title": "one"},
+        {"idempotency_key": "b2", "user_id": user, "title": "two"},
+        {"idempotency_key": "b3", "user_id": user},
+        {"idempotency_key": "b4", "user_id": "ghost", "title": "x"},
+        {"idempotency_key": "b1", "user_id": user, "title": "one"},
+        {"idempotency_key": "b2", "user_id": user, "title": "changed"},
+    ]
+    response = await api.post("/v1/notifications/batch", json={"notifications": items})
+    assert response.status_code == 200
+    body = response.json()
+    statuses = [item["status"] for item in body["items"]]
+    assert statuses == ["accepted", "accepted", "rejected", "rejected", "duplicate", "rejected"]
+    assert body["items"][4]["id"] == body["items"][0]["id"]
+    assert body["items"][5]["error"]["code"] == "idempotency_conflict"
+    assert (body["accepted"], body["duplicate"], body["rejected"]) == (2, 1, 3)
+    assert await runtime.store.outbox_size() == 2
+
+
+async def test_batch_over_the_limit_is_refused(api: httpx.AsyncClient, runtime: Runtime) -> None:
+    items = [{"idempotency_key": f"k{i}", "user_id": "42", "title": "x"} for i in range(1001)]
+    response = await api.post("/v1/notifications/batch", json={"notifications": items})
+    assert response.status_code == 422
+    assert "at most 1000" in response.json()["error"]["message"]
+    assert await runtime.store.outbox_size() == 0
+
+
+async def test_unknown_notification_is_404(api: httpx.AsyncClient) -> None:
+    for path in ("/v1/notifications/nope", "/v1/notifications/nope/events"):
+        response = await api.get(path)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_template_that_does_not_render_is_refused_at_post(
+    api: httpx.AsyncClient, user: str
+) -> None:
+    template = {
+        "locales": {"en": {"push": {"title": "Hi {{ name }}", "body": "x"}}},
+        "default_locale": "en",
+    }
+    assert (await api.put("/v1/templates/welcome", json=template)).status_code == 201
+    response = await api.post("/v1/notifications", json={"user_id": user, "template": "welcome"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "template_error"
+    assert "name" in error["message"]
+    assert error["details"][0]["field"] == "locales.en.push.title"
+    ok = await api.post(
+        "/v1/notifications",
+        json={"user_id": user, "template": "welcome", "variables": {"name": "Ada"}},
+    )
+    assert ok.status_code == 202
