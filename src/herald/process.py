@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 import uvicorn
 
 from herald.bus.interface import BusUnavailable
+from herald.bus.memory import MemoryBus
 from herald.config import Settings
 from herald.domain import Channel
+from herald.roles import wait_for_event
 from herald.runtime import Runtime
 from herald.security import generate_key, key_from_secret
 from herald.workers.worker import ChannelWorker
@@ -90,50 +93,45 @@ async def run(settings: Settings, plan: Plan) -> None:
 
 
 async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
-    tasks: list[Callable[[], Awaitable[None]]] = []
+    roles: list[Coroutine[Any, Any, None]] = []
     server: uvicorn.Server | None = None
     if "worker" in plan.roles:
         providers = runtime.build_providers()
         await providers.start()
+        settings = runtime.worker_settings()
         for channel in plan.channels:
             worker = ChannelWorker(
-                channel,
-                runtime.store,
-                runtime.bus,
-                providers,
-                runtime.clock,
-                runtime.worker_settings(),
+                channel, runtime.store, runtime.bus, providers, runtime.clock, settings
             )
-            tasks.append(lambda w=worker: w.run(stop))
+            roles.append(worker.run(stop))
     if "relay" in plan.roles:
-        relay = runtime.make_relay()
-        tasks.append(lambda: relay.run(stop))
+        roles.append(runtime.make_relay().run(stop))
     if "router" in plan.roles:
-        router = runtime.router()
-        tasks.append(lambda: router.run(stop))
+        roles.append(runtime.router().run(stop))
     if "scheduler" in plan.roles:
         scheduler = runtime.scheduler()
-        if isinstance(runtime.bus, _memory_bus_type()):
-            await scheduler.sweep(
-                older_than_seconds=0
-            )  # in-memory messages died with the last process
-        tasks.append(lambda: scheduler.run(stop))
+        if isinstance(runtime.bus, MemoryBus):
+            # In-process messages died with the previous process: republish its work.
+            await scheduler.sweep(older_than_seconds=0)
+        roles.append(scheduler.run(stop))
     if "api" in plan.roles:
         server = _api_server(runtime, plan)
-        tasks.append(server.serve)
+        roles.append(server.serve())
     _banner(runtime, plan)
     async with asyncio.TaskGroup() as group:
-        running = [group.create_task(task()) for task in tasks]
+        for role in roles:
+            group.create_task(role)
         group.create_task(_stop_api_on(stop, server))
         await _announce_ready(server, stop)
         await stop.wait()
         log.info("stopping: finishing in-flight batches")
-    del running
 
 
 async def _announce_ready(server: uvicorn.Server | None, stop: asyncio.Event) -> None:
-    while server is not None and not server.started and not stop.is_set():
-        await asyncio.sleep(0.02)
+    """Log `ready` once the API listens (uvicorn exposes no event for it, so poll)."""
+    while server is not None and not server.started:
+        if await wait_for_event(stop, 0.02):
+            return
     log.info("ready")
 
 
@@ -141,12 +139,6 @@ async def _stop_api_on(stop: asyncio.Event, server: uvicorn.Server | None) -> No
     await stop.wait()
     if server is not None:
         server.should_exit = True
-
-
-def _memory_bus_type() -> type:
-    from herald.bus.memory import MemoryBus
-
-    return MemoryBus
 
 
 def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
@@ -161,9 +153,7 @@ def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
         lifespan="off",
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    return server
+    return uvicorn.Server(config)
 
 
 def _banner(runtime: Runtime, plan: Plan) -> None:

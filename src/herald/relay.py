@@ -13,6 +13,7 @@ import structlog
 
 from herald.bus.interface import Bus, BusUnavailable, Record
 from herald.metrics import METRICS
+from herald.roles import wait_for_event
 from herald.storage import Store
 
 log = structlog.get_logger()
@@ -49,7 +50,4 @@ class Relay:
                 log.exception("relay pass failed; rows stay in the outbox")
                 await asyncio.sleep(1.0)
             self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), self.idle_poll)
-            except TimeoutError:
-                pass
+            await wait_for_event(self.wakeup, self.idle_poll)

@@ -4,6 +4,7 @@ batch to the role, commits after the work is recorded, and stops cleanly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -38,16 +39,16 @@ async def consume_loop(
                 await consumer.commit(messages)
         except BusUnavailable as error:
             log.warning("bus unavailable, pausing", role=name, error=str(error))
-            await _pause(stop, 2.0)
+            await wait_for_event(stop, 2.0)
         except Exception:
             log.exception("batch failed; it will be handed out again", role=name)
-            await _pause(stop, 1.0)
+            await wait_for_event(stop, 1.0)
         finally:
             await consumer.close()
 
 
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until `event` is set or `seconds` pass; True when it was set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()

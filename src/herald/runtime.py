@@ -12,6 +12,7 @@ from herald.config import Settings
 from herald.domain.retry import RetryPolicy
 from herald.live import LiveHub, LocalHub, PostgresHub
 from herald.providers.registry import ProviderSet, build_providers
+from herald.providers.webhooks import WebhookConfig
 from herald.relay import Relay
 from herald.router.router import Router
 from herald.scheduler import Scheduler
@@ -46,6 +47,7 @@ class Runtime:
     signer: Signer = field(default_factory=lambda: Signer(secrets.token_urlsafe(32)))
     providers: ProviderSet | None = None
     relay: Relay | None = None
+    webhook_config: WebhookConfig | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:

@@ -19,6 +19,7 @@ from herald.bus.interface import Bus
 from herald.bus.messages import delivery_record, notification_record
 from herald.clock import Clock
 from herald.metrics import METRICS
+from herald.roles import wait_for_event
 from herald.storage import Released, Store
 
 log = structlog.get_logger()
@@ -98,7 +99,4 @@ class Scheduler:
                     await self.store.maintain()
             except Exception:
                 log.exception("scheduler pass failed; retrying")
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await wait_for_event(stop, self.interval)

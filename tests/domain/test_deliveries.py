@@ -56,7 +56,7 @@ def test_forbidden_transitions(current: DeliveryState, new: DeliveryState) -> No
 
 
 def test_final_states_have_no_way_out() -> None:
-    assert FINAL_STATES == {S.FAILED, S.UNDELIVERABLE, S.SKIPPED}
+    assert {S.FAILED, S.UNDELIVERABLE, S.SKIPPED} == FINAL_STATES
 
 
 def test_unknown_can_never_be_sent_again() -> None:

@@ -78,7 +78,9 @@ def test_category_opt_out_is_skipped_unless_critical() -> None:
     ],
 )
 def test_quiet_hours_follow_the_category(action: QuietHoursAction, expected: Verdict) -> None:
-    decisions = decide(Preferences(quiet_hours=QUIET), category=CategorySettings("news", action), now=NIGHT)
+    decisions = decide(
+        Preferences(quiet_hours=QUIET), category=CategorySettings("news", action), now=NIGHT
+    )
     assert {v for v, _ in decisions.values()} == {expected}
 
 

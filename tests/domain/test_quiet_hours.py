@@ -74,5 +74,5 @@ def test_equal_start_and_end_is_refused() -> None:
 
 @pytest.mark.parametrize("text", ["25:00", "7:00", "07:60", "0700", "ab:cd", ""])
 def test_bad_wall_times_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="HH:MM|between"):
+    with pytest.raises(ValueError, match=r"HH:MM|between"):
         parse_wall_time(text)

@@ -10,10 +10,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from herald import __version__
 from herald.api import errors
-from herald.api.routes import admin, inbox, notifications, ops, users
+from herald.api.routes import admin, inbox, notifications, ops, users, webhooks
 from herald.runtime import Runtime
 
-ROUTE_MODULES = (users, notifications, inbox, admin, ops)
+ROUTE_MODULES = (users, notifications, inbox, admin, ops, webhooks)
 DEFAULT_BODY_LIMIT = 1 * 1024 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 
@@ -80,7 +80,8 @@ class JsonOnly:
             body = errors.error_response(
                 415,
                 "unsupported_media_type",
-                f"send JSON with Content-Type: application/json (got {content_type.decode(errors='replace')})",
+                "send JSON with Content-Type: application/json "
+                f"(got {content_type.decode(errors='replace')})",
             ).body
             await _send_json(send, 415, body)
             return
@@ -109,10 +110,10 @@ async def _too_large(send: Send, limit: int) -> None:
     await _send_json(send, 413, body)
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
+async def _send_json(send: Send, status: int, body: bytes | memoryview) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": bytes(body)})
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -141,7 +142,7 @@ def route_scopes() -> dict[tuple[str, str], str]:
             continue
         rules = [getattr(d.call, "scope_rule", None) for d in route.dependant.dependencies]
         rule = next((r for r in rules if r), "none")
-        for method in route.methods:
+        for method in route.methods or ():
             table[(method, route.path)] = rule
     return table
 

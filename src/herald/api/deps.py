@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -67,7 +67,7 @@ async def _api_key_caller(rt: Runtime, token: str) -> Caller:
     return Caller(record.id, frozenset(record.scopes))
 
 
-def require(rule: str) -> object:
+def require(rule: str) -> Any:
     """A dependency that admits API keys holding `rule`'s scope (or admin)."""
     allowed = SCOPE_RULES[rule]
 
@@ -81,7 +81,7 @@ def require(rule: str) -> object:
     return Depends(check)
 
 
-def require_inbox_access(rule: str = "read") -> object:
+def require_inbox_access(rule: str = "read") -> Any:
     """An API key with `rule`, or that user's own inbox token (header or ?token=)."""
     allowed = SCOPE_RULES[rule]
 
@@ -109,7 +109,7 @@ def require_inbox_access(rule: str = "read") -> object:
     return Depends(check)
 
 
-def public() -> object:
+def public() -> Any:
     """Marks a route that needs no API key (it authenticates otherwise or is public)."""
 
     async def check() -> None:

@@ -146,7 +146,7 @@ class WebSubscriptionKeys(Strict):
 class WebSubscription(Strict):
     endpoint: Annotated[str, StringConstraints(min_length=9, max_length=2048)]
     keys: WebSubscriptionKeys
-    expirationTime: int | None = None  # noqa: N815 - the browser's PushSubscription field
+    expirationTime: int | None = None
 
 
 class DeviceIn(Strict):

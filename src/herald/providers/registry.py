@@ -34,9 +34,10 @@ def provider_class(name: str) -> type[Provider]:
     """The Provider subclass in herald.providers.<name> whose `name` is `name`."""
     module = importlib.import_module(f"herald.providers.{name}")
     for value in vars(module).values():
-        if isinstance(value, type) and issubclass(value, Provider) and value is not Provider:
-            if getattr(value, "name", None) == name:
-                return value
+        is_provider = isinstance(value, type) and issubclass(value, Provider)
+        if is_provider and value is not Provider and getattr(value, "name", None) == name:
+            found: type[Provider] = value
+            return found
     raise UnknownProvider(f"herald.providers.{name} defines no provider named {name!r}")
 
 

@@ -81,11 +81,13 @@ def _channel_deliveries(
     targets = _targets(routing, channel)
     if skip_reason is None and not targets:
         skip_reason = _no_target_reason(channel)
-    if skip_reason is None and channel == Channel.EMAIL and unsubscribe_url is not None:
-        if notification.priority != Priority.CRITICAL:
-            payload["unsubscribe_url"] = unsubscribe_url(
-                notification.user_id, notification.category
-            )
+    if (
+        skip_reason is None
+        and channel == Channel.EMAIL
+        and unsubscribe_url is not None
+        and notification.priority != Priority.CRITICAL
+    ):
+        payload["unsubscribe_url"] = unsubscribe_url(notification.user_id, notification.category)
     if skip_reason is not None:
         targets = [_Target("", NO_TARGET)]
     suppressed = routing.suppressed

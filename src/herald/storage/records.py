@@ -72,6 +72,18 @@ class DeliveryUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderReport:
+    """A provider's later word on a delivery (webhook): delivered, bounced, ..."""
+
+    delivery_id: str | None
+    provider_message_id: str | None
+    state: DeliveryState
+    provider: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Released:
     """A delivery put back on the bus (due, or its lease expired)."""
 
@@ -132,6 +144,7 @@ __all__ = [
     "InboxItem",
     "NewNotification",
     "Page",
+    "ProviderReport",
     "Released",
     "RoutingInput",
     "SandboxMessage",

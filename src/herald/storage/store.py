@@ -47,6 +47,7 @@ from herald.storage.records import (
     InboxItem,
     NewNotification,
     Page,
+    ProviderReport,
     Released,
     RoutingInput,
     SandboxMessage,
@@ -950,45 +951,42 @@ class Store:
         return int(result.rowcount)
 
     async def record_provider_events(
-        self, events: Sequence[tuple[str | None, str | None, DeliveryState, dict[str, Any], str]]
-    ) -> list[Delivery]:
-        """Apply webhook reports: (delivery id or None, provider message id or None, new
-        state, detail, provider). Returns the deliveries that changed."""
+        self, reports: Sequence[ProviderReport]
+    ) -> list[Delivery | None]:
+        """Apply what provider webhooks reported: an event for each delivery found (by id,
+        else by the provider's message id), and the new state where the state machine
+        allows it. Returns the matched delivery per report (None when unknown)."""
         now = self.clock.now()
-        changed: list[Delivery] = []
+        matched: list[Delivery | None] = []
         async with self.transaction() as db:
-            for delivery_id, message_id, state, detail, provider in events:
+            for report in reports:
                 where = (
-                    t.deliveries.c.id == delivery_id
-                    if delivery_id
-                    else t.deliveries.c.provider_message_id == message_id
+                    t.deliveries.c.id == report.delivery_id
+                    if report.delivery_id
+                    else t.deliveries.c.provider_message_id == report.provider_message_id
                 )
-                row = (await db.execute(sa.select(t.deliveries).where(where))).first()
-                if row is None:
+                row = (await db.execute(sa.select(t.deliveries).where(where).limit(1))).first()
+                if row is None or not (report.delivery_id or report.provider_message_id):
+                    matched.append(None)
                     continue
                 delivery = _delivery(row)
-                await self._insert_events(
-                    db,
-                    [
-                        _event_row(
-                            DeliveryEvent(
-                                delivery.id, delivery.notification_id, state, now, detail, provider
-                            )
-                        )
-                    ],
+                matched.append(delivery)
+                event = DeliveryEvent(
+                    delivery.id,
+                    delivery.notification_id,
+                    report.state,
+                    now,
+                    report.detail,
+                    report.provider,
                 )
-                if delivery.state == state or state not in _WEBHOOK_TRANSITIONS.get(
-                    delivery.state, ()
-                ):
-                    continue
-                await db.execute(
-                    t.deliveries.update()
-                    .where(t.deliveries.c.id == delivery.id)
-                    .values(state=state.value, updated_at=now, last_error=detail.get("error"))
-                )
-                delivery.state = state
-                changed.append(delivery)
-        return changed
+                await self._insert_events(db, [_event_row(event)])
+                if report.state in _WEBHOOK_TRANSITIONS.get(delivery.state, ()):
+                    await db.execute(
+                        t.deliveries.update()
+                        .where(t.deliveries.c.id == delivery.id)
+                        .values(state=report.state.value, updated_at=now, last_error=report.error)
+                    )
+        return matched
 
     # -- scheduler -------------------------------------------------------------------
 

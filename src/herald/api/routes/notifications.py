@@ -115,7 +115,10 @@ def _push_size_problem(body: NotificationIn) -> str | None:
     for platform in ("android", "ios", "web"):
         over = check_push_size(platform, body.title, body.body, body.data)
         if over:
-            return f"the {platform} push payload is {over} bytes over the provider's limit; shorten title, body or data"
+            return (
+                f"the {platform} push payload is {over} bytes over the provider's limit; "
+                "shorten title, body or data"
+            )
     return None
 
 
@@ -154,8 +157,8 @@ async def post_batch(body: BatchIn, rt: RuntimeDep) -> dict[str, Any]:
     for index, raw in enumerate(body.notifications):
         try:
             item = BatchItemIn.model_validate(raw)
-        except ValidationError as error:
-            details = validation_details(error.errors())
+        except ValidationError as invalid:
+            details = validation_details(invalid.errors())
             outcomes[index].update(
                 status="rejected",
                 error={"code": "invalid", "message": details[0]["message"], "details": details},
@@ -164,10 +167,10 @@ async def post_batch(body: BatchIn, rt: RuntimeDep) -> dict[str, Any]:
         outcomes[index]["idempotency_key"] = item.idempotency_key
         candidates.append((index, _Candidate(item, item.idempotency_key)))
     problems = await _semantic_errors(rt, [c for _, c in candidates])
-    for position, error in problems.items():
+    for position, problem in problems.items():
         outcomes[candidates[position][0]].update(
             status="rejected",
-            error={"code": error.code, "message": error.message, "details": error.details},
+            error={"code": problem.code, "message": problem.message, "details": problem.details},
         )
     valid = [(i, c) for position, (i, c) in enumerate(candidates) if position not in problems]
     for (index, _), result in zip(valid, await _accept(rt, [c for _, c in valid]), strict=True):

@@ -11,9 +11,9 @@ from herald.api.schemas import (
     DeviceOut,
     PreferencesIn,
     PreferencesOut,
+    UserId,
     UserIn,
     UserOut,
-    UserId,
 )
 from herald.domain import (
     ALL_CHANNELS,
@@ -30,7 +30,8 @@ router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
 def user_out(user: User) -> UserOut:
-    assert user.created_at is not None and user.updated_at is not None
+    assert user.created_at is not None
+    assert user.updated_at is not None
     return UserOut(
         id=user.id,
         email=user.email,

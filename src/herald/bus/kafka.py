@@ -1,0 +1,420 @@
+"""The Kafka bus, on confluent-kafka (librdkafka).
+
+librdkafka calls block, so they never run on the event loop: the producer's delivery reports
+are served by one poller thread, and each consumer runs all of its calls on its own single
+thread (the client rejects concurrent calls on one consumer, and a single thread keeps
+poll, commit and close in the order they were made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Message as RawMessage
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import TopicMetadata
+from confluent_kafka.cimpl import NewTopic
+
+from herald.bus.interface import ALL_TOPICS, BusUnavailable, Message, Record
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Commit failures that mean "the group moved on": those partitions now belong to another
+# member, which will be handed the uncommitted messages again (at-least-once).
+_REBALANCE_ERRORS = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+
+
+# Reported about once a second while a broker is unreachable; BusUnavailable and healthy()
+# tell the caller, so these stay out of the warnings.
+_CONNECTION_ERRORS = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+
+
+def _log_error(error: KafkaError) -> None:
+    level = logging.INFO if error.code() in _CONNECTION_ERRORS else logging.WARNING
+    log.log(level, "kafka: %s", error.str())
+
+
+def _has_leaders(topic: TopicMetadata | None) -> bool:
+    return (
+        topic is not None
+        and topic.error is None
+        and bool(topic.partitions)
+        and all(p.leader >= 0 for p in topic.partitions.values())
+    )
+
+
+class _Acks:
+    """Delivery callback of one publish() batch: resolves its future once every record is
+    acknowledged, with the first error if any. Runs on the producer's poller thread."""
+
+    __slots__ = ("_loop", "_remaining", "error", "fatal", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self._loop = loop
+        self._remaining = count
+        self.error: KafkaError | None = None
+        self.fatal = False
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def __call__(self, error: KafkaError | None, _message: RawMessage) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+            self.fatal = error.fatal()
+        self._remaining -= 1
+        if self._remaining == 0:
+            # RuntimeError: the publishing loop is gone, so nobody waits for this batch.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+class KafkaBus:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        partitions: int = 12,
+        topic_prefix: str = "",
+        client_id: str = "herald",
+        session_timeout_ms: int = 6000,
+        heartbeat_interval_ms: int = 500,
+        connect_timeout: float = 5.0,
+        delivery_timeout: float = 30.0,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`config` holds extra librdkafka settings for every client (they win)."""
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.topic_prefix = topic_prefix
+        self.client_id = client_id
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.connect_timeout = connect_timeout
+        self.delivery_timeout = delivery_timeout
+        self._extra = dict(config or {})
+        self._admin: AdminClient | None = None
+        self._producer: Producer | None = None
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._known_topics: set[str] = set()
+        self._topics_lock = asyncio.Lock()
+        self._consumers: set[KafkaConsumer] = set()
+
+    # -- naming ---------------------------------------------------------------------------
+
+    def topic_name(self, topic: str) -> str:
+        return self.topic_prefix + topic
+
+    def _client_config(self, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        base = {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": self.client_id,
+            # Reconnect quickly after a broker restart (the default backs off up to 10 s).
+            "reconnect.backoff.ms": 100,
+            "reconnect.backoff.max.ms": 1000,
+        }
+        return {**base, **(settings or {}), **self._extra}
+
+    def _polled_client_config(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Config of a client whose poll() we call often, which is where librdkafka's logs
+        and errors are handed to these callbacks (the admin client is never polled)."""
+        return self._client_config({"error_cb": _log_error, "logger": log, **settings})
+
+    def _unavailable(self, what: str, error: object) -> BusUnavailable:
+        return BusUnavailable(f"Kafka at {self.bootstrap}: {what}: {error}")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        admin = AdminClient(self._client_config())
+        try:
+            metadata = await asyncio.to_thread(admin.list_topics, timeout=self.connect_timeout)
+        except KafkaException as exc:
+            raise self._unavailable(
+                f"no broker answered within {self.connect_timeout:g} s", exc
+            ) from exc
+        self._admin = admin
+        self._known_topics = set(metadata.topics)
+        await self.ensure_topics(ALL_TOPICS)
+        self._producer = self._new_producer()
+        self._stopping.clear()
+        self._poller = threading.Thread(
+            target=self._serve_deliveries, name="kafka-producer-poll", daemon=True
+        )
+        self._poller.start()
+
+    def _new_producer(self) -> Producer:
+        config = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": int(self.delivery_timeout * 1000),
+        }
+        return Producer(self._polled_client_config(config))
+
+    def _serve_deliveries(self) -> None:
+        while not self._stopping.is_set():
+            producer = self._producer
+            if producer is None:
+                return
+            try:
+                producer.poll(0.1)
+            except Exception:  # an error raised by a callback must not stop the reports
+                log.exception("kafka: serving delivery reports failed")
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.close()
+        self._stopping.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+            self._poller = None
+        if self._producer is not None:
+            remaining = await asyncio.to_thread(self._producer.flush, self.delivery_timeout)
+            if remaining:
+                log.warning("kafka: %d messages not delivered at close", remaining)
+            self._producer = None
+        self._admin = None
+
+    def describe(self) -> str:
+        prefix = f", topic prefix {self.topic_prefix!r}" if self.topic_prefix else ""
+        return f"kafka {self.bootstrap} ({self.partitions} partitions{prefix})"
+
+    async def healthy(self) -> bool:
+        if self._admin is None:
+            return False
+        try:
+            await asyncio.to_thread(
+                self._admin.list_topics, self.topic_name(ALL_TOPICS[0]), timeout=2.0
+            )
+        except KafkaException:
+            return False
+        return True
+
+    # -- topics ---------------------------------------------------------------------------
+
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the topics (logical names) that do not exist yet."""
+        missing = {self.topic_name(t) for t in topics} - self._known_topics
+        if not missing:
+            return
+        admin = self._require(self._admin)
+        async with self._topics_lock:
+            missing -= self._known_topics
+            if not missing:
+                return
+            futures = admin.create_topics(
+                [NewTopic(name, self.partitions, replication_factor=-1) for name in missing],
+                request_timeout=self.connect_timeout,
+            )
+            for name, future in futures.items():
+                try:
+                    await asyncio.wrap_future(future)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise self._unavailable(f"creating topic {name}", exc) from exc
+            await asyncio.to_thread(self._await_leaders, admin, sorted(missing))
+            self._known_topics |= missing
+
+    def _await_leaders(self, admin: AdminClient, names: list[str]) -> None:
+        """Wait until the new topics have leaders: a consumer subscribing to a topic its
+        metadata does not show yet would not see it until the next metadata refresh."""
+        deadline = time.monotonic() + self.connect_timeout
+        for name in names:
+            while True:
+                topic = admin.list_topics(name, timeout=self.connect_timeout).topics.get(name)
+                if _has_leaders(topic):
+                    break
+                if time.monotonic() > deadline:
+                    reason = topic.error if topic is not None else "not in metadata"
+                    raise self._unavailable(f"topic {name} has no leader", reason)
+                time.sleep(0.05)
+
+    # -- producing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _require(client: T | None) -> T:
+        if client is None:
+            raise RuntimeError("KafkaBus.start() was not called (or the bus is closed)")
+        return client
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        producer = self._require(self._producer)
+        await self.ensure_topics({record.topic for record in records})
+        acks = _Acks(asyncio.get_running_loop(), len(records))
+        for record in records:
+            await self._produce(producer, record, acks)
+        try:
+            # librdkafka reports a timeout itself after message.timeout.ms; this is a backstop.
+            await asyncio.wait_for(asyncio.shield(acks.future), self.delivery_timeout + 10)
+        except TimeoutError as exc:
+            raise self._unavailable("no delivery report", "timed out") from exc
+        if acks.error is not None:
+            if acks.fatal:
+                # The idempotent producer cannot go on after a fatal error: start a new one.
+                self._producer = self._new_producer()
+            raise self._unavailable("publish failed", acks.error.str())
+
+    async def _produce(self, producer: Producer, record: Record, acks: _Acks) -> None:
+        while True:
+            try:
+                producer.produce(
+                    self.topic_name(record.topic), record.value, record.key, on_delivery=acks
+                )
+                return
+            except BufferError:
+                # The local queue is full: let the poller thread drain delivery reports.
+                await asyncio.sleep(0.01)
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def consumer(self, topics: Sequence[str], group: str) -> KafkaConsumer:
+        consumer = KafkaConsumer(self, tuple(topics), self.topic_prefix + group)
+        self._consumers.add(consumer)
+        return consumer
+
+    def _consumer_config(self, group: str) -> dict[str, Any]:
+        config = {
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+        }
+        return self._polled_client_config(config)
+
+    def _forget(self, consumer: KafkaConsumer) -> None:
+        self._consumers.discard(consumer)
+
+
+class KafkaConsumer:
+    def __init__(self, bus: KafkaBus, topics: tuple[str, ...], group: str) -> None:
+        self._bus = bus
+        self.topics = topics
+        self.group = group
+        self._prefix_len = len(bus.topic_prefix)
+        self._consumer = Consumer(bus._consumer_config(group))
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{group}")
+        self._subscribed = False
+        self._closed = False
+        self._in_flight: asyncio.Future[list[Message]] | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(fn, *args))
+
+    async def poll(self, max_messages: int = 500, timeout: float = 1.0) -> list[Message]:
+        if self._closed:
+            return []
+        if not self._subscribed:
+            await self._bus.ensure_topics(self.topics)
+            names = [self._bus.topic_name(t) for t in self.topics]
+            await self._call(self._consumer.subscribe, names)
+            self._subscribed = True
+        if self._in_flight is None:
+            loop = asyncio.get_running_loop()
+            self._in_flight = loop.run_in_executor(self._thread, self._fetch, max_messages, timeout)
+        fetch = self._in_flight
+        try:
+            messages = await asyncio.shield(fetch)
+        except asyncio.CancelledError:
+            # The fetch goes on; its messages (already past the consumer's position) are
+            # handed out by the next poll instead of being lost.
+            raise
+        except KafkaException as exc:
+            self._in_flight = None
+            raise self._bus._unavailable(f"consumer {self.group}", exc) from exc
+        self._in_flight = None
+        return messages
+
+    def _fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        # consume() would wait out the whole timeout for a full batch; poll() returns on the
+        # first message, then consume(timeout=0) takes what is already fetched.
+        first = self._consumer.poll(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        if max_messages > 1:
+            batch += self._consumer.consume(max_messages - 1, 0)
+        return [message for raw in batch if (message := self._convert(raw)) is not None]
+
+    def _convert(self, raw: RawMessage) -> Message | None:
+        error = raw.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("kafka consumer %s: %s", self.group, error.str())
+            return None
+        key = raw.key()
+        return Message(
+            topic=(raw.topic() or "")[self._prefix_len :],
+            key=key.decode() if key is not None else "",
+            value=raw.value() or b"",
+            partition=raw.partition() or 0,
+            offset=raw.offset() or 0,
+        )
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        if not messages or self._closed:
+            return
+        positions: dict[tuple[str, int], int] = {}
+        for message in messages:
+            slot = (message.topic, message.partition)
+            positions[slot] = max(positions.get(slot, 0), message.offset + 1)
+        offsets = [
+            TopicPartition(self._bus.topic_name(topic), partition, offset)
+            for (topic, partition), offset in positions.items()
+        ]
+        try:
+            await self._call(self._commit_sync, offsets)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() in _REBALANCE_ERRORS:
+                log.info("kafka consumer %s: commit after a rebalance: %s", self.group, error)
+                return
+            raise self._bus._unavailable("commit failed", error.str()) from exc
+
+    def _commit_sync(self, offsets: list[TopicPartition]) -> None:
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    async def assigned_partitions(self) -> set[tuple[str, int]]:
+        """(topic, partition) pairs this member holds now (for tests and diagnostics)."""
+        if self._closed:
+            return set()
+        assignment = await self._call(self._consumer.assignment)
+        return {(tp.topic[self._prefix_len :], tp.partition) for tp in assignment}
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._bus._forget(self)
+        try:
+            await self._call(self._consumer.close)
+        finally:
+            self._thread.shutdown(wait=False)

@@ -1,0 +1,45 @@
+"""KafkaBus behaviour beyond the shared contract (test_bus_contract.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from herald.bus.interface import NOTIFICATIONS_TOPIC, BusUnavailable, Record
+from herald.bus.kafka import KafkaBus
+
+
+async def test_start_without_a_broker_raises_bus_unavailable_naming_the_address() -> None:
+    bus = KafkaBus("127.0.0.1:1", connect_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(BusUnavailable, match=r"127\.0\.0\.1:1"):
+        await bus.start()
+    assert time.monotonic() - started < 5
+    assert not await bus.healthy()
+
+
+def test_describe_names_the_broker_and_partitions() -> None:
+    assert (
+        KafkaBus("127.0.0.1:9092", partitions=6).describe() == "kafka 127.0.0.1:9092 (6 partitions)"
+    )
+
+
+@pytest.mark.kafka
+async def test_a_cancelled_poll_hands_its_messages_to_the_next_poll(kafka_bus: KafkaBus) -> None:
+    consumer = kafka_bus.consumer([NOTIFICATIONS_TOPIC], "router")
+    deadline = time.monotonic() + 30
+    while len(await consumer.assigned_partitions()) < kafka_bus.partitions:
+        assert await consumer.poll(timeout=0.2) == []
+        assert time.monotonic() < deadline, "the consumer never got its partitions"
+
+    waiting = asyncio.create_task(consumer.poll(timeout=10))
+    await asyncio.sleep(0.2)  # the fetch is now blocked in the consumer's thread
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await kafka_bus.publish([Record(NOTIFICATIONS_TOPIC, "user-1", b"not lost")])
+
+    assert [m.value for m in await consumer.poll(timeout=10)] == [b"not lost"]
+    await consumer.close()

@@ -1,0 +1,239 @@
+"""The worker acts on the provider's typed outcome alone: one table of outcomes and what
+each does to the delivery, the device, the suppression list and the circuit."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import ClassVar
+
+import httpx
+import pytest
+
+from herald.clock import FakeClock
+from herald.domain import (
+    Accepted,
+    Channel,
+    DeliveryState,
+    InvalidTarget,
+    Outcome,
+    ProviderDown,
+    Rejected,
+    Retry,
+)
+from herald.domain.retry import RetryPolicy
+from herald.providers.base import OutboundMessage, Provider
+from herald.providers.registry import ProviderSet
+from herald.runtime import Runtime
+from herald.workers.worker import ChannelWorker, WorkerSettings
+
+S = DeliveryState
+
+
+class Scripted(Provider):
+    """Answers each send with the next outcome of its script; records what it was given."""
+
+    channel: ClassVar[Channel] = Channel.EMAIL
+
+    def __init__(self, name: str, *script: Outcome) -> None:
+        self.name = name  # type: ignore[misc]
+        self.script = list(script)
+        self.sent: list[OutboundMessage] = []
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        self.sent.extend(messages)
+        return [self.script.pop(0) if self.script else Accepted("ok") for _ in messages]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    from datetime import UTC, datetime
+
+    return FakeClock(datetime.now(UTC))
+
+
+async def route_one(
+    api: httpx.AsyncClient, runtime: Runtime, channels: list[str], **extra: object
+) -> str:
+    await api.put("/v1/users/u1", json={"email": "u1@example.com", "phone": "+14155550100"})
+    await api.post("/v1/users/u1/devices", json={"platform": "ios", "token": "ab" * 32})
+    accepted = await api.post(
+        "/v1/notifications", json={"user_id": "u1", "title": "t", "channels": channels, **extra}
+    )
+    await runtime.router().route([accepted.json()["id"]])
+    (delivery,) = await runtime.store.list_deliveries(accepted.json()["id"])
+    return delivery.id
+
+
+def worker_for(
+    runtime: Runtime, channel: Channel, *providers: Provider, max_attempts: int = 3
+) -> ChannelWorker:
+    provider_set = ProviderSet(
+        by_channel={channel: list(providers)}, push_by_platform={"ios": list(providers)}
+    )
+    settings = WorkerSettings(
+        retry=RetryPolicy(max_attempts=max_attempts, base_seconds=2, max_seconds=60)
+    )
+    return ChannelWorker(
+        channel, runtime.store, runtime.bus, provider_set, runtime.clock, settings, random.Random(1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "error"),
+    [
+        (Accepted("msg-1"), S.SENT, None),
+        (Accepted("inbox", delivered=True), S.DELIVERED, None),
+        (Rejected("MessageRejected"), S.FAILED, "MessageRejected"),
+        (InvalidTarget("mailbox unavailable"), S.UNDELIVERABLE, "mailbox unavailable"),
+        (Retry("throttled"), S.DEFERRED, "throttled"),
+        (ProviderDown("bad credentials"), S.DEFERRED, "email: provider down: bad credentials"),
+    ],
+)
+async def test_each_outcome_sets_the_delivery_state(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    outcome: Outcome,
+    state: DeliveryState,
+    error: str | None,
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"])
+    worker = worker_for(runtime, Channel.EMAIL, Scripted("email", outcome))
+    await worker.process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == state
+    assert delivery.last_error == error
+    if isinstance(outcome, Accepted):
+        assert delivery.provider_message_id == outcome.provider_message_id
+
+
+async def test_retry_honours_retry_after_then_dead_letters(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"])
+    provider = Scripted("email", Retry("429", after=120.0), Retry("503"), Retry("503"))
+    worker = worker_for(runtime, Channel.EMAIL, provider, max_attempts=3)
+    await worker.process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.DEFERRED
+    assert delivery.due_at is not None
+    assert (delivery.due_at - clock.now()).total_seconds() == pytest.approx(120.0, abs=0.01)
+    await worker.process([delivery_id])  # not due yet: not claimable
+    assert len(provider.sent) == 1
+    for expected_attempts in (2, 3):
+        clock.advance(200)
+        await worker.process([delivery_id])
+        (delivery,) = await runtime.store.get_deliveries([delivery_id])
+        assert delivery.attempts == expected_attempts
+    assert delivery.state == S.FAILED
+    assert delivery.last_error == "dead-lettered after 3 attempts: 503"
+    assert len(provider.sent) == 3
+
+
+async def test_backoff_grows_exponentially_with_jitter() -> None:
+    policy = RetryPolicy(max_attempts=10, base_seconds=2, max_seconds=60)
+    rng = random.Random(7)
+    delays = [policy.delay(attempt, None, rng) for attempt in range(1, 8)]
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = min(60, 2 * 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= ceiling
+    assert policy.delay(1, 30.0, rng) == 30.0
+
+
+async def test_retry_past_the_ttl_is_dead_lettered(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"], ttl_seconds=1)
+    worker = worker_for(runtime, Channel.EMAIL, Scripted("email", Retry("busy", after=30)))
+    await worker.process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.FAILED
+    assert "dead-lettered" in (delivery.last_error or "")
+
+
+async def test_invalid_push_target_deactivates_the_device(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    delivery_id = await route_one(api, runtime, ["push"])
+    worker = worker_for(runtime, Channel.PUSH, Scripted("apns", InvalidTarget("410 Unregistered")))
+    await worker.process([delivery_id])
+    (device,) = (await api.get("/v1/users/u1/devices")).json()["items"]
+    assert device["active"] is False
+    assert device["deactivated_reason"] == "410 Unregistered"
+    again = await api.post(
+        "/v1/notifications", json={"user_id": "u1", "title": "t", "channels": ["push"]}
+    )
+    await runtime.router().route([again.json()["id"]])
+    (skipped,) = await runtime.store.list_deliveries(again.json()["id"])
+    assert (skipped.state, skipped.last_error) == (S.SKIPPED, "no active device")
+
+
+async def test_invalid_address_is_suppressed_and_not_sent_again(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"])
+    await worker_for(
+        runtime, Channel.EMAIL, Scripted("email", InvalidTarget("550 no such user"))
+    ).process([delivery_id])
+    suppressions = (await api.get("/v1/suppressions", params={"channel": "email"})).json()["items"]
+    assert [(s["address"], s["reason"]) for s in suppressions] == [
+        ("u1@example.com", "550 no such user")
+    ]
+    again = await api.post(
+        "/v1/notifications", json={"user_id": "u1", "title": "t", "channels": ["email"]}
+    )
+    await runtime.router().route([again.json()["id"]])
+    (skipped,) = await runtime.store.list_deliveries(again.json()["id"])
+    assert (skipped.state, skipped.last_error) == (S.SKIPPED, "address is suppressed")
+
+
+async def test_provider_down_opens_the_circuit_without_spending_attempts(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"])
+    provider = Scripted("ses", ProviderDown("AccountSuspended"))
+    worker = worker_for(runtime, Channel.EMAIL, provider)
+    await worker.process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.attempts) == (S.DEFERRED, 0)
+    assert worker.circuits.is_open("ses")
+    clock.advance(31)
+    await worker.process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.attempts, delivery.provider_message_id) == (S.SENT, 1, "ok")
+    assert not worker.circuits.is_open("ses")
+
+
+async def test_failover_sends_through_the_next_provider_once(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"])
+    ses = Scripted("ses", ProviderDown("SendingPaused"))
+    sendgrid = Scripted("sendgrid", Accepted("sg-1"))
+    await worker_for(runtime, Channel.EMAIL, ses, sendgrid).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.provider, delivery.provider_message_id) == (
+        S.SENT,
+        "sendgrid",
+        "sg-1",
+    )
+    assert (
+        [m.delivery_id for m in ses.sent] == [m.delivery_id for m in sendgrid.sent] == [delivery_id]
+    )
+    events = await runtime.store.list_events(delivery.notification_id)
+    sent = next(e for e in events if e.state == S.SENT)
+    assert sent.detail["failed_over_from"] == ["ses: provider down: SendingPaused"]
+
+
+async def test_a_provider_that_raises_does_not_lose_the_batch(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    class Broken(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            raise RuntimeError("bug")
+
+    delivery_id = await route_one(api, runtime, ["email"])
+    await worker_for(runtime, Channel.EMAIL, Broken("email")).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.DEFERRED
+    assert "RuntimeError: bug" in (delivery.last_error or "")
