@@ -2,4 +2,4 @@
 on the embedded backends (SQLite + in-process bus) and on the production ones
 (PostgreSQL + Kafka, marked `production`, `postgres` and `kafka`)."""
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.herald"]
+pytest_plugins = ["tests.fixtures.services", "tests.fixtures.herald", "tests.fixtures.serve"]
