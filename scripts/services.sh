@@ -4,7 +4,10 @@
 # and Apache Kafka in KRaft mode (jars from Maven Central, cached in ~/.cache/herald).
 #
 #   scripts/services.sh start|stop|status|env|restart-kafka|restart-postgres
+#   scripts/services.sh start-kafka|stop-kafka|kill-kafka
 #
+# HERALD_KAFKA_DATA, HERALD_KAFKA_PORT and HERALD_KAFKA_CONTROLLER_PORT run a second,
+# private broker beside the shared one (the fault tests stop and kill theirs).
 # Every command is idempotent: `start` with everything running does nothing.
 set -euo pipefail
 
@@ -18,8 +21,8 @@ KAFKA_DATA="${HERALD_KAFKA_DATA:-$CACHE/kafka-data}"
 KAFKA_PID="$KAFKA_DATA/kafka.pid"
 KAFKA_LOG="$KAFKA_DATA/kafka.log"
 KAFKA_HOST=127.0.0.1
-KAFKA_PORT=9092
-KAFKA_CONTROLLER_PORT=9093
+KAFKA_PORT="${HERALD_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${HERALD_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_START_TIMEOUT="${HERALD_KAFKA_START_TIMEOUT:-90}"
 
 PG_HOST=127.0.0.1
@@ -337,6 +340,15 @@ kafka_start() {
     kafka_wait
 }
 
+kafka_kill() {
+    local pid
+    pid="$(kafka_pid)" || return 0
+    log "killing Kafka (pid $pid) with SIGKILL"
+    kill -KILL "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -f "$KAFKA_PID"
+}
+
 kafka_stop() {
     local pid
     pid="$(kafka_pid)" || { rm -f "$KAFKA_PID"; return 0; }
@@ -382,7 +394,7 @@ status() {
 }
 
 usage() {
-    echo "usage: $0 start|stop|status|env|restart-kafka|restart-postgres" >&2
+    echo "usage: $0 start|stop|status|env|restart-kafka|restart-postgres|start-kafka|stop-kafka|kill-kafka" >&2
     exit 2
 }
 
@@ -410,5 +422,11 @@ case "${1:-}" in
         pg_restart
         pg_status
         ;;
+    start-kafka)
+        kafka_start
+        kafka_status
+        ;;
+    stop-kafka) kafka_stop ;;
+    kill-kafka) kafka_kill ;;
     *) usage ;;
 esac

@@ -20,6 +20,7 @@ from herald.domain import Channel
 from herald.roles import wait_for_event
 from herald.runtime import Runtime
 from herald.security import generate_key, key_from_secret
+from herald.storage.migrate import pending
 from herald.workers.worker import ChannelWorker
 
 log = structlog.get_logger()
@@ -48,6 +49,12 @@ async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
         raise StartupError(
             f"database unreachable at {runtime.store.describe()}: {error}"
         ) from error
+    if not migrate and await pending(runtime.store.engine):
+        await runtime.store.close()
+        raise StartupError(
+            f"the database schema at {runtime.store.describe()} is missing or out of date: "
+            "run `herald migrate` first"
+        )
     try:
         await runtime.start(migrate=False)
     except BusUnavailable as error:

@@ -31,6 +31,21 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(run)
 
 
+async def pending(engine: AsyncEngine) -> bool:
+    """True when the database is not at the newest revision (or has no schema at all)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+    def current(connection: object) -> str | None:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()  # type: ignore[arg-type]
+        return revision
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(current) != head
+
+
 def upgrade_sync(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 

@@ -1,0 +1,229 @@
+"""Herald as a fleet of processes on PostgreSQL and Kafka: separate roles, a worker killed
+with SIGKILL mid-run, a broker that goes away and comes back, and dependencies that are
+down at start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.fixtures.herald import _truncate, eventually
+from tests.fixtures.serve import HeraldLauncher, free_port
+
+pytestmark = [pytest.mark.production, pytest.mark.postgres, pytest.mark.kafka, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+USERS = 250
+PER_USER = 8  # 2,000 notifications
+
+
+def android_token(user: int) -> str:
+    return f"fleet{user:05d}:APA91b" + "x" * 140
+
+
+@pytest.fixture
+async def fleet_env(
+    postgres_test_url: str, kafka_bootstrap: str, herald_env: dict[str, str]
+) -> dict[str, str]:
+    await _truncate(postgres_test_url)
+    herald_env.update(
+        HERALD_DATABASE_URL=postgres_test_url,
+        HERALD_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        HERALD_KAFKA_TOPIC_PREFIX=f"fleet{uuid.uuid4().hex[:8]}.",
+        HERALD_KAFKA_PARTITIONS="4",
+        HERALD_LEASE_SECONDS="3",
+    )
+    return herald_env
+
+
+async def create_users(client: httpx.AsyncClient, count: int) -> None:
+    semaphore = asyncio.Semaphore(20)
+
+    async def one(user: int) -> None:
+        async with semaphore:
+            assert (
+                await client.put(f"/v1/users/u{user}", json={"timezone": "UTC"})
+            ).status_code == 201
+            device = {"platform": "android", "token": android_token(user)}
+            assert (await client.post(f"/v1/users/u{user}/devices", json=device)).status_code == 201
+
+    await asyncio.gather(*(one(u) for u in range(count)))
+
+
+async def send_batches(client: httpx.AsyncClient, users: int, per_user: int, tag: str) -> set[str]:
+    items = [
+        {
+            "idempotency_key": f"{tag}-{u}-{n}",
+            "user_id": f"u{u}",
+            "title": f"#{n}",
+            "channels": ["push"],
+        }
+        for n in range(per_user)
+        for u in range(users)
+    ]
+    ids: set[str] = set()
+    for start in range(0, len(items), 1000):
+        response = await client.post(
+            "/v1/notifications/batch", json={"notifications": items[start : start + 1000]}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["accepted"] == len(items[start : start + 1000])
+        ids.update(item["id"] for item in response.json()["items"])
+    return ids
+
+
+async def delivery_counts(url: str) -> dict[str, int]:
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch("SELECT state, count(*) FROM deliveries GROUP BY state")
+        return {row["state"]: row["count"] for row in rows}
+    finally:
+        await connection.close()
+
+
+async def test_a_fleet_delivers_everything_once_through_a_worker_kill(
+    launch_herald: HeraldLauncher, fleet_env: dict[str, str], postgres_test_url: str
+) -> None:
+    api = launch_herald("api")
+    for role in (("relay",), ("router",), ("scheduler",)):
+        launch_herald(*role)
+    doomed = launch_herald("worker", "--channel", "push")
+    launch_herald("worker", "--channel", "push")
+    async with httpx.AsyncClient(
+        base_url=api.url, headers={"Authorization": f"Bearer {api.key}"}, timeout=60
+    ) as client:
+        await create_users(client, USERS)
+        notification_ids = await send_batches(client, USERS, PER_USER, "fleet")
+    expected = USERS * PER_USER
+    assert len(notification_ids) == expected
+
+    async def some_sent() -> bool:
+        return (await delivery_counts(postgres_test_url)).get("sent", 0) >= expected // 4
+
+    await eventually(some_sent, timeout=120)
+    doomed.kill()
+
+    async def all_sent() -> dict[str, int] | None:
+        counts = await delivery_counts(postgres_test_url)
+        return counts if counts.get("sent", 0) == expected else None
+
+    await eventually(all_sent, timeout=180, interval=0.5)
+    connection = await asyncpg.connect(postgres_test_url)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM deliveries") == expected
+        assert (
+            await connection.fetchval("SELECT count(DISTINCT delivery_id) FROM sandbox_messages")
+            == expected
+        )
+        assert await connection.fetchval("SELECT count(*) FROM sandbox_messages") == expected
+        per_delivery = await connection.fetch(
+            "SELECT delivery_id, count(*) FILTER (WHERE state = 'sent') AS sent, "
+            "count(*) FILTER (WHERE state = 'sending') AS attempts FROM delivery_events GROUP BY delivery_id"
+        )
+        assert len(per_delivery) == expected
+        assert {row["sent"] for row in per_delivery} == {1}
+        retried = sum(1 for row in per_delivery if row["attempts"] > 1)
+        print(
+            f"fleet: {expected} deliveries sent once each; {retried} recovered after the worker kill"
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A broker of this test's own (the shared one serves the other tests)."""
+    env = {
+        **os.environ,
+        "HERALD_KAFKA_DATA": str(tmp_path / "kafka"),
+        "HERALD_KAFKA_PORT": str(free_port()),
+        "HERALD_KAFKA_CONTROLLER_PORT": str(free_port()),
+    }
+    services = str(ROOT / "scripts" / "services.sh")
+    subprocess.run([services, "start-kafka"], env=env, check=True, timeout=180, capture_output=True)
+    env["services"] = services
+    try:
+        yield env
+    finally:
+        subprocess.run(
+            [services, "kill-kafka"], env=env, check=False, timeout=60, capture_output=True
+        )
+
+
+async def test_work_pauses_while_the_broker_is_down_and_nothing_is_lost(
+    launch_herald: HeraldLauncher,
+    fleet_env: dict[str, str],
+    private_kafka: dict[str, str],
+    postgres_test_url: str,
+) -> None:
+    bootstrap = f"127.0.0.1:{private_kafka['HERALD_KAFKA_PORT']}"
+    herald = launch_herald("serve", env={"HERALD_KAFKA_BOOTSTRAP": bootstrap})
+    client = httpx.AsyncClient(
+        base_url=herald.url, headers={"Authorization": f"Bearer {herald.key}"}, timeout=60
+    )
+    async with client:
+        await create_users(client, 20)
+        before = await send_batches(client, 20, 5, "before")
+
+        async def delivered(count: int) -> bool:
+            return (await delivery_counts(postgres_test_url)).get("sent", 0) >= count
+
+        await eventually(lambda: delivered(100), timeout=60)
+        services = private_kafka["services"]
+        subprocess.run(
+            [services, "stop-kafka"], env=private_kafka, check=True, timeout=90, capture_output=True
+        )
+
+        async def not_ready() -> bool:
+            return (await client.get("/readyz")).status_code == 503
+
+        await eventually(not_ready, timeout=30)
+        during = await send_batches(client, 20, 5, "during")  # accepted into the outbox
+        time.sleep(1)
+        assert (await delivery_counts(postgres_test_url)).get("sent", 0) == 100
+        subprocess.run(
+            [services, "start-kafka"],
+            env=private_kafka,
+            check=True,
+            timeout=180,
+            capture_output=True,
+        )
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, timeout=60)
+        await eventually(lambda: delivered(200), timeout=120)
+    assert len(before | during) == 200
+    counts = await delivery_counts(postgres_test_url)
+    assert counts == {"sent": 200}
+    herald.stop()
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        (
+            {"HERALD_DATABASE_URL": "postgresql://herald:herald@127.0.0.1:1/herald"},
+            "database unreachable",
+        ),
+        ({"HERALD_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "127.0.0.1:1"),
+    ],
+)
+def test_an_unreachable_dependency_at_start_is_named_and_exits_nonzero(
+    launch_herald: HeraldLauncher, fleet_env: dict[str, str], override: dict[str, str], words: str
+) -> None:
+    herald = launch_herald("serve", env=override, wait_ready=False)
+    code = herald.wait(90)
+    assert code == 2
+    output = herald.output()
+    assert "cannot start" in output
+    assert words in output

@@ -1,0 +1,188 @@
+"""`herald serve` as a user runs it: one process, every role, configured by environment."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.herald import _truncate
+from tests.fixtures.serve import HeraldLauncher, HeraldProcess
+
+ANDROID = "c2VydmVfdGVzdA:APA91bH" + "s" * 140
+IOS = "cd" * 32
+
+
+def setup_user(client: httpx.Client, user: str = "42") -> None:
+    body = {"email": "ada@example.com", "phone": "+14155550100", "timezone": "UTC"}
+    assert client.put(f"/v1/users/{user}", json=body).status_code == 201
+    for device in ({"platform": "android", "token": ANDROID}, {"platform": "ios", "token": IOS}):
+        assert client.post(f"/v1/users/{user}/devices", json=device).status_code == 201
+
+
+def wait_for(check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {timeout}s; last: {last!r}")
+
+
+def final_deliveries(
+    client: httpx.Client, notification_id: str, count: int
+) -> list[dict[str, Any]] | None:
+    found = client.get(f"/v1/notifications/{notification_id}").json()["deliveries"]
+    done = len(found) == count and not {"queued", "sending"} & {d["status"] for d in found}
+    return found if done else None
+
+
+async def read_sse(
+    herald: HeraldProcess, user: str, token: str, ready: asyncio.Event
+) -> dict[str, Any]:
+    """Open the stream as a browser would (token in the query) and return the first event."""
+    async with (
+        httpx.AsyncClient(base_url=herald.url, timeout=30) as client,
+        client.stream("GET", f"/v1/users/{user}/inbox/stream", params={"token": token}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line.startswith(": connected"):
+                ready.set()
+            elif line.startswith(("event:", "data:", "id:")):
+                name, _, value = line.partition(":")
+                event[name] = value.strip()
+            elif not line and "data" in event:
+                return {
+                    "event": event["event"],
+                    "id": event["id"],
+                    "data": json.loads(event["data"]),
+                }
+    raise AssertionError("stream ended without an event")
+
+
+async def stream_one_notification(herald: HeraldProcess, user: str = "42") -> dict[str, Any]:
+    with herald.client() as client:
+        token = client.post(f"/v1/users/{user}/inbox-token").json()["token"]
+    ready = asyncio.Event()
+    reader = asyncio.create_task(read_sse(herald, user, token, ready))
+    await asyncio.wait_for(ready.wait(), 15)
+    with herald.client() as client:
+        client.post(
+            "/v1/notifications", json={"user_id": user, "title": "Live", "channels": ["in_app"]}
+        )
+    return await asyncio.wait_for(reader, 30)
+
+
+async def test_serve_delivers_streams_and_stops_cleanly(launch_herald: HeraldLauncher) -> None:
+    herald = launch_herald("serve")
+    with herald.client() as client:
+        setup_user(client)
+        accepted = client.post(
+            "/v1/notifications",
+            json={"user_id": "42", "title": "Paid", "body": "€12"},
+            headers={"Idempotency-Key": "serve-1"},
+        )
+        assert accepted.status_code == 202
+        again = client.post(
+            "/v1/notifications",
+            json={"user_id": "42", "title": "Paid", "body": "€12"},
+            headers={"Idempotency-Key": "serve-1"},
+        )
+        assert (again.status_code, again.json()["id"]) == (200, accepted.json()["id"])
+        found = wait_for(lambda: final_deliveries(client, accepted.json()["id"], 5))
+        assert sorted(d["status"] for d in found) == ["delivered", "sent", "sent", "sent", "sent"]
+        sandbox = client.get("/v1/sandbox/messages").json()["items"]
+        assert sorted(m["channel"] for m in sandbox) == ["email", "push", "push", "sms"]
+        events = client.get(f"/v1/notifications/{accepted.json()['id']}/events").json()["items"]
+        assert {e["status"] for e in events} == {"queued", "sending", "sent", "delivered"}
+        assert client.get("/readyz").status_code == 200
+        assert "herald_notifications_accepted_total 1.0" in client.get("/metrics").text
+    event = await stream_one_notification(herald)
+    assert event["event"] == "inbox"
+    assert event["data"]["title"] == "Live"
+    assert herald.stop() == 0
+    log = [json.loads(line) for line in herald.output().splitlines() if line.startswith("{")]
+    messages = [line["event"] for line in log]
+    assert messages[:2] == ["herald starting", "ready"]
+    assert messages[-1] == "stopped cleanly"
+    assert herald.key.split("_")[-1] not in herald.output()
+
+
+def test_serve_after_sigkill_sends_what_it_had_accepted(launch_herald: HeraldLauncher) -> None:
+    """The in-process bus dies with the process; the outbox and the restart sweep bring
+    back every accepted notification, and none is sent twice."""
+    herald = launch_herald("serve", env={"HERALD_LEASE_SECONDS": "2"})
+    with herald.client() as client:
+        setup_user(client)
+        items = [
+            {
+                "idempotency_key": f"k{n}",
+                "user_id": "42",
+                "title": f"#{n}",
+                "channels": ["push", "in_app"],
+            }
+            for n in range(300)
+        ]
+        response = client.post("/v1/notifications/batch", json={"notifications": items})
+        assert response.json()["accepted"] == 300
+    herald.kill()
+    restarted = launch_herald("serve", env={"HERALD_LEASE_SECONDS": "2"})
+    with restarted.client() as client:
+
+        def all_done() -> bool:
+            sandbox = client.get("/v1/sandbox/messages", params={"limit": 200}).json()
+            inbox = client.get("/v1/users/42/inbox").json()
+            return bool(inbox["unread_count"] == 300 and sandbox["next_cursor"])
+
+        wait_for(all_done, timeout=90)
+        pushes: list[str] = []
+        cursor = None
+        while True:
+            page = client.get(
+                "/v1/sandbox/messages",
+                params={"limit": 200, **({"cursor": cursor} if cursor else {})},
+            ).json()
+            pushes.extend(m["delivery_id"] for m in page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert len(pushes) == 600
+        assert len(set(pushes)) == 600
+    assert restarted.stop() == 0
+
+
+@pytest.mark.production
+@pytest.mark.postgres
+@pytest.mark.kafka
+async def test_inbox_stream_reaches_the_browser_across_processes(
+    launch_herald: HeraldLauncher,
+    herald_env: dict[str, str],
+    postgres_test_url: str,
+    kafka_bootstrap: str,
+) -> None:
+    """The worker that stores the item and the API process holding the stream are
+    different processes: PostgreSQL LISTEN/NOTIFY carries the event between them."""
+    await _truncate(postgres_test_url)
+    herald_env.update(
+        HERALD_DATABASE_URL=postgres_test_url,
+        HERALD_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        HERALD_KAFKA_TOPIC_PREFIX=f"sse{uuid.uuid4().hex[:8]}.",
+        HERALD_KAFKA_PARTITIONS="2",
+    )
+    api = launch_herald("api")
+    for role in (("relay",), ("router",), ("worker", "--channel", "in_app")):
+        launch_herald(*role)
+    with api.client() as client:
+        assert client.put("/v1/users/42", json={"timezone": "UTC"}).status_code == 201
+    event = await stream_one_notification(api)
+    assert event["data"]["title"] == "Live"
