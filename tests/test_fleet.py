@@ -186,9 +186,7 @@ async def test_work_pauses_while_the_broker_is_down_and_nothing_is_lost(
             return (await delivery_counts(postgres_test_url)).get("sent", 0) >= count
 
         await eventually(lambda: delivered(100), timeout=60)
-        subprocess.run(
-            [services, "stop-kafka"], env=private_kafka, check=True, timeout=90, capture_output=True
-        )
+        await run_services(private_kafka, "stop-kafka")
 
         async def not_ready() -> bool:
             return (await client.get("/readyz")).status_code == 503
@@ -197,13 +195,7 @@ async def test_work_pauses_while_the_broker_is_down_and_nothing_is_lost(
         during = await send_batches(client, 20, 5, "during")  # accepted into the outbox
         await asyncio.sleep(1)
         assert (await delivery_counts(postgres_test_url)).get("sent", 0) == 100
-        subprocess.run(
-            [services, "start-kafka"],
-            env=private_kafka,
-            check=True,
-            timeout=180,
-            capture_output=True,
-        )
+        await run_services(private_kafka, "start-kafka")
 
         async def ready() -> bool:
             return (await client.get("/readyz")).status_code == 200
