@@ -51,7 +51,9 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:
-        store = open_store(settings.effective_database_url, clock)
+        store = open_store(
+            settings.effective_database_url, clock, retention_days=settings.events_retention_days
+        )
         hub: LiveHub = (
             PostgresHub(_asyncpg_dsn(settings.effective_database_url))
             if settings.uses_postgres

@@ -237,3 +237,30 @@ async def test_a_provider_that_raises_does_not_lose_the_batch(
     (delivery,) = await runtime.store.get_deliveries([delivery_id])
     assert delivery.state == S.DEFERRED
     assert "RuntimeError: bug" in (delivery.last_error or "")
+
+
+async def test_dead_lettered_deliveries_go_to_the_dead_letter_topic(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    import orjson
+
+    from herald.bus.interface import DEAD_LETTER_TOPIC
+
+    consumer = runtime.bus.consumer([DEAD_LETTER_TOPIC], "ops")
+    await consumer.poll(10, timeout=0.2)  # join before anything is published
+    delivery_id = await route_one(api, runtime, ["email"])
+    worker = worker_for(runtime, Channel.EMAIL, Scripted("email", Retry("503")), max_attempts=1)
+    await worker.process([delivery_id])
+    messages = []
+    for _ in range(20):
+        messages += await consumer.poll(10, timeout=0.5)
+        if messages:
+            break
+    await consumer.close()
+    assert [orjson.loads(m.value) for m in messages] == [
+        {
+            "delivery_id": delivery_id,
+            "channel": "email",
+            "error": "dead-lettered after 1 attempts: 503",
+        }
+    ]

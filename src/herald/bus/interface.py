@@ -22,7 +22,15 @@ def deliveries_topic(channel: Channel | str) -> str:
     return f"herald.deliveries.{channel}"
 
 
-ALL_TOPICS: tuple[str, ...] = (NOTIFICATIONS_TOPIC, *(deliveries_topic(c) for c in Channel))
+# Deliveries whose retries ran out, for operators to inspect or replay (the delivery itself
+# is `failed` with its last error).
+DEAD_LETTER_TOPIC = "herald.deliveries.deadletter"
+
+ALL_TOPICS: tuple[str, ...] = (
+    NOTIFICATIONS_TOPIC,
+    *(deliveries_topic(c) for c in Channel),
+    DEAD_LETTER_TOPIC,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,13 @@ from collections.abc import Iterable
 
 import orjson
 
-from herald.bus.interface import NOTIFICATIONS_TOPIC, Message, Record, deliveries_topic
+from herald.bus.interface import (
+    DEAD_LETTER_TOPIC,
+    NOTIFICATIONS_TOPIC,
+    Message,
+    Record,
+    deliveries_topic,
+)
 
 
 def notification_record(notification_id: str, user_id: str) -> Record:
@@ -15,6 +21,11 @@ def notification_record(notification_id: str, user_id: str) -> Record:
 
 def delivery_record(delivery_id: str, user_id: str, channel: str) -> Record:
     return Record(deliveries_topic(channel), user_id, orjson.dumps({"delivery_id": delivery_id}))
+
+
+def dead_letter_record(delivery_id: str, user_id: str, channel: str, error: str) -> Record:
+    body = {"delivery_id": delivery_id, "channel": channel, "error": error}
+    return Record(DEAD_LETTER_TOPIC, user_id, orjson.dumps(body))
 
 
 def ids_in(messages: Iterable[Message], field: str) -> list[str]:

@@ -19,17 +19,21 @@ from herald.storage.records import (
 from herald.storage.store import InvalidCursor, Store, new_id
 
 
-def open_store(url: str, clock: Clock = SYSTEM_CLOCK) -> Store:
+def open_store(url: str, clock: Clock = SYSTEM_CLOCK, *, retention_days: int = 30) -> Store:
     """The store for a database URL: sqlite:///path or postgresql://user:pw@host/db."""
+    store: Store
     if url.startswith("sqlite"):
         from herald.storage.sqlite import SqliteStore
 
-        return SqliteStore.connect(url, clock)
-    if url.startswith(("postgresql", "postgres")):
+        store = SqliteStore.connect(url, clock)
+    elif url.startswith(("postgresql", "postgres")):
         from herald.storage.postgres import PostgresStore
 
-        return PostgresStore.connect(url, clock)
-    raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+        store = PostgresStore.connect(url, clock)
+    else:
+        raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+    store.retention_days = retention_days
+    return store
 
 
 __all__ = [

@@ -19,7 +19,6 @@ from herald.util import json_dumps
 
 
 class PostgresStore(Store):
-    retention_days = 30
     partitions_ahead = 3
 
     @classmethod

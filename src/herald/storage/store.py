@@ -225,9 +225,12 @@ class Store:
     # Rows per multi-row statement (SQLite allows 32766 bound parameters).
     batch_rows = 500
 
-    def __init__(self, engine: AsyncEngine, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock = SYSTEM_CLOCK, *, retention_days: int = 30
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        self.retention_days = retention_days
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -265,7 +268,13 @@ class Store:
         return f"{url.get_backend_name()} {url.render_as_string(hide_password=True)}"
 
     async def maintain(self) -> None:
-        """Periodic housekeeping (partitions); nothing to do on SQLite."""
+        """Periodic housekeeping: drop delivery events older than the retention period
+        (PostgreSQL drops whole partitions instead)."""
+        cutoff = self.clock.now() - timedelta(days=self.retention_days)
+        async with self.transaction() as db:
+            await db.execute(
+                t.delivery_events.delete().where(t.delivery_events.c.created_at < cutoff)
+            )
 
     # -- settings and API keys -------------------------------------------------------
 

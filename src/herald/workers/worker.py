@@ -24,7 +24,7 @@ from datetime import timedelta
 import structlog
 
 from herald.bus.interface import Bus, Message, deliveries_topic
-from herald.bus.messages import ids_in
+from herald.bus.messages import dead_letter_record, ids_in
 from herald.clock import Clock
 from herald.domain import (
     Accepted,
@@ -291,6 +291,7 @@ class ChannelWorker:
                 f"dead-lettered after {delivery.attempts} attempts: {reason}",
                 None,
                 attempt.tried,
+                dead_letter=True,
             )
         return DeliveryUpdate(
             delivery.id,
@@ -308,6 +309,16 @@ class ChannelWorker:
     async def _record(self, updates: list[DeliveryUpdate], claimed: list[Delivery]) -> None:
         await self.store.record_outcomes(updates)
         by_id = {d.id: d for d in claimed}
+        dead = [
+            dead_letter_record(
+                u.delivery_id, by_id[u.delivery_id].user_id, self.channel, u.last_error or ""
+            )
+            for u in updates
+            if u.detail.get("dead_lettered")
+        ]
+        if dead:
+            log.warning("deliveries dead-lettered", channel=self.channel.value, count=len(dead))
+            await self.bus.publish(dead)
         dead_devices: dict[str, str] = {}
         for update in updates:
             if update.state != S.UNDELIVERABLE:
@@ -333,8 +344,11 @@ def _final(
     tried: Sequence[str] = (),
     *,
     opt_out: bool = False,
+    dead_letter: bool = False,
 ) -> DeliveryUpdate:
     detail: dict[str, object] = {}
+    if dead_letter:
+        detail["dead_lettered"] = True
     if tried:
         detail["failed_over_from"] = list(tried)
     if opt_out:
