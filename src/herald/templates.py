@@ -115,12 +115,14 @@ class Template:
     def from_json(cls, raw: Mapping[str, Any]) -> Template:
         return cls(locales=dict(raw["locales"]), default_locale=str(raw["default_locale"]))
 
-    def variant(self, locale: str) -> dict[str, dict[str, str]]:
-        """The user's locale, its language ('de' for 'de-AT'), else the default."""
-        for candidate in (locale, locale.split("-")[0].split("_")[0]):
-            if candidate in self.locales:
-                return self.locales[candidate]
-        return self.locales[self.default_locale]
+    def locale_for(self, locale: str, channel: Channel | None = None) -> str:
+        """The variant to use: the user's locale, its language ('de' for 'de-AT'), else the
+        default; with a channel, only variants that have that channel count."""
+        for candidate in (locale, locale.split("-")[0].split("_")[0], self.default_locale):
+            variant = self.locales.get(candidate)
+            if variant is not None and (channel is None or channel.value in variant):
+                return candidate
+        return self.default_locale
 
     def validate(self) -> None:
         """Compile every part; raises TemplateError naming the first that fails."""
@@ -134,12 +136,11 @@ class Template:
     def render(
         self, channel: Channel, locale: str, variables: Mapping[str, Any]
     ) -> dict[str, str] | None:
-        """The channel's parts rendered, or None when the template has none for it."""
-        variant = self.variant(locale)
-        parts = variant.get(channel.value)
+        """The channel's parts rendered, or None when no variant has that channel."""
+        chosen = self.locale_for(locale, channel)
+        parts = self.locales.get(chosen, {}).get(channel.value)
         if parts is None:
             return None
-        chosen = locale if locale in self.locales else self.default_locale
         return {
             name: render_part(
                 f"locales.{chosen}.{channel.value}.{name}", source, variables, name == "html"
