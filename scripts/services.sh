@@ -5,9 +5,12 @@
 #
 #   scripts/services.sh start|stop|status|env|restart-kafka|restart-postgres
 #   scripts/services.sh start-kafka|stop-kafka|kill-kafka
+#   scripts/services.sh start-postgres|stop-postgres|drop-postgres
 #
 # HERALD_KAFKA_DATA, HERALD_KAFKA_PORT and HERALD_KAFKA_CONTROLLER_PORT run a second,
 # private broker beside the shared one (the fault tests stop and kill theirs).
+# HERALD_PG_CLUSTER and HERALD_PG_PORT do the same for PostgreSQL: a private cluster
+# (`herald chaos` restarts its own); drop-postgres removes such a cluster, never `main`.
 # Every command is idempotent: `start` with everything running does nothing.
 set -euo pipefail
 
@@ -26,8 +29,8 @@ KAFKA_CONTROLLER_PORT="${HERALD_KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_START_TIMEOUT="${HERALD_KAFKA_START_TIMEOUT:-90}"
 
 PG_HOST=127.0.0.1
-PG_PORT=5432
-PG_CLUSTER=main
+PG_PORT="${HERALD_PG_PORT:-5432}"
+PG_CLUSTER="${HERALD_PG_CLUSTER:-main}"
 PG_USER=herald
 PG_PASSWORD=herald
 PG_DB=herald
@@ -156,6 +159,16 @@ pg_restart() {
         pg_wait
     else
         pg_start
+    fi
+}
+
+pg_drop() {
+    [ "$PG_CLUSTER" != main ] || die "drop-postgres removes private clusters only (HERALD_PG_CLUSTER)"
+    local ver
+    ver="$(pg_version)"
+    if [ -n "$ver" ] && [ -d "/etc/postgresql/$ver/$PG_CLUSTER" ]; then
+        log "dropping PostgreSQL cluster $ver/$PG_CLUSTER"
+        pg_dropcluster --stop "$ver" "$PG_CLUSTER"
     fi
 }
 
@@ -394,7 +407,7 @@ status() {
 }
 
 usage() {
-    echo "usage: $0 start|stop|status|env|restart-kafka|restart-postgres|start-kafka|stop-kafka|kill-kafka" >&2
+    echo "usage: $0 start|stop|status|env|restart-kafka|restart-postgres|start-kafka|stop-kafka|kill-kafka|start-postgres|stop-postgres|drop-postgres" >&2
     exit 2
 }
 
@@ -427,6 +440,12 @@ case "${1:-}" in
         kafka_status
         ;;
     stop-kafka) kafka_stop ;;
+    start-postgres)
+        pg_start
+        pg_status
+        ;;
+    stop-postgres) pg_stop ;;
+    drop-postgres) pg_drop ;;
     kill-kafka) kafka_kill ;;
     *) usage ;;
 esac

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from herald.config import Settings
 from herald.domain import Channel
 from herald.logs import configure
-from herald.process import Plan, StartupError, run
+
+if TYPE_CHECKING:
+    from herald.process import Plan
 
 
 def _run(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -31,12 +34,20 @@ def _settings() -> Settings:
 
 
 def _start(plan: Plan) -> None:
+    from herald.process import StartupError, run
+
     settings = _settings()
     try:
         _run(run(settings, plan))
     except StartupError as error:
         click.echo(f"herald: cannot start: {error}", err=True)
         sys.exit(2)
+
+
+def _plan(**fields: Any) -> Plan:
+    from herald.process import Plan
+
+    return Plan(**fields)
 
 
 host_option = click.option(
@@ -60,7 +71,7 @@ def serve(host: str | None, port: int | None) -> None:
     """Every role in one process (embedded SQLite + in-process bus unless configured)."""
     settings = Settings()
     _start(
-        Plan(
+        _plan(
             roles=("api", "relay", "router", "worker", "scheduler"),
             host=host or settings.host,
             port=port or settings.port,
@@ -75,20 +86,20 @@ def api(host: str | None, port: int | None) -> None:
     """The HTTP API alone."""
     settings = Settings()
     _start(
-        Plan(roles=("api",), host=host or settings.host, port=port or settings.port, migrate=False)
+        _plan(roles=("api",), host=host or settings.host, port=port or settings.port, migrate=False)
     )
 
 
 @main.command()
 def relay() -> None:
     """The outbox relay alone."""
-    _start(Plan(roles=("relay",), migrate=False))
+    _start(_plan(roles=("relay",), migrate=False))
 
 
 @main.command()
 def router() -> None:
     """The router alone."""
-    _start(Plan(roles=("router",), migrate=False))
+    _start(_plan(roles=("router",), migrate=False))
 
 
 @main.command()
@@ -102,13 +113,13 @@ def router() -> None:
 )
 def worker(channels: tuple[str, ...]) -> None:
     """A channel worker alone."""
-    _start(Plan(roles=("worker",), channels=[Channel(c) for c in channels], migrate=False))
+    _start(_plan(roles=("worker",), channels=[Channel(c) for c in channels], migrate=False))
 
 
 @main.command()
 def scheduler() -> None:
     """The scheduler alone."""
-    _start(Plan(roles=("scheduler",), migrate=False))
+    _start(_plan(roles=("scheduler",), migrate=False))
 
 
 @main.command()
@@ -168,6 +179,185 @@ def keys_create(scopes: tuple[str, ...], name: str | None) -> None:
 
     _run(keep())
     click.echo(holder[0])
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".herald/fakes"),
+    show_default=True,
+    help="where the generated credentials and env.sh go",
+)
+@click.option(
+    "--herald-url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="where the fakes reach Herald (HERALD_PUBLIC_URL: Twilio status callbacks)",
+)
+@click.option(
+    "--email-provider",
+    "email_providers",
+    multiple=True,
+    type=click.Choice(["smtp", "ses", "sendgrid"]),
+    help="HERALD_EMAIL_PROVIDERS in failover order (repeatable; default smtp)",
+)
+def fakes(directory: Path, herald_url: str, email_providers: tuple[str, ...]) -> None:
+    """Run every fake provider on loopback and print the exports that point Herald at them."""
+    from herald.fakes.runner import run_fleet
+
+    _run(
+        run_fleet(
+            directory.resolve(), herald_url=herald_url, email_providers=email_providers or ("smtp",)
+        )
+    )
+
+
+@main.command()
+@click.option(
+    "--backend",
+    type=click.Choice(["embedded", "production"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: `herald serve` on SQLite; production: one process per role on "
+    "PostgreSQL + Kafka (HERALD_DATABASE_URL, HERALD_KAFKA_BOOTSTRAP)",
+)
+@click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--notifications", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="push worker processes (production)",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="the FCM fake's answer delay",
+)
+@click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1, max=1000), default=200, show_default=True)
+@click.option(
+    "--sink-processes",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="processes of the FCM send fake (SO_REUSEPORT)",
+)
+@click.option(
+    "--baseline-seconds",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="time budget of the naive baseline",
+)
+@click.option("--keep", is_flag=True, help="keep the run's files, database and topics")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+def bench(
+    backend: str,
+    users: int,
+    devices: int,
+    notifications: int,
+    workers: int,
+    latency_ms: float,
+    clients: int,
+    batch_size: int,
+    sink_processes: int,
+    baseline_seconds: float,
+    keep: bool,
+    as_json: bool,
+) -> None:
+    """The end-to-end benchmark, with the naive baseline beside it."""
+    import orjson
+
+    from herald.bench import BenchConfig, BenchError, run_bench
+    from herald.bench.report import table
+
+    config = BenchConfig(
+        backend=backend,
+        users=users,
+        devices=devices,
+        notifications=notifications,
+        workers=workers,
+        latency_ms=latency_ms,
+        clients=clients,
+        batch_size=batch_size,
+        sink_processes=sink_processes,
+        baseline_seconds=baseline_seconds,
+        keep=keep,
+    )
+    holder: list[dict[str, Any]] = []
+
+    async def measure() -> None:
+        holder.append(await run_bench(config))
+
+    try:
+        _run(measure())
+    except BenchError as error:
+        click.echo(f"herald bench: {error}", err=True)
+        sys.exit(2)
+    report = holder[0]
+    if as_json:
+        click.echo(orjson.dumps(report).decode())
+    else:
+        click.echo(table(report))
+    if report["lost"] or report["duplicates"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, help="seconds of traffic (and faults)")
+@click.option("--rate", default=25.0, show_default=True, help="notifications per second")
+@click.option("--users", default=120, show_default=True, help="users (1-3 devices each)")
+@click.option("--seed", default=None, type=int, help="random seed (faults, traffic)")
+@click.option("--soak", is_flag=True, help="no faults: memory, consumer lag, outbox over time")
+@click.option("--lease", "lease_seconds", default=3.0, show_default=True, help="lease seconds")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="logs and broker data (default: a new temporary directory)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (API.md)")
+def chaos(
+    duration: float,
+    rate: float,
+    users: int,
+    seed: int | None,
+    soak: bool,
+    lease_seconds: float,
+    workdir: Path | None,
+    as_json: bool,
+) -> None:
+    """Run a fleet on a private PostgreSQL and Kafka with the provider fakes, break it at
+    random (SIGKILLs, broker and database restarts, provider 503/429/slowness), drain, and
+    count what each fake received: lost, duplicates, unknown. Exits 1 when a delivery
+    guarantee does not hold. Needs root (pg_ctlcluster) and a checkout (scripts/services.sh)."""
+    from herald.chaos import ChaosOptions, run_chaos
+
+    options = ChaosOptions(
+        duration=duration,
+        rate=rate,
+        users=users,
+        seed=seed,
+        soak=soak,
+        faults=not soak,
+        lease_seconds=lease_seconds,
+        workdir=workdir.resolve() if workdir else None,
+        sample_every=max(2.0, duration / 12),
+    )
+    holder: list[bool] = []
+
+    async def go() -> None:
+        holder.append(await run_chaos(options, as_json=as_json))
+
+    _run(go())
+    sys.exit(0 if holder and holder[0] else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover
