@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     events_retention_days: int = 30
     worker_concurrency: int = 200
     rate_limits: dict[str, float] = Field(default_factory=dict)  # provider name -> msg/s
+    # Per API key and API process, so one caller cannot starve the rest (0: no limit).
+    api_requests_per_s: float = 1000.0
+    api_notifications_per_s: float = 20000.0
 
     # Providers
     ca_file: Path | None = None

@@ -6,6 +6,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from herald.api.limits import TenantLimits
 from herald.bus.interface import Bus
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
@@ -48,6 +49,13 @@ class Runtime:
     providers: ProviderSet | None = None
     relay: Relay | None = None
     webhook_config: WebhookConfig | None = None
+    limits: TenantLimits | None = None
+
+    def __post_init__(self) -> None:
+        if self.limits is None:
+            self.limits = TenantLimits(
+                self.clock, self.settings.api_requests_per_s, self.settings.api_notifications_per_s
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:

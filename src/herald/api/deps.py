@@ -64,6 +64,8 @@ async def _api_key_caller(rt: Runtime, token: str) -> Caller:
         raise ApiError(401, "unauthorized", "API key is not valid", headers=_challenge())
     if record.revoked_at is not None:
         raise ApiError(401, "unauthorized", "API key has been revoked", headers=_challenge())
+    assert rt.limits is not None
+    rt.limits.check_request(record.id)
     return Caller(record.id, frozenset(record.scopes))
 
 
@@ -93,6 +95,14 @@ def require_inbox_access(rule: str = "read") -> Any:
                 401, "unauthorized", "missing API key or inbox token", headers=_challenge()
             )
         if token.startswith("hk_"):
+            if header is None:
+                # URLs end up in proxy and browser logs: ?token= takes inbox tokens only.
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "an API key goes in the Authorization header, not in ?token=",
+                    headers=_challenge(),
+                )
             caller = await _api_key_caller(rt, token)
             if "admin" not in caller.scopes and not (caller.scopes & allowed):
                 raise ApiError(403, "forbidden", f"this key lacks the scope for this call ({rule})")

@@ -196,6 +196,7 @@ class NotificationIn(Strict):
         default_factory=dict
     )
     collapse_key: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    deliver_at_local: Annotated[str, AfterValidator(check_wall_time)] | None = None
 
     @field_validator("send_at")
     @classmethod

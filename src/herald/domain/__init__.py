@@ -31,7 +31,7 @@ from herald.domain.preferences import (
     decide_channels,
     default_category,
 )
-from herald.domain.quiet_hours import QuietHours, parse_wall_time
+from herald.domain.quiet_hours import QuietHours, next_occurrence, parse_wall_time
 from herald.domain.users import Device, User
 
 __all__ = [
@@ -69,5 +69,6 @@ __all__ = [
     "default_category",
     "delivery_id",
     "mask_target",
+    "next_occurrence",
     "parse_wall_time",
 ]

@@ -31,6 +31,8 @@ class Notification:
     template: str | None = None
     variables: dict[str, Any] = field(default_factory=dict)
     collapse_key: str | None = None
+    deliver_at_local: str | None = None  # "HH:MM" in the recipient's time zone
+    broadcast_id: str | None = None
     idempotency_key: str | None = None
     state: NotificationState = NotificationState.ACCEPTED
     created_at: datetime | None = None

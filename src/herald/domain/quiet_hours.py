@@ -75,6 +75,37 @@ def _earliest_outside(
     )
 
 
+def next_occurrence(wall: time, zone: ZoneInfo, after: datetime) -> datetime:
+    """The first instant at or after `after` whose local wall time is `wall` (UTC).
+
+    On a fall-back day the first of the two occurrences counts; on a spring-forward day a
+    wall time that does not exist is taken as the first instant past it (the transition).
+    """
+    local_date = after.astimezone(zone).date()
+    for day in range(3):
+        naive = datetime.combine(local_date + timedelta(days=day), wall)
+        instants = sorted({naive.replace(tzinfo=zone, fold=f).astimezone(UTC) for f in (0, 1)})
+        exact = [i for i in instants if i.astimezone(zone).time().replace(tzinfo=None) == wall]
+        if exact:
+            found = next((i for i in exact if i >= after), None)
+        else:  # inside a DST gap: the transition, searched between the two readings
+            found = _first_wall_at_or_past(wall, zone, instants[0], instants[-1])
+            found = found if found >= after else None
+        if found is not None:
+            return found
+    raise ValueError(f"no occurrence of {wall} in {zone} after {after}")  # pragma: no cover
+
+
+def _first_wall_at_or_past(wall: time, zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(zone).time().replace(tzinfo=None) >= wall:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=0)
+
+
 def parse_wall_time(text: str) -> time:
     """'HH:MM' (24 h) to a time; raises ValueError with a message for anything else."""
     parts = text.split(":")

@@ -18,6 +18,8 @@ from herald.domain import (
     Verdict,
     decide_channels,
     delivery_id,
+    next_occurrence,
+    parse_wall_time,
 )
 from herald.storage.records import RoutingInput
 from herald.templates import Template, TemplateError
@@ -42,6 +44,11 @@ def plan_deliveries(
     if user is None:
         return []
     zone = _zone(user.timezone)
+    send_at = notification.send_at
+    if notification.deliver_at_local:
+        send_at = next_occurrence(
+            parse_wall_time(notification.deliver_at_local), zone, max(now, send_at or now)
+        )
     decisions = decide_channels(
         requested=notification.channels,
         category=routing.category,
@@ -49,7 +56,7 @@ def plan_deliveries(
         priority=notification.priority,
         zone=zone,
         now=now,
-        send_at=notification.send_at,
+        send_at=send_at,
     )
     created = notification.created_at or now
     expires_at = (

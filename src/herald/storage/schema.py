@@ -118,6 +118,8 @@ notifications = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False, index=True),
     sa.Column("routed_at", UtcDateTime),
+    sa.Column("broadcast_id", Id, index=True),
+    sa.Column("deliver_at_local", sa.String(5)),
 )
 
 outbox = sa.Table(
@@ -212,4 +214,34 @@ suppressions = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("channel", "address", name="uq_suppressions_channel_address"),
+)
+
+topic_subscriptions = sa.Table(
+    "topic_subscriptions",
+    metadata,
+    sa.Column("topic", sa.String(128), primary_key=True),
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+broadcasts = sa.Table(
+    "broadcasts",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("topic", sa.String(128)),
+    # The notification every recipient gets (NotificationIn fields without user_id).
+    sa.Column("template", Json, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("planned", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+broadcast_recipients = sa.Table(
+    "broadcast_recipients",
+    metadata,
+    sa.Column("broadcast_id", Id, primary_key=True),
+    sa.Column("user_id", sa.String(128), primary_key=True),
 )

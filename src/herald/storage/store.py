@@ -174,6 +174,8 @@ def _notification(row: Row) -> Notification:
         idempotency_key=row.idempotency_key,
         state=NotificationState(row.state),
         created_at=row.created_at,
+        deliver_at_local=row.deliver_at_local,
+        broadcast_id=row.broadcast_id,
     )
 
 
@@ -620,11 +622,14 @@ class Store:
         stored: dict[str, tuple[str, str, bool]] = {}
         async with self.transaction() as db:
             for chunk in _chunks(items, self.batch_rows):
+                # An executemany, not .values([...]): SQLAlchemy caches one compiled
+                # statement and batches the rows itself ("insertmanyvalues"), where a
+                # multi-row VALUES was compiled again for every batch (most of the API's CPU).
                 inserted = await db.execute(
                     self._insert(t.notifications)
-                    .values([_notification_row(item, now) for item in chunk])
                     .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                    .returning(t.notifications.c.id, t.notifications.c.idempotency_key)
+                    .returning(t.notifications.c.id, t.notifications.c.idempotency_key),
+                    [_notification_row(item, now) for item in chunk],
                 )
                 created = {row.idempotency_key for row in inserted}
                 new = [item for item in chunk if item.idempotency_key in created]
@@ -700,6 +705,48 @@ class Store:
             )
             for row in rows
         ]
+
+    async def cancel(
+        self, notification_ids: Sequence[str] = (), broadcast_id: str | None = None
+    ) -> int:
+        """Stop what has not been sent: notifications not yet routed are cancelled, their
+        queued and deferred deliveries skipped. Races with a worker's claim are settled by
+        the two atomic UPDATEs: a delivery is either claimed or cancelled, never both.
+        Returns how many deliveries were cancelled."""
+        n = t.notifications.c
+        which = n.broadcast_id == broadcast_id if broadcast_id else n.id.in_(notification_ids)
+        now = self.clock.now()
+        async with self.transaction() as db:
+            await db.execute(
+                t.notifications.update()
+                .where(which, n.state == NotificationState.ACCEPTED.value)
+                .values(state=NotificationState.CANCELLED.value)
+            )
+            rows = list(
+                await db.execute(
+                    t.deliveries.update()
+                    .where(
+                        t.deliveries.c.notification_id.in_(
+                            sa.select(n.id).where(which).scalar_subquery()
+                        ),
+                        t.deliveries.c.state.in_([S.QUEUED.value, S.DEFERRED.value]),
+                    )
+                    .values(state=S.SKIPPED.value, last_error="cancelled", updated_at=now)
+                    .returning(t.deliveries.c.id, t.deliveries.c.notification_id)
+                )
+            )
+            await self._insert_events(
+                db,
+                [
+                    _event_row(
+                        DeliveryEvent(
+                            r.id, r.notification_id, S.SKIPPED, now, {"reason": "cancelled"}
+                        )
+                    )
+                    for r in rows
+                ],
+            )
+        return len(rows)
 
     # -- outbox (relay) --------------------------------------------------------------
 
@@ -820,11 +867,11 @@ class Store:
         async with self.transaction() as db:
             new_ids: set[str] = set()
             for chunk in _chunks(deliveries, self.batch_rows):
-                inserted = await db.execute(
+                inserted = await db.execute(  # an executemany: see _insert_notifications
                     self._insert(t.deliveries)
-                    .values([_delivery_row(d, now) for d in chunk])
                     .on_conflict_do_nothing(index_elements=["id"])
-                    .returning(t.deliveries.c.id)
+                    .returning(t.deliveries.c.id),
+                    [_delivery_row(d, now) for d in chunk],
                 )
                 new_ids.update(row.id for row in inserted)
             events = [
@@ -1283,6 +1330,8 @@ def _notification_row(item: NewNotification, now: datetime) -> dict[str, Any]:
         "send_at": n.send_at,
         "state": NotificationState.ACCEPTED.value,
         "created_at": now,
+        "deliver_at_local": n.deliver_at_local,
+        "broadcast_id": n.broadcast_id,
     }
 
 

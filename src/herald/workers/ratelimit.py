@@ -23,6 +23,15 @@ class TokenBucket:
         self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
 
+    def try_acquire(self, count: int = 1) -> float:
+        """Take `count` tokens now if there are enough: 0.0; else the seconds until there
+        will be (nothing is taken). A count over the burst size is never granted whole."""
+        self._refill()
+        if count <= self._tokens:
+            self._tokens -= count
+            return 0.0
+        return (min(count, self.capacity) - self._tokens) / self.rate or 1.0 / self.rate
+
     async def acquire(self, count: int = 1) -> None:
         """Wait until `count` sends are allowed (a batch larger than the burst is let
         through in pieces of the burst size)."""

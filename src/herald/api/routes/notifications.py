@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 from pydantic import ValidationError
 
-from herald.api.deps import RuntimeDep, require
+from herald.api.deps import Caller, RuntimeDep, require
 from herald.api.errors import ApiError, not_found, validation_details
 from herald.api.schemas import (
     AcceptedOut,
@@ -57,6 +57,7 @@ def _new_notification(candidate: _Candidate) -> NewNotification:
         template=body.template,
         variables=body.variables,
         collapse_key=body.collapse_key,
+        deliver_at_local=body.deliver_at_local,
     )
     stored = {
         k: content[k] for k in ("title", "body", "data", "template", "variables", "collapse_key")
@@ -132,10 +133,16 @@ async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptR
     return results
 
 
-@router.post("", status_code=202, response_model=AcceptedOut, dependencies=[require("send")])
+@router.post("", status_code=202, response_model=AcceptedOut)
 async def post_notification(
-    body: NotificationIn, rt: RuntimeDep, response: Response, idempotency_key: IdempotencyKey = None
+    body: NotificationIn,
+    rt: RuntimeDep,
+    response: Response,
+    caller: Annotated[Caller, require("send")],
+    idempotency_key: IdempotencyKey = None,
 ) -> AcceptedOut:
+    assert rt.limits is not None
+    rt.limits.check_notifications(caller.key_id, 1)
     candidate = _Candidate(body, idempotency_key or f"auto:{uuid.uuid4()}")
     problem = (await _semantic_errors(rt, [candidate])).get(0)
     if problem:
@@ -149,9 +156,13 @@ async def post_notification(
     return AcceptedOut(id=result.id)
 
 
-@router.post("/batch", dependencies=[require("send")])
-async def post_batch(body: BatchIn, rt: RuntimeDep) -> dict[str, Any]:
+@router.post("/batch")
+async def post_batch(
+    body: BatchIn, rt: RuntimeDep, caller: Annotated[Caller, require("send")]
+) -> dict[str, Any]:
     """Each item is validated and accepted on its own: one bad item does not refuse the rest."""
+    assert rt.limits is not None
+    rt.limits.check_notifications(caller.key_id, len(body.notifications))
     outcomes: list[dict[str, Any]] = [{"index": i} for i in range(len(body.notifications))]
     candidates: list[tuple[int, _Candidate]] = []
     for index, raw in enumerate(body.notifications):
@@ -230,6 +241,22 @@ async def get_notification(notification_id: str, rt: RuntimeDep) -> Notification
             for d in deliveries
         ],
     )
+
+
+@router.post("/{notification_id}/cancel", dependencies=[require("send")])
+async def cancel_notification(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
+    """Cancel what has not gone out yet (scheduled, deferred or still queued deliveries)."""
+    notification = await rt.store.get_notification(notification_id)
+    if notification is None:
+        raise not_found("notification")
+    cancelled = await rt.store.cancel([notification_id])
+    remaining = await rt.store.list_deliveries(notification_id)
+    if not cancelled and notification.state.value != "accepted" and remaining:
+        states = sorted({d.state.value for d in remaining})
+        raise ApiError(
+            409, "not_cancellable", f"nothing left to cancel (deliveries are {', '.join(states)})"
+        )
+    return {"id": notification_id, "status": "cancelled", "deliveries_cancelled": cancelled}
 
 
 @router.get("/{notification_id}/events", dependencies=[require("read")])
