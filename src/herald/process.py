@@ -87,6 +87,10 @@ def example_key() -> str:
 
 
 async def run(settings: Settings, plan: Plan) -> None:
+    if "api" in plan.roles:
+        # --host/--port win over HERALD_HOST/HERALD_PORT, and the default public URL
+        # (status callbacks, unsubscribe links) must name where the API really listens.
+        settings = settings.model_copy(update={"host": plan.host, "port": plan.port})
     runtime = await start_runtime(settings, migrate=plan.migrate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

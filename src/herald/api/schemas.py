@@ -181,8 +181,9 @@ class DeviceOut(BaseModel):
 # -- notifications -------------------------------------------------------------------------
 
 
-class NotificationIn(Strict):
-    user_id: UserId
+class NotificationContent(Strict):
+    """What a notification says and how it travels, without its recipient."""
+
     category: Name = "default"
     priority: Priority = Priority.NORMAL
     title: Annotated[str, StringConstraints(max_length=MAX_TITLE)] | None = None
@@ -213,10 +214,14 @@ class NotificationIn(Strict):
         return value
 
     @model_validator(mode="after")
-    def _has_content(self) -> NotificationIn:
+    def _has_content(self) -> NotificationContent:
         if not (self.title or self.body or self.template or self.data):
             raise ValueError("a notification needs a title, a body, data or a template")
         return self
+
+
+class NotificationIn(NotificationContent):
+    user_id: UserId
 
 
 class BatchItemIn(NotificationIn):
@@ -232,6 +237,23 @@ class BatchIn(Strict):
         if len(value) > MAX_BATCH:
             raise ValueError(f"a batch takes at most {MAX_BATCH} notifications, got {len(value)}")
         return value
+
+
+MAX_BROADCAST_RECIPIENTS = 1_000_000
+
+
+class BroadcastIn(Strict):
+    topic: Name | None = None
+    user_ids: list[UserId] | None = Field(
+        default=None, min_length=1, max_length=MAX_BROADCAST_RECIPIENTS
+    )
+    notification: NotificationContent
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> BroadcastIn:
+        if (self.topic is None) == (self.user_ids is None):
+            raise ValueError("a broadcast names either a 'topic' or a list of 'user_ids'")
+        return self
 
 
 class AcceptedOut(BaseModel):

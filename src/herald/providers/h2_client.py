@@ -13,7 +13,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -197,8 +197,9 @@ class H2ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass (isinstance fails under
+        # `herald serve`, which runs on uvloop), though it has the whole Transport interface.
+        self._transport = cast(asyncio.Transport, transport)
         self._h2.initiate_connection()
         self._flush()
 
