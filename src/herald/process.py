@@ -76,7 +76,7 @@ async def _seed_admin_key(runtime: Runtime) -> None:
         raise StartupError(
             "HERALD_API_KEY must look like hk_<16 hex>_<secret>; `herald keys create` prints one"
         )
-    if presented and await runtime.store.get_api_key(presented.id) is None:
+    if presented:  # an insert that ignores an existing id: several roles may start at once
         await runtime.store.create_api_key(
             presented.id, presented.secret_hash, ["admin"], "HERALD_API_KEY"
         )

@@ -10,12 +10,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from herald import __version__
 from herald.api import errors
-from herald.api.routes import admin, inbox, notifications, ops, users, webhooks
+from herald.api.routes import admin, broadcasts, inbox, notifications, ops, users, webhooks
 from herald.runtime import Runtime
 
-ROUTE_MODULES = (users, notifications, inbox, admin, ops, webhooks)
+ROUTE_MODULES = (users, notifications, broadcasts, inbox, admin, ops, webhooks)
 DEFAULT_BODY_LIMIT = 1 * 1024 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
+BROADCAST_BODY_LIMIT = 48 * 1024 * 1024
 
 
 class BodyLimit:
@@ -29,7 +30,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = BATCH_BODY_LIMIT if scope["path"].endswith("/batch") else DEFAULT_BODY_LIMIT
+        limit = _body_limit(scope["path"])
         length = _content_length(scope)
         if length is not None and length > limit:
             await _too_large(send, limit)
@@ -57,6 +58,12 @@ class BodyLimit:
         except _BodyTooLarge:
             if not started:
                 await _too_large(send, limit)
+
+
+def _body_limit(path: str) -> int:
+    if path == "/v1/broadcasts":
+        return BROADCAST_BODY_LIMIT  # up to a million user ids
+    return BATCH_BODY_LIMIT if path.endswith("/batch") else DEFAULT_BODY_LIMIT
 
 
 class JsonOnly:

@@ -16,6 +16,8 @@ from typing import Protocol
 from herald.domain.channels import Channel
 
 NOTIFICATIONS_TOPIC = "herald.notifications"
+# One message per page of a broadcast's audience: {"broadcast_id", "after": last user id}.
+BROADCASTS_TOPIC = "herald.broadcasts"
 
 
 def deliveries_topic(channel: Channel | str) -> str:
@@ -28,6 +30,7 @@ DEAD_LETTER_TOPIC = "herald.deliveries.deadletter"
 
 ALL_TOPICS: tuple[str, ...] = (
     NOTIFICATIONS_TOPIC,
+    BROADCASTS_TOPIC,
     *(deliveries_topic(c) for c in Channel),
     DEAD_LETTER_TOPIC,
 )

@@ -19,6 +19,7 @@ from herald.bus.messages import delivery_record, ids_in
 from herald.clock import Clock
 from herald.metrics import METRICS
 from herald.roles import consume_loop
+from herald.router.fanout import BroadcastFanout
 from herald.router.planner import UnsubscribeUrl, plan_deliveries
 from herald.storage import Store
 
@@ -60,6 +61,12 @@ class Router:
             METRICS.planned.labels(delivery.channel.value, delivery.state.value).inc()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await consume_loop(
-            self.bus, [NOTIFICATIONS_TOPIC], self.group, self.handle, stop, name="router"
-        )
+        """Route notifications, and fan broadcasts out into notifications."""
+        fanout = BroadcastFanout(self.store, self.bus)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                consume_loop(
+                    self.bus, [NOTIFICATIONS_TOPIC], self.group, self.handle, stop, name="router"
+                )
+            )
+            group.create_task(fanout.run(stop))

@@ -40,6 +40,7 @@ from herald.domain import (
     parse_wall_time,
 )
 from herald.storage import schema as t
+from herald.storage.broadcasts import BroadcastStore
 from herald.storage.records import (
     AcceptResult,
     ApiKeyRecord,
@@ -53,6 +54,7 @@ from herald.storage.records import (
     SandboxMessage,
     Suppression,
 )
+from herald.util import chunks
 
 S = DeliveryState
 T = TypeVar("T")
@@ -216,12 +218,7 @@ def _event_row(event: DeliveryEvent) -> dict[str, Any]:
     }
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-class Store:
+class Store(BroadcastStore):
     """The repository. Use `open_store(url)` to get the right dialect."""
 
     # Rows per multi-row statement (SQLite allows 32766 bound parameters).
@@ -295,16 +292,20 @@ class Store:
     async def create_api_key(
         self, key_id: str, secret_hash: str, scopes: Sequence[str], name: str | None
     ) -> ApiKeyRecord:
+        """Store a key; an id that exists already is left as it is (several processes
+        seeding the same HERALD_API_KEY at once)."""
         record = ApiKeyRecord(key_id, secret_hash, tuple(scopes), name, self.clock.now(), None)
         async with self.transaction() as db:
             await db.execute(
-                t.api_keys.insert().values(
+                self._insert(t.api_keys)
+                .values(
                     id=key_id,
                     secret_hash=secret_hash,
                     scopes=list(scopes),
                     name=name,
                     created_at=record.created_at,
                 )
+                .on_conflict_do_nothing(index_elements=["id"])
             )
         return record
 
@@ -359,7 +360,7 @@ class Store:
         wanted = list(set(user_ids))
         found: set[str] = set()
         async with self.engine.connect() as db:
-            for chunk in _chunks(wanted, self.batch_rows):
+            for chunk in chunks(wanted, self.batch_rows):
                 rows = await db.execute(sa.select(t.users.c.id).where(t.users.c.id.in_(chunk)))
                 found.update(row.id for row in rows)
         return found
@@ -621,7 +622,7 @@ class Store:
         now = self.clock.now()
         stored: dict[str, tuple[str, str, bool]] = {}
         async with self.transaction() as db:
-            for chunk in _chunks(items, self.batch_rows):
+            for chunk in chunks(items, self.batch_rows):
                 # An executemany, not .values([...]): SQLAlchemy caches one compiled
                 # statement and batches the rows itself ("insertmanyvalues"), where a
                 # multi-row VALUES was compiled again for every batch (most of the API's CPU).
@@ -682,7 +683,7 @@ class Store:
     async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         found: list[Delivery] = []
         async with self.engine.connect() as db:
-            for chunk in _chunks(list(delivery_ids), self.batch_rows):
+            for chunk in chunks(list(delivery_ids), self.batch_rows):
                 rows = await db.execute(sa.select(t.deliveries).where(t.deliveries.c.id.in_(chunk)))
                 found.extend(_delivery(row) for row in rows)
         return found
@@ -866,7 +867,7 @@ class Store:
         now = self.clock.now()
         async with self.transaction() as db:
             new_ids: set[str] = set()
-            for chunk in _chunks(deliveries, self.batch_rows):
+            for chunk in chunks(deliveries, self.batch_rows):
                 inserted = await db.execute(  # an executemany: see _insert_notifications
                     self._insert(t.deliveries)
                     .on_conflict_do_nothing(index_elements=["id"])
@@ -942,6 +943,23 @@ class Store:
                 ],
             )
         return claimed
+
+    async def extend_leases(self, delivery_ids: Sequence[str], lease_seconds: float) -> int:
+        """Renew the lease of deliveries a live worker is still sending (or recording), so
+        a slow provider or a long batch is not taken for a dead worker."""
+        if not delivery_ids:
+            return 0
+        now = self.clock.now()
+        async with self.transaction() as db:
+            result = await db.execute(
+                t.deliveries.update()
+                .where(
+                    t.deliveries.c.id.in_(delivery_ids),
+                    t.deliveries.c.state == S.SENDING.value,
+                )
+                .values(lease_until=now + timedelta(seconds=lease_seconds))
+            )
+        return int(result.rowcount)
 
     async def record_outcomes(self, updates: Sequence[DeliveryUpdate]) -> int:
         """Record what happened to claimed deliveries, with their events, in one

@@ -14,10 +14,11 @@ the channel's policy when the lease expires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -148,9 +149,50 @@ class ChannelWorker:
                 updates.append(_final(delivery, S.FAILED, None, "expired before it could be sent"))
             else:
                 live.append(_Attempt(delivery, list(self.providers.candidates(delivery))))
-        updates.extend(await self._send_all(live))
-        await self._record(updates, claimed)
+        async with self._renewing([d.id for d in claimed]):
+            updates.extend(await self._send_all(live))
+            await self._record(updates, claimed)
         return updates
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, delivery_ids: list[str]) -> AsyncIterator[None]:
+        """Renew the claimed deliveries' leases until their outcomes are recorded: only a
+        worker that died lets a lease run out, not a slow provider or a long batch."""
+        if not delivery_ids:
+            yield
+            return
+        task = asyncio.create_task(self._renew(delivery_ids))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _renew(self, delivery_ids: list[str]) -> None:
+        every = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.store.extend_leases(delivery_ids, self.settings.lease_seconds)
+            except Exception as error:  # the database may be restarting: try again
+                log.warning("renewing leases failed", error=str(error), count=len(delivery_ids))
+
+    async def _record_outcomes(self, updates: list[DeliveryUpdate]) -> None:
+        """The provider has answered: losing that answer to a database blip would send
+        again (at_least_once) or leave `unknown` (at_most_once), so keep trying a while."""
+        delay = 0.1
+        deadline = time.monotonic() + max(30.0, 10 * self.settings.lease_seconds)
+        while True:
+            try:
+                await self.store.record_outcomes(updates)
+                return
+            except Exception as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("recording outcomes failed; retrying", error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def _send_all(self, attempts: list[_Attempt]) -> list[DeliveryUpdate]:
         """Send through each delivery's providers in failover order until one gives a
@@ -307,7 +349,7 @@ class ChannelWorker:
         )
 
     async def _record(self, updates: list[DeliveryUpdate], claimed: list[Delivery]) -> None:
-        await self.store.record_outcomes(updates)
+        await self._record_outcomes(updates)
         by_id = {d.id: d for d in claimed}
         dead = [
             dead_letter_record(

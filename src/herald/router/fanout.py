@@ -1,0 +1,134 @@
+"""Broadcast fan-out: one bus message per page of the audience.
+
+A page message names the broadcast and the last user id of the previous page. Handling it
+reads the next page (keyset order, so no process holds the audience), accepts one
+notification per recipient with a deterministic id and idempotency key (so a replayed page
+creates nobody twice), and publishes the message for the page after it, then commits.
+Each recipient's notification then goes through the ordinary router: their own
+preferences, quiet hours and channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import structlog
+
+from herald.bus.interface import BROADCASTS_TOPIC, Bus, Message, Record
+from herald.domain import Channel, Notification, Priority
+from herald.roles import consume_loop
+from herald.storage import NewNotification, Store
+
+log = structlog.get_logger()
+PAGE_SIZE = 1000
+_NAMESPACE = uuid.UUID("2b0f3f7e-1a3c-4f0e-9c55-6d1a0f4f8b21")
+
+
+def page_record(broadcast_id: str, after: str | None) -> Record:
+    body = orjson.dumps({"broadcast_id": broadcast_id, "after": after})
+    return Record(BROADCASTS_TOPIC, broadcast_id, body)
+
+
+def recipient_notification_id(broadcast_id: str, user_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{broadcast_id}\x1f{user_id}"))
+
+
+def recipient_notification(broadcast: dict[str, Any], user_id: str) -> NewNotification:
+    content: dict[str, Any] = broadcast["template"]
+    notification = Notification(
+        id=recipient_notification_id(broadcast["id"], user_id),
+        user_id=user_id,
+        category=content.get("category", "default"),
+        priority=Priority(content.get("priority", "normal")),
+        title=content.get("title"),
+        body=content.get("body"),
+        data=content.get("data") or {},
+        channels=tuple(Channel(c) for c in content["channels"])
+        if content.get("channels")
+        else None,
+        ttl_seconds=content.get("ttl_seconds"),
+        send_at=_parse_time(content.get("send_at")),
+        template=content.get("template"),
+        variables=content.get("variables") or {},
+        collapse_key=content.get("collapse_key"),
+        deliver_at_local=content.get("deliver_at_local"),
+        broadcast_id=broadcast["id"],
+    )
+    stored = {
+        k: content.get(k)
+        for k in ("title", "body", "data", "template", "variables", "collapse_key")
+    }
+    return NewNotification(
+        notification,
+        f"broadcast:{broadcast['id']}:{user_id}",
+        broadcast["request_hash"],
+        stored,
+    )
+
+
+def _parse_time(value: str | None) -> Any:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value) if value else None
+
+
+class BroadcastFanout:
+    group = "herald.fanout"
+
+    def __init__(self, store: Store, bus: Bus, page_size: int = PAGE_SIZE) -> None:
+        self.store = store
+        self.bus = bus
+        self.page_size = page_size
+
+    async def handle(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            try:
+                page = orjson.loads(message.value)
+                broadcast_id, after = str(page["broadcast_id"]), page.get("after")
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.warning("skipped a malformed broadcast page message")
+                continue
+            await self.fan_out_page(broadcast_id, after)
+
+    async def fan_out_page(self, broadcast_id: str, after: str | None) -> int:
+        broadcast = await self.store.get_broadcast(broadcast_id)
+        if broadcast is None or broadcast["state"] == "cancelled":
+            return 0
+        users = await self.store.audience_page(
+            topic=broadcast["topic"], broadcast_id=broadcast_id, after=after, limit=self.page_size
+        )
+        if users:
+            await self.store.accept_notifications(
+                [recipient_notification(broadcast, u) for u in users]
+            )
+            if await self._cancelled_meanwhile(broadcast_id):
+                return len(users)
+        if len(users) == self.page_size:
+            await self.bus.publish([page_record(broadcast_id, users[-1])])
+        else:
+            await self.store.set_broadcast_state(broadcast_id, "fanned_out", unless="cancelled")
+            log.info("broadcast fanned out", broadcast_id=broadcast_id)
+        return len(users)
+
+    async def _cancelled_meanwhile(self, broadcast_id: str) -> bool:
+        """A cancel that landed while this page was written: cancel what the page made."""
+        current = await self.store.get_broadcast(broadcast_id)
+        if current is None or current["state"] != "cancelled":
+            return False
+        await self.store.cancel(broadcast_id=broadcast_id)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await consume_loop(
+            self.bus,
+            [BROADCASTS_TOPIC],
+            self.group,
+            self.handle,
+            stop,
+            batch_size=10,
+            name="fanout",
+        )
