@@ -69,7 +69,7 @@ class Scheduler:
         cutoff = self.clock.now() - timedelta(seconds=age)
         notifications = await self.store.stale_notifications(cutoff, self.batch)
         if notifications:
-            await self.bus.publish([notification_record(n, u) for n, u in notifications])
+            await self.bus.publish([notification_record(n, u, p) for n, u, p in notifications])
         queued = await self.store.stale_queued(cutoff, self.batch)
         await self._publish(queued, "stale")
         if notifications or queued:
@@ -81,7 +81,7 @@ class Scheduler:
     async def _publish(self, released: list[Released], reason: str) -> None:
         if released:
             await self.bus.publish(
-                [delivery_record(r.delivery_id, r.user_id, r.channel) for r in released]
+                [delivery_record(r.delivery_id, r.user_id, r.channel, r.priority) for r in released]
             )
             METRICS.released.labels(reason).inc(len(released))
 

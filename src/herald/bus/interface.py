@@ -11,17 +11,41 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
-from herald.domain.channels import Channel
+from herald.domain.channels import Channel, Priority
 
 NOTIFICATIONS_TOPIC = "herald.notifications"
 # One message per page of a broadcast's audience: {"broadcast_id", "after": last user id}.
 BROADCASTS_TOPIC = "herald.broadcasts"
 
 
-def deliveries_topic(channel: Channel | str) -> str:
-    return f"herald.deliveries.{channel}"
+class Lane(StrEnum):
+    """critical and high travel on their own topics and consumers, so a flood of bulk
+    messages (a broadcast) never queues in front of a one-time password."""
+
+    PRIORITY = "priority"
+    BULK = "bulk"
+
+
+LANES: tuple[Lane, ...] = (Lane.PRIORITY, Lane.BULK)
+
+
+def lane_for(priority: Priority | str) -> Lane:
+    return Lane.PRIORITY if priority in (Priority.CRITICAL, Priority.HIGH) else Lane.BULK
+
+
+def _laned(base: str, lane: Lane) -> str:
+    return f"{base}.priority" if lane == Lane.PRIORITY else base
+
+
+def notifications_topic(lane: Lane = Lane.BULK) -> str:
+    return _laned(NOTIFICATIONS_TOPIC, lane)
+
+
+def deliveries_topic(channel: Channel | str, lane: Lane = Lane.BULK) -> str:
+    return _laned(f"herald.deliveries.{channel}", lane)
 
 
 # Deliveries whose retries ran out, for operators to inspect or replay (the delivery itself
@@ -29,9 +53,9 @@ def deliveries_topic(channel: Channel | str) -> str:
 DEAD_LETTER_TOPIC = "herald.deliveries.deadletter"
 
 ALL_TOPICS: tuple[str, ...] = (
-    NOTIFICATIONS_TOPIC,
+    *(notifications_topic(lane) for lane in LANES),
     BROADCASTS_TOPIC,
-    *(deliveries_topic(c) for c in Channel),
+    *(deliveries_topic(c, lane) for c in Channel for lane in LANES),
     DEAD_LETTER_TOPIC,
 )
 

@@ -8,19 +8,22 @@ import orjson
 
 from herald.bus.interface import (
     DEAD_LETTER_TOPIC,
-    NOTIFICATIONS_TOPIC,
     Message,
     Record,
     deliveries_topic,
+    lane_for,
+    notifications_topic,
 )
 
 
-def notification_record(notification_id: str, user_id: str) -> Record:
-    return Record(NOTIFICATIONS_TOPIC, user_id, orjson.dumps({"notification_id": notification_id}))
+def notification_record(notification_id: str, user_id: str, priority: str) -> Record:
+    topic = notifications_topic(lane_for(priority))
+    return Record(topic, user_id, orjson.dumps({"notification_id": notification_id}))
 
 
-def delivery_record(delivery_id: str, user_id: str, channel: str) -> Record:
-    return Record(deliveries_topic(channel), user_id, orjson.dumps({"delivery_id": delivery_id}))
+def delivery_record(delivery_id: str, user_id: str, channel: str, priority: str) -> Record:
+    topic = deliveries_topic(channel, lane_for(priority))
+    return Record(topic, user_id, orjson.dumps({"delivery_id": delivery_id}))
 
 
 def dead_letter_record(delivery_id: str, user_id: str, channel: str, error: str) -> Record:

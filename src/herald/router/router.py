@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from herald.bus.interface import NOTIFICATIONS_TOPIC, Bus, Message
+from herald.bus.interface import LANES, Bus, Message, notifications_topic
 from herald.bus.messages import delivery_record, ids_in
 from herald.clock import Clock
 from herald.metrics import METRICS
@@ -55,7 +55,9 @@ class Router:
             for delivery in plan_deliveries(routing, now, self.unsubscribe_url)
         ]
         queued = await self.store.save_routing([r.notification.id for r in inputs], deliveries)
-        await self.bus.publish([delivery_record(d.id, d.user_id, d.channel) for d in queued])
+        await self.bus.publish(
+            [delivery_record(d.id, d.user_id, d.channel, d.priority) for d in queued]
+        )
         METRICS.routed.inc(len(inputs))
         for delivery in deliveries:
             METRICS.planned.labels(delivery.channel.value, delivery.state.value).inc()
@@ -64,9 +66,15 @@ class Router:
         """Route notifications, and fan broadcasts out into notifications."""
         fanout = BroadcastFanout(self.store, self.bus)
         async with asyncio.TaskGroup() as group:
-            group.create_task(
-                consume_loop(
-                    self.bus, [NOTIFICATIONS_TOPIC], self.group, self.handle, stop, name="router"
+            for lane in LANES:
+                group.create_task(
+                    consume_loop(
+                        self.bus,
+                        [notifications_topic(lane)],
+                        f"{self.group}.{lane}",
+                        self.handle,
+                        stop,
+                        name=f"router.{lane}",
+                    )
                 )
-            )
             group.create_task(fanout.run(stop))

@@ -90,6 +90,7 @@ class Released:
     delivery_id: str
     user_id: str
     channel: str
+    priority: str = "normal"
 
 
 @dataclass(frozen=True, slots=True)

@@ -617,7 +617,7 @@ class Store(BroadcastStore):
         self, items: Sequence[NewNotification]
     ) -> dict[str, tuple[str, str, bool]]:
         """key -> (notification id, stored request hash, inserted now)."""
-        from herald.bus.interface import NOTIFICATIONS_TOPIC
+        from herald.bus.interface import lane_for, notifications_topic
 
         now = self.clock.now()
         stored: dict[str, tuple[str, str, bool]] = {}
@@ -652,7 +652,7 @@ class Store(BroadcastStore):
                         t.outbox.insert(),
                         [
                             {
-                                "topic": NOTIFICATIONS_TOPIC,
+                                "topic": notifications_topic(lane_for(item.notification.priority)),
                                 "key": item.notification.user_id,
                                 "payload": orjson.dumps({"notification_id": item.notification.id}),
                                 "created_at": now,
@@ -1119,22 +1119,31 @@ class Store(BroadcastStore):
                     )
                 )
                 .values(updated_at=self.clock.now())
-                .returning(t.deliveries.c.id, t.deliveries.c.user_id, t.deliveries.c.channel)
+                .returning(
+                    t.deliveries.c.id,
+                    t.deliveries.c.user_id,
+                    t.deliveries.c.channel,
+                    t.deliveries.c.priority,
+                )
             )
-            return [Released(r.id, r.user_id, r.channel) for r in rows]
+            return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
 
-    async def stale_notifications(self, older_than: datetime, limit: int) -> list[tuple[str, str]]:
-        """Accepted notifications not routed since `older_than` and no longer in the outbox."""
+    async def stale_notifications(
+        self, older_than: datetime, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """Accepted notifications not routed since `older_than`: (id, user id, priority)."""
         async with self.engine.connect() as db:
             rows = await db.execute(
-                sa.select(t.notifications.c.id, t.notifications.c.user_id)
+                sa.select(
+                    t.notifications.c.id, t.notifications.c.user_id, t.notifications.c.priority
+                )
                 .where(
                     t.notifications.c.state == NotificationState.ACCEPTED.value,
                     t.notifications.c.created_at <= older_than,
                 )
                 .limit(limit)
             )
-            return [(r.id, r.user_id) for r in rows]
+            return [(r.id, r.user_id, r.priority) for r in rows]
 
     async def _transition_returning(
         self, ids: sa.Select[Any], old: DeliveryState, new: DeliveryState, detail: dict[str, Any]
@@ -1154,6 +1163,7 @@ class Store(BroadcastStore):
                         t.deliveries.c.user_id,
                         t.deliveries.c.channel,
                         t.deliveries.c.notification_id,
+                        t.deliveries.c.priority,
                     )
                 )
             )
@@ -1164,7 +1174,7 @@ class Store(BroadcastStore):
                     for r in rows
                 ],
             )
-        return [Released(r.id, r.user_id, r.channel) for r in rows]
+        return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
 
     async def count_by_state(self) -> dict[str, int]:
         async with self.engine.connect() as db:

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import structlog
 
-from herald.bus.interface import Bus, Message, deliveries_topic
+from herald.bus.interface import LANES, Bus, Lane, Message, deliveries_topic
 from herald.bus.messages import dead_letter_record, ids_in
 from herald.clock import Clock
 from herald.domain import (
@@ -124,15 +124,20 @@ class ChannelWorker:
         return f"herald.worker.{self.channel}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        await consume_loop(
-            self.bus,
-            [deliveries_topic(self.channel)],
-            self.group,
-            self.handle,
-            stop,
-            batch_size=self.settings.batch_size,
-            name=f"worker.{self.channel}",
-        )
+        """One consumer per lane: priority messages never wait behind a bulk backlog."""
+        async with asyncio.TaskGroup() as group:
+            for lane in LANES:
+                group.create_task(
+                    consume_loop(
+                        self.bus,
+                        [deliveries_topic(self.channel, lane)],
+                        f"{self.group}.{lane}",
+                        self.handle,
+                        stop,
+                        batch_size=self.settings.batch_size if lane == Lane.BULK else 50,
+                        name=f"worker.{self.channel}.{lane}",
+                    )
+                )
 
     async def handle(self, messages: Sequence[Message]) -> None:
         await self.process(ids_in(messages, "delivery_id"))

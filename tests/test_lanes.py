@@ -1,0 +1,85 @@
+"""Priority lanes: critical and high travel on their own topics and consumers, so a bulk
+backlog does not hold them up."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+
+from herald.bus.interface import Lane, deliveries_topic, notifications_topic
+from herald.domain import Channel
+from herald.runtime import Runtime
+from tests.fixtures.herald import Pipeline, eventually
+
+
+async def drain(runtime: Runtime, topic: str, field: str) -> list[str]:
+    consumer = runtime.bus.consumer([topic], f"probe-{topic}")
+    found: list[str] = []
+    for _ in range(10):
+        messages = await consumer.poll(100, timeout=0.5)
+        found += [orjson.loads(m.value)[field] for m in messages]
+        if not messages and found:
+            break
+    await consumer.close()
+    return found
+
+
+async def test_each_priority_takes_its_lane(api: httpx.AsyncClient, runtime: Runtime) -> None:
+    await api.put("/v1/users/u", json={})
+    ids = {}
+    for priority in ("critical", "high", "normal", "low"):
+        body = {"user_id": "u", "title": priority, "priority": priority, "channels": ["in_app"]}
+        ids[priority] = (await api.post("/v1/notifications", json=body)).json()["id"]
+    await runtime.make_relay().relay_once()
+    assert sorted(
+        await drain(runtime, notifications_topic(Lane.PRIORITY), "notification_id")
+    ) == sorted([ids["critical"], ids["high"]])
+    assert sorted(
+        await drain(runtime, notifications_topic(Lane.BULK), "notification_id")
+    ) == sorted([ids["normal"], ids["low"]])
+    await runtime.router().route(list(ids.values()))
+    urgent = await drain(runtime, deliveries_topic(Channel.IN_APP, Lane.PRIORITY), "delivery_id")
+    bulk = await drain(runtime, deliveries_topic(Channel.IN_APP, Lane.BULK), "delivery_id")
+    owner = {d.id: p for p, n in ids.items() for d in await runtime.store.list_deliveries(n)}
+    assert sorted(owner[d] for d in urgent) == ["critical", "high"]
+    assert sorted(owner[d] for d in bulk) == ["low", "normal"]
+
+
+async def test_a_critical_notification_overtakes_a_bulk_backlog(
+    api: httpx.AsyncClient, runtime: Runtime, pipeline: Pipeline
+) -> None:
+    await api.put("/v1/users/u", json={})
+    bulk = [
+        {
+            "idempotency_key": f"bulk-{n}",
+            "user_id": "u",
+            "title": "sale",
+            "priority": "low",
+            "channels": ["in_app"],
+        }
+        for n in range(1000)
+    ]
+    for start in range(0, 3000, 1000):
+        batch = [{**item, "idempotency_key": f"{item['idempotency_key']}-{start}"} for item in bulk]
+        assert (
+            await api.post("/v1/notifications/batch", json={"notifications": batch})
+        ).status_code == 200
+    otp = await api.post(
+        "/v1/notifications",
+        json={
+            "user_id": "u",
+            "title": "code 123456",
+            "priority": "critical",
+            "channels": ["in_app"],
+        },
+    )
+
+    async def otp_delivered() -> bool:
+        (delivery,) = (await api.get(f"/v1/notifications/{otp.json()['id']}")).json()[
+            "deliveries"
+        ] or [{}]
+        return delivery.get("status") == "delivered"
+
+    await eventually(otp_delivered, timeout=120, interval=0.05)
+    unread = (await api.get("/v1/users/u/inbox")).json()["unread_count"]
+    assert unread < 3001, "the critical one should arrive while the bulk backlog is still draining"
