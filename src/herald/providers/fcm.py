@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -27,7 +26,8 @@ from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.domain.channels import Channel
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
-from herald.providers.base import OutboundMessage, Provider
+from herald.providers.base import OutboundMessage
+from herald.providers.http_session import HttpProvider
 from herald.providers.push_http import HIGH_PRIORITIES, client_ssl_context, parse_retry_after
 from herald.providers.push_payloads import (
     FCM_MAX_PAYLOAD_BYTES,
@@ -171,7 +171,7 @@ def _token_failure(status: int, body: bytes, headers: Any, now: float) -> Outcom
     return ProviderDown(f"oauth2 token refused ({status}): {body[:200].decode('utf-8', 'replace')}")
 
 
-class FcmProvider(Provider):
+class FcmProvider(HttpProvider):
     name = "fcm"
     channel = Channel.PUSH
     batch_size = 500
@@ -212,27 +212,13 @@ class FcmProvider(Provider):
     def describe(self) -> str:
         return f"fcm project={self.account.project_id} base={self.base_url}"
 
-    async def start(self) -> None:
-        self._ensure_session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        session = self._ensure_session()
-        return list(await asyncio.gather(*(self._send_one(session, m) for m in messages)))
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                ssl=client_ssl_context(self._ca_file),
-                keepalive_timeout=60,
-            )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self._session
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            ssl=client_ssl_context(self._ca_file),
+            keepalive_timeout=60,
+        )
+        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
     async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
         body = self._body(message)

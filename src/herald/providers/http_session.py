@@ -1,11 +1,16 @@
-"""aiohttp plumbing shared by the HTTP/1.1 providers (SendGrid, Twilio)."""
+"""aiohttp plumbing shared by the HTTP/1.1 providers (FCM, Web Push, SendGrid, Twilio)."""
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import aiohttp
+
+from herald.domain import Outcome, ProviderDown
+from herald.providers.base import OutboundMessage, Provider
 
 # What a request can fail with before any answer: all of these are worth a retry.
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (
@@ -39,3 +44,38 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+class HttpProvider(Provider):
+    """A provider over one kept-alive aiohttp pool: every message of a batch is sent
+    concurrently (the pool bounds the connections) and answers one outcome."""
+
+    _session: aiohttp.ClientSession | None = None
+
+    @abc.abstractmethod
+    def _new_session(self) -> aiohttp.ClientSession:
+        """The connection pool, with this provider's limits, timeouts and trusted CAs."""
+
+    @abc.abstractmethod
+    async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
+        """One message; never raises for a network error or an answer."""
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = self._new_session()
+        return self._session
+
+    async def start(self) -> None:
+        self._ensure_session()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        try:
+            session = self._ensure_session()
+        except (OSError, ValueError) as exc:  # e.g. an unreadable HERALD_CA_FILE
+            return [ProviderDown(f"{self.name} client cannot start: {exc}") for _ in messages]
+        return list(await asyncio.gather(*(self._send_one(session, m) for m in messages)))

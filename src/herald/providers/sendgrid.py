@@ -7,8 +7,7 @@ event webhooks name it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from email.utils import parseaddr
 from typing import Any, Self
 
@@ -26,15 +25,20 @@ from herald.domain.outcomes import (
     Rejected,
     Retry,
 )
-from herald.providers.base import OutboundMessage, Provider
+from herald.providers.base import OutboundMessage
 from herald.providers.email_message import is_plausible_address, message_id_for
-from herald.providers.http_session import NETWORK_ERRORS, new_session, retry_after_seconds
+from herald.providers.http_session import (
+    NETWORK_ERRORS,
+    HttpProvider,
+    new_session,
+    retry_after_seconds,
+)
 
 DELIVERY_ARG = "herald_delivery_id"
 SEND_PATH = "/v3/mail/send"
 
 
-class SendGridProvider(Provider):
+class SendGridProvider(HttpProvider):
     name = "sendgrid"
     channel = Channel.EMAIL
     batch_size = 100
@@ -77,35 +81,21 @@ class SendGridProvider(Provider):
     def describe(self) -> str:
         return f"sendgrid {self._url}"
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = new_session(
-                connections=self._concurrency, timeout_s=self._timeout, ca_file=self._ca_file
-            )
+    def _new_session(self) -> aiohttp.ClientSession:
+        return new_session(
+            connections=self._concurrency, timeout_s=self._timeout, ca_file=self._ca_file
+        )
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        try:
-            await self.start()
-        except (OSError, ValueError) as exc:  # e.g. an unreadable HERALD_CA_FILE
-            return [ProviderDown(f"sendgrid client cannot start: {exc}") for _ in messages]
-        return list(await asyncio.gather(*(self._send_one(message) for message in messages)))
-
-    async def _send_one(self, message: OutboundMessage) -> Outcome:
+    async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
         if not is_plausible_address(message.target):
             return InvalidTarget(f"malformed email address {message.target!r}")
-        assert self._session is not None
         body = orjson.dumps(mail_send_body(message, self._sender))
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": "application/json",
         }
         try:
-            async with self._session.post(self._url, data=body, headers=headers) as response:
+            async with session.post(self._url, data=body, headers=headers) as response:
                 answer = await response.read()
                 return classify(response.status, response.headers, answer, self._clock.time())
         except NETWORK_ERRORS as exc:

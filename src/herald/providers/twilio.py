@@ -7,9 +7,8 @@ is also an opt-out. Delivery reports come back on the status callback
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Self
 
 import aiohttp
@@ -26,8 +25,13 @@ from herald.domain.outcomes import (
     Rejected,
     Retry,
 )
-from herald.providers.base import OutboundMessage, Provider
-from herald.providers.http_session import NETWORK_ERRORS, new_session, retry_after_seconds
+from herald.providers.base import OutboundMessage
+from herald.providers.http_session import (
+    NETWORK_ERRORS,
+    HttpProvider,
+    new_session,
+    retry_after_seconds,
+)
 
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio"
 # Twilio's documented range for ValidityPeriod is 1..36000 s (error 90007/21624; older
@@ -41,7 +45,7 @@ RETRY_CODES = frozenset({20429, 30003, 30008})
 REJECTED_CODES = frozenset({30004, 30007})
 
 
-class TwilioProvider(Provider):
+class TwilioProvider(HttpProvider):
     name = "twilio"
     channel = Channel.SMS
     batch_size = 50
@@ -97,23 +101,10 @@ class TwilioProvider(Provider):
     def describe(self) -> str:
         return f"twilio account {self._account_sid[:6]}… from {self._sender}"
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = new_session(
-                connections=self._concurrency, timeout_s=self._timeout, ca_file=self._ca_file
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        try:
-            await self.start()
-        except (OSError, ValueError) as exc:  # e.g. an unreadable HERALD_CA_FILE
-            return [ProviderDown(f"twilio client cannot start: {exc}") for _ in messages]
-        return list(await asyncio.gather(*(self._send_one(message) for message in messages)))
+    def _new_session(self) -> aiohttp.ClientSession:
+        return new_session(
+            connections=self._concurrency, timeout_s=self._timeout, ca_file=self._ca_file
+        )
 
     def form_for(self, message: OutboundMessage) -> dict[str, str] | Rejected:
         form = {"To": message.target, "Body": str(message.payload.get("body", ""))}
@@ -128,13 +119,12 @@ class TwilioProvider(Provider):
             form["ValidityPeriod"] = str(min(ttl, MAX_VALIDITY_S))
         return form
 
-    async def _send_one(self, message: OutboundMessage) -> Outcome:
+    async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
         form = self.form_for(message)
         if isinstance(form, Rejected):
             return form
-        assert self._session is not None
         try:
-            async with self._session.post(self._url, data=form, headers=self._headers) as response:
+            async with session.post(self._url, data=form, headers=self._headers) as response:
                 body = await response.read()
                 return classify(response.status, response.headers, body)
         except NETWORK_ERRORS as exc:

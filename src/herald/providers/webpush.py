@@ -10,7 +10,6 @@ import asyncio
 import base64
 import hashlib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -26,7 +25,8 @@ from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.domain.channels import Channel, Priority
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
-from herald.providers.base import OutboundMessage, Provider
+from herald.providers.base import OutboundMessage
+from herald.providers.http_session import HttpProvider
 from herald.providers.push_http import b64url_encode, client_ssl_context, parse_retry_after
 from herald.providers.push_payloads import (
     WEBPUSH_MAX_PLAINTEXT_BYTES,
@@ -142,7 +142,7 @@ def encrypt_payload(plaintext: bytes, p256dh: bytes, auth: bytes) -> bytes:
     return encrypted
 
 
-class WebPushProvider(Provider):
+class WebPushProvider(HttpProvider):
     name = "webpush"
     channel = Channel.PUSH
     batch_size = 500
@@ -181,28 +181,14 @@ class WebPushProvider(Provider):
     def describe(self) -> str:
         return f"webpush vapid_key={self.key.public_key_b64[:12]}…"
 
-    async def start(self) -> None:
-        self._ensure_session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        session = self._ensure_session()
-        return list(await asyncio.gather(*(self._send_one(session, m) for m in messages)))
-
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0,
-                limit_per_host=self._connections_per_host,
-                ssl=client_ssl_context(self._ca_file),
-                keepalive_timeout=60,
-            )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        return self._session
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=self._connections_per_host,
+            ssl=client_ssl_context(self._ca_file),
+            keepalive_timeout=60,
+        )
+        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
     async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
         subscription = message.subscription
