@@ -3,6 +3,7 @@ each does to the delivery, the device, the suppression list and the circuit."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 from typing import ClassVar
@@ -25,6 +26,7 @@ from herald.domain.retry import RetryPolicy
 from herald.providers.base import OutboundMessage, Provider
 from herald.providers.registry import ProviderSet
 from herald.runtime import Runtime
+from herald.storage import DeliveryUpdate
 from herald.workers.worker import ChannelWorker, WorkerSettings
 
 S = DeliveryState
@@ -264,3 +266,47 @@ async def test_dead_lettered_deliveries_go_to_the_dead_letter_topic(
             "error": "dead-lettered after 1 attempts: 503",
         }
     ]
+
+
+async def test_a_slow_send_keeps_its_lease_and_is_not_sent_again(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """The lease is renewed while the provider takes its time: the scheduler does not take
+    a slow batch for a dead worker (which would send again, or mark SMS `unknown`)."""
+    released: list[int] = []
+
+    class Slow(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            clock.advance(20)  # far past the original lease
+            await asyncio.sleep(0.25)  # a few renewals (every lease / 3)
+            released.append(await runtime.scheduler().tick())
+            return await super().send(messages)
+
+    delivery_id = await route_one(api, runtime, ["email"])
+    worker = worker_for(runtime, Channel.EMAIL, Slow("email"))
+    worker.settings.lease_seconds = 0.3
+    await worker.process([delivery_id])
+    assert released == [0]
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.SENT
+    assert delivery.attempts == 1
+
+
+async def test_an_outcome_survives_a_database_blip_while_recording(
+    api: httpx.AsyncClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"])
+    record = runtime.store.record_outcomes
+    failures = [ConnectionResetError("database restarting")]
+
+    async def flaky(updates: Sequence[DeliveryUpdate]) -> int:
+        if failures:
+            raise failures.pop()
+        return await record(updates)
+
+    monkeypatch.setattr(runtime.store, "record_outcomes", flaky)
+    provider = Scripted("email")
+    await worker_for(runtime, Channel.EMAIL, provider).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.SENT
+    assert len(provider.sent) == 1

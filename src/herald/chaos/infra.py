@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -254,38 +254,28 @@ async def pg_fetch(url: str, query: str, *args: object) -> list[asyncpg.Record]:
         await connection.close()
 
 
-def consumer_lag(bootstrap: str, groups: Mapping[str, Sequence[str]]) -> dict[str, int]:
-    """Messages not yet committed, per consumer group (blocking: call in a thread)."""
-    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+def consumer_lag(bootstrap: str) -> dict[str, int]:
+    """Messages not yet committed, per consumer group, over the topics each group has
+    committed on (blocking: call in a thread)."""
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "herald.chaos.probe"})
     try:
-        metadata = admin.list_topics(timeout=5)
+        listed = admin.list_consumer_groups(request_timeout=5).result(timeout=10)
+        groups = sorted(g.group_id for g in listed.valid if g.group_id.startswith("herald."))
+        groups = [g for g in groups if g != "herald.chaos.probe"]
         lag: dict[str, int] = {}
-        for group, topics in groups.items():
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in topics
-                if topic in metadata.topics
-                for p in metadata.topics[topic].partitions
-            ]
-            if not partitions:
-                continue
-            future = admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, partitions)]
-            )[group]
-            committed = {
-                (tp.topic, tp.partition): tp.offset
-                for tp in future.result(timeout=5).topic_partitions
-            }
+        for group in groups:
+            future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])
             total = 0
-            for tp in partitions:
-                low, high = probe.get_watermark_offsets(tp, timeout=5)
-                done = committed.get((tp.topic, tp.partition), -1)
-                total += high - (done if done >= 0 else low)
-            lag[group] = total
+            for tp in future[group].result(timeout=5).topic_partitions:
+                if tp.offset < 0:
+                    continue
+                _low, high = probe.get_watermark_offsets(tp, timeout=5)
+                total += max(0, high - tp.offset)
+            lag[group.removeprefix("herald.")] = total
         return lag
     finally:
         probe.close()

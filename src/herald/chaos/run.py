@@ -716,14 +716,14 @@ class Chaos:
     async def sample(self, at: float) -> None:
         assert self.fleet is not None
         rss = {name: rss_mb(pid) for name, pid in self.fleet.pids().items()}
-        groups = {
-            "herald.router": ["herald.notifications"],
-            **{f"herald.worker.{c}": [f"herald.deliveries.{c}"] for c in ("push", "sms", "in_app")},
-        }
-        try:
-            lag = await asyncio.to_thread(consumer_lag, self.services.bootstrap, groups)
-        except Exception as error:
-            lag = {"error": str(error)}  # type: ignore[dict-item]
+        lag: dict[str, int] = {}
+        if self.options.soak:
+            # Only without broker faults: librdkafka admin clients torn down while the
+            # broker is away have crashed this process (SIGSEGV) in a chaos run.
+            try:
+                lag = await asyncio.to_thread(consumer_lag, self.services.bootstrap)
+            except Exception as error:
+                log(f"consumer lag: {error}")
         try:
             waiting = await self.pending()
         except Exception:
