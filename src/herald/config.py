@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     # Per API key and API process, so one caller cannot starve the rest (0: no limit).
     api_requests_per_s: float = 1000.0
     api_notifications_per_s: float = 20000.0
+    api_max_in_flight: int = 512  # per API process; beyond it, 503 + Retry-After
 
     # Providers
     ca_file: Path | None = None

@@ -42,14 +42,18 @@ class Plan:
 
 async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
     runtime = Runtime.from_settings(settings)
+    outdated = False
     try:
-        await asyncio.wait_for(runtime.store.migrate() if migrate else _ping(runtime), 30)
+        if migrate:
+            await asyncio.wait_for(runtime.store.migrate(), 30)
+        else:
+            outdated = await asyncio.wait_for(pending(runtime.store.engine), 30)
     except Exception as error:
         await runtime.store.close()
         raise StartupError(
             f"database unreachable at {runtime.store.describe()}: {error}"
         ) from error
-    if not migrate and await pending(runtime.store.engine):
+    if outdated:
         await runtime.store.close()
         raise StartupError(
             f"the database schema at {runtime.store.describe()} is missing or out of date: "
@@ -62,11 +66,6 @@ async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
         raise StartupError(f"bus unreachable: {error}") from error
     await _seed_admin_key(runtime)
     return runtime
-
-
-async def _ping(runtime: Runtime) -> None:
-    if not await runtime.store.ping():
-        raise ConnectionError("no answer")
 
 
 async def _seed_admin_key(runtime: Runtime) -> None:

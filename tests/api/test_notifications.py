@@ -195,3 +195,58 @@ async def test_template_that_does_not_render_is_refused_at_post(
         json={"user_id": user, "template": "welcome", "variables": {"name": "Ada"}},
     )
     assert ok.status_code == 202
+
+
+async def test_a_database_outage_is_a_503_with_retry_after(
+    api: httpx.AsyncClient, user: str, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy.exc
+
+    async def down(*_args: object, **_kwargs: object) -> None:
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, ConnectionRefusedError("restarting"))
+
+    monkeypatch.setattr(runtime.store, "accept_notifications", down)
+    response = await api.post(
+        "/v1/notifications", json={"user_id": user, "title": "x"}, headers={"Idempotency-Key": "k"}
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert response.json()["error"]["code"] == "unavailable"
+    monkeypatch.undo()
+    retried = await api.post(
+        "/v1/notifications", json={"user_id": user, "title": "x"}, headers={"Idempotency-Key": "k"}
+    )
+    assert retried.status_code == 202
+
+
+async def test_past_the_in_flight_limit_requests_are_shed(runtime: Runtime, admin_key: str) -> None:
+    import asyncio
+
+    from herald.api.app import create_app
+
+    runtime.settings.api_max_in_flight = 2
+    gate = asyncio.Event()
+    entered = asyncio.Semaphore(0)
+    original = runtime.store.list_templates
+
+    async def slow() -> list[tuple[str, dict[str, object]]]:
+        entered.release()
+        await gate.wait()
+        return await original()
+
+    runtime.store.list_templates = slow  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://h", headers=headers
+    ) as client:
+        held = [asyncio.create_task(client.get("/v1/templates")) for _ in range(2)]
+        for _ in range(2):
+            await asyncio.wait_for(entered.acquire(), 10)
+        shed = await client.get("/v1/templates")
+        assert shed.status_code == 503
+        assert shed.headers["retry-after"] == "1"
+        assert shed.json()["error"]["code"] == "overloaded"
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+        assert (await client.get("/v1/templates")).status_code == 200

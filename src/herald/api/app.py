@@ -96,6 +96,33 @@ class JsonOnly:
         await self.app(scope, receive, send)
 
 
+class InFlightLimit:
+    """Sheds load instead of queueing it: past `limit` requests in flight in this process,
+    new ones get a 503 with Retry-After at once, so a slow database or bus makes callers
+    back off rather than time out while memory grows. Event streams are not counted."""
+
+    def __init__(self, app: ASGIApp, limit: int = 512) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].endswith("/stream"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            body = errors.error_response(
+                503, "overloaded", f"over {self.limit} requests in flight; retry shortly"
+            ).body
+            await _send_json(send, 503, body, [(b"retry-after", b"1")])
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -117,8 +144,17 @@ async def _too_large(send: Send, limit: int) -> None:
     await _send_json(send, 413, body)
 
 
-async def _send_json(send: Send, status: int, body: bytes | memoryview) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def _send_json(
+    send: Send,
+    status: int,
+    body: bytes | memoryview,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": bytes(body)})
 
@@ -138,6 +174,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit)
+    app.add_middleware(InFlightLimit, limit=runtime.settings.api_max_in_flight)
     return app
 
 

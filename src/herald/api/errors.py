@@ -9,6 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger()
@@ -108,6 +109,22 @@ def install(app: FastAPI) -> None:
         message = error.detail if isinstance(error.detail, str) else code
         headers = dict(error.headers) if error.headers else None
         return error_response(error.status_code, code, message, headers=headers)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(OSError)
+    async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        """The database is down, restarting or saturated: nothing was accepted, and the
+        caller may retry (with the same Idempotency-Key, the retry is safe)."""
+        log.warning("database unavailable", path=request.url.path, error=type(error).__name__)
+        return error_response(
+            503,
+            "unavailable",
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, _error: Exception) -> JSONResponse:

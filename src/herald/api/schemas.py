@@ -80,7 +80,10 @@ def check_wall_time(value: str) -> str:
 
 def json_size_at_most(limit: int) -> Any:
     def check(value: dict[str, Any]) -> dict[str, Any]:
-        size = len(orjson.dumps(value))
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError as error:  # an integer over 64 bits, nesting too deep
+            raise ValueError(f"cannot be stored as JSON: {error}") from None
         if size > limit:
             raise ValueError(f"is {size} bytes as JSON; at most {limit} are allowed")
         return value
