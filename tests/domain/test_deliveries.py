@@ -59,9 +59,10 @@ def test_final_states_have_no_way_out() -> None:
     assert {S.FAILED, S.UNDELIVERABLE, S.SKIPPED} == FINAL_STATES
 
 
-def test_unknown_can_never_be_sent_again() -> None:
+def test_unknown_is_never_sent_again_but_a_late_answer_settles_it() -> None:
     assert not can_transition(S.UNKNOWN, S.SENDING)
     assert not can_transition(S.UNKNOWN, S.QUEUED)
+    assert can_transition(S.UNKNOWN, S.SENT)
 
 
 @pytest.mark.parametrize(

@@ -310,3 +310,27 @@ async def test_an_outcome_survives_a_database_blip_while_recording(
     (delivery,) = await runtime.store.get_deliveries([delivery_id])
     assert delivery.state == S.SENT
     assert len(provider.sent) == 1
+
+
+async def test_a_late_answer_settles_an_at_most_once_delivery_marked_unknown(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """The worker is alive but slow (starved of CPU, say): its lease runs out, the scheduler
+    marks the SMS unknown and does not send it again; the provider's answer, when it comes,
+    says what happened."""
+    delivery_id = await route_one(api, runtime, ["sms"])
+
+    class Starved(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            clock.advance(120)  # past the lease, before any renewal could land
+            requeued = await runtime.scheduler().tick()
+            assert requeued == 0  # at_most_once: marked unknown, not put back
+            (delivery,) = await runtime.store.get_deliveries([delivery_id])
+            assert delivery.state == S.UNKNOWN
+            return await super().send(messages)
+
+    provider = Starved("twilio", Accepted("SM123"))
+    await worker_for(runtime, Channel.SMS, provider).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.provider_message_id) == (S.SENT, "SM123")
+    assert len(provider.sent) == 1

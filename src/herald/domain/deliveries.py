@@ -40,7 +40,10 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     S.FAILED: frozenset(),
     S.UNDELIVERABLE: frozenset(),
     S.SKIPPED: frozenset(),
-    S.UNKNOWN: frozenset({S.DELIVERED, S.UNDELIVERABLE}),
+    # unknown: the lease ran out mid-send and at_most_once forbids sending again; the
+    # provider's answer, arriving late from a worker that was slow rather than dead, or
+    # a webhook, still settles what happened.
+    S.UNKNOWN: frozenset({S.SENT, S.DELIVERED, S.FAILED, S.UNDELIVERABLE}),
 }
 
 FINAL_STATES: frozenset[DeliveryState] = frozenset(s for s, out in TRANSITIONS.items() if not out)

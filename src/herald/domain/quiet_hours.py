@@ -2,12 +2,16 @@
 
 A window [start, end) is compared against the user's wall-clock time. Instants are UTC.
 DST: an end time that does not exist on a spring-forward day ends the window at the first
-instant whose wall time is past it (the transition); an end time that occurs twice on a
-fall-back day ends it at the first occurrence after now.
+instant whose wall time is past it (the transition), unless that instant is inside the
+window again (the gap swallowed all of the day's time outside it), when the window runs to
+the next day's end; an end time that occurs twice on a fall-back day ends it at the first
+occurrence after now; a fall-back that sets the clock to before the start ends the window
+at the transition.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -36,7 +40,14 @@ class QuietHours:
         return self.contains_wall_time(wall)
 
     def window_end(self, instant: datetime, zone: ZoneInfo) -> datetime:
-        """The first instant at or after `instant` that is outside the window (UTC)."""
+        """The first instant at or after `instant` that is outside the window (UTC).
+
+        Quiet or not changes only where the wall clock reaches the end time or where it
+        jumps (a UTC offset change), so the answer is the earliest of those instants that
+        is outside the window. A jump matters both ways: a spring-forward over the end
+        time ends the window at the transition, and a fall-back to before the start time
+        ends it at the transition too, earlier than the end time's next occurrence.
+        """
         if not self.is_quiet(instant, zone):
             return instant
         local_date = instant.astimezone(zone).date()
@@ -45,34 +56,39 @@ class QuietHours:
             naive = datetime.combine(local_date + timedelta(days=day), self.end)
             for fold in (0, 1):
                 at = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
-                if at > instant and not self.is_quiet(at, zone):
-                    candidates.append(_earliest_outside(self, zone, instant, at))
-        return min(candidates)
+                if at > instant:
+                    candidates.append(at)
+        horizon = datetime.combine(local_date + timedelta(days=3), time(), zone).astimezone(UTC)
+        candidates.extend(_offset_changes(zone, instant, horizon))
+        return min(at for at in candidates if not self.is_quiet(at, zone))
 
 
-def _earliest_outside(
-    window: QuietHours, zone: ZoneInfo, after: datetime, outside: datetime
-) -> datetime:
-    """Move `outside` back to the first non-quiet instant, for end times inside a DST gap.
+def _offset_changes(zone: ZoneInfo, after: datetime, until: datetime) -> list[datetime]:
+    """The instants in (after, until] at which the zone's UTC offset changes, to the second
+    (tz data changes offsets on whole seconds). Steps an hour at a time, then bisects."""
+    changes: list[datetime] = []
+    step = timedelta(hours=1)
+    low = after
+    while low < until:
+        high = min(low + step, until)
+        if _offset(low, zone) != _offset(high, zone):
+            earlier, later = math.floor(low.timestamp()), math.floor(high.timestamp()) + 1
+            # Invariant: the offset at `earlier` is the one at `low`; at `later`, it is not.
+            while later - earlier > 1:
+                middle = (earlier + later) // 2
+                if _offset(datetime.fromtimestamp(middle, UTC), zone) == _offset(low, zone):
+                    earlier = middle
+                else:
+                    later = middle
+            change = datetime.fromtimestamp(later, UTC)
+            if change > after:
+                changes.append(change)
+        low = high
+    return changes
 
-    Within the hour before `outside`, quiet and not-quiet form one boundary, so a binary
-    search to the second finds it.
-    """
-    low = max(after, outside - timedelta(hours=1))
-    if not window.is_quiet(low, zone):
-        return outside if low == after else low
-    high = outside
-    while high - low > timedelta(seconds=1):
-        middle = low + (high - low) / 2
-        if window.is_quiet(middle, zone):
-            low = middle
-        else:
-            high = middle
-    return (
-        high.replace(microsecond=0)
-        if not window.is_quiet(high.replace(microsecond=0), zone)
-        else high
-    )
+
+def _offset(instant: datetime, zone: ZoneInfo) -> timedelta | None:
+    return instant.astimezone(zone).utcoffset()
 
 
 def next_occurrence(wall: time, zone: ZoneInfo, after: datetime) -> datetime:

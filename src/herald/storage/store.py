@@ -984,7 +984,19 @@ class Store(BroadcastStore):
         deliveries = t.deliveries.c
         statement = (
             t.deliveries.update()
-            .where(deliveries.id == sa.bindparam("b_id"), deliveries.state == S.SENDING.value)
+            .where(
+                deliveries.id == sa.bindparam("b_id"),
+                sa.or_(
+                    deliveries.state == S.SENDING.value,
+                    # A late answer for an at_most_once delivery whose lease ran out while
+                    # its worker was slow: it was not sent again, so the answer is the truth.
+                    sa.and_(
+                        deliveries.state == S.UNKNOWN.value,
+                        # equalities, not IN: an IN over a parameter cannot be executemany'd
+                        sa.or_(*(sa.bindparam("b_state") == v for v in _LATE_ANSWER_STATES)),
+                    ),
+                ),
+            )
             .values(
                 state=sa.bindparam("b_state"),
                 provider=sa.func.coalesce(sa.bindparam("b_provider"), deliveries.provider),
@@ -1286,6 +1298,8 @@ class Store(BroadcastStore):
             limit,
         )
 
+
+_LATE_ANSWER_STATES = (S.SENT.value, S.DELIVERED.value, S.FAILED.value, S.UNDELIVERABLE.value)
 
 # States a provider webhook may move a delivery into, from each state.
 _WEBHOOK_TRANSITIONS: dict[DeliveryState, tuple[DeliveryState, ...]] = {
