@@ -245,16 +245,12 @@ async def test_provider_token_is_reused_then_rotated(
     assert claims == {"iss": TEAM, "iat": int(clock.time())}
 
 
-async def test_fake_refuses_a_token_older_than_an_hour(
-    fake: FakeApns, local_tls: LocalTls, clock: FakeClock
-) -> None:
-    key_id, pem = fake.create_signing_key(TEAM)
-    token = jwt.encode({"iss": TEAM, "iat": int(clock.time())}, pem, "ES256", {"kid": key_id})
-    clock.advance(3601)
+async def post_with_token(fake: FakeApns, local_tls: LocalTls, token: str) -> httpx.Response:
+    """One alert to the fake over HTTP/2 with the given provider token, as a raw client."""
     async with httpx.AsyncClient(
         http2=True, verify=ssl.create_default_context(cafile=str(local_tls.ca_file))
     ) as client:
-        response = await client.post(
+        return await client.post(
             f"{fake.base_url}/3/device/{apns_token()}",
             content=b'{"aps":{}}',
             headers={
@@ -263,6 +259,15 @@ async def test_fake_refuses_a_token_older_than_an_hour(
                 "apns-push-type": "alert",
             },
         )
+
+
+async def test_fake_refuses_a_token_older_than_an_hour(
+    fake: FakeApns, local_tls: LocalTls, clock: FakeClock
+) -> None:
+    key_id, pem = fake.create_signing_key(TEAM)
+    token = jwt.encode({"iss": TEAM, "iat": int(clock.time())}, pem, "ES256", {"kid": key_id})
+    clock.advance(3601)
+    response = await post_with_token(fake, local_tls, token)
     assert (response.status_code, response.json()) == (403, {"reason": "ExpiredProviderToken"})
 
 
@@ -272,18 +277,7 @@ async def test_fake_refuses_a_forged_signature(
     key_id, _ = fake.create_signing_key(TEAM)
     forged = ec.generate_private_key(ec.SECP256R1())
     token = jwt.encode({"iss": TEAM, "iat": int(clock.time())}, forged, "ES256", {"kid": key_id})
-    async with httpx.AsyncClient(
-        http2=True, verify=ssl.create_default_context(cafile=str(local_tls.ca_file))
-    ) as client:
-        response = await client.post(
-            f"{fake.base_url}/3/device/{apns_token()}",
-            content=b'{"aps":{}}',
-            headers={
-                "authorization": f"bearer {token}",
-                "apns-topic": TOPIC,
-                "apns-push-type": "alert",
-            },
-        )
+    response = await post_with_token(fake, local_tls, token)
     assert (response.status_code, response.json()) == (403, {"reason": "InvalidProviderToken"})
 
 
