@@ -283,7 +283,11 @@ kafka_java_cmd() {
 kafka_format() {
     [ -f "$KAFKA_DATA/logs/meta.properties" ] && return 0
     local cluster_id
-    cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22])')"
+    # Like Kafka's own Uuid.randomUuid: never starting with "-", which the tool would read
+    # as an option (one id in 64 did).
+    cluster_id="$(python3 -c 'import base64, uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]).startswith("-"): pass
+print(i)')"
     log "formatting Kafka storage (cluster $cluster_id)"
     kafka_java_cmd kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DATA/server.properties"
     "${KAFKA_CMD[@]}" >"$KAFKA_DATA/format.log" 2>&1 \

@@ -44,6 +44,9 @@ class Metrics:
         self.released = Counter(
             "herald_deliveries_released", "Deferred deliveries released", ["reason"], registry=r
         )
+        self.digests_closed = Counter(
+            "herald_digests_closed", "Digest windows closed into a notification", registry=r
+        )
         self.relayed = Counter("herald_outbox_relayed", "Outbox rows published", registry=r)
         self.circuit_open = Gauge(
             "herald_provider_circuit_open",

@@ -1,6 +1,8 @@
 """The scheduler role: puts deliveries back on the bus when their time comes.
 
-- deferred deliveries that are due (quiet hours ended, send_at reached, retry backoff over);
+- deferred deliveries that are due (quiet hours ended, send_at reached, retry backoff over,
+  the next frequency-cap window begun);
+- digest windows that have ended: each becomes a notification of its own;
 - deliveries whose worker died mid-send (lease expired): the channel policy decides
   between sending again (at_least_once) and `unknown` (at_most_once);
 - a sweep for work whose bus message was lost (the in-process bus across a restart):
@@ -59,8 +61,11 @@ class Scheduler:
                 log.warning(
                     "leases expired on at_most_once deliveries: marked unknown", count=unknown
                 )
+            digests = await self.store.close_due_digests(self.batch)
+            if digests:
+                METRICS.digests_closed.inc(digests)
             released += len(due) + len(requeued)
-            if len(due) < self.batch and len(requeued) < self.batch:
+            if max(len(due), len(requeued), digests) < self.batch:
                 return released
 
     async def sweep(self, older_than_seconds: float | None = None) -> int:

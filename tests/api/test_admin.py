@@ -62,6 +62,61 @@ async def test_category_crud(api: httpx.AsyncClient) -> None:
     assert bad.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("shaping", "complaint"),
+    [
+        ({"digest": {"push": {}}}, "exactly one of window_seconds and at_local"),
+        ({"digest": {"push": {"window_seconds": 3600, "at_local": "09:00"}}}, "exactly one"),
+        ({"digest": {"push": {"window_seconds": 30}}}, "greater than or equal to 60"),
+        ({"digest": {"push": {"at_local": "25:00"}}}, "between 00:00 and 23:59"),
+        ({"digest": {"push": {"window_seconds": 60, "when": "sometimes"}}}, "always"),
+        ({"digest": {"pigeon": {"window_seconds": 60}}}, "pigeon"),
+        ({"caps": {"sms": {"limit": 0, "window_seconds": 3600}}}, "greater than or equal to 1"),
+        ({"caps": {"sms": {"limit": 3}}}, "window_seconds"),
+    ],
+)
+async def test_a_category_with_bad_shaping_is_refused(
+    api: httpx.AsyncClient, shaping: dict[str, object], complaint: str
+) -> None:
+    response = await api.put("/v1/categories/news", json=shaping)
+    assert response.status_code == 422
+    assert complaint in response.text
+    assert (await api.get("/v1/categories/news")).status_code == 404
+
+
+async def test_a_category_keeps_its_digest_and_caps(api: httpx.AsyncClient) -> None:
+    body = {
+        "digest": {
+            "email": {"at_local": "18:00", "template": "daily"},
+            "push": {"window_seconds": 3600, "when": "over_cap"},
+        },
+        "caps": {"push": {"limit": 3, "window_seconds": 3600}},
+    }
+    assert (await api.put("/v1/categories/news", json=body)).status_code == 201
+    stored = (await api.get("/v1/categories/news")).json()
+    assert stored["digest"]["email"] == {
+        "window_seconds": None,
+        "at_local": "18:00",
+        "template": "daily",
+        "when": "always",
+    }
+    assert stored["caps"] == body["caps"]
+
+
+async def test_frequency_cap_crud(api: httpx.AsyncClient) -> None:
+    cap = {"limit": 3, "window_seconds": 3600}
+    assert (await api.put("/v1/frequency-caps/push", json=cap)).status_code == 201
+    changed = await api.put("/v1/frequency-caps/push", json={**cap, "limit": 5})
+    assert changed.status_code == 200
+    listed = (await api.get("/v1/frequency-caps")).json()["items"]
+    assert listed == [{"channel": "push", "limit": 5, "window_seconds": 3600}]
+    assert (await api.put("/v1/frequency-caps/pigeon", json=cap)).status_code == 422
+    assert (await api.put("/v1/frequency-caps/sms", json={"limit": -1})).status_code == 422
+    assert (await api.delete("/v1/frequency-caps/push")).status_code == 204
+    assert (await api.delete("/v1/frequency-caps/push")).status_code == 404
+    assert (await api.get("/v1/frequency-caps")).json()["items"] == []
+
+
 async def test_suppression_crud(api: httpx.AsyncClient) -> None:
     created = await api.post(
         "/v1/suppressions", json={"channel": "email", "address": "a@example.com", "reason": "asked"}

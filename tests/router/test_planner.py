@@ -10,6 +10,8 @@ from herald.domain import (
     DeliveryPolicy,
     DeliveryState,
     Device,
+    DigestRule,
+    FrequencyCap,
     Notification,
     Platform,
     Preferences,
@@ -17,7 +19,7 @@ from herald.domain import (
     QuietHours,
     User,
 )
-from herald.router.planner import plan_deliveries
+from herald.router.planner import plan_deliveries, plan_routing
 from herald.storage.records import RoutingInput
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -39,6 +41,8 @@ def routing(
     devices: int = 2,
     template: dict[str, object] | None = None,
     suppressed: set[tuple[str, str]] | None = None,
+    category: CategorySettings | None = None,
+    channel_caps: dict[Channel, FrequencyCap] | None = None,
     **notification: object,
 ) -> RoutingInput:
     user = User("42", email="ada@example.com", phone="+14155550100", timezone="UTC", locale=locale)
@@ -54,9 +58,11 @@ def routing(
         user=user,
         preferences=Preferences(),
         devices=[Device(f"d{i}", "42", Platform.IOS, f"{i:02d}" * 32) for i in range(devices)],
-        category=CategorySettings("news", policy={Channel.PUSH: DeliveryPolicy.AT_MOST_ONCE}),
+        category=category
+        or CategorySettings("news", policy={Channel.PUSH: DeliveryPolicy.AT_MOST_ONCE}),
         template=template,  # type: ignore[arg-type]
         suppressed=suppressed or set(),
+        channel_caps=channel_caps or {},
     )
 
 
@@ -142,3 +148,82 @@ def test_a_deleted_user_gets_nothing() -> None:
     plan = routing()
     plan.user = None
     assert plan_deliveries(plan, NOW) == []
+
+
+# -- shaping: digests and caps ---------------------------------------------------------------
+
+HOURLY = DigestRule(window_seconds=3600, template="news-digest")
+THREE_AN_HOUR = FrequencyCap(3, 3600)
+
+
+def test_a_digest_channel_gets_one_folded_delivery_and_the_others_send() -> None:
+    category = CategorySettings("news", digest={Channel.PUSH: HOURLY})
+    plan = plan_routing(routing(category=category, channels=[Channel.PUSH, Channel.EMAIL]), NOW)
+    states = sorted((d.channel.value, d.state.value) for d in plan.deliveries)
+    assert states == [("email", "queued"), ("push", "digested")]
+    [fold] = plan.folds
+    folded = next(d for d in plan.deliveries if d.channel == Channel.PUSH)
+    assert fold.delivery_ids == (folded.id,)
+    assert fold.item == {"title": "T", "body": "B", "notification_id": "n1", "at": NOW.isoformat()}
+    window = fold.window()
+    assert (window.start, window.end) == (NOW, NOW.replace(hour=13))
+    assert folded.last_error is not None
+    assert folded.last_error.startswith("folded into digest dg_")
+    assert plan.claims == []
+
+
+def test_a_deferred_notification_folds_into_the_window_it_is_due_in() -> None:
+    category = CategorySettings("news", digest={Channel.PUSH: HOURLY})
+    later = NOW.replace(hour=15, minute=30)
+    plan = plan_routing(routing(category=category, channels=[Channel.PUSH], send_at=later), NOW)
+    assert plan.folds[0].window().start == NOW.replace(hour=15)
+
+
+def test_critical_and_digests_themselves_are_never_folded_or_capped() -> None:
+    category = CategorySettings(
+        "news", digest={Channel.PUSH: HOURLY}, caps={Channel.EMAIL: THREE_AN_HOUR}
+    )
+    for notification in ({"priority": Priority.CRITICAL}, {"digest_id": "dg_1"}):
+        plan = plan_routing(routing(category=category, **notification), NOW)
+        assert {d.state for d in plan.deliveries} == {DeliveryState.QUEUED}
+        assert (plan.folds, plan.claims) == ([], [])
+
+
+def test_caps_claim_one_slot_per_notification_and_channel_for_every_device() -> None:
+    category = CategorySettings("news", caps={Channel.PUSH: FrequencyCap(1, 86400)})
+    plan = plan_routing(
+        routing(category=category, devices=3, channel_caps={Channel.PUSH: THREE_AN_HOUR}), NOW
+    )
+    [claim] = plan.claims
+    pushes = [d.id for d in plan.deliveries if d.channel == Channel.PUSH]
+    assert sorted(claim.delivery_ids) == sorted(pushes)
+    assert len(pushes) == 3
+    assert [(r.cap, r.category) for r in claim.rules] == [
+        (THREE_AN_HOUR, None),
+        (FrequencyCap(1, 86400), "news"),
+    ]
+    assert claim.overflow is None
+    assert claim.at == NOW
+
+
+def test_over_the_cap_a_category_may_fold_into_a_digest() -> None:
+    overflow = DigestRule(window_seconds=3600)
+    category = CategorySettings("news", over_cap_digest={Channel.SMS: overflow})
+    plan = plan_routing(routing(category=category, channel_caps={Channel.SMS: THREE_AN_HOUR}), NOW)
+    [claim] = plan.claims
+    assert claim.channel == Channel.SMS
+    assert claim.overflow is not None
+    assert claim.overflow.rule == overflow
+    assert claim.overflow.delivery_ids == claim.delivery_ids
+
+
+def test_skipped_channels_are_neither_folded_nor_counted() -> None:
+    category = CategorySettings("news", digest={Channel.PUSH: HOURLY})
+    plan = plan_routing(
+        routing(category=category, devices=0, channel_caps={Channel.SMS: THREE_AN_HOUR}),
+        NOW,
+    )
+    push = [d for d in plan.deliveries if d.channel == Channel.PUSH]
+    assert [(d.state, d.last_error) for d in push] == [(DeliveryState.SKIPPED, "no active device")]
+    assert plan.folds == []
+    assert [c.channel for c in plan.claims] == [Channel.SMS]

@@ -37,6 +37,7 @@ MAX_DATA_BYTES = 8_192
 MAX_VARIABLES_BYTES = 32_768
 MAX_TTL = 28 * 24 * 3600
 MAX_BATCH = 1000
+MAX_SHAPING_WINDOW = 7 * 24 * 3600
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")]
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s/?#]+$")]
@@ -314,10 +315,39 @@ class TemplateIn(Strict):
     default_locale: Annotated[str, AfterValidator(check_locale)]
 
 
+WindowSeconds = Annotated[int, Field(ge=60, le=MAX_SHAPING_WINDOW)]
+
+
+class DigestIn(Strict):
+    """Fold a category's notifications on a channel into one delivery per window:
+    `window_seconds` long, or daily until `at_local` in each user's time zone. `when`:
+    always, or only for what goes over a frequency cap."""
+
+    window_seconds: WindowSeconds | None = None
+    at_local: Annotated[str, AfterValidator(check_wall_time)] | None = None
+    template: Name | None = None
+    when: Literal["always", "over_cap"] = "always"
+
+    @model_validator(mode="after")
+    def _one_window(self) -> DigestIn:
+        if (self.window_seconds is None) == (self.at_local is None):
+            raise ValueError("give exactly one of window_seconds and at_local")
+        return self
+
+
+class CapIn(Strict):
+    """At most `limit` non-critical deliveries per user in each window of `window_seconds`."""
+
+    limit: Annotated[int, Field(ge=1, le=10_000)]
+    window_seconds: WindowSeconds
+
+
 class CategoryIn(Strict):
     quiet_hours: QuietHoursAction = QuietHoursAction.DEFER
     channels: list[Channel] | None = None
     policy: dict[Channel, DeliveryPolicy] = Field(default_factory=dict)
+    digest: dict[Channel, DigestIn] = Field(default_factory=dict)
+    caps: dict[Channel, CapIn] = Field(default_factory=dict)
 
 
 class SuppressionIn(Strict):

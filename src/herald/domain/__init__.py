@@ -32,6 +32,19 @@ from herald.domain.preferences import (
     default_category,
 )
 from herald.domain.quiet_hours import QuietHours, next_occurrence, parse_wall_time
+from herald.domain.shaping import (
+    CapClaim,
+    CapRule,
+    DigestFold,
+    DigestRule,
+    FrequencyCap,
+    Window,
+    default_digest_text,
+    digest_id,
+    digest_variables,
+    fixed_window,
+    folded_reason,
+)
 from herald.domain.users import Device, User
 
 __all__ = [
@@ -40,6 +53,8 @@ __all__ = [
     "DEFAULT_POLICY",
     "FINAL_STATES",
     "Accepted",
+    "CapClaim",
+    "CapRule",
     "CategorySettings",
     "Channel",
     "ChannelDecision",
@@ -48,6 +63,9 @@ __all__ = [
     "DeliveryPolicy",
     "DeliveryState",
     "Device",
+    "DigestFold",
+    "DigestRule",
+    "FrequencyCap",
     "InvalidTarget",
     "InvalidTransition",
     "Notification",
@@ -63,11 +81,17 @@ __all__ = [
     "Retry",
     "User",
     "Verdict",
+    "Window",
     "can_transition",
     "check_transition",
     "decide_channels",
     "default_category",
+    "default_digest_text",
     "delivery_id",
+    "digest_id",
+    "digest_variables",
+    "fixed_window",
+    "folded_reason",
     "mask_target",
     "next_occurrence",
     "parse_wall_time",

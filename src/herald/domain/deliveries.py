@@ -22,6 +22,7 @@ class DeliveryState(StrEnum):
     FAILED = "failed"
     UNDELIVERABLE = "undeliverable"
     SKIPPED = "skipped"
+    DIGESTED = "digested"  # folded into a digest, which is a notification of its own
     UNKNOWN = "unknown"
 
 
@@ -30,8 +31,8 @@ S = DeliveryState
 # Every allowed transition. A provider webhook may report a later fate of a delivery that
 # was sent (delivered, bounced), so sent and delivered have ways out; the rest are final.
 TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
-    S.QUEUED: frozenset({S.SENDING, S.DEFERRED, S.SKIPPED, S.FAILED}),
-    S.DEFERRED: frozenset({S.QUEUED, S.SENDING, S.SKIPPED, S.FAILED}),
+    S.QUEUED: frozenset({S.SENDING, S.DEFERRED, S.SKIPPED, S.FAILED, S.DIGESTED}),
+    S.DEFERRED: frozenset({S.QUEUED, S.SENDING, S.SKIPPED, S.FAILED, S.DIGESTED}),
     S.SENDING: frozenset(
         {S.SENT, S.DELIVERED, S.FAILED, S.UNDELIVERABLE, S.DEFERRED, S.QUEUED, S.UNKNOWN}
     ),
@@ -40,6 +41,7 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     S.FAILED: frozenset(),
     S.UNDELIVERABLE: frozenset(),
     S.SKIPPED: frozenset(),
+    S.DIGESTED: frozenset(),
     # unknown: the lease ran out mid-send and at_most_once forbids sending again; the
     # provider's answer, arriving late from a worker that was slow rather than dead, or
     # a webhook, still settles what happened.

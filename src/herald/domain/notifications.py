@@ -33,6 +33,7 @@ class Notification:
     collapse_key: str | None = None
     deliver_at_local: str | None = None  # "HH:MM" in the recipient's time zone
     broadcast_id: str | None = None
+    digest_id: str | None = None  # set on a digest's own notification: never folded again
     idempotency_key: str | None = None
     state: NotificationState = NotificationState.ACCEPTED
     created_at: datetime | None = None

@@ -17,6 +17,7 @@ from herald.domain.channels import (
     QuietHoursAction,
 )
 from herald.domain.quiet_hours import QuietHours
+from herald.domain.shaping import DigestRule, FrequencyCap
 
 
 @dataclass(slots=True)
@@ -38,6 +39,12 @@ class CategorySettings:
     quiet_hours: QuietHoursAction = QuietHoursAction.DEFER
     channels: tuple[Channel, ...] = ALL_CHANNELS
     policy: Mapping[Channel, DeliveryPolicy] = field(default_factory=dict)
+    # Fold this category's notifications into one delivery per window, per channel.
+    digest: Mapping[Channel, DigestRule] = field(default_factory=dict)
+    # At most N of this category's deliveries per window, per user and channel.
+    caps: Mapping[Channel, FrequencyCap] = field(default_factory=dict)
+    # Per channel, over a cap: folded into this digest rather than deferred.
+    over_cap_digest: Mapping[Channel, DigestRule] = field(default_factory=dict)
 
     def policy_for(self, channel: Channel) -> DeliveryPolicy:
         return self.policy.get(channel, DEFAULT_POLICY[channel])

@@ -4,20 +4,26 @@ address, content by template. Pure: no I/O, so it is tested directly."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from herald.domain import (
+    CapClaim,
+    CapRule,
     Channel,
     ChannelDecision,
     Delivery,
     DeliveryState,
+    DigestFold,
+    DigestRule,
     Priority,
     Verdict,
     decide_channels,
     delivery_id,
+    digest_id,
+    folded_reason,
     next_occurrence,
     parse_wall_time,
 )
@@ -36,13 +42,34 @@ class _Target:
     subscription: dict[str, Any] | None = None
 
 
+@dataclass(slots=True)
+class RoutingPlan:
+    """A notification's deliveries, and the shaping the store applies as it writes them."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    folds: list[DigestFold] = field(default_factory=list)
+    claims: list[CapClaim] = field(default_factory=list)
+
+    def extend(self, other: RoutingPlan) -> None:
+        self.deliveries.extend(other.deliveries)
+        self.folds.extend(other.folds)
+        self.claims.extend(other.claims)
+
+
 def plan_deliveries(
     routing: RoutingInput, now: datetime, unsubscribe_url: UnsubscribeUrl | None = None
 ) -> list[Delivery]:
+    return plan_routing(routing, now, unsubscribe_url).deliveries
+
+
+def plan_routing(
+    routing: RoutingInput, now: datetime, unsubscribe_url: UnsubscribeUrl | None = None
+) -> RoutingPlan:
     notification = routing.notification
     user = routing.user
+    plan = RoutingPlan()
     if user is None:
-        return []
+        return plan
     zone = _zone(user.timezone)
     send_at = notification.send_at
     if notification.deliver_at_local:
@@ -62,10 +89,10 @@ def plan_deliveries(
     expires_at = (
         created + timedelta(seconds=notification.ttl_seconds) if notification.ttl_seconds else None
     )
-    deliveries: list[Delivery] = []
     for decision in decisions:
-        deliveries.extend(_channel_deliveries(routing, decision, expires_at, unsubscribe_url))
-    return deliveries
+        deliveries = _channel_deliveries(routing, decision, expires_at, unsubscribe_url)
+        plan.extend(_shape(routing, decision.channel, deliveries, zone, now))
+    return plan
 
 
 def _channel_deliveries(
@@ -215,3 +242,100 @@ def _zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         return ZoneInfo("UTC")
+
+
+# -- shaping: digests and frequency caps -----------------------------------------------------
+
+_LIVE = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
+
+
+def _shape(
+    routing: RoutingInput,
+    channel: Channel,
+    deliveries: list[Delivery],
+    zone: ZoneInfo,
+    now: datetime,
+) -> RoutingPlan:
+    """Critical notifications and digests themselves are never folded nor capped."""
+    notification = routing.notification
+    live = [d for d in deliveries if d.state in _LIVE]
+    if not live or notification.priority == Priority.CRITICAL or notification.digest_id:
+        return RoutingPlan(deliveries)
+    at = live[0].due_at or now
+    rule = routing.category.digest.get(channel)
+    if rule is not None:
+        digested = _digested(live[0], rule, zone, at)
+        fold = _fold(routing, channel, rule, zone, at, (digested.id,), live[0])
+        kept = [d for d in deliveries if d.state not in _LIVE]
+        return RoutingPlan([*kept, digested], folds=[fold])
+    rules = _cap_rules(routing, channel)
+    if not rules:
+        return RoutingPlan(deliveries)
+    overflow_rule = routing.category.over_cap_digest.get(channel)
+    ids = tuple(d.id for d in live)
+    overflow = (
+        _fold(routing, channel, overflow_rule, zone, at, ids, live[0]) if overflow_rule else None
+    )
+    claim = CapClaim(notification.id, notification.user_id, channel, rules, at, ids, overflow)
+    return RoutingPlan(deliveries, claims=[claim])
+
+
+def _cap_rules(routing: RoutingInput, channel: Channel) -> tuple[CapRule, ...]:
+    category = routing.category
+    rules = []
+    if (channel_cap := routing.channel_caps.get(channel)) is not None:
+        rules.append(CapRule(channel_cap))
+    if (category_cap := category.caps.get(channel)) is not None:
+        rules.append(CapRule(category_cap, category.name))
+    return tuple(rules)
+
+
+def _digested(first: Delivery, rule: DigestRule, zone: ZoneInfo, at: datetime) -> Delivery:
+    """The one delivery row standing for the channel's copy folded into a digest."""
+    window = rule.window(at, zone)
+    return Delivery(
+        id=delivery_id(first.notification_id, first.channel, NO_TARGET),
+        notification_id=first.notification_id,
+        user_id=first.user_id,
+        channel=first.channel,
+        target="",
+        target_ref=NO_TARGET,
+        state=DeliveryState.DIGESTED,
+        policy=first.policy,
+        priority=first.priority,
+        category=first.category,
+        payload=digest_item(first),
+        last_error=folded_reason(
+            digest_id(first.user_id, first.category, first.channel, window.start)
+        ),
+        expires_at=first.expires_at,
+    )
+
+
+def _fold(
+    routing: RoutingInput,
+    channel: Channel,
+    rule: DigestRule,
+    zone: ZoneInfo,
+    at: datetime,
+    delivery_ids: tuple[str, ...],
+    first: Delivery,
+) -> DigestFold:
+    notification = routing.notification
+    item = {**digest_item(first), "notification_id": notification.id, "at": at.isoformat()}
+    return DigestFold(
+        notification.id,
+        notification.user_id,
+        notification.category,
+        channel,
+        rule,
+        zone,
+        at,
+        delivery_ids,
+        item,
+    )
+
+
+def digest_item(delivery: Delivery) -> dict[str, Any]:
+    """What a digest shows of one notification: its rendered parts, without routing keys."""
+    return {k: v for k, v in delivery.payload.items() if not k.startswith("_")}

@@ -2,9 +2,10 @@
 
 For a batch from `herald.notifications`: load each notification with its user,
 preferences, devices, category and template; plan the deliveries; write them (ON CONFLICT
-DO NOTHING: the ids are deterministic); publish the queued ones to their channel topics;
-then commit. A crash anywhere before the commit replays the batch, which writes nothing
-new and republishes what is still queued.
+DO NOTHING: the ids are deterministic), folding digests and counting frequency caps in the
+same transaction; publish the queued ones to their channel topics; then commit. A crash
+anywhere before the commit replays the batch, which writes nothing new and republishes
+what is still queued.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from herald.clock import Clock
 from herald.metrics import METRICS
 from herald.roles import consume_loop
 from herald.router.fanout import BroadcastFanout
-from herald.router.planner import UnsubscribeUrl, plan_deliveries
+from herald.router.planner import RoutingPlan, UnsubscribeUrl, plan_routing
 from herald.storage import Store
 
 log = structlog.get_logger()
@@ -49,17 +50,17 @@ class Router:
             return
         now = self.clock.now()
         inputs = await self.store.load_for_routing(notification_ids)
-        deliveries = [
-            delivery
-            for routing in inputs
-            for delivery in plan_deliveries(routing, now, self.unsubscribe_url)
-        ]
-        queued = await self.store.save_routing([r.notification.id for r in inputs], deliveries)
+        plan = RoutingPlan()
+        for routing in inputs:
+            plan.extend(plan_routing(routing, now, self.unsubscribe_url))
+        queued = await self.store.save_routing(
+            [r.notification.id for r in inputs], plan.deliveries, plan.folds, plan.claims
+        )
         await self.bus.publish(
             [delivery_record(d.id, d.user_id, d.channel, d.priority) for d in queued]
         )
         METRICS.routed.inc(len(inputs))
-        for delivery in deliveries:
+        for delivery in plan.deliveries:
             METRICS.planned.labels(delivery.channel.value, delivery.state.value).inc()
 
     async def run(self, stop: asyncio.Event) -> None:

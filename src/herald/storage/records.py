@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from herald.domain import (
     CategorySettings,
+    Channel,
     Delivery,
     DeliveryState,
     Device,
+    FrequencyCap,
     Notification,
     Preferences,
     User,
@@ -54,6 +57,7 @@ class RoutingInput:
     category: CategorySettings
     template: dict[str, Any] | None
     suppressed: set[tuple[str, str]] = field(default_factory=set)
+    channel_caps: Mapping[Channel, FrequencyCap] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,8 +118,9 @@ notifications = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False, index=True),
     sa.Column("routed_at", UtcDateTime),
-    sa.Column("broadcast_id", Id, index=True),
+    sa.Column("broadcast_id", Id),
     sa.Column("deliver_at_local", sa.String(5)),
+    sa.Index("ix_notifications_broadcast", "broadcast_id"),
 )
 
 outbox = sa.Table(
@@ -222,6 +223,7 @@ topic_subscriptions = sa.Table(
     sa.Column("topic", sa.String(128), primary_key=True),
     sa.Column("user_id", sa.String(128), primary_key=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_topic_subscriptions_user", "user_id"),
 )
 
 broadcasts = sa.Table(
@@ -244,4 +246,57 @@ broadcast_recipients = sa.Table(
     metadata,
     sa.Column("broadcast_id", Id, primary_key=True),
     sa.Column("user_id", sa.String(128), primary_key=True),
+)
+
+# -- traffic shaping: frequency caps and digests --------------------------------------------
+
+frequency_caps = sa.Table(
+    "frequency_caps",
+    metadata,
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("cap_limit", sa.Integer, nullable=False),
+    sa.Column("window_seconds", sa.Integer, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# One row per (user, channel, scope, window): the deliveries counted in it. scope is "" for
+# a channel-wide cap, else the category. Reserved with an atomic conditional upsert.
+frequency_counters = sa.Table(
+    "frequency_counters",
+    metadata,
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("scope", sa.String(128), primary_key=True),
+    sa.Column("window_start", UtcDateTime, primary_key=True),
+    sa.Column("window_end", UtcDateTime, nullable=False, index=True),
+    sa.Column("used", sa.Integer, nullable=False),
+)
+
+digests = sa.Table(
+    "digests",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("category", sa.String(128), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("window_start", UtcDateTime, nullable=False),
+    sa.Column("window_end", UtcDateTime, nullable=False),
+    sa.Column("template", sa.String(128)),
+    sa.Column("state", sa.String(16), nullable=False),  # open, closed
+    sa.Column("item_count", sa.Integer, nullable=False),
+    sa.Column("notification_id", Id),  # the digest's own notification, once closed
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("closed_at", UtcDateTime),
+    sa.UniqueConstraint("user_id", "category", "channel", "window_start", name="uq_digests_window"),
+    sa.Index("ix_digests_state_end", "state", "window_end"),
+)
+
+digest_items = sa.Table(
+    "digest_items",
+    metadata,
+    sa.Column("digest_id", Id, primary_key=True),
+    sa.Column("notification_id", Id, primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),  # arrival order within the digest
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
 )

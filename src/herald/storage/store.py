@@ -12,6 +12,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.domain import (
+    CapClaim,
     CategorySettings,
     Channel,
     Delivery,
@@ -29,6 +31,9 @@ from herald.domain import (
     DeliveryPolicy,
     DeliveryState,
     Device,
+    DigestFold,
+    DigestRule,
+    FrequencyCap,
     Notification,
     NotificationState,
     Platform,
@@ -37,6 +42,8 @@ from herald.domain import (
     QuietHours,
     QuietHoursAction,
     User,
+    default_digest_text,
+    digest_variables,
     parse_wall_time,
 )
 from herald.storage import schema as t
@@ -54,6 +61,7 @@ from herald.storage.records import (
     SandboxMessage,
     Suppression,
 )
+from herald.storage.shaping import ClosedDigest, ShapingChange, ShapingStore
 from herald.util import chunks
 
 S = DeliveryState
@@ -124,11 +132,29 @@ def preferences_from_json(raw: dict[str, Any] | None) -> Preferences:
 
 
 def category_from_json(name: str, raw: dict[str, Any]) -> CategorySettings:
+    digests = {Channel(k): v for k, v in (raw.get("digest") or {}).items()}
     return CategorySettings(
         name=name,
         quiet_hours=QuietHoursAction(raw.get("quiet_hours", "defer")),
         channels=tuple(Channel(c) for c in raw.get("channels") or [c.value for c in Channel]),
         policy={Channel(k): DeliveryPolicy(v) for k, v in (raw.get("policy") or {}).items()},
+        digest={k: _digest_rule(v) for k, v in digests.items() if v.get("when") != "over_cap"},
+        over_cap_digest={
+            k: _digest_rule(v) for k, v in digests.items() if v.get("when") == "over_cap"
+        },
+        caps={
+            Channel(k): FrequencyCap(int(v["limit"]), int(v["window_seconds"]))
+            for k, v in (raw.get("caps") or {}).items()
+        },
+    )
+
+
+def _digest_rule(raw: dict[str, Any]) -> DigestRule:
+    at_local = raw.get("at_local")
+    return DigestRule(
+        window_seconds=raw.get("window_seconds"),
+        at_local=parse_wall_time(at_local) if at_local else None,
+        template=raw.get("template"),
     )
 
 
@@ -178,6 +204,7 @@ def _notification(row: Row) -> Notification:
         created_at=row.created_at,
         deliver_at_local=row.deliver_at_local,
         broadcast_id=row.broadcast_id,
+        digest_id=content.get("digest_id"),
     )
 
 
@@ -218,7 +245,7 @@ def _event_row(event: DeliveryEvent) -> dict[str, Any]:
     }
 
 
-class Store(BroadcastStore):
+class Store(BroadcastStore, ShapingStore):
     """The repository. Use `open_store(url)` to get the right dialect."""
 
     # Rows per multi-row statement (SQLite allows 32766 bound parameters).
@@ -274,6 +301,7 @@ class Store(BroadcastStore):
             await db.execute(
                 t.delivery_events.delete().where(t.delivery_events.c.created_at < cutoff)
             )
+            await self._forget_expired_shaping(db, cutoff)
 
     # -- settings and API keys -------------------------------------------------------
 
@@ -617,49 +645,54 @@ class Store(BroadcastStore):
         self, items: Sequence[NewNotification]
     ) -> dict[str, tuple[str, str, bool]]:
         """key -> (notification id, stored request hash, inserted now)."""
+        async with self.transaction() as db:
+            return await self._insert_notifications_on(db, items)
+
+    async def _insert_notifications_on(
+        self, db: AsyncConnection, items: Sequence[NewNotification]
+    ) -> dict[str, tuple[str, str, bool]]:
         from herald.bus.interface import lane_for, notifications_topic
 
         now = self.clock.now()
         stored: dict[str, tuple[str, str, bool]] = {}
-        async with self.transaction() as db:
-            for chunk in chunks(items, self.batch_rows):
-                # An executemany, not .values([...]): SQLAlchemy caches one compiled
-                # statement and batches the rows itself ("insertmanyvalues"), where a
-                # multi-row VALUES was compiled again for every batch (most of the API's CPU).
-                inserted = await db.execute(
-                    self._insert(t.notifications)
-                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                    .returning(t.notifications.c.id, t.notifications.c.idempotency_key),
-                    [_notification_row(item, now) for item in chunk],
+        for chunk in chunks(items, self.batch_rows):
+            # An executemany, not .values([...]): SQLAlchemy caches one compiled
+            # statement and batches the rows itself ("insertmanyvalues"), where a
+            # multi-row VALUES was compiled again for every batch (most of the API's CPU).
+            inserted = await db.execute(
+                self._insert(t.notifications)
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                .returning(t.notifications.c.id, t.notifications.c.idempotency_key),
+                [_notification_row(item, now) for item in chunk],
+            )
+            created = {row.idempotency_key for row in inserted}
+            new = [item for item in chunk if item.idempotency_key in created]
+            for item in new:
+                stored[item.idempotency_key] = (item.notification.id, item.request_hash, True)
+            existing = [i.idempotency_key for i in chunk if i.idempotency_key not in created]
+            if existing:
+                rows = await db.execute(
+                    sa.select(
+                        t.notifications.c.id,
+                        t.notifications.c.idempotency_key,
+                        t.notifications.c.request_hash,
+                    ).where(t.notifications.c.idempotency_key.in_(existing))
                 )
-                created = {row.idempotency_key for row in inserted}
-                new = [item for item in chunk if item.idempotency_key in created]
-                for item in new:
-                    stored[item.idempotency_key] = (item.notification.id, item.request_hash, True)
-                existing = [i.idempotency_key for i in chunk if i.idempotency_key not in created]
-                if existing:
-                    rows = await db.execute(
-                        sa.select(
-                            t.notifications.c.id,
-                            t.notifications.c.idempotency_key,
-                            t.notifications.c.request_hash,
-                        ).where(t.notifications.c.idempotency_key.in_(existing))
-                    )
-                    for row in rows:
-                        stored[row.idempotency_key] = (row.id, row.request_hash, False)
-                if new:
-                    await db.execute(
-                        t.outbox.insert(),
-                        [
-                            {
-                                "topic": notifications_topic(lane_for(item.notification.priority)),
-                                "key": item.notification.user_id,
-                                "payload": orjson.dumps({"notification_id": item.notification.id}),
-                                "created_at": now,
-                            }
-                            for item in new
-                        ],
-                    )
+                for row in rows:
+                    stored[row.idempotency_key] = (row.id, row.request_hash, False)
+            if new:
+                await db.execute(
+                    t.outbox.insert(),
+                    [
+                        {
+                            "topic": notifications_topic(lane_for(item.notification.priority)),
+                            "key": item.notification.user_id,
+                            "payload": orjson.dumps({"notification_id": item.notification.id}),
+                            "created_at": now,
+                        }
+                        for item in new
+                    ],
+                )
         return stored
 
     async def get_notification(self, notification_id: str) -> Notification | None:
@@ -785,10 +818,12 @@ class Store(BroadcastStore):
             notifications = [
                 _notification(row)
                 for row in await db.execute(
-                    sa.select(t.notifications).where(
+                    sa.select(t.notifications)
+                    .where(
                         t.notifications.c.id.in_(notification_ids),
                         t.notifications.c.state == NotificationState.ACCEPTED.value,
                     )
+                    .order_by(t.notifications.c.created_at, t.notifications.c.id)
                 )
             ]
             if not notifications:
@@ -839,6 +874,7 @@ class Store(BroadcastStore):
                 if template_names
                 else {}
             )
+            channel_caps = await self._channel_caps(db)
         inputs = []
         for notification in notifications:
             user_row = user_rows.get(notification.user_id)
@@ -854,16 +890,22 @@ class Store(BroadcastStore):
                     if notification.template
                     else None,
                     suppressed=suppressed,
+                    channel_caps=channel_caps,
                 )
             )
         return inputs
 
     async def save_routing(
-        self, notification_ids: Sequence[str], deliveries: Sequence[Delivery]
+        self,
+        notification_ids: Sequence[str],
+        deliveries: Sequence[Delivery],
+        folds: Sequence[DigestFold] = (),
+        claims: Sequence[CapClaim] = (),
     ) -> list[Delivery]:
-        """Write the deliveries (idempotently), their first events, and mark the
-        notifications routed. Returns every queued delivery of these notifications, so a
-        rerun after a crash publishes what the first run wrote but did not publish."""
+        """Write the deliveries (idempotently), fold and count them (digests, caps), write
+        their first events, and mark the notifications routed. Returns every queued delivery
+        of these notifications, so a rerun after a crash publishes what the first run wrote
+        but did not publish."""
         now = self.clock.now()
         async with self.transaction() as db:
             new_ids: set[str] = set()
@@ -875,6 +917,9 @@ class Store(BroadcastStore):
                     [_delivery_row(d, now) for d in chunk],
                 )
                 new_ids.update(row.id for row in inserted)
+            if folds or claims:
+                changes = await self._apply_shaping(db, folds, claims, new_ids)
+                deliveries = await self._record_shaping(db, deliveries, changes, now)
             events = [
                 _event_row(
                     DeliveryEvent(d.id, d.notification_id, d.state, now, _routing_detail(d), None)
@@ -895,6 +940,53 @@ class Store(BroadcastStore):
                 )
             )
             return [_delivery(row) for row in rows]
+
+    async def _record_shaping(
+        self,
+        db: AsyncConnection,
+        deliveries: Sequence[Delivery],
+        changes: dict[str, ShapingChange],
+        now: datetime,
+    ) -> Sequence[Delivery]:
+        """Write what shaping changed; returns the deliveries as they now stand."""
+        if not changes:
+            return deliveries
+        await db.execute(
+            t.deliveries.update()
+            .where(t.deliveries.c.id == sa.bindparam("delivery"))
+            .values(
+                state=sa.bindparam("new_state"),
+                last_error=sa.bindparam("reason"),
+                due_at=sa.bindparam("due"),
+                updated_at=now,
+            ),
+            [
+                {"delivery": k, "new_state": c.state.value, "reason": c.reason, "due": c.due_at}
+                for k, c in changes.items()
+            ],
+        )
+        return [
+            replace(d, state=c.state, last_error=c.reason, due_at=c.due_at)
+            if (c := changes.get(d.id))
+            else d
+            for d in deliveries
+        ]
+
+    # -- digests (scheduler) ---------------------------------------------------------
+
+    async def close_due_digests(self, limit: int = 500) -> int:
+        """Close the digest windows that have ended and turn each into a notification of
+        its own (through the outbox, in the same transaction). Returns how many closed."""
+        async with self.transaction() as db:
+            closed = await self._close_due_digests(db, limit)
+            live = [digest for digest in closed if digest.count]
+            stored = await self._insert_notifications_on(
+                db, [_digest_notification(d) for d in live]
+            )
+            await self._mark_digest_notifications(
+                db, {d.id: stored[f"digest:{d.id}"][0] for d in live}
+            )
+        return len(closed)
 
     async def _insert_events(self, db: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
         if events:
@@ -1355,6 +1447,36 @@ def _inbox_row(item: InboxItem) -> dict[str, Any]:
         "read_at": item.read_at,
         "created_at": item.created_at,
     }
+
+
+def _digest_notification(digest: ClosedDigest) -> NewNotification:
+    variables = {
+        "digest": digest_variables(
+            digest.category, digest.channel, digest.window, digest.items, digest.count
+        )
+    }
+    title, body = default_digest_text(digest.count, digest.items)
+    content: dict[str, Any] = {
+        "title": title,
+        "body": body,
+        "variables": variables,
+        "digest_id": digest.id,
+    }
+    if digest.template:
+        content["template"] = digest.template
+    notification = Notification(
+        id=new_id(),
+        user_id=digest.user_id,
+        category=digest.category,
+        priority=Priority.NORMAL,
+        title=title,
+        body=body,
+        channels=(digest.channel,),
+        template=digest.template,
+        variables=variables,
+        digest_id=digest.id,
+    )
+    return NewNotification(notification, f"digest:{digest.id}", digest.id, content)
 
 
 def _notification_row(item: NewNotification, now: datetime) -> dict[str, Any]:

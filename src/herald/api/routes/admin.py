@@ -1,4 +1,4 @@
-"""Templates, categories, suppressions, API keys and the sandbox outbox."""
+"""Templates, categories, frequency caps, suppressions, API keys and the sandbox outbox."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Response
 
 from herald.api.deps import RuntimeDep, require
 from herald.api.errors import ApiError, not_found
-from herald.api.schemas import CategoryIn, KeyIn, Name, SuppressionIn, TemplateIn
+from herald.api.schemas import CapIn, CategoryIn, KeyIn, Name, SuppressionIn, TemplateIn
+from herald.domain import Channel, FrequencyCap
 from herald.security import generate_key
 from herald.storage import InvalidCursor, Page, Suppression
 from herald.templates import Template, TemplateError
@@ -84,6 +85,37 @@ async def list_categories(rt: RuntimeDep) -> dict[str, Any]:
         "items": [{"name": n, **d} for n, d in await rt.store.list_categories()],
         "next_cursor": None,
     }
+
+
+@router.get("/frequency-caps", dependencies=[require("read")])
+async def list_frequency_caps(rt: RuntimeDep) -> dict[str, Any]:
+    caps = await rt.store.frequency_caps()
+    return {
+        "items": [
+            {"channel": channel, "limit": cap.limit, "window_seconds": cap.window_seconds}
+            for channel, cap in sorted(caps.items())
+        ],
+        "next_cursor": None,
+    }
+
+
+@router.put("/frequency-caps/{channel}", dependencies=[require("manage")])
+async def put_frequency_cap(
+    channel: Channel, body: CapIn, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    """Every user's non-critical deliveries on `channel`, across categories."""
+    created = await rt.store.put_frequency_cap(
+        channel, FrequencyCap(body.limit, body.window_seconds)
+    )
+    response.status_code = 201 if created else 200
+    return {"channel": channel, **body.model_dump()}
+
+
+@router.delete("/frequency-caps/{channel}", status_code=204, dependencies=[require("manage")])
+async def delete_frequency_cap(channel: Channel, rt: RuntimeDep) -> Response:
+    if not await rt.store.delete_frequency_cap(channel):
+        raise not_found("frequency cap")
+    return Response(status_code=204)
 
 
 def _suppression(s: Suppression) -> dict[str, Any]:

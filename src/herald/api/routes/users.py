@@ -156,4 +156,13 @@ async def delete_device(user_id: UserId, device_id: str, rt: RuntimeDep) -> Resp
     return Response(status_code=204)
 
 
+@router.get("/{user_id}/digests", dependencies=[require("read")])
+async def list_digests(user_id: UserId, rt: RuntimeDep) -> dict[str, object]:
+    """The user's digest windows: open ones collect items until `window_end`; a closed one
+    names the notification it became."""
+    if await rt.store.get_user(user_id) is None:
+        raise not_found("user")
+    return {"items": await rt.store.list_digests(user_id), "next_cursor": None}
+
+
 __all__ = ["Platform", "router"]
