@@ -56,7 +56,7 @@ def test_forbidden_transitions(current: DeliveryState, new: DeliveryState) -> No
 
 
 def test_final_states_have_no_way_out() -> None:
-    assert {S.FAILED, S.UNDELIVERABLE, S.SKIPPED, S.DIGESTED} == FINAL_STATES
+    assert {S.FAILED, S.UNDELIVERABLE, S.SKIPPED} == FINAL_STATES
 
 
 def test_unknown_is_never_sent_again_but_a_late_answer_settles_it() -> None:

@@ -210,3 +210,53 @@ async def test_a_window_closing_while_routers_fold_loses_no_item_and_doubles_non
         (START, START + HOUR),
         (START + HOUR, START + 2 * HOUR),
     }
+
+
+async def test_cancelling_takes_a_notification_out_of_an_open_digest_only(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    await api.put("/v1/users/u", json={"timezone": "UTC"})
+    await api.put("/v1/categories/news", json={"digest": {"in_app": {"window_seconds": 3600}}})
+    first = await accept(api, ["u"] * 3, "first")
+    await runtime.router().route(first)
+    cancelled = await api.post(f"/v1/notifications/{first[0]}/cancel")
+    assert cancelled.json()["deliveries_cancelled"] == 1
+    assert await delivery_states(runtime, first[:1]) == [("skipped", "cancelled", None)]
+
+    clock.advance(3600)
+    assert await runtime.store.close_due_digests() == 1
+    [closed] = await runtime.store.list_digests("u")
+    made = await runtime.store.get_notification(closed["notification_id"])
+    assert made is not None
+    titles = [n["title"] for n in made.variables["digest"]["notifications"]]
+    assert (closed["item_count"], sorted(titles)) == (2, ["first 1", "first 2"])
+    late = await api.post(f"/v1/notifications/{first[1]}/cancel")  # already gone out
+    assert late.status_code == 409
+    assert "digested" in late.json()["error"]["message"]
+
+    alone = await accept(api, ["u"], "alone")
+    await runtime.router().route(alone)
+    await api.post(f"/v1/notifications/{alone[0]}/cancel")
+    clock.advance(3600)
+    assert await runtime.store.close_due_digests() == 1
+    emptied = [d for d in await runtime.store.list_digests("u") if d["id"] != closed["id"]]
+    assert [(d["state"], d["item_count"], d["notification_id"]) for d in emptied] == [
+        ("closed", 0, None)  # nothing left in it: no digest goes out
+    ]
+
+
+async def test_a_capped_notification_is_not_deferred_into_quiet_hours(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    quiet = {"start": "22:00", "end": "07:00"}
+    await api.put("/v1/users/u", json={"timezone": "Europe/Berlin"})  # UTC+2 in June
+    await api.put("/v1/users/u/preferences", json={"quiet_hours": quiet})
+    await api.put("/v1/frequency-caps/in_app", json={"limit": 1, "window_seconds": 3600})
+    clock.advance(7 * 3600 + 30 * 60)  # 19:30 UTC, 21:30 in Berlin
+    ids = await accept(api, ["u"] * 2, "evening")
+    await runtime.router().route(ids)
+    next_morning = datetime(2026, 6, 2, 5, 0, tzinfo=UTC)  # 07:00 in Berlin
+    assert sorted(await delivery_states(runtime, ids), key=str) == [
+        ("deferred", "frequency cap", next_morning),
+        ("queued", "", None),
+    ]

@@ -41,7 +41,8 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     S.FAILED: frozenset(),
     S.UNDELIVERABLE: frozenset(),
     S.SKIPPED: frozenset(),
-    S.DIGESTED: frozenset(),
+    # digested: waiting in an open digest window; cancelling takes it out again.
+    S.DIGESTED: frozenset({S.SKIPPED}),
     # unknown: the lease ran out mid-send and at_most_once forbids sending again; the
     # provider's answer, arriving late from a worker that was slow rather than dead, or
     # a webhook, still settles what happened.

@@ -4,6 +4,7 @@ storage layer does the counting and the folding atomically."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -114,7 +115,8 @@ class DigestFold:
 @dataclass(frozen=True, slots=True)
 class CapClaim:
     """Count one notification's copy on one channel against the caps that apply; over them,
-    `overflow` says where it goes (None: deferred to the first window with room)."""
+    `overflow` says where it goes (None: deferred to the first window with room that is not
+    in the user's quiet hours)."""
 
     notification_id: str
     user_id: str
@@ -123,6 +125,8 @@ class CapClaim:
     at: datetime
     delivery_ids: tuple[str, ...]
     overflow: DigestFold | None = None
+    # When a deferred copy may go out at the earliest: pushes a time out of quiet hours.
+    allowed_from: Callable[[datetime], datetime] = lambda at: at
 
 
 MAX_DIGEST_LINES = 10

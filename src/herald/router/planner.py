@@ -19,6 +19,7 @@ from herald.domain import (
     DigestFold,
     DigestRule,
     Priority,
+    QuietHoursAction,
     Verdict,
     decide_channels,
     delivery_id,
@@ -276,8 +277,34 @@ def _shape(
     overflow = (
         _fold(routing, channel, overflow_rule, zone, at, ids, live[0]) if overflow_rule else None
     )
-    claim = CapClaim(notification.id, notification.user_id, channel, rules, at, ids, overflow)
+    claim = CapClaim(
+        notification.id,
+        notification.user_id,
+        channel,
+        rules,
+        at,
+        ids,
+        overflow,
+        _allowed_from(routing, zone),
+    )
     return RoutingPlan(deliveries, claims=[claim])
+
+
+def _allowed_from(routing: RoutingInput, zone: ZoneInfo) -> Callable[[datetime], datetime]:
+    """For a copy the cap defers: the first instant at or after a time outside quiet hours
+    (unless the category ignores them)."""
+    quiet = routing.preferences.quiet_hours
+    if quiet is None or routing.category.quiet_hours == QuietHoursAction.IGNORE:
+        return _unchanged
+
+    def allowed(at: datetime) -> datetime:
+        return quiet.window_end(at, zone) if quiet.is_quiet(at, zone) else at
+
+    return allowed
+
+
+def _unchanged(at: datetime) -> datetime:
+    return at
 
 
 def _cap_rules(routing: RoutingInput, channel: Channel) -> tuple[CapRule, ...]:

@@ -32,7 +32,6 @@ from herald.domain import (
     DeliveryState,
     DigestFold,
     FrequencyCap,
-    NotificationState,
     Window,
     digest_id,
     folded_reason,
@@ -206,7 +205,7 @@ class ShapingStore:
             if claim.overflow is not None:
                 digest = await self._fold(db, claim.overflow)
                 return ShapingChange(DeliveryState.DIGESTED, folded_reason(digest.id))
-            at = full_until
+            at = claim.allowed_from(full_until)
         return ShapingChange(
             DeliveryState.SKIPPED, f"frequency cap: no room in the next {MAX_CAP_WINDOWS} windows"
         )
@@ -264,6 +263,35 @@ class ShapingStore:
             .values(used=c.used - 1)
         )
 
+    async def _unfold(
+        self, db: AsyncConnection, notification_ids: sa.ScalarSelect[Any]
+    ) -> list[tuple[str, str, str]]:
+        """Take cancelled notifications out of the digests that are still open (a closed one
+        has gone out). The open windows stay locked until commit, so a close cannot take
+        an item being removed. Returns (notification id, channel, digest id) removed."""
+        d, i = t.digests.c, t.digest_items.c
+        mine = i.notification_id.in_(notification_ids)
+        removed_per_digest = (
+            sa.select(sa.func.count()).where(i.digest_id == d.id, mine).scalar_subquery()
+        )
+        opened = list(
+            await db.execute(
+                t.digests.update()
+                .where(d.state == OPEN, d.id.in_(sa.select(i.digest_id).where(mine)))
+                .values(item_count=d.item_count - removed_per_digest)
+                .returning(d.id, d.channel)
+            )
+        )
+        if not opened:
+            return []
+        channels = {row.id: row.channel for row in opened}
+        removed = await db.execute(
+            t.digest_items.delete()
+            .where(mine, i.digest_id.in_(list(channels)))
+            .returning(i.notification_id, i.digest_id)
+        )
+        return [(r.notification_id, channels[r.digest_id], r.digest_id) for r in removed]
+
     async def cap_usage(
         self, user_id: str, channel: Channel, scope: str = ""
     ) -> list[tuple[datetime, int]]:
@@ -319,15 +347,11 @@ class ShapingStore:
     async def _live_items(
         self, db: AsyncConnection, digest_ids: list[str]
     ) -> dict[str, list[dict[str, Any]]]:
-        """Each digest's items in arrival order, leaving out cancelled notifications."""
-        i, n = t.digest_items.c, t.notifications.c
+        """Each digest's items in arrival order (cancelled ones were taken out)."""
+        i = t.digest_items.c
         rows = await db.execute(
             sa.select(i.digest_id, i.payload)
-            .join(t.notifications, n.id == i.notification_id)
-            .where(
-                i.digest_id.in_(digest_ids),
-                n.state != NotificationState.CANCELLED.value,
-            )
+            .where(i.digest_id.in_(digest_ids))
             .order_by(i.digest_id, i.position)
         )
         items: dict[str, list[dict[str, Any]]] = {}

@@ -744,11 +744,12 @@ class Store(BroadcastStore, ShapingStore):
         self, notification_ids: Sequence[str] = (), broadcast_id: str | None = None
     ) -> int:
         """Stop what has not been sent: notifications not yet routed are cancelled, their
-        queued and deferred deliveries skipped. Races with a worker's claim are settled by
-        the two atomic UPDATEs: a delivery is either claimed or cancelled, never both.
-        Returns how many deliveries were cancelled."""
+        queued and deferred deliveries skipped, and what waits in an open digest taken out.
+        Races with a worker's claim are settled by the two atomic UPDATEs: a delivery is
+        either claimed or cancelled, never both. Returns how many deliveries were cancelled."""
         n = t.notifications.c
         which = n.broadcast_id == broadcast_id if broadcast_id else n.id.in_(notification_ids)
+        ids = sa.select(n.id).where(which).scalar_subquery()
         now = self.clock.now()
         async with self.transaction() as db:
             await db.execute(
@@ -760,15 +761,14 @@ class Store(BroadcastStore, ShapingStore):
                 await db.execute(
                     t.deliveries.update()
                     .where(
-                        t.deliveries.c.notification_id.in_(
-                            sa.select(n.id).where(which).scalar_subquery()
-                        ),
+                        t.deliveries.c.notification_id.in_(ids),
                         t.deliveries.c.state.in_([S.QUEUED.value, S.DEFERRED.value]),
                     )
                     .values(state=S.SKIPPED.value, last_error="cancelled", updated_at=now)
                     .returning(t.deliveries.c.id, t.deliveries.c.notification_id)
                 )
             )
+            rows += await self._skip_unfolded(db, await self._unfold(db, ids), now)
             await self._insert_events(
                 db,
                 [
@@ -781,6 +781,25 @@ class Store(BroadcastStore, ShapingStore):
                 ],
             )
         return len(rows)
+
+    async def _skip_unfolded(
+        self, db: AsyncConnection, removed: list[tuple[str, str, str]], now: datetime
+    ) -> list[Row]:
+        """The digested deliveries of items taken out of their digest become skipped."""
+        if not removed:
+            return []
+        d = t.deliveries.c
+        return list(
+            await db.execute(
+                t.deliveries.update()
+                .where(
+                    sa.tuple_(d.notification_id, d.channel).in_([(n, c) for n, c, _ in removed]),
+                    d.state == S.DIGESTED.value,
+                )
+                .values(state=S.SKIPPED.value, last_error="cancelled", updated_at=now)
+                .returning(d.id, d.notification_id)
+            )
+        )
 
     # -- outbox (relay) --------------------------------------------------------------
 
