@@ -8,6 +8,7 @@ import orjson
 
 from herald.bus.interface import Lane, deliveries_topic, notifications_topic
 from herald.domain import Channel
+from herald.relay import Relay
 from herald.runtime import Runtime
 from tests.fixtures.herald import Pipeline, eventually
 
@@ -83,3 +84,22 @@ async def test_a_critical_notification_overtakes_a_bulk_backlog(
     await eventually(otp_delivered, timeout=120, interval=0.05)
     unread = (await api.get("/v1/users/u/inbox")).json()["unread_count"]
     assert unread < 3001, "the critical one should arrive while the bulk backlog is still draining"
+
+
+async def test_the_relay_publishes_urgent_outbox_rows_before_a_bulk_backlog(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    await api.put("/v1/users/u", json={})
+    bulk = [
+        {"idempotency_key": f"b{n}", "user_id": "u", "title": "sale", "priority": "low"}
+        for n in range(1000)
+    ]
+    for page in range(3):
+        await api.post("/v1/notifications/batch", json={"notifications": bulk[page::3]})
+    otp = {"user_id": "u", "title": "code", "priority": "critical"}
+    urgent = (await api.post("/v1/notifications", json=otp)).json()["id"]
+    relay = Relay(runtime.store, runtime.bus, batch=100)
+    assert await relay.relay_once() == 100
+    first = await drain(runtime, notifications_topic(Lane.PRIORITY), "notification_id")
+    assert first == [urgent]
+    assert await runtime.store.outbox_size() == 901

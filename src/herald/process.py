@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 import uvicorn
 
-from herald.bus.interface import BusUnavailable
+from herald.bus.interface import LANES, BusUnavailable, Lane
 from herald.bus.memory import MemoryBus
 from herald.config import Settings
 from herald.domain import Channel
@@ -35,6 +35,7 @@ class StartupError(RuntimeError):
 class Plan:
     roles: Sequence[str]
     channels: Sequence[Channel] = field(default_factory=lambda: list(Channel))
+    lanes: Sequence[Lane] = LANES  # a router or worker for one lane only: a dedicated pool
     host: str = "127.0.0.1"
     port: int = 8080
     migrate: bool = True
@@ -113,11 +114,11 @@ async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
             worker = ChannelWorker(
                 channel, runtime.store, runtime.bus, providers, runtime.clock, settings
             )
-            roles.append(worker.run(stop))
+            roles.append(worker.run(stop, plan.lanes))
     if "relay" in plan.roles:
         roles.append(runtime.make_relay().run(stop))
     if "router" in plan.roles:
-        roles.append(runtime.router().run(stop))
+        roles.append(runtime.router().run(stop, plan.lanes))
     if "scheduler" in plan.roles:
         scheduler = runtime.scheduler()
         if isinstance(runtime.bus, MemoryBus):

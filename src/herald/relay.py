@@ -1,4 +1,5 @@
-"""The outbox relay: publishes what the API wrote to the outbox, in the order written.
+"""The outbox relay: publishes what the API wrote to the outbox, the priority lane's rows
+first, each lane in the order written.
 
 Rows are taken under a lock (SKIP LOCKED on PostgreSQL, so many relays share the work),
 published, and deleted in the same transaction. A crash after publishing and before the

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from herald.bus.interface import LANES, Bus, Message, notifications_topic
+from herald.bus.interface import LANES, Bus, Lane, Message, notifications_topic
 from herald.bus.messages import delivery_record, ids_in
 from herald.clock import Clock
 from herald.metrics import METRICS
@@ -63,11 +63,12 @@ class Router:
         for delivery in plan.deliveries:
             METRICS.planned.labels(delivery.channel.value, delivery.state.value).inc()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Route notifications, and fan broadcasts out into notifications."""
-        fanout = BroadcastFanout(self.store, self.bus)
+    async def run(self, stop: asyncio.Event, lanes: Sequence[Lane] = LANES) -> None:
+        """Route notifications, and (with the bulk lane) fan broadcasts out into
+        notifications. A router given only the priority lane is a dedicated one for urgent
+        traffic: no broadcast work lands on it."""
         async with asyncio.TaskGroup() as group:
-            for lane in LANES:
+            for lane in lanes:
                 group.create_task(
                     consume_loop(
                         self.bus,
@@ -75,7 +76,9 @@ class Router:
                         f"{self.group}.{lane}",
                         self.handle,
                         stop,
+                        batch_size=500 if lane == Lane.BULK else 50,
                         name=f"router.{lane}",
                     )
                 )
-            group.create_task(fanout.run(stop))
+            if Lane.BULK in lanes:
+                group.create_task(BroadcastFanout(self.store, self.bus).run(stop))

@@ -131,6 +131,10 @@ outbox = sa.Table(
     sa.Column("key", sa.String(200), nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # 0 for the priority lane, 1 for bulk: the relay publishes urgent rows first, so a
+    # broadcast's fan-out in the outbox does not hold up a one-time password.
+    sa.Column("lane_order", sa.SmallInteger, nullable=False, server_default="1"),
+    sa.Index("ix_outbox_lane_order", "lane_order", "id"),
 )
 
 deliveries = sa.Table(

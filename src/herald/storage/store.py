@@ -651,7 +651,7 @@ class Store(BroadcastStore, ShapingStore):
     async def _insert_notifications_on(
         self, db: AsyncConnection, items: Sequence[NewNotification]
     ) -> dict[str, tuple[str, str, bool]]:
-        from herald.bus.interface import lane_for, notifications_topic
+        from herald.bus.interface import LANES, lane_for, notifications_topic
 
         now = self.clock.now()
         stored: dict[str, tuple[str, str, bool]] = {}
@@ -686,6 +686,7 @@ class Store(BroadcastStore, ShapingStore):
                     [
                         {
                             "topic": notifications_topic(lane_for(item.notification.priority)),
+                            "lane_order": LANES.index(lane_for(item.notification.priority)),
                             "key": item.notification.user_id,
                             "payload": orjson.dumps({"notification_id": item.notification.id}),
                             "created_at": now,
@@ -815,7 +816,11 @@ class Store(BroadcastStore, ShapingStore):
         async with self.transaction() as db:
             rows = list(
                 await db.execute(
-                    self._lock_skip(sa.select(t.outbox).order_by(t.outbox.c.id).limit(limit))
+                    self._lock_skip(
+                        sa.select(t.outbox)
+                        .order_by(t.outbox.c.lane_order, t.outbox.c.id)
+                        .limit(limit)
+                    )
                 )
             )
             yield [(row.topic, row.key, row.payload) for row in rows]

@@ -32,9 +32,15 @@ class TokenBucket:
             return 0.0
         return (min(count, self.capacity) - self._tokens) / self.rate or 1.0 / self.rate
 
-    async def acquire(self, count: int = 1) -> None:
+    async def acquire(self, count: int = 1, *, urgent: bool = False) -> None:
         """Wait until `count` sends are allowed (a batch larger than the burst is let
-        through in pieces of the burst size)."""
+        through in pieces of the burst size). `urgent` sends (critical and high) do not
+        queue behind bulk ones: they take their tokens at once, into debt if need be, and
+        the bulk sends after them wait that much longer."""
+        if urgent:
+            self._refill()
+            self._tokens -= count
+            return
         async with self._lock:
             remaining = float(count)
             while remaining > 0:

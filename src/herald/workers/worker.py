@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import structlog
 
-from herald.bus.interface import LANES, Bus, Lane, Message, deliveries_topic
+from herald.bus.interface import LANES, Bus, Lane, Message, deliveries_topic, lane_for
 from herald.bus.messages import dead_letter_record, ids_in
 from herald.clock import Clock
 from herald.domain import (
@@ -123,10 +123,11 @@ class ChannelWorker:
     def group(self) -> str:
         return f"herald.worker.{self.channel}"
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """One consumer per lane: priority messages never wait behind a bulk backlog."""
+    async def run(self, stop: asyncio.Event, lanes: Sequence[Lane] = LANES) -> None:
+        """One consumer per lane: priority messages never wait behind a bulk backlog. A
+        process given only the priority lane is a dedicated pool for urgent traffic."""
         async with asyncio.TaskGroup() as group:
-            for lane in LANES:
+            for lane in lanes:
                 group.create_task(
                     consume_loop(
                         self.bus,
@@ -267,7 +268,8 @@ class ChannelWorker:
 
     async def _call(self, provider: Provider, chunk: list[_Attempt]) -> list[Outcome]:
         if self._rate(provider):
-            await self._bucket(provider).acquire(len(chunk))
+            urgent = any(lane_for(a.delivery.priority) == Lane.PRIORITY for a in chunk)
+            await self._bucket(provider).acquire(len(chunk), urgent=urgent)
         started = time.perf_counter()
         try:
             outcomes = await provider.send([outbound(a.delivery) for a in chunk])
