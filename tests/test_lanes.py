@@ -3,6 +3,9 @@ backlog does not hold them up."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 import httpx
 import orjson
 
@@ -10,6 +13,7 @@ from herald.bus.interface import Lane, deliveries_topic, notifications_topic
 from herald.domain import Channel
 from herald.relay import Relay
 from herald.runtime import Runtime
+from herald.workers.worker import ChannelWorker
 from tests.fixtures.herald import Pipeline, eventually
 
 
@@ -103,3 +107,54 @@ async def test_the_relay_publishes_urgent_outbox_rows_before_a_bulk_backlog(
     first = await drain(runtime, notifications_topic(Lane.PRIORITY), "notification_id")
     assert first == [urgent]
     assert await runtime.store.outbox_size() == 901
+
+
+async def test_a_priority_only_pool_takes_urgent_work_and_leaves_bulk_alone(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    await api.put("/v1/users/u", json={})
+    ids = {}
+    for priority in ("critical", "low"):
+        body = {"user_id": "u", "title": priority, "priority": priority, "channels": ["in_app"]}
+        ids[priority] = (await api.post("/v1/notifications", json=body)).json()["id"]
+    providers = runtime.build_providers()
+    await providers.start()
+    worker = ChannelWorker(
+        Channel.IN_APP,
+        runtime.store,
+        runtime.bus,
+        providers,
+        runtime.clock,
+        runtime.worker_settings(),
+    )
+    stop = asyncio.Event()
+    lanes = (Lane.PRIORITY,)
+    tasks = [
+        asyncio.create_task(role)
+        for role in (
+            runtime.make_relay().run(stop),
+            runtime.router().run(stop, lanes),
+            worker.run(stop, lanes),
+        )
+    ]
+    try:
+
+        async def states() -> dict[str, str]:
+            found = {}
+            for priority, notification_id in ids.items():
+                notification = await runtime.store.get_notification(notification_id)
+                deliveries = await runtime.store.list_deliveries(notification_id)
+                assert notification is not None
+                found[priority] = ",".join(d.state for d in deliveries) or notification.state
+            return found
+
+        await eventually(lambda: _matches(states, {"critical": "delivered", "low": "accepted"}))
+        await asyncio.sleep(1.0)  # and the bulk one stays untouched
+        assert await states() == {"critical": "delivered", "low": "accepted"}
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def _matches(check: Callable[[], Awaitable[object]], expected: object) -> bool:
+    return await check() == expected
