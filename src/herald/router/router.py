@@ -57,7 +57,7 @@ class Router:
             [r.notification.id for r in inputs], plan.deliveries, plan.folds, plan.claims
         )
         await self.bus.publish(
-            [delivery_record(d.id, d.user_id, d.channel, d.priority) for d in queued]
+            [delivery_record(r.delivery_id, r.user_id, r.channel, r.priority) for r in queued]
         )
         METRICS.routed.inc(len(inputs))
         for delivery in plan.deliveries:

@@ -925,7 +925,7 @@ class Store(BroadcastStore, ShapingStore):
         deliveries: Sequence[Delivery],
         folds: Sequence[DigestFold] = (),
         claims: Sequence[CapClaim] = (),
-    ) -> list[Delivery]:
+    ) -> list[Released]:
         """Write the deliveries (idempotently), fold and count them (digests, caps), write
         their first events, and mark the notifications routed. Returns every queued delivery
         of these notifications, so a rerun after a crash publishes what the first run wrote
@@ -957,13 +957,13 @@ class Store(BroadcastStore, ShapingStore):
                 .where(t.notifications.c.id.in_(notification_ids))
                 .values(state=NotificationState.ROUTED.value, routed_at=now)
             )
-            rows = await db.execute(
-                sa.select(t.deliveries).where(
-                    t.deliveries.c.notification_id.in_(notification_ids),
-                    t.deliveries.c.state == S.QUEUED.value,
+            d = t.deliveries.c
+            rows = await db.execute(  # only what the publish needs: no payloads decoded
+                sa.select(d.id, d.user_id, d.channel, d.priority).where(
+                    d.notification_id.in_(notification_ids), d.state == S.QUEUED.value
                 )
             )
-            return [_delivery(row) for row in rows]
+            return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
 
     async def _record_shaping(
         self,
