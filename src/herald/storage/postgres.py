@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -28,8 +29,13 @@ class PostgresStore(Store):
             f"postgresql+asyncpg://{async_url}",
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            # No pool_pre_ping: it cost a round trip and ~300 µs of CPU on every
+            # transaction (measured). A connection that died with the server fails its
+            # statement instead; SQLAlchemy then invalidates the pool, the role retries its
+            # batch and the API answers 503 with Retry-After (safe to repeat).
+            pool_recycle=3600,
             json_serializer=json_dumps,
+            json_deserializer=orjson.loads,
         )
         return cls(engine, clock)
 

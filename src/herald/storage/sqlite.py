@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -30,6 +31,7 @@ class SqliteStore(Store):
             max_overflow=0,
             pool_timeout=60,
             json_serializer=json_dumps,
+            json_deserializer=orjson.loads,
         )
         event.listen(engine.sync_engine, "connect", _pragmas)
         return cls(engine, clock)
