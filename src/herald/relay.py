@@ -22,12 +22,19 @@ log = structlog.get_logger()
 
 class Relay:
     def __init__(
-        self, store: Store, bus: Bus, *, batch: int = 1000, idle_poll_seconds: float = 0.05
+        self,
+        store: Store,
+        bus: Bus,
+        *,
+        batch: int = 1000,
+        idle_poll_seconds: float = 0.05,
+        max_in_memory: int = 20_000,
     ) -> None:
         self.store = store
         self.bus = bus
         self.batch = batch
         self.idle_poll = idle_poll_seconds
+        self.max_in_memory = max_in_memory
         self.wakeup = asyncio.Event()
 
     async def relay_once(self) -> int:
@@ -41,6 +48,10 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            if self.bus.held_in_memory() >= self.max_in_memory:
+                # Backpressure (in-process bus): the backlog waits in the outbox, on disk.
+                await wait_for_event(stop, self.idle_poll)
+                continue
             try:
                 if await self.relay_once():
                     continue

@@ -113,6 +113,12 @@ class Bus(Protocol):
 
     async def healthy(self) -> bool: ...
 
+    def held_in_memory(self) -> int:
+        """Messages published and not yet consumed that this process holds in memory (the
+        in-process bus); 0 where a broker holds them. The relay waits while it is high, so
+        a backlog stays in the outbox on disk instead of growing the process."""
+        ...
+
     async def close(self) -> None: ...
 
     def describe(self) -> str:

@@ -293,6 +293,9 @@ class KafkaBus:
 
     # -- consuming ------------------------------------------------------------------------
 
+    def held_in_memory(self) -> int:
+        return 0  # the broker holds the backlog; consumer prefetch is bounded (_consumer_config)
+
     def consumer(self, topics: Sequence[str], group: str) -> KafkaConsumer:
         consumer = KafkaConsumer(self, tuple(topics), self.topic_prefix + group)
         self._consumers.add(consumer)
@@ -303,6 +306,10 @@ class KafkaBus:
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            # Prefetch a few batches, not librdkafka's default of up to 100,000 messages or
+            # 64 MB per consumer: memory must not grow with the backlog.
+            "queued.min.messages": 2000,
+            "queued.max.messages.kbytes": 2048,
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
         }

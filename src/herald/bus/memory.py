@@ -56,6 +56,9 @@ class MemoryBus:
     async def start(self) -> None:
         return None
 
+    def held_in_memory(self) -> int:
+        return sum(len(p.messages) for parts in self._topics.values() for p in parts)
+
     def _topic(self, name: str) -> list[_Partition]:
         if name not in self._topics:
             self._topics[name] = [_Partition() for _ in range(self.partitions)]
