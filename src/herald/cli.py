@@ -15,6 +15,7 @@ from herald.domain import Channel
 from herald.logs import configure
 
 if TYPE_CHECKING:
+    from herald.bus.interface import Lane
     from herald.process import Plan
 
 
@@ -56,6 +57,20 @@ host_option = click.option(
 port_option = click.option(
     "--port", default=None, type=int, help="port (HERALD_PORT, default 8080)"
 )
+lane_option = click.option(
+    "--lane",
+    "lanes",
+    multiple=True,
+    type=click.Choice(["priority", "bulk"]),
+    help="consume this lane only (repeatable; default both): run `--lane priority` "
+    "processes as a pool of their own for critical and high traffic",
+)
+
+
+def _lanes(lanes: tuple[str, ...]) -> tuple[Lane, ...]:
+    from herald.bus.interface import LANES, Lane
+
+    return tuple(Lane(lane) for lane in lanes) if lanes else LANES
 
 
 @click.group()
@@ -97,9 +112,10 @@ def relay() -> None:
 
 
 @main.command()
-def router() -> None:
-    """The router alone."""
-    _start(_plan(roles=("router",), migrate=False))
+@lane_option
+def router(lanes: tuple[str, ...]) -> None:
+    """The router alone (broadcast fan-out runs with the bulk lane)."""
+    _start(_plan(roles=("router",), lanes=_lanes(lanes), migrate=False))
 
 
 @main.command()
@@ -111,9 +127,17 @@ def router() -> None:
     type=click.Choice([c.value for c in Channel]),
     help="channel to work on (repeatable)",
 )
-def worker(channels: tuple[str, ...]) -> None:
+@lane_option
+def worker(channels: tuple[str, ...], lanes: tuple[str, ...]) -> None:
     """A channel worker alone."""
-    _start(_plan(roles=("worker",), channels=[Channel(c) for c in channels], migrate=False))
+    _start(
+        _plan(
+            roles=("worker",),
+            channels=[Channel(c) for c in channels],
+            lanes=_lanes(lanes),
+            migrate=False,
+        )
+    )
 
 
 @main.command()
@@ -256,58 +280,129 @@ def fakes(directory: Path, herald_url: str, email_providers: tuple[str, ...]) ->
     show_default=True,
     help="time budget of the naive baseline",
 )
+@click.option("--no-baseline", "no_baseline", is_flag=True, help="skip the naive baseline")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="offer notifications at this steady rate per second (default: as fast as "
+    "possible); a paced run skips the naive baseline",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="with --rate: submit for this many seconds (sets --notifications to rate x duration)",
+)
+@click.option(
+    "--rss-interval",
+    "rss_interval_s",
+    type=click.FloatRange(min=0.25),
+    default=5.0,
+    show_default=True,
+    help="seconds between RSS samples of every Herald process (memory over time)",
+)
+@click.option(
+    "--scenario",
+    type=click.Choice(["throughput", "broadcast"]),
+    default="throughput",
+    show_default=True,
+    help="broadcast: critical latency while a low-priority broadcast fans out",
+)
+@click.option(
+    "--subscribers",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="broadcast: the topic's subscribers",
+)
+@click.option(
+    "--trickle-rate",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="broadcast: critical notifications per second",
+)
+@click.option(
+    "--trickle-seconds",
+    type=click.FloatRange(min=1),
+    default=20.0,
+    show_default=True,
+    help="broadcast: seconds of the critical trickle alone (the reference latency)",
+)
+@click.option(
+    "--priority-pool",
+    is_flag=True,
+    help="production: also run a router and a push worker for the priority lane only",
+)
+@click.option(
+    "--sweep",
+    is_flag=True,
+    help="run at every --sweep-workers x --sweep-notifications, print a markdown table",
+)
+@click.option("--sweep-workers", default="1,2,4", show_default=True, help="worker counts")
+@click.option(
+    "--sweep-notifications",
+    default="10000,100000,1000000",
+    show_default=True,
+    help="values of N (1e6 takes about 40 minutes per worker count at 400/s)",
+)
 @click.option("--keep", is_flag=True, help="keep the run's files, database and topics")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def bench(
-    backend: str,
-    users: int,
-    devices: int,
-    notifications: int,
-    workers: int,
-    latency_ms: float,
-    clients: int,
-    batch_size: int,
-    sink_processes: int,
-    baseline_seconds: float,
-    keep: bool,
     as_json: bool,
+    no_baseline: bool,
+    sweep: bool,
+    sweep_workers: str,
+    sweep_notifications: str,
+    **options: Any,
 ) -> None:
     """The end-to-end benchmark, with the naive baseline beside it."""
-    import orjson
+    from herald.bench import BenchConfig, BenchError
 
-    from herald.bench import BenchConfig, BenchError, run_bench
-    from herald.bench.report import table
-
-    config = BenchConfig(
-        backend=backend,
-        users=users,
-        devices=devices,
-        notifications=notifications,
-        workers=workers,
-        latency_ms=latency_ms,
-        clients=clients,
-        batch_size=batch_size,
-        sink_processes=sink_processes,
-        baseline_seconds=baseline_seconds,
-        keep=keep,
-    )
+    config = BenchConfig(baseline=not no_baseline, **options)
     holder: list[dict[str, Any]] = []
 
     async def measure() -> None:
-        holder.append(await run_bench(config))
+        holder.append(await _bench_run(config, sweep, sweep_workers, sweep_notifications))
 
     try:
         _run(measure())
-    except BenchError as error:
+    except (BenchError, ValueError) as error:
         click.echo(f"herald bench: {error}", err=True)
         sys.exit(2)
     report = holder[0]
-    if as_json:
-        click.echo(orjson.dumps(report).decode())
-    else:
-        click.echo(table(report))
+    click.echo(_bench_output(report, as_json))
     if report["lost"] or report["duplicates"]:
         sys.exit(1)
+
+
+async def _bench_run(
+    config: Any, sweep: bool, sweep_workers: str, sweep_notifications: str
+) -> dict[str, Any]:
+    from herald.bench import run_bench
+    from herald.bench.sweep import parse_counts, run_sweep
+
+    if not sweep:
+        return await run_bench(config)
+    workers, sizes = parse_counts(sweep_workers), parse_counts(sweep_notifications)
+    return await run_sweep(config, workers, sizes)
+
+
+def _bench_output(report: dict[str, Any], as_json: bool) -> str:
+    import orjson
+
+    from herald.bench.broadcast import broadcast_table
+    from herald.bench.report import table
+    from herald.bench.sweep import markdown
+
+    if as_json:
+        return orjson.dumps(report).decode()
+    if "sweep" in report:
+        return markdown(report)
+    if report.get("scenario") == "broadcast":
+        return broadcast_table(report)
+    return table(report)
 
 
 @main.command()

@@ -36,6 +36,10 @@ class BenchDb(abc.ABC):
         """(delivery id, state, accepted at) of the notifications whose idempotency key
         starts with `key_prefix`."""
 
+    @abc.abstractmethod
+    async def broadcast_deliveries(self, broadcast_id: str) -> list[tuple[str, str, datetime]]:
+        """(delivery id, state, accepted at) of one broadcast's recipients."""
+
     # The naive baseline: one statement at a time, as the article's loop does.
     @abc.abstractmethod
     async def naive_setup(self) -> None: ...
@@ -84,6 +88,15 @@ class SqliteBenchDb(BenchDb):
             "SELECT d.id, d.state, n.created_at FROM deliveries d "
             "JOIN notifications n ON n.id = d.notification_id WHERE n.idempotency_key LIKE ?",
             key_prefix + "%",
+        )
+        return [(r[0], r[1], _utc(r[2])) for r in rows]
+
+    async def broadcast_deliveries(self, broadcast_id: str) -> list[tuple[str, str, datetime]]:
+        rows = await asyncio.to_thread(
+            self._read,
+            "SELECT d.id, d.state, n.created_at FROM deliveries d "
+            "JOIN notifications n ON n.id = d.notification_id WHERE n.broadcast_id = ?",
+            broadcast_id,
         )
         return [(r[0], r[1], _utc(r[2])) for r in rows]
 
@@ -151,6 +164,14 @@ class PostgresBenchDb(BenchDb):
             "SELECT d.id, d.state, n.created_at FROM deliveries d "
             "JOIN notifications n ON n.id = d.notification_id WHERE n.idempotency_key LIKE $1",
             key_prefix + "%",
+        )
+        return [(r[0], r[1], _utc(r[2])) for r in rows]
+
+    async def broadcast_deliveries(self, broadcast_id: str) -> list[tuple[str, str, datetime]]:
+        rows = await self.connection.fetch(
+            "SELECT d.id, d.state, n.created_at FROM deliveries d "
+            "JOIN notifications n ON n.id = d.notification_id WHERE n.broadcast_id = $1",
+            broadcast_id,
         )
         return [(r[0], r[1], _utc(r[2])) for r in rows]
 

@@ -11,10 +11,16 @@ loopback, with the naive baseline beside it in the same run.
 3. U users with D android devices each through the API, a warm-up, then N notifications
    (push only) through `POST /v1/notifications/batch` from several concurrent clients; the
    clock runs from the first submit until every delivery is in a final state.
+   With `rate`, the N notifications are offered at a steady rate instead (`duration`
+   seconds of it when given), for latency at a chosen load.
 4. Figures: rates, accept-to-receipt latency (the notification's created_at against the
-   sink's receipt time), peak RSS and CPU of every Herald process (psutil), the fakes' CPU
-   apart, lost and duplicated deliveries counted at the sink.
+   sink's receipt time), peak RSS and CPU of every Herald process (psutil), RSS sampled
+   every `rss_interval_s` (first / last / peak / slope), the fakes' CPU apart, lost and
+   duplicated deliveries counted at the sink.
 5. The naive baseline (`herald.bench.baseline`) on the same sink and database.
+
+`herald.bench.broadcast` (critical latency during a broadcast) and `herald.bench.sweep`
+(workers x N) build on `Bench`.
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +47,19 @@ import aiohttp
 import asyncpg
 import psutil
 
-from herald.bench.baseline import run_baseline
+from herald.bench.baseline import BaselineResult, run_baseline
 from herald.bench.db import BenchDb
+from herald.bench.errors import BenchError
+from herald.bench.figures import Delivered, Receipts, baseline_block, delivered
+from herald.bench.memory import MemoryTimeline
 from herald.bench.report import Progress, percentiles, stage
 from herald.bench.sink import SinkFleet
+from herald.bench.submit import ItemFactory, Submitter
 from herald.security import generate_key
 
 HERALD = str(Path(sys.executable).with_name("herald"))
 DEFAULT_POSTGRES_URL = "postgresql://herald:herald@127.0.0.1:5432/herald"
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run (a dependency missing, Herald did not start)."""
 
 
 @dataclass
@@ -72,6 +78,29 @@ class BenchConfig:
     keep: bool = False
     work_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    rate: float | None = None  # notifications offered per second; None: flat out
+    duration: float | None = None  # with rate: notifications = rate x duration
+    rss_interval_s: float = 5.0
+    baseline: bool = True
+    scenario: str = "throughput"  # or "broadcast" (herald.bench.broadcast)
+    subscribers: int = 20_000  # broadcast: the topic's audience
+    trickle_rate: float = 5.0  # broadcast: critical notifications per second
+    trickle_seconds: float = 20.0  # broadcast: the trickle alone, before the broadcast
+    priority_pool: bool = False  # production: a router and a push worker for the priority lane
+
+    def resolved(self) -> BenchConfig:
+        """Checks the options; `duration` with `rate` fixes the number of notifications."""
+        if self.backend not in ("embedded", "production"):
+            raise BenchError(f"unknown backend {self.backend!r}")
+        if self.scenario not in ("throughput", "broadcast"):
+            raise BenchError(f"unknown scenario {self.scenario!r}")
+        if self.duration is not None and self.rate is None:
+            raise BenchError("--duration needs --rate (notifications per second)")
+        if self.rate is None:
+            return self
+        # A paced run is not a race: the flat-out baseline beside it would mean nothing.
+        count = round(self.rate * self.duration) if self.duration else self.notifications
+        return replace(self, notifications=max(1, count), baseline=False)
 
 
 def android_token(user: int, device: int) -> str:
@@ -115,10 +144,14 @@ class HeraldProcess:
         except psutil.Error:
             return 0.0
 
-    def sample_rss(self) -> None:
+    def sample_rss(self) -> int:
+        """The current RSS in bytes (0 when the process is gone); keeps the peak."""
         with contextlib.suppress(psutil.Error, AssertionError):
             assert self.ps is not None
-            self.peak_rss = max(self.peak_rss, int(self.ps.memory_info().rss))
+            rss = int(self.ps.memory_info().rss)
+            self.peak_rss = max(self.peak_rss, rss)
+            return rss
+        return 0
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.popen is None or self.popen.poll() is not None:
@@ -149,6 +182,7 @@ class Bench:
         self.admin_url = ""
         self.topic_prefix = ""
         self.kafka_bootstrap = ""
+        self.timeline: MemoryTimeline | None = None  # set while the load runs
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -264,6 +298,7 @@ class Bench:
                 (f"worker-{i + 1}", ["worker", "--channel", "push"])
                 for i in range(self.config.workers)
             ]
+            roles += self._priority_pool()
             roles.append(("scheduler", ["scheduler"]))
         # Only the process serving the API seeds HERALD_API_KEY: roles starting at once
         # would race on inserting it (process._seed_admin_key reads, then inserts).
@@ -281,6 +316,15 @@ class Bench:
             for process in self.processes:
                 await asyncio.to_thread(process.stop)
 
+    def _priority_pool(self) -> list[tuple[str, list[str]]]:
+        """A dedicated pool for critical and high traffic (README: priority lanes)."""
+        if not self.config.priority_pool:
+            return []
+        return [
+            ("router-priority", ["router", "--lane", "priority"]),
+            ("worker-priority", ["worker", "--channel", "push", "--lane", "priority"]),
+        ]
+
     async def _wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -295,9 +339,23 @@ class Bench:
 
     async def _sample_rss(self) -> None:
         while True:
-            for process in self.processes:
-                process.sample_rss()
+            rss = {process.name: process.sample_rss() for process in self.processes}
+            now = time.perf_counter()
+            if self.timeline is not None and self.timeline.due(now):
+                self.timeline.record(now, rss)
             await asyncio.sleep(0.25)
+
+    def _start_timeline(self) -> None:
+        self.timeline = MemoryTimeline(self.config.rss_interval_s)
+
+    def _stop_timeline(self) -> dict[str, dict[str, Any]]:
+        """One last sample, then the per-process summary."""
+        timeline, self.timeline = self.timeline, None
+        if timeline is None:
+            return {}
+        now = time.perf_counter()
+        timeline.record(now, {p.name: p.sample_rss() for p in self.processes})
+        return timeline.summary()
 
     async def _cleanup(self) -> None:
         if self.config.backend != "production" or self.config.keep:
@@ -334,72 +392,82 @@ class Bench:
             connector=aiohttp.TCPConnector(limit=64),
         )
 
-    async def _create_users(self, session: aiohttp.ClientSession) -> None:
-        config = self.config
-        progress = Progress("users + devices", config.users)
+    async def _create_users(
+        self,
+        session: aiohttp.ClientSession,
+        users: Audience,
+        label: str = "users + devices",
+    ) -> None:
+        progress = Progress(label, users.count)
         semaphore = asyncio.Semaphore(16)
         done = 0
 
         async def one(user: int) -> None:
             nonlocal done
             async with semaphore:
-                async with session.put(f"/v1/users/u{user}", json={"timezone": "UTC"}) as answer:
-                    if answer.status not in (200, 201):
-                        raise BenchError(f"PUT user: {answer.status} {await answer.text()}")
-                for device in range(config.devices):
-                    body = {"platform": "android", "token": android_token(user, device)}
-                    async with session.post(f"/v1/users/u{user}/devices", json=body) as answer:
-                        if answer.status not in (200, 201):
-                            raise BenchError(f"POST device: {answer.status} {await answer.text()}")
+                await self._create_user(session, users, user)
             done += 1
             progress.update(done)
 
-        await asyncio.gather(*(one(u) for u in range(config.users)))
+        await asyncio.gather(*(one(u) for u in range(users.count)))
         progress.finish()
 
-    def _items(self, prefix: str, count: int) -> list[dict[str, Any]]:
-        return [
-            {
-                "idempotency_key": f"{prefix}{i}",
-                "user_id": f"u{i % self.config.users}",
-                "title": f"Bench #{i}",
-                "body": "Your order has shipped",
-                "data": {"order": str(i)},
-                "channels": ["push"],
-            }
-            for i in range(count)
-        ]
-
-    async def _submit(
-        self, session: aiohttp.ClientSession, items: list[dict[str, Any]], progress: Progress | None
+    async def _create_user(
+        self, session: aiohttp.ClientSession, users: Audience, user: int
     ) -> None:
-        size = self.config.batch_size
-        batches = [items[i : i + size] for i in range(0, len(items), size)]
-        queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
-        for batch in batches:
-            queue.put_nowait(batch)
-        sent = 0
+        user_id = users.user_id(user)
+        async with session.put(f"/v1/users/{user_id}", json={"timezone": "UTC"}) as answer:
+            if answer.status not in (200, 201):
+                raise BenchError(f"PUT user: {answer.status} {await answer.text()}")
+        for device in range(self.config.devices):
+            body = {"platform": "android", "token": android_token(users.token_base + user, device)}
+            async with session.post(f"/v1/users/{user_id}/devices", json=body) as answer:
+                if answer.status not in (200, 201):
+                    raise BenchError(f"POST device: {answer.status} {await answer.text()}")
+        if users.topic is not None:
+            async with session.put(f"/v1/users/{user_id}/topics/{users.topic}", json={}) as answer:
+                if answer.status not in (200, 201):
+                    raise BenchError(f"PUT topic: {answer.status} {await answer.text()}")
 
-        async def client() -> None:
-            nonlocal sent
-            while not queue.empty():
-                batch = queue.get_nowait()
-                async with session.post(
-                    "/v1/notifications/batch", json={"notifications": batch}
-                ) as answer:
-                    body = await answer.json()
-                    if answer.status != 200 or body.get("accepted") != len(batch):
-                        raise BenchError(f"batch refused: {answer.status} {str(body)[:500]}")
-                sent += len(batch)
-                if progress is not None:
-                    progress.update(sent)
+    def _item(self, prefix: str, i: int, priority: str = "normal") -> dict[str, Any]:
+        return {
+            "idempotency_key": f"{prefix}{i}",
+            "user_id": f"u{i % self.config.users}",
+            "title": f"Bench #{i}",
+            "body": "Your order has shipped",
+            "data": {"order": str(i)},
+            "channels": ["push"],
+            "priority": priority,
+        }
 
-        await asyncio.gather(*(client() for _ in range(self.config.clients)))
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        make: ItemFactory,
+        count: int,
+        progress: Progress | None,
+        rate: float | None,
+        stop: asyncio.Event | None = None,
+    ) -> int:
+        """Submits `count` items (flat out, or paced at `rate`); returns how many went."""
+        submitter = Submitter(session, self.config.batch_size, self.config.clients, progress)
+        if rate is None:
+            return await submitter.flat_out(make, count)
+        return await submitter.paced(make, count, rate, stop)
+
+    async def _warm_up(self, session: aiohttp.ClientSession, db: BenchDb) -> None:
+        """Connections, the OAuth2 token, consumer group assignment."""
+        warmup = min(self.config.users, 50)
+        prefix = f"warmup-{self.run_id}-"
+        await self._send(session, partial(self._item, prefix), warmup, None, None)
+        expected = warmup * self.config.devices
+        await self._wait_final(db, expected, Progress("warm-up", expected), 0)
 
     async def _wait_final(self, db: BenchDb, target: int, progress: Progress, base: int) -> float:
         """Poll until `target` deliveries are final; returns the perf_counter at the end."""
         last_change, last = time.perf_counter(), -1
         while True:
+            asked = time.perf_counter()
             done = await db.final_count() - base
             now = time.perf_counter()
             progress.update(max(done, 0))
@@ -413,145 +481,216 @@ class Bench:
                     f"{self.config.stall_timeout_s:.0f} s without progress"
                 )
                 return now
-            for process in self.processes:
-                if not process.alive():
-                    raise BenchError(f"herald {process.name} exited:\n{process.tail()}")
-            await asyncio.sleep(0.1)
+            self._check_alive()
+            # The count grows with N: poll less often when it costs, so that the harness
+            # takes at most about a sixth of a core of the database.
+            await asyncio.sleep(max(0.1, 5 * (now - asked)))
+
+    def _check_alive(self) -> None:
+        for process in self.processes:
+            if not process.alive():
+                raise BenchError(f"herald {process.name} exited:\n{process.tail()}")
+
+    def _cpu_meter(self, sink: SinkFleet) -> CpuMeter:
+        return CpuMeter(self.processes, sink.pids())
 
     async def _measure(
         self, sink: SinkFleet, fleet: Any, load_before: list[float]
     ) -> dict[str, Any]:
         config = self.config
-        expected = config.notifications * config.devices
         db = await BenchDb.open(self.database_url)
-        me = psutil.Process()
         try:
             async with self._session() as session:
-                await self._create_users(session)
-                # Warm-up: connections, the OAuth2 token, consumer group assignment.
-                warmup = min(config.users, 50)
-                await self._submit(session, self._items(f"warmup-{self.run_id}-", warmup), None)
-                await self._wait_final(
-                    db, warmup * config.devices, Progress("warm-up", warmup * config.devices), 0
-                )
-                base = await db.final_count()
-                cpu_before = {p.name: p.cpu() for p in self.processes}
-                fake_before = _cpu_of(sink.pids())
-                own_before = sum(me.cpu_times()[:2])
-                prefix = f"bench-{self.run_id}-"
-                items = self._items(prefix, config.notifications)
-                stage(
-                    f"submitting {config.notifications:,} notifications ({expected:,} deliveries)"
-                )
-                submit_progress = Progress("accepted", config.notifications)
-                deliver_progress = Progress("delivered (final)", expected)
-                started = time.perf_counter()
-                submit = asyncio.create_task(self._submit(session, items, submit_progress))
-                await submit
-                submitted = time.perf_counter()
-                submit_progress.finish()
-                ended = await self._wait_final(db, expected, deliver_progress, base)
-                deliver_progress.finish()
-                cpu_after = {p.name: p.cpu() for p in self.processes}
-                fake_cpu = _cpu_of(sink.pids()) - fake_before
-                own_cpu = sum(me.cpu_times()[:2]) - own_before
+                await self._create_users(session, Audience("u", config.users))
+                await self._warm_up(session, db)
+                window = await self._load(session, db, sink)
             stage("counting receipts at the sink")
             await asyncio.sleep(sink.flush_delay())
-            rows = await db.bench_deliveries(prefix)
-            receipts: dict[str, int] = {}
-            counts: Counter[str] = Counter()
-            for delivery_id, _token, at in sink.receipts():
-                counts[delivery_id] += 1
-                receipts.setdefault(delivery_id, at)
-            latencies = [
-                (receipts[d] / 1e6) - accepted.timestamp() * 1000
-                for d, _state, accepted in rows
-                if d in receipts
-            ]
-            received_expected = sum(1 for d, _s, _a in rows if d in counts)
-            lost = expected - received_expected
-            duplicates = sum(counts[d] - 1 for d, _s, _a in rows if counts[d] > 1)
-            states = Counter(state for _d, state, _a in rows)
-            stage(f"naive baseline (at most {config.baseline_seconds:.0f} s)")
-            baseline_progress = Progress("baseline", config.notifications * config.devices)
-            baseline = await run_baseline(
-                db,
-                credentials=fleet.files.fcm_credentials,
-                ca_file=fleet.tls.ca_file,
-                send_base_url=sink.base_url,
-                users=config.users,
-                notifications=config.notifications,
-                max_seconds=config.baseline_seconds,
-                run_id=self.run_id,
-                on_progress=baseline_progress.update,
-            )
-            baseline_progress.finish()
-            await asyncio.sleep(sink.flush_delay())
+            rows = await db.bench_deliveries(self._prefix)
+            herald = delivered(rows, Receipts.read(sink.receipts()), window.expected)
+            del rows
+            naive = await self._naive(db, fleet, sink) if config.baseline else None
         finally:
             await db.close()
         # The sinks flush on a timer: stop them to read every receipt of the baseline too.
         await asyncio.to_thread(sink.stop)
-        base_counts: Counter[str] = Counter()
-        base_latency: list[float] = []
-        for delivery_id, _token, at in sink.receipts():
-            if delivery_id in baseline.started_ns:
-                base_counts[delivery_id] += 1
-                if base_counts[delivery_id] == 1:
-                    base_latency.append((at - baseline.started_ns[delivery_id]) / 1e6)
-        elapsed = ended - started
-        deliveries = sum(states[s] for s in ("sent", "delivered"))
-        herald_cpu = {name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_before}
-        total_cpu = sum(herald_cpu.values())
+        baseline = baseline_block(naive, sink.receipts() if naive else ())
+        return self._report(window, herald, baseline, load_before)
+
+    @property
+    def _prefix(self) -> str:
+        return f"bench-{self.run_id}-"
+
+    async def _load(self, session: aiohttp.ClientSession, db: BenchDb, sink: SinkFleet) -> Window:
+        """The measured run: submit N (flat out or paced), wait until all are final."""
+        config = self.config
+        expected = config.notifications * config.devices
+        base = await db.final_count()
+        paced = f" at {config.rate:,.0f}/s" if config.rate else ""
+        stage(f"submitting {config.notifications:,} notifications ({expected:,} deliveries){paced}")
+        submit_progress = Progress("accepted", config.notifications)
+        deliver_progress = Progress("delivered (final)", expected)
+        meter = self._cpu_meter(sink)
+        self._start_timeline()
+        started = time.perf_counter()
+        make = partial(self._item, self._prefix)
+        await self._send(session, make, config.notifications, submit_progress, config.rate)
+        submitted = time.perf_counter()
+        submit_progress.finish()
+        ended = await self._wait_final(db, expected, deliver_progress, base)
+        deliver_progress.finish()
+        memory = self._stop_timeline()
+        return Window(expected, started, submitted, ended, *meter.spent(), memory)
+
+    async def _naive(self, db: BenchDb, fleet: Any, sink: SinkFleet) -> BaselineResult:
+        config = self.config
+        stage(f"naive baseline (at most {config.baseline_seconds:.0f} s)")
+        progress = Progress("baseline", config.notifications * config.devices)
+        result = await run_baseline(
+            db,
+            credentials=fleet.files.fcm_credentials,
+            ca_file=fleet.tls.ca_file,
+            send_base_url=sink.base_url,
+            users=config.users,
+            notifications=config.notifications,
+            max_seconds=config.baseline_seconds,
+            run_id=self.run_id,
+            on_progress=progress.update,
+        )
+        progress.finish()
+        await asyncio.sleep(sink.flush_delay())
+        return result
+
+    def _report(
+        self,
+        window: Window,
+        herald: Delivered,
+        baseline: dict[str, Any],
+        load_before: list[float],
+    ) -> dict[str, Any]:
+        config = self.config
+        deliveries = herald.deliveries
+        elapsed = window.ended - window.started
         rate = deliveries / elapsed if elapsed > 0 else 0.0
-        report: dict[str, Any] = {
+        total_cpu = sum(window.herald_cpu.values())
+        accepted_per_s = round(config.notifications / (window.submitted - window.started), 1)
+        return {
             "backend": config.backend,
             "notifications": config.notifications,
             "deliveries": deliveries,
-            "accepted_per_s": round(config.notifications / (submitted - started), 1),
+            "accepted_per_s": accepted_per_s,
             "deliveries_per_s": round(rate, 1),
-            "latency_ms": percentiles(latencies),
+            "latency_ms": percentiles(herald.latencies_ms),
             "peak_rss_mb": {p.name: round(p.peak_rss / 2**20, 1) for p in self.processes},
             "cpu_s_per_1000": round(1000 * total_cpu / deliveries, 4) if deliveries else 0.0,
-            "lost": lost,
-            "duplicates": duplicates,
-            "baseline": {
-                "deliveries_per_s": round(baseline.deliveries_per_s, 1),
-                "deliveries": baseline.deliveries,
-                "notifications": baseline.notifications,
-                "elapsed_s": round(baseline.elapsed_s, 2),
-                "cpu_s_per_1000": round(1000 * baseline.cpu_s / baseline.deliveries, 4)
-                if baseline.deliveries
-                else 0.0,
-                "latency_ms": percentiles(base_latency),
-                "lost": len(baseline.started_ns) - len(base_counts),
-                "duplicates": sum(c - 1 for c in base_counts.values()),
-            },
-            "speedup": round(rate / baseline.deliveries_per_s, 2)
-            if baseline.deliveries_per_s
+            "lost": herald.lost,
+            "duplicates": herald.duplicates,
+            "baseline": baseline,
+            "speedup": round(rate / baseline["deliveries_per_s"], 2)
+            if baseline["deliveries_per_s"]
             else 0.0,
             # extras
+            "scenario": "throughput",
+            "rate": {
+                "offered_per_s": config.rate,
+                "accepted_per_s": accepted_per_s,
+                "deliveries_per_s": round(rate, 1),
+                "submit_s": round(window.submitted - window.started, 3),
+            },
+            "memory": window.memory,
+            "memory_interval_s": config.rss_interval_s,
+            **self._extras(window, deliveries, elapsed, rate, load_before),
+            "states": dict(herald.states),
+        }
+
+    def _extras(
+        self,
+        window: Window,
+        deliveries: int,
+        elapsed: float,
+        rate: float,
+        load_before: list[float],
+    ) -> dict[str, Any]:
+        config = self.config
+        return {
             "users": config.users,
             "devices": config.devices,
             "workers": config.workers if config.backend == "production" else 1,
             "provider_latency_ms": config.latency_ms,
             "elapsed_s": round(elapsed, 3),
             "deliveries_per_s_by_channel": {"push": round(rate, 1)},
-            "states": dict(states),
-            "cpu_s": herald_cpu,
-            "cpu_s_total": round(total_cpu, 3),
-            "fake_cpu_s": round(fake_cpu, 3),
-            "fake_cpu_s_per_1000": round(1000 * fake_cpu / max(deliveries, 1), 4),
-            "bench_client_cpu_s": round(own_cpu, 3),
+            "cpu_s": window.herald_cpu,
+            "cpu_s_total": round(sum(window.herald_cpu.values()), 3),
+            "fake_cpu_s": round(window.fake_cpu, 3),
+            "fake_cpu_s_per_1000": round(1000 * window.fake_cpu / max(deliveries, 1), 4),
+            "bench_client_cpu_s": round(window.own_cpu, 3),
             "sink_processes": config.sink_processes,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "load_before": load_before,
-                "load_after": [round(x, 2) for x in os.getloadavg()],
-                "python": sys.version.split()[0],
-            },
+            "machine": machine(load_before),
             "notes": self.notes,
         }
-        return report
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Users `<prefix><i>` for i < count, with devices, optionally subscribed to `topic`."""
+
+    prefix: str
+    count: int
+    token_base: int = 0
+    topic: str | None = None
+
+    def user_id(self, i: int) -> str:
+        return f"{self.prefix}{i}"
+
+
+@dataclass
+class Window:
+    """The measured run: clocks (perf_counter), CPU seconds spent, memory over time."""
+
+    expected: int
+    started: float
+    submitted: float
+    ended: float
+    herald_cpu: dict[str, float]
+    fake_cpu: float
+    own_cpu: float
+    memory: dict[str, dict[str, Any]]
+
+
+class CpuMeter:
+    """CPU seconds spent since creation: per Herald process, by the fakes, by the harness."""
+
+    def __init__(self, processes: list[HeraldProcess], fake_pids: list[int]) -> None:
+        self.processes = processes
+        self.fake_pids = fake_pids
+        self.me = psutil.Process()
+        self.before = self._read()
+
+    def _read(self) -> tuple[dict[str, float], float, float]:
+        own = self.me.cpu_times()
+        return (
+            {p.name: p.cpu() for p in self.processes},
+            _cpu_of(self.fake_pids),
+            own.user + own.system,
+        )
+
+    def spent(self) -> tuple[dict[str, float], float, float]:
+        herald, fake, own = self._read()
+        before = self.before[0]
+        return (
+            {name: round(herald[name] - before[name], 3) for name in before},
+            fake - self.before[1],
+            own - self.before[2],
+        )
+
+
+def machine(load_before: list[float]) -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+    }
 
 
 def _cpu_of(pids: list[int]) -> float:
@@ -564,6 +703,9 @@ def _cpu_of(pids: list[int]) -> float:
 
 
 async def run_bench(config: BenchConfig) -> dict[str, Any]:
-    if config.backend not in ("embedded", "production"):
-        raise BenchError(f"unknown backend {config.backend!r}")
+    config = config.resolved()
+    if config.scenario == "broadcast":
+        from herald.bench.broadcast import BroadcastBench
+
+        return await BroadcastBench(config).run()
     return await Bench(config).run()

@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from herald.bench.memory import memory_lines
+
 REPORT_KEYS = (
     "backend",
     "notifications",
@@ -76,6 +78,16 @@ def stage(message: str, out: TextIO = sys.stderr) -> None:
     out.flush()
 
 
+def _rate_lines(rate: dict[str, Any] | None) -> list[str]:
+    if not rate or rate.get("offered_per_s") is None:
+        return []
+    return [
+        f"offered {rate['offered_per_s']:,.1f} notifications/s; achieved: accepted "
+        f"{rate['accepted_per_s']:,.1f}/s over {rate['submit_s']:.1f} s, delivered "
+        f"{rate['deliveries_per_s']:,.1f}/s (until the last delivery was final)"
+    ]
+
+
 def table(report: dict[str, Any]) -> str:
     baseline = report["baseline"]
     latency = report["latency_ms"]
@@ -85,7 +97,7 @@ def table(report: dict[str, Any]) -> str:
         f"{report['workers']} push worker process(es), provider latency "
         f"{report['provider_latency_ms']} ms",
         f"machine: {report['machine']['cpus']} CPUs, load before the run "
-        f"{report['machine']['load_before']}",
+        f"{report['machine']['load_before']}, after {report['machine']['load_after']}",
         "",
         f"{'':34}{'Herald':>14}{'naive baseline':>18}",
         f"{'deliveries':34}{report['deliveries']:>14,}{baseline['deliveries']:>18,}",
@@ -112,6 +124,10 @@ def table(report: dict[str, Any]) -> str:
         f"({report['fake_cpu_s_per_1000']:.3f} s per 1,000)"
     )
     lines.append(f"per channel deliveries / s: {report['deliveries_per_s_by_channel']}")
+    lines += _rate_lines(report.get("rate"))
+    if baseline.get("skipped"):
+        lines.append("naive baseline: not run (a paced run, or --no-baseline); its column is 0")
+    lines += memory_lines(report.get("memory") or {})
     if report.get("notes"):
         lines += ["", *report["notes"]]
     return "\n".join(lines)
