@@ -306,10 +306,10 @@ class KafkaBus:
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            # Prefetch a few batches, not librdkafka's default of up to 100,000 messages or
+            # Prefetch some batches, not librdkafka's default of up to 100,000 messages or
             # 64 MB per consumer: memory must not grow with the backlog.
-            "queued.min.messages": 2000,
-            "queued.max.messages.kbytes": 2048,
+            "queued.min.messages": 10_000,
+            "queued.max.messages.kbytes": 8192,
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
         }
