@@ -14,6 +14,8 @@ from herald.bus.interface import Bus, BusUnavailable, Message
 log = structlog.get_logger()
 
 Handler = Callable[[Sequence[Message]], Awaitable[None]]
+# Batches on the priority lane stay small, so an urgent message never waits behind many.
+PRIORITY_BATCH_SIZE = 50
 
 
 async def consume_loop(

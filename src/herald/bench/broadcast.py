@@ -27,7 +27,7 @@ from herald.bench.errors import BenchError
 from herald.bench.figures import Delivered, Receipts, delivered
 from herald.bench.harness import Audience, Bench, machine
 from herald.bench.memory import memory_lines
-from herald.bench.report import Progress, percentiles, stage
+from herald.bench.report import Progress, machine_line, percentiles, stage
 from herald.bench.sink import SinkFleet
 
 TOPIC = "bench-news"
@@ -253,8 +253,7 @@ def broadcast_table(report: dict[str, Any]) -> str:
         f"{report['workers']} push worker process(es)"
         f"{' + a priority-lane pool' if report.get('priority_pool') else ''}, provider latency "
         f"{report['provider_latency_ms']} ms",
-        f"machine: {report['machine']['cpus']} CPUs, load before the run "
-        f"{report['machine']['load_before']}, after {report['machine']['load_after']}",
+        machine_line(report),
         "",
         f"broadcast to {fan['planned']:,} subscribers (low priority): all routed in "
         f"{fan['routed_s']} s ({fan['recipients_routed_per_s']:,.0f} recipients/s), all final "

@@ -88,6 +88,14 @@ def _rate_lines(rate: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def machine_line(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    return (
+        f"machine: {machine['cpus']} CPUs, load before the run {machine['load_before']}, "
+        f"after {machine['load_after']}"
+    )
+
+
 def table(report: dict[str, Any]) -> str:
     baseline = report["baseline"]
     latency = report["latency_ms"]
@@ -96,8 +104,7 @@ def table(report: dict[str, Any]) -> str:
         f"to {report['users']:,} users x {report['devices']} android devices, "
         f"{report['workers']} push worker process(es), provider latency "
         f"{report['provider_latency_ms']} ms",
-        f"machine: {report['machine']['cpus']} CPUs, load before the run "
-        f"{report['machine']['load_before']}, after {report['machine']['load_after']}",
+        machine_line(report),
         "",
         f"{'':34}{'Herald':>14}{'naive baseline':>18}",
         f"{'deliveries':34}{report['deliveries']:>14,}{baseline['deliveries']:>18,}",

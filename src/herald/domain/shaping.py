@@ -52,7 +52,7 @@ class FrequencyCap:
 class DigestRule:
     """Fold a category's notifications on one channel into one delivery per window: either
     fixed windows of `window_seconds`, or daily windows closing at `at_local` in the
-    recipient's own time zone. `template` renders the digest (it gets `digest.items`)."""
+    recipient's own time zone. `template` renders the digest (see digest_variables)."""
 
     window_seconds: int | None = None
     at_local: time | None = None

@@ -19,7 +19,7 @@ from herald.bus.interface import LANES, Bus, Lane, Message, notifications_topic
 from herald.bus.messages import delivery_record, ids_in
 from herald.clock import Clock
 from herald.metrics import METRICS
-from herald.roles import consume_loop
+from herald.roles import PRIORITY_BATCH_SIZE, consume_loop
 from herald.router.fanout import BroadcastFanout
 from herald.router.planner import RoutingPlan, UnsubscribeUrl, plan_routing
 from herald.storage import Store
@@ -76,7 +76,7 @@ class Router:
                         f"{self.group}.{lane}",
                         self.handle,
                         stop,
-                        batch_size=500 if lane == Lane.BULK else 50,
+                        batch_size=500 if lane == Lane.BULK else PRIORITY_BATCH_SIZE,
                         name=f"router.{lane}",
                     )
                 )

@@ -16,7 +16,7 @@ Work is done in user order so that concurrent routers lock rows in the same orde
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,14 +125,14 @@ class ShapingStore:
         shaping changed from what the planner wrote."""
         changes: dict[str, ShapingChange] = {}
         work: list[DigestFold | CapClaim] = [
-            *(f for f in folds if _all_in(f.delivery_ids, inserted)),
-            *(c for c in claims if _all_in(c.delivery_ids, inserted)),
+            *(f for f in folds if inserted.issuperset(f.delivery_ids)),
+            *(c for c in claims if inserted.issuperset(c.delivery_ids)),
         ]
         work.sort(key=lambda item: (item.user_id, item.channel))  # stable: arrival order
         for item in work:
             if isinstance(item, DigestFold):
                 folded = await self._fold(db, item)
-                if folded.window != item.window():  # the planned window closed meanwhile
+                if folded.moved:  # the planned window closed meanwhile: name the one it is in
                     change = ShapingChange(DeliveryState.DIGESTED, folded_reason(folded.id))
                     changes.update(dict.fromkeys(item.delivery_ids, change))
             else:
@@ -143,10 +143,10 @@ class ShapingStore:
 
     async def _fold(self, db: AsyncConnection, fold: DigestFold) -> _Folded:
         window = fold.window()
-        for _ in range(MAX_DIGEST_TRIES):
+        for attempt in range(MAX_DIGEST_TRIES):
             key = digest_id(fold.user_id, fold.category, fold.channel, window.start)
             if await self._fold_into(db, key, fold, window):
-                return _Folded(key, window)
+                return _Folded(key, moved=attempt > 0)
             window = fold.rule.following(window, fold.zone)
         raise RuntimeError(f"digest windows for {fold.user_id} keep closing under the fold")
 
@@ -265,10 +265,10 @@ class ShapingStore:
 
     async def _unfold(
         self, db: AsyncConnection, notification_ids: sa.ScalarSelect[Any]
-    ) -> list[tuple[str, str, str]]:
+    ) -> list[tuple[str, str]]:
         """Take cancelled notifications out of the digests that are still open (a closed one
         has gone out). The open windows stay locked until commit, so a close cannot take
-        an item being removed. Returns (notification id, channel, digest id) removed."""
+        an item being removed. Returns the (notification id, channel) pairs removed."""
         d, i = t.digests.c, t.digest_items.c
         mine = i.notification_id.in_(notification_ids)
         removed_per_digest = (
@@ -290,7 +290,7 @@ class ShapingStore:
             .where(mine, i.digest_id.in_(list(channels)))
             .returning(i.notification_id, i.digest_id)
         )
-        return [(r.notification_id, channels[r.digest_id], r.digest_id) for r in removed]
+        return [(r.notification_id, channels[r.digest_id]) for r in removed]
 
     async def cap_usage(
         self, user_id: str, channel: Channel, scope: str = ""
@@ -370,11 +370,6 @@ class ShapingStore:
                 [{"digest": k, "notification": v} for k, v in notification_ids.items()],
             )
 
-    async def get_digest(self, digest: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as db:
-            row = (await db.execute(sa.select(t.digests).where(t.digests.c.id == digest))).first()
-        return dict(row._mapping) if row is not None else None
-
     async def list_digests(self, user_id: str) -> list[dict[str, Any]]:
         d = t.digests.c
         async with self.engine.connect() as db:
@@ -401,8 +396,4 @@ class ShapingStore:
 @dataclass(frozen=True, slots=True)
 class _Folded:
     id: str
-    window: Window
-
-
-def _all_in(ids: Iterable[str], inserted: set[str]) -> bool:
-    return all(i in inserted for i in ids)
+    moved: bool  # into a later window than planned, the planned one having closed

@@ -795,7 +795,7 @@ class Store(BroadcastStore, ShapingStore):
         return len(rows)
 
     async def _skip_unfolded(
-        self, db: AsyncConnection, removed: list[tuple[str, str, str]], now: datetime
+        self, db: AsyncConnection, removed: list[tuple[str, str]], now: datetime
     ) -> list[Row]:
         """The digested deliveries of items taken out of their digest become skipped."""
         if not removed:
@@ -805,7 +805,7 @@ class Store(BroadcastStore, ShapingStore):
             await db.execute(
                 t.deliveries.update()
                 .where(
-                    sa.tuple_(d.notification_id, d.channel).in_([(n, c) for n, c, _ in removed]),
+                    sa.tuple_(d.notification_id, d.channel).in_(removed),
                     d.state == S.DIGESTED.value,
                 )
                 .values(state=S.SKIPPED.value, last_error="cancelled", updated_at=now)

@@ -42,7 +42,7 @@ from herald.domain.retry import RetryPolicy
 from herald.metrics import METRICS
 from herald.providers.base import OutboundMessage, Provider
 from herald.providers.registry import ProviderSet
-from herald.roles import consume_loop
+from herald.roles import PRIORITY_BATCH_SIZE, consume_loop
 from herald.storage import DeliveryUpdate, Store
 from herald.workers.circuit import CircuitBreaker
 from herald.workers.ratelimit import TokenBucket
@@ -135,7 +135,9 @@ class ChannelWorker:
                         f"{self.group}.{lane}",
                         self.handle,
                         stop,
-                        batch_size=self.settings.batch_size if lane == Lane.BULK else 50,
+                        batch_size=self.settings.batch_size
+                        if lane == Lane.BULK
+                        else PRIORITY_BATCH_SIZE,
                         name=f"worker.{self.channel}.{lane}",
                     )
                 )
