@@ -146,7 +146,11 @@ def private_kafka(tmp_path: Path) -> Iterator[dict[str, str]]:
         "HERALD_KAFKA_CONTROLLER_PORT": str(free_port()),
     }
     services = str(ROOT / "scripts" / "services.sh")
-    subprocess.run([services, "start-kafka"], env=env, check=True, timeout=180, capture_output=True)
+    started = subprocess.run(
+        [services, "start-kafka"], env=env, check=False, timeout=180, capture_output=True
+    )
+    if started.returncode != 0:  # say why: the script's own message and the log tail
+        pytest.fail(f"private broker did not start:\n{started.stderr.decode()[-3000:]}")
     env["services"] = services
     try:
         yield env
