@@ -308,8 +308,10 @@ class KafkaBus:
             "auto.offset.reset": "earliest",
             # Prefetch some batches, not librdkafka's default of up to 100,000 messages or
             # 64 MB per consumer: memory must not grow with the backlog.
-            "queued.min.messages": 10_000,
-            "queued.max.messages.kbytes": 8192,
+            "queued.min.messages": 2_000,
+            "queued.max.messages.kbytes": 2048,
+            "fetch.max.bytes": 1_048_576,
+            "max.partition.fetch.bytes": 262_144,
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
         }

@@ -27,7 +27,7 @@ from herald.config import Settings
 from herald.domain.channels import Channel
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.providers.base import OutboundMessage
-from herald.providers.http_session import HttpProvider
+from herald.providers.http_session import SKIPPED_AUTO_HEADERS, HttpProvider
 from herald.providers.push_http import HIGH_PRIORITIES, client_ssl_context, parse_retry_after
 from herald.providers.push_payloads import (
     FCM_MAX_PAYLOAD_BYTES,
@@ -218,7 +218,9 @@ class FcmProvider(HttpProvider):
             ssl=client_ssl_context(self._ca_file),
             keepalive_timeout=60,
         )
-        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, skip_auto_headers=SKIPPED_AUTO_HEADERS
+        )
 
     async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
         body = self._body(message)

@@ -26,7 +26,7 @@ from herald.config import Settings
 from herald.domain.channels import Channel, Priority
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.providers.base import OutboundMessage
-from herald.providers.http_session import HttpProvider
+from herald.providers.http_session import SKIPPED_AUTO_HEADERS, HttpProvider
 from herald.providers.push_http import b64url_encode, client_ssl_context, parse_retry_after
 from herald.providers.push_payloads import (
     WEBPUSH_MAX_PLAINTEXT_BYTES,
@@ -188,7 +188,9 @@ class WebPushProvider(HttpProvider):
             ssl=client_ssl_context(self._ca_file),
             keepalive_timeout=60,
         )
-        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, skip_auto_headers=SKIPPED_AUTO_HEADERS
+        )
 
     async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
         subscription = message.subscription

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from herald.bus.interface import LANES, Lane, lane_for, notifications_topic
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.domain import (
     CapClaim,
@@ -66,6 +67,9 @@ from herald.util import chunks
 
 S = DeliveryState
 T = TypeVar("T")
+# The outbox's lane_order column: the relay publishes urgent rows first.
+URGENT_LANE_ORDER = LANES.index(Lane.PRIORITY)
+BULK_LANE_ORDER = LANES.index(Lane.BULK)
 Row = sa.Row[Any]
 
 
@@ -660,7 +664,6 @@ class Store(BroadcastStore, ShapingStore):
     async def _insert_notifications_on(
         self, db: AsyncConnection, items: Sequence[NewNotification]
     ) -> dict[str, tuple[str, str, bool]]:
-        from herald.bus.interface import LANES, lane_for, notifications_topic
 
         now = self.clock.now()
         stored: dict[str, tuple[str, str, bool]] = {}
@@ -825,23 +828,34 @@ class Store(BroadcastStore, ShapingStore):
         absorb.
         """
         async with self.transaction() as db:
-            rows = list(
-                await db.execute(
-                    self._lock_skip(
-                        sa.select(t.outbox)
-                        .order_by(t.outbox.c.lane_order, t.outbox.c.id)
-                        .limit(limit)
-                    )
-                )
-            )
+            await self._plan_queue_by_index(db)
+            rows = await self._take_outbox_lane(db, URGENT_LANE_ORDER, limit)
+            if len(rows) < limit:
+                rows += await self._take_outbox_lane(db, BULK_LANE_ORDER, limit - len(rows))
             yield [(row.topic, row.key, row.payload) for row in rows]
             if rows:
                 await db.execute(
                     t.outbox.delete().where(self._among(t.outbox.c.id, [r.id for r in rows]))
                 )
 
+    async def _take_outbox_lane(
+        self, db: AsyncConnection, lane_order: int, limit: int
+    ) -> list[sa.Row[Any]]:
+        """One lane's oldest rows: urgent ones through the partial index ix_outbox_urgent,
+        bulk ones in primary-key order."""
+        query = (
+            sa.select(t.outbox)
+            .where(t.outbox.c.lane_order == lane_order)
+            .order_by(t.outbox.c.id)
+            .limit(limit)
+        )
+        return list(await db.execute(self._lock_skip(query)))
+
     def _lock_skip(self, query: sa.Select[Any]) -> sa.Select[Any]:
         return query
+
+    async def _plan_queue_by_index(self, db: AsyncConnection) -> None:
+        """Make the rest of this transaction read a queue table through its indexes."""
 
     async def outbox_size(self) -> int:
         async with self.engine.connect() as db:

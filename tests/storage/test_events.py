@@ -1,0 +1,80 @@
+"""The delivery log on PostgreSQL is written with COPY, inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from herald.storage.postgres import PostgresStore
+
+pytestmark = pytest.mark.postgres
+
+
+class Rollback(Exception):
+    pass
+
+
+@pytest.fixture
+async def store(postgres_test_url: str) -> AsyncIterator[PostgresStore]:
+    raw = await asyncpg.connect(postgres_test_url)
+    try:
+        await raw.execute("TRUNCATE delivery_events")
+    finally:
+        await raw.close()
+    store = PostgresStore.connect(postgres_test_url)
+    await store.maintain()  # today's partition of the log
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def event(n: int) -> dict[str, Any]:
+    return {
+        "delivery_id": f"d{n}",
+        "notification_id": "n1",
+        "state": "sent",
+        "provider": "fcm",
+        "detail": {"attempt": n, "note": "ünïcode"},
+        "created_at": datetime(2026, 11, 30, 12, 0, n, tzinfo=UTC),
+    }
+
+
+@pytest.mark.parametrize("begun", [True, False], ids=["copy", "before-the-first-statement"])
+async def test_events_commit_and_roll_back_with_the_callers_transaction(
+    store: PostgresStore, begun: bool
+) -> None:
+    inserts: list[str] = []
+    sa.event.listen(
+        store.engine.sync_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: (
+            inserts.append(statement)
+            if statement.startswith("INSERT INTO delivery_events")
+            else None
+        ),
+    )
+
+    async def write(numbers: range, *, commit: bool) -> None:
+        async with store.transaction() as db:
+            if begun:
+                await db.execute(sa.text("SELECT 1"))
+            await store._insert_events(db, [event(n) for n in numbers])
+            if not commit:
+                raise Rollback
+
+    with pytest.raises(Rollback):
+        await write(range(3), commit=False)
+    await write(range(3, 5), commit=True)
+
+    log = await store.list_events("n1")
+    assert [(e.delivery_id, e.detail, e.at) for e in log] == [
+        (f"d{n}", {"attempt": n, "note": "ünïcode"}, event(n)["created_at"]) for n in (3, 4)
+    ]
+    # COPY is not an INSERT; without a begun transaction the store falls back to one.
+    assert len(inserts) == (0 if begun else 2)
