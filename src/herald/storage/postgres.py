@@ -13,11 +13,14 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from herald.clock import SYSTEM_CLOCK, Clock
+from herald.domain import DeliveryState
 from herald.storage import schema as t
-from herald.storage.store import Store
+from herald.storage.records import DeliveryUpdate
+from herald.storage.store import LATE_ANSWER_STATES, Store
 from herald.util import json_dumps
 
 
@@ -50,6 +53,29 @@ class PostgresStore(Store):
         # lookup and prefers a sequential scan of the whole backlog to deleting 500 rows
         # by primary key (tests/storage/test_outbox.py builds that state).
         await db.execute(sa.text("SET LOCAL enable_seqscan = off"))
+
+    async def _apply_outcomes(
+        self, db: AsyncConnection, updates: Sequence[DeliveryUpdate], now: datetime
+    ) -> int:
+        """One UPDATE joined to the batch as arrays, where the executemany ran the statement
+        once per delivery. A batch names each delivery once (one answer per claim)."""
+        result = await db.execute(
+            _APPLY_OUTCOMES,
+            {
+                "ids": [u.delivery_id for u in updates],
+                "states": [u.state.value for u in updates],
+                "providers": [u.provider for u in updates],
+                "message_ids": [u.provider_message_id for u in updates],
+                "errors": [u.last_error for u in updates],
+                "dues": [u.due_at for u in updates],
+                "refunds": [1 if u.attempts_refund else 0 for u in updates],
+                "now": now,
+                "sending": DeliveryState.SENDING.value,
+                "unknown": DeliveryState.UNKNOWN.value,
+                "late_answers": list(LATE_ANSWER_STATES),
+            },
+        )
+        return int(result.rowcount)
 
     async def _insert_events(self, db: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
         """COPY instead of a multi-row INSERT: the delivery log is append-only and its
@@ -110,6 +136,36 @@ class PostgresStore(Store):
             )
             return [row[0] for row in rows]
 
+
+# The guard is record_outcomes' own: only deliveries still `sending` change, or an
+# at_most_once delivery whose lease ran out, for an answer that settles it.
+_APPLY_OUTCOMES = sa.text(
+    """
+    UPDATE deliveries AS d SET
+        state = u.state,
+        provider = coalesce(u.provider, d.provider),
+        provider_message_id = coalesce(u.message_id, d.provider_message_id),
+        last_error = u.error,
+        due_at = u.due,
+        lease_until = NULL,
+        attempts = d.attempts - u.refund,
+        updated_at = :now
+    FROM unnest(:ids, :states, :providers, :message_ids, :errors, :dues, :refunds)
+        AS u(id, state, provider, message_id, error, due, refund)
+    WHERE d.id = u.id
+      AND (d.state = :sending OR (d.state = :unknown AND u.state = ANY(:late_answers)))
+    """
+).bindparams(
+    sa.bindparam("ids", type_=ARRAY(sa.String)),
+    sa.bindparam("states", type_=ARRAY(sa.String)),
+    sa.bindparam("providers", type_=ARRAY(sa.String)),
+    sa.bindparam("message_ids", type_=ARRAY(sa.String)),
+    sa.bindparam("errors", type_=ARRAY(sa.Text)),
+    sa.bindparam("dues", type_=ARRAY(sa.DateTime(timezone=True))),
+    sa.bindparam("refunds", type_=ARRAY(sa.Integer)),
+    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+    sa.bindparam("late_answers", type_=ARRAY(sa.String)),
+)
 
 _EVENT_COLUMNS = ("delivery_id", "notification_id", "state", "provider", "detail", "created_at")
 

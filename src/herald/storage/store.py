@@ -1113,6 +1113,36 @@ class Store(BroadcastStore, ShapingStore):
         if not updates:
             return 0
         now = self.clock.now()
+        events = [
+            _event_row(
+                DeliveryEvent(
+                    u.delivery_id,
+                    u.notification_id,
+                    u.state,
+                    now,
+                    {
+                        k: v
+                        for k, v in {
+                            **u.detail,
+                            "error": u.last_error,
+                            "provider_message_id": u.provider_message_id,
+                        }.items()
+                        if v is not None
+                    },
+                    u.provider,
+                )
+            )
+            for u in updates
+        ]
+        async with self.transaction() as db:
+            changed = await self._apply_outcomes(db, updates, now)
+            await self._insert_events(db, events)
+        return changed
+
+    async def _apply_outcomes(
+        self, db: AsyncConnection, updates: Sequence[DeliveryUpdate], now: datetime
+    ) -> int:
+        """The state change of record_outcomes: an executemany of one guarded UPDATE."""
         params = [
             {
                 "b_id": u.delivery_id,
@@ -1138,7 +1168,7 @@ class Store(BroadcastStore, ShapingStore):
                     sa.and_(
                         deliveries.state == S.UNKNOWN.value,
                         # equalities, not IN: an IN over a parameter cannot be executemany'd
-                        sa.or_(*(sa.bindparam("b_state") == v for v in _LATE_ANSWER_STATES)),
+                        sa.or_(*(sa.bindparam("b_state") == v for v in LATE_ANSWER_STATES)),
                     ),
                 ),
             )
@@ -1155,30 +1185,7 @@ class Store(BroadcastStore, ShapingStore):
                 updated_at=sa.bindparam("b_now", type_=t.UtcDateTime()),
             )
         )
-        events = [
-            _event_row(
-                DeliveryEvent(
-                    u.delivery_id,
-                    u.notification_id,
-                    u.state,
-                    now,
-                    {
-                        k: v
-                        for k, v in {
-                            **u.detail,
-                            "error": u.last_error,
-                            "provider_message_id": u.provider_message_id,
-                        }.items()
-                        if v is not None
-                    },
-                    u.provider,
-                )
-            )
-            for u in updates
-        ]
-        async with self.transaction() as db:
-            result = await db.execute(statement, params)
-            await self._insert_events(db, events)
+        result = await db.execute(statement, params)
         return int(result.rowcount)
 
     async def record_provider_events(
@@ -1444,7 +1451,7 @@ class Store(BroadcastStore, ShapingStore):
         )
 
 
-_LATE_ANSWER_STATES = (S.SENT.value, S.DELIVERED.value, S.FAILED.value, S.UNDELIVERABLE.value)
+LATE_ANSWER_STATES = (S.SENT.value, S.DELIVERED.value, S.FAILED.value, S.UNDELIVERABLE.value)
 
 # States a provider webhook may move a delivery into, from each state.
 _WEBHOOK_TRANSITIONS: dict[DeliveryState, tuple[DeliveryState, ...]] = {

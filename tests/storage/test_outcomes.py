@@ -1,0 +1,72 @@
+"""record_outcomes changes only what a worker's answer may change."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import httpx
+import sqlalchemy as sa
+
+from herald.domain import Delivery
+from herald.domain import DeliveryState as S
+from herald.runtime import Runtime
+from herald.storage import DeliveryUpdate
+from herald.storage import schema as t
+from tests.storage.test_concurrency import make_deliveries
+
+
+async def test_an_answer_changes_a_delivery_still_sending_or_settles_an_unknown_one(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    store = runtime.store
+    ids = sorted(await make_deliveries(api, runtime, 5))
+    claimed = {d.id: d for d in await store.claim_deliveries(ids, 30)}
+    sending, answered, unknown_sent, unknown_retry, recovered = ids
+    await store.record_outcomes([_update(claimed[answered], S.SENT, "first")])
+    async with store.transaction() as db:  # what lease recovery does to an expired claim
+        await db.execute(
+            t.deliveries.update()
+            .where(t.deliveries.c.id.in_([unknown_sent, unknown_retry]))
+            .values(state=S.UNKNOWN.value)
+        )
+        await db.execute(
+            t.deliveries.update().where(t.deliveries.c.id == recovered).values(state=S.QUEUED.value)
+        )
+    due = store.clock.now() + timedelta(minutes=5)
+
+    changed = await store.record_outcomes(
+        [
+            _update(claimed[sending], S.SENT, "m-sending"),
+            _update(claimed[answered], S.FAILED, "second answer"),
+            _update(claimed[unknown_sent], S.SENT, "m-late"),
+            _update(claimed[unknown_retry], S.DEFERRED, None, due_at=due),
+            _update(claimed[recovered], S.SENT, "m-stale"),
+        ]
+    )
+
+    async with store.engine.connect() as db:
+        rows = await db.execute(
+            sa.select(t.deliveries.c.id, t.deliveries.c.state, t.deliveries.c.provider_message_id)
+        )
+        now = {row.id: (row.state, row.provider_message_id) for row in rows}
+    assert now == {
+        sending: ("sent", "m-sending"),
+        answered: ("sent", "first"),
+        unknown_sent: ("sent", "m-late"),
+        unknown_retry: ("unknown", None),  # never re-queued: it may have been sent
+        recovered: ("queued", None),
+    }
+    assert changed == 2
+
+
+def _update(
+    delivery: Delivery, state: S, message_id: str | None, due_at: datetime | None = None
+) -> DeliveryUpdate:
+    return DeliveryUpdate(
+        delivery.id,
+        delivery.notification_id,
+        state,
+        provider="inbox",
+        provider_message_id=message_id,
+        due_at=due_at,
+    )
