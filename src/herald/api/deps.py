@@ -20,7 +20,9 @@ SCOPE_RULES = {
 }
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
+    # async, though it awaits nothing: FastAPI runs a plain `def` dependency in a thread
+    # pool, a thread hop on every request for an attribute read.
     rt: Runtime = request.app.state.runtime
     return rt
 

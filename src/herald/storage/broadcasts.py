@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,9 @@ class BroadcastStore:
     def _insert(self, table: sa.Table) -> Any:
         raise NotImplementedError
 
+    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError
+
     async def subscribe(self, topic: str, user_id: str) -> bool:
         async with self.engine.begin() as db:
             inserted = await db.execute(
@@ -43,7 +47,7 @@ class BroadcastStore:
 
     async def user_topics(self, user_id: str) -> list[str]:
         s = t.topic_subscriptions.c
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(s.topic).where(s.user_id == user_id).order_by(s.topic)
             )
@@ -62,7 +66,7 @@ class BroadcastStore:
             query = sa.select(column).where(t.broadcast_recipients.c.broadcast_id == broadcast_id)
         if after is not None:
             query = query.where(column > after)
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(query.order_by(column).limit(limit))
         return [row[0] for row in rows]
 
@@ -137,7 +141,7 @@ class BroadcastStore:
         return len(unique)
 
     async def get_broadcast(self, broadcast_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             row = (
                 await db.execute(sa.select(t.broadcasts).where(t.broadcasts.c.id == broadcast_id))
             ).first()
@@ -159,7 +163,7 @@ class BroadcastStore:
     async def broadcast_progress(self, broadcast_id: str) -> dict[str, int]:
         """Notifications routed, and the broadcast's deliveries by state."""
         n = t.notifications.c
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             notifications = await db.execute(
                 sa.select(n.state, sa.func.count())
                 .where(n.broadcast_id == broadcast_id)

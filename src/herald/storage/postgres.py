@@ -126,7 +126,7 @@ class PostgresStore(Store):
                     await db.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
 
     async def event_partitions(self) -> list[str]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.text(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "

@@ -17,6 +17,7 @@ Work is done in user order so that concurrent routers lock rows in the same orde
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,6 +79,9 @@ class ShapingStore:
     def _lock_skip(self, query: sa.Select[Any]) -> sa.Select[Any]:
         raise NotImplementedError
 
+    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError
+
     # -- channel-wide caps (configuration) -----------------------------------------------
 
     async def put_frequency_cap(self, channel: Channel, cap: FrequencyCap) -> bool:
@@ -105,7 +109,7 @@ class ShapingStore:
         return bool(result.rowcount)
 
     async def frequency_caps(self) -> dict[Channel, FrequencyCap]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             return await self._channel_caps(db)
 
     async def _channel_caps(self, db: AsyncConnection) -> dict[Channel, FrequencyCap]:
@@ -297,7 +301,7 @@ class ShapingStore:
     ) -> list[tuple[datetime, int]]:
         """(window start, deliveries counted) for a user's channel, oldest first."""
         c = t.frequency_counters.c
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(c.window_start, c.used)
                 .where(c.user_id == user_id, c.channel == channel.value, c.scope == scope)
@@ -372,7 +376,7 @@ class ShapingStore:
 
     async def list_digests(self, user_id: str) -> list[dict[str, Any]]:
         d = t.digests.c
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(t.digests).where(d.user_id == user_id).order_by(d.window_start)
             )

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -261,6 +261,14 @@ class Store(BroadcastStore, ShapingStore):
         self.engine = engine
         self.clock = clock
         self.retention_days = retention_days
+        # Reads run outside a transaction on PostgreSQL: at READ COMMITTED each statement
+        # sees its own snapshot either way, and the BEGIN and ROLLBACK around a read were
+        # two of its three round trips. SQLite does not BEGIN for reads.
+        self._read_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -286,6 +294,10 @@ class Store(BroadcastStore, ShapingStore):
         async with self.engine.begin() as connection:
             yield connection
 
+    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for reads only: on PostgreSQL every statement commits alone."""
+        return self._read_engine.connect()
+
     async def migrate(self) -> None:
         from herald.storage.migrate import upgrade
 
@@ -293,7 +305,7 @@ class Store(BroadcastStore, ShapingStore):
 
     async def ping(self) -> bool:
         try:
-            async with self.engine.connect() as connection:
+            async with self.reading() as connection:
                 await connection.execute(sa.text("SELECT 1"))
         except Exception:  # any driver error means "not ready"
             return False
@@ -351,12 +363,12 @@ class Store(BroadcastStore, ShapingStore):
         return record
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             row = (await db.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id))).first()
         return _api_key(row) if row else None
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(sa.select(t.api_keys).order_by(t.api_keys.c.created_at.desc()))
         return [_api_key(row) for row in rows]
 
@@ -393,14 +405,14 @@ class Store(BroadcastStore, ShapingStore):
         return _user(row), created
 
     async def get_user(self, user_id: str) -> User | None:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             row = (await db.execute(sa.select(t.users).where(t.users.c.id == user_id))).first()
         return _user(row) if row else None
 
     async def existing_user_ids(self, user_ids: Iterable[str]) -> set[str]:
         wanted = list(set(user_ids))
         found: set[str] = set()
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             for chunk in chunks(wanted, self.batch_rows):
                 rows = await db.execute(sa.select(t.users.c.id).where(t.users.c.id.in_(chunk)))
                 found.update(row.id for row in rows)
@@ -424,7 +436,7 @@ class Store(BroadcastStore, ShapingStore):
         return bool(result.rowcount)
 
     async def get_preferences(self, user_id: str) -> Preferences | None:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             raw = await db.scalar(sa.select(t.users.c.preferences).where(t.users.c.id == user_id))
         return None if raw is None else preferences_from_json(raw)
 
@@ -482,7 +494,7 @@ class Store(BroadcastStore, ShapingStore):
         return _device(row), created
 
     async def list_devices(self, user_id: str) -> list[Device]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(t.devices)
                 .where(t.devices.c.user_id == user_id)
@@ -534,12 +546,12 @@ class Store(BroadcastStore, ShapingStore):
         return bool(inserted.rowcount)
 
     async def _get_definition(self, table: sa.Table, name: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             value = await db.scalar(sa.select(table.c.definition).where(table.c.name == name))
         return dict(value) if value is not None else None
 
     async def _list_definitions(self, table: sa.Table) -> list[tuple[str, dict[str, Any]]]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(table.c.name, table.c.definition).order_by(table.c.name)
             )
@@ -623,7 +635,7 @@ class Store(BroadcastStore, ShapingStore):
                 < sa.tuple_(sa.literal(created_at, t.UtcDateTime()), sa.literal(row_id))
             )
         query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             return list(await db.execute(query))
 
     # -- notifications (API side) ----------------------------------------------------
@@ -709,7 +721,7 @@ class Store(BroadcastStore, ShapingStore):
         return stored
 
     async def get_notification(self, notification_id: str) -> Notification | None:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             row = (
                 await db.execute(
                     sa.select(t.notifications).where(t.notifications.c.id == notification_id)
@@ -718,7 +730,7 @@ class Store(BroadcastStore, ShapingStore):
         return _notification(row) if row else None
 
     async def list_deliveries(self, notification_id: str) -> list[Delivery]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(t.deliveries)
                 .where(t.deliveries.c.notification_id == notification_id)
@@ -728,7 +740,7 @@ class Store(BroadcastStore, ShapingStore):
 
     async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         found: list[Delivery] = []
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             for chunk in chunks(list(delivery_ids), self.batch_rows):
                 rows = await db.execute(
                     sa.select(t.deliveries).where(self._among(t.deliveries.c.id, chunk))
@@ -737,7 +749,7 @@ class Store(BroadcastStore, ShapingStore):
         return found
 
     async def list_events(self, notification_id: str) -> list[DeliveryEvent]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(t.delivery_events)
                 .where(t.delivery_events.c.notification_id == notification_id)
@@ -858,14 +870,14 @@ class Store(BroadcastStore, ShapingStore):
         """Make the rest of this transaction read a queue table through its indexes."""
 
     async def outbox_size(self) -> int:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             return int(await db.scalar(sa.select(sa.func.count()).select_from(t.outbox)) or 0)
 
     # -- routing ---------------------------------------------------------------------
 
     async def load_for_routing(self, notification_ids: Sequence[str]) -> list[RoutingInput]:
         """Everything the router needs for a batch, in a handful of statements."""
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             notifications = [
                 _notification(row)
                 for row in await db.execute(
@@ -1296,7 +1308,7 @@ class Store(BroadcastStore, ShapingStore):
         self, older_than: datetime, limit: int
     ) -> list[tuple[str, str, str]]:
         """Accepted notifications not routed since `older_than`: (id, user id, priority)."""
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(
                     t.notifications.c.id, t.notifications.c.user_id, t.notifications.c.priority
@@ -1341,7 +1353,7 @@ class Store(BroadcastStore, ShapingStore):
         return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
 
     async def count_by_state(self) -> dict[str, int]:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             rows = await db.execute(
                 sa.select(t.deliveries.c.state, sa.func.count()).group_by(t.deliveries.c.state)
             )
@@ -1370,7 +1382,7 @@ class Store(BroadcastStore, ShapingStore):
         if unread_only:
             query = query.where(t.inbox_items.c.read_at.is_(None))
         rows = await self._page(query, t.inbox_items, limit, cursor)
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             unread = await db.scalar(
                 sa.select(sa.func.count())
                 .select_from(t.inbox_items)
@@ -1390,7 +1402,7 @@ class Store(BroadcastStore, ShapingStore):
         return int(result.rowcount)
 
     async def inbox_item_exists(self, user_id: str, item_id: str) -> bool:
-        async with self.engine.connect() as db:
+        async with self.reading() as db:
             found = await db.scalar(
                 sa.select(t.inbox_items.c.id).where(
                     t.inbox_items.c.user_id == user_id, t.inbox_items.c.id == item_id
