@@ -123,6 +123,11 @@ notifications = sa.Table(
     sa.Index("ix_notifications_broadcast", "broadcast_id"),
 )
 
+# The outbox's lane_order: the relay publishes urgent rows first, so a broadcast's fan-out
+# in the outbox does not hold up a one-time password.
+URGENT_LANE_ORDER = 0
+BULK_LANE_ORDER = 1
+
 outbox = sa.Table(
     "outbox",
     metadata,
@@ -131,16 +136,14 @@ outbox = sa.Table(
     sa.Column("key", sa.String(200), nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
-    # 0 for the priority lane, 1 for bulk: the relay publishes urgent rows first, so a
-    # broadcast's fan-out in the outbox does not hold up a one-time password.
-    sa.Column("lane_order", sa.SmallInteger, nullable=False, server_default="1"),
+    sa.Column("lane_order", sa.SmallInteger, nullable=False, server_default=str(BULK_LANE_ORDER)),
     # Urgent rows only: an index that also covered bulk rows was chosen for lookups by id
     # (migration 0005 says why).
     sa.Index(
         "ix_outbox_urgent",
         "id",
-        postgresql_where=sa.text("lane_order = 0"),
-        sqlite_where=sa.text("lane_order = 0"),
+        postgresql_where=sa.text(f"lane_order = {URGENT_LANE_ORDER}"),
+        sqlite_where=sa.text(f"lane_order = {URGENT_LANE_ORDER}"),
     ),
 )
 

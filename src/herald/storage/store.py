@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from herald.bus.interface import LANES, Lane, lane_for, notifications_topic
+from herald.bus.interface import Lane, lane_for, notifications_topic
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.domain import (
     CapClaim,
@@ -67,9 +67,6 @@ from herald.util import chunks
 
 S = DeliveryState
 T = TypeVar("T")
-# The outbox's lane_order column: the relay publishes urgent rows first.
-URGENT_LANE_ORDER = LANES.index(Lane.PRIORITY)
-BULK_LANE_ORDER = LANES.index(Lane.BULK)
 Row = sa.Row[Any]
 
 
@@ -236,6 +233,10 @@ def _delivery(row: Row) -> Delivery:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+def _lane_order(priority: Priority) -> int:
+    return t.URGENT_LANE_ORDER if lane_for(priority) == Lane.PRIORITY else t.BULK_LANE_ORDER
 
 
 def _event_row(event: DeliveryEvent) -> dict[str, Any]:
@@ -710,7 +711,7 @@ class Store(BroadcastStore, ShapingStore):
                     [
                         {
                             "topic": notifications_topic(lane_for(item.notification.priority)),
-                            "lane_order": LANES.index(lane_for(item.notification.priority)),
+                            "lane_order": _lane_order(item.notification.priority),
                             "key": item.notification.user_id,
                             "payload": orjson.dumps({"notification_id": item.notification.id}),
                             "created_at": now,
@@ -841,9 +842,9 @@ class Store(BroadcastStore, ShapingStore):
         """
         async with self.transaction() as db:
             await self._plan_queue_by_index(db)
-            rows = await self._take_outbox_lane(db, URGENT_LANE_ORDER, limit)
+            rows = await self._take_outbox_lane(db, t.URGENT_LANE_ORDER, limit)
             if len(rows) < limit:
-                rows += await self._take_outbox_lane(db, BULK_LANE_ORDER, limit - len(rows))
+                rows += await self._take_outbox_lane(db, t.BULK_LANE_ORDER, limit - len(rows))
             yield [(row.topic, row.key, row.payload) for row in rows]
             if rows:
                 await db.execute(
