@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 
@@ -17,21 +15,6 @@ pytestmark = pytest.mark.postgres
 
 class Rollback(Exception):
     pass
-
-
-@pytest.fixture
-async def store(postgres_test_url: str) -> AsyncIterator[PostgresStore]:
-    raw = await asyncpg.connect(postgres_test_url)
-    try:
-        await raw.execute("TRUNCATE delivery_events")
-    finally:
-        await raw.close()
-    store = PostgresStore.connect(postgres_test_url)
-    await store.maintain()  # today's partition of the log
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def event(n: int) -> dict[str, Any]:
@@ -47,8 +30,9 @@ def event(n: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("begun", [True, False], ids=["copy", "before-the-first-statement"])
 async def test_events_commit_and_roll_back_with_the_callers_transaction(
-    store: PostgresStore, begun: bool
+    postgres_store: PostgresStore, begun: bool
 ) -> None:
+    store = postgres_store
     inserts: list[str] = []
     sa.event.listen(
         store.engine.sync_engine,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -17,14 +16,13 @@ BACKLOG = 20_000
 
 
 @pytest.fixture
-async def deep_outbox(postgres_test_url: str) -> AsyncIterator[PostgresStore]:
+async def deep_outbox(postgres_store: PostgresStore, postgres_test_url: str) -> PostgresStore:
     """A PostgreSQL outbox holding BACKLOG rows (one in 1,000 urgent) whose statistics
     describe it as empty: what autovacuum records when it runs on a queue table just
     drained, whose pages it cannot hand back. PostgreSQL then estimates one row for any
     lookup, and picks among indexes by their cost for one row."""
     raw = await asyncpg.connect(postgres_test_url)
     try:
-        await raw.execute("TRUNCATE outbox RESTART IDENTITY")
         for drained in (True, False):
             await raw.execute(
                 "INSERT INTO outbox (topic, key, payload, created_at, lane_order) "
@@ -37,11 +35,7 @@ async def deep_outbox(postgres_test_url: str) -> AsyncIterator[PostgresStore]:
                 await raw.execute("VACUUM (TRUNCATE false, ANALYZE) outbox")
     finally:
         await raw.close()
-    store = PostgresStore.connect(postgres_test_url)
-    try:
-        yield store
-    finally:
-        await store.close()
+    return postgres_store
 
 
 async def test_the_relay_deletes_published_rows_through_the_primary_key(
