@@ -101,9 +101,15 @@ class KafkaBus:
         heartbeat_interval_ms: int = 500,
         connect_timeout: float = 5.0,
         delivery_timeout: float = 30.0,
+        leader_timeout: float = 60.0,
         config: Mapping[str, Any] | None = None,
     ) -> None:
-        """`config` holds extra librdkafka settings for every client (they win)."""
+        """`config` holds extra librdkafka settings for every client (they win).
+
+        `leader_timeout` bounds the wait for new topics' partitions to get leaders. It is
+        not a connectivity check (the broker already answered): the controller elects the
+        leaders of every new partition one after another, which on a loaded machine takes
+        far longer than a round trip."""
         self.bootstrap = bootstrap
         self.partitions = partitions
         self.topic_prefix = topic_prefix
@@ -112,6 +118,7 @@ class KafkaBus:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.connect_timeout = connect_timeout
         self.delivery_timeout = delivery_timeout
+        self.leader_timeout = leader_timeout
         self._extra = dict(config or {})
         self._admin: AdminClient | None = None
         self._producer: Producer | None = None
@@ -242,14 +249,20 @@ class KafkaBus:
     def _await_leaders(self, admin: AdminClient, names: list[str]) -> None:
         """Wait until the new topics have leaders: a consumer subscribing to a topic its
         metadata does not show yet would not see it until the next metadata refresh."""
-        deadline = time.monotonic() + self.connect_timeout
+        deadline = time.monotonic() + self.leader_timeout
         for name in names:
             while True:
-                topic = admin.list_topics(name, timeout=self.connect_timeout).topics.get(name)
+                topic: TopicMetadata | None = None
+                reason: object = "not in metadata"
+                try:
+                    topic = admin.list_topics(name, timeout=self.connect_timeout).topics.get(name)
+                except KafkaException as exc:  # a slow metadata answer: ask again
+                    reason = exc
                 if _has_leaders(topic):
                     break
                 if time.monotonic() > deadline:
-                    reason = topic.error if topic is not None else "not in metadata"
+                    if topic is not None and topic.error is not None:
+                        reason = topic.error
                     raise self._unavailable(f"topic {name} has no leader", reason)
                 time.sleep(0.05)
 
