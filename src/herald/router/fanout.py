@@ -101,26 +101,16 @@ class BroadcastFanout:
         users = await self.store.audience_page(
             topic=broadcast["topic"], broadcast_id=broadcast_id, after=after, limit=self.page_size
         )
-        if users:
-            await self.store.accept_notifications(
-                [recipient_notification(broadcast, u) for u in users]
-            )
-            if await self._cancelled_meanwhile(broadcast_id):
-                return len(users)
+        if users and not await self.store.accept_broadcast_page(
+            broadcast_id, [recipient_notification(broadcast, u) for u in users]
+        ):
+            return 0  # cancelled since it was read: the page is not written
         if len(users) == self.page_size:
             await self.bus.publish([page_record(broadcast_id, users[-1])])
         else:
             await self.store.set_broadcast_state(broadcast_id, "fanned_out", unless="cancelled")
             log.info("broadcast fanned out", broadcast_id=broadcast_id)
         return len(users)
-
-    async def _cancelled_meanwhile(self, broadcast_id: str) -> bool:
-        """A cancel that landed while this page was written: cancel what the page made."""
-        current = await self.store.get_broadcast(broadcast_id)
-        if current is None or current["state"] != "cancelled":
-            return False
-        await self.store.cancel(broadcast_id=broadcast_id)
-        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         await consume_loop(
