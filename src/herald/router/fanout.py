@@ -19,6 +19,7 @@ import orjson
 import structlog
 
 from herald.bus.interface import BROADCASTS_TOPIC, Bus, Message, Record
+from herald.bus.messages import ids_in
 from herald.domain import Channel, Notification, Priority
 from herald.roles import consume_loop
 from herald.storage import NewNotification, Store
@@ -112,6 +113,12 @@ class BroadcastFanout:
             log.info("broadcast fanned out", broadcast_id=broadcast_id)
         return len(users)
 
+    async def set_aside(self, message: Message, reason: str) -> None:
+        """A page that cannot be fanned out: the broadcast is `failed` (unless cancelled)."""
+        for broadcast_id in ids_in([message], "broadcast_id"):
+            await self.store.set_broadcast_state(broadcast_id, "failed", unless="cancelled")
+            log.error("broadcast page set aside", broadcast_id=broadcast_id, reason=reason)
+
     async def run(self, stop: asyncio.Event) -> None:
         await consume_loop(
             self.bus,
@@ -121,4 +128,5 @@ class BroadcastFanout:
             stop,
             batch_size=10,
             name="fanout",
+            set_aside=self.set_aside,
         )

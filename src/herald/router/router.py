@@ -45,6 +45,12 @@ class Router:
     async def handle(self, messages: Sequence[Message]) -> None:
         await self.route(ids_in(messages, "notification_id"))
 
+    async def set_aside(self, message: Message, reason: str) -> None:
+        """A notification that cannot be routed: failed, with the reason in its log."""
+        notification_ids = ids_in([message], "notification_id")
+        await self.store.set_aside_notifications(notification_ids, f"could not be routed: {reason}")
+        log.error("notification set aside", notification_ids=notification_ids, reason=reason)
+
     async def route(self, notification_ids: Sequence[str]) -> None:
         if not notification_ids:
             return
@@ -78,6 +84,7 @@ class Router:
                         stop,
                         batch_size=500 if lane == Lane.BULK else PRIORITY_BATCH_SIZE,
                         name=f"router.{lane}",
+                        set_aside=self.set_aside,
                     )
                 )
             if Lane.BULK in lanes:

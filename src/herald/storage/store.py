@@ -1017,6 +1017,62 @@ class Store(BroadcastStore, ShapingStore):
             )
             return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
 
+    async def set_aside_notifications(self, notification_ids: Sequence[str], reason: str) -> int:
+        """Notifications the router cannot route become `failed`, with an event naming the
+        reason in their delivery log (its delivery id is the notification's own: there is no
+        delivery). Only accepted ones: one routed or cancelled meanwhile keeps its state."""
+        if not notification_ids:
+            return 0
+        n = t.notifications.c
+        now = self.clock.now()
+        async with self.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.notifications.update()
+                    .where(
+                        n.id.in_(self._lock_accepted(self._among(n.id, notification_ids))),
+                        n.state == NotificationState.ACCEPTED.value,
+                    )
+                    .values(state=NotificationState.FAILED.value)
+                    .returning(n.id)
+                )
+            )
+            detail = {"reason": reason, "set_aside": True}
+            await self._insert_events(
+                db,
+                [_event_row(DeliveryEvent(r.id, r.id, S.FAILED, now, detail)) for r in rows],
+            )
+        return len(rows)
+
+    async def set_aside_deliveries(self, delivery_ids: Sequence[str], reason: str) -> int:
+        """Deliveries a worker cannot process become `failed` with the reason (and an
+        event); a delivery already final keeps its state."""
+        if not delivery_ids:
+            return 0
+        d = t.deliveries.c
+        now = self.clock.now()
+        live = [S.QUEUED.value, S.DEFERRED.value, S.SENDING.value]
+        async with self.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.deliveries.update()
+                    .where(self._among(d.id, delivery_ids), d.state.in_(live))
+                    .values(
+                        state=S.FAILED.value, last_error=reason, lease_until=None, updated_at=now
+                    )
+                    .returning(d.id, d.notification_id)
+                )
+            )
+            detail = {"reason": reason, "set_aside": True}
+            await self._insert_events(
+                db,
+                [
+                    _event_row(DeliveryEvent(r.id, r.notification_id, S.FAILED, now, detail))
+                    for r in rows
+                ],
+            )
+        return len(rows)
+
     async def _mark_routed(
         self, db: AsyncConnection, notification_ids: Sequence[str], now: datetime
     ) -> set[str]:
