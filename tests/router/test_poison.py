@@ -20,6 +20,7 @@ from herald.roles import Backoff, consume_loop, is_outage
 from herald.runtime import Runtime
 from herald.storage import NewNotification
 from tests.fixtures.herald import eventually
+from tests.test_broadcasts import add_subscribers
 
 FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -183,3 +184,50 @@ async def _async(value: bool) -> bool:
 )
 def test_outages_are_told_from_bad_messages(error: Exception, outage: bool) -> None:
     assert is_outage(error) is outage
+
+
+async def test_a_broadcast_page_that_cannot_be_fanned_out_is_set_aside(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    from herald.router.fanout import BroadcastFanout, page_record
+
+    await add_subscribers(runtime, "news", 5)
+    templates = {
+        "broken": {"title": "x", "channels": ["fax"]},  # no such channel: cannot be built
+        "fine": {"title": "x", "channels": ["in_app"]},
+    }
+    pages = []
+    for name, template in templates.items():
+        page = page_record(name, None)
+        await runtime.store.create_broadcast(
+            broadcast_id=name,
+            idempotency_key=name,
+            request_hash=name,
+            topic="news",
+            user_ids=None,
+            template=template,
+            first_page=(page.topic, page.key, page.value),
+        )
+        pages.append(page)
+    await runtime.bus.publish(pages)
+    stop = asyncio.Event()
+    fanout = asyncio.create_task(BroadcastFanout(runtime.store, runtime.bus).run(stop))
+    try:
+
+        async def settled() -> dict[str, str] | None:
+            states = {
+                name: (await runtime.store.get_broadcast(name) or {})["state"] for name in templates
+            }
+            return states if "fanning_out" not in states.values() else None
+
+        states = await eventually(settled, timeout=60)
+    finally:
+        stop.set()
+        await fanout
+    assert states == {"broken": "failed", "fine": "fanned_out"}
+    assert (await runtime.store.broadcast_progress("fine"))["recipients_created"] == 5
+    letters = await dead_letters(runtime.bus, "test.deadletter")
+    assert [(d["broadcast_id"], d["set_aside_by"]) for d in letters] == [
+        ("broken", "herald.fanout")
+    ]
+    assert "'fax' is not a valid Channel" in letters[0]["error"]
