@@ -5,21 +5,28 @@ right after it, which is exactly the window where the router used to overwrite i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from herald.domain import Channel, DeliveryState
+from herald.bus.memory import MemoryBus
+from herald.clock import SYSTEM_CLOCK
+from herald.domain import Channel, DeliveryState, NotificationState, User
 from herald.router.fanout import BroadcastFanout
 from herald.router.router import Router
 from herald.runtime import Runtime
 from herald.storage import Store
 from herald.storage import schema as t
+from herald.storage.postgres import PostgresStore
 from herald.storage.records import RoutingInput
 from herald.workers.worker import ChannelWorker
+from tests.fixtures.herald import eventually
+from tests.router.test_poison import new_notification
 from tests.test_broadcasts import add_subscribers
 
 Cancel = Callable[[], Awaitable[None]]
@@ -154,3 +161,42 @@ async def test_a_cancelled_broadcast_sends_nothing_whenever_the_cancel_lands(
     assert progress["recipients_created"] == written
     assert progress["routed"] == (20 if when == "after routing" else 0)
     assert (await runtime.store.get_broadcast(broadcast_id) or {})["state"] == "cancelled"
+
+
+@pytest.mark.production
+@pytest.mark.postgres
+async def test_on_postgresql_a_router_waiting_on_a_cancels_lock_routes_nothing(
+    postgres_store: PostgresStore, postgres_test_url: str
+) -> None:
+    """The cancel's transaction still open while the router writes: the router's update
+    waits for it, then finds the notification cancelled (separate connections)."""
+    await postgres_store.upsert_user(User("u1", email="u1@example.com"))
+    item = new_notification("race", "u1")
+    await postgres_store.accept_notifications([item])
+    cancelling = await asyncpg.connect(postgres_test_url)
+    try:
+        transaction = cancelling.transaction()
+        await transaction.start()
+        await cancelling.execute(
+            "UPDATE notifications SET state = 'cancelled' WHERE id = $1 AND state = 'accepted'",
+            item.notification.id,
+        )
+        router = Router(postgres_store, MemoryBus(), SYSTEM_CLOCK)
+        routing = asyncio.create_task(router.route([item.notification.id]))
+
+        async def router_waits_for_the_lock() -> bool:
+            waiting = await cancelling.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            return bool(waiting)
+
+        await eventually(router_waits_for_the_lock)
+        await transaction.commit()
+        await asyncio.wait_for(routing, 30)
+    finally:
+        await cancelling.close()
+    assert await postgres_store.list_deliveries(item.notification.id) == []
+    notification = await postgres_store.get_notification(item.notification.id)
+    assert notification is not None
+    assert notification.state == NotificationState.CANCELLED
