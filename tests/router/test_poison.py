@@ -231,3 +231,56 @@ async def test_a_broadcast_page_that_cannot_be_fanned_out_is_set_aside(
         ("broken", "herald.fanout")
     ]
     assert "'fax' is not a valid Channel" in letters[0]["error"]
+
+
+async def test_a_delivery_a_worker_cannot_process_is_set_aside(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    import sqlalchemy as sa
+
+    from herald.domain import Channel
+    from herald.storage import schema as t
+    from herald.workers.worker import ChannelWorker
+
+    await api.put("/v1/users/u1", json={})
+    ids = []
+    for title in ("good", "bad"):
+        body = {"user_id": "u1", "title": title, "channels": ["in_app"]}
+        ids.append((await api.post("/v1/notifications", json=body)).json()["id"])
+    await runtime.router().route(ids)  # both deliveries published, in one partition
+    d = t.deliveries.c
+    async with runtime.store.transaction() as db:  # a row no code can read back
+        await db.execute(
+            t.deliveries.update().where(d.notification_id == ids[1]).values(priority="bogus")
+        )
+    worker = ChannelWorker(
+        Channel.IN_APP, runtime.store, runtime.bus, runtime.build_providers(), runtime.clock
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+
+        async def settled() -> list[tuple[str, str]] | None:
+            async with runtime.store.reading() as db:
+                rows = list(
+                    await db.execute(
+                        sa.select(d.notification_id, d.state, d.last_error).where(
+                            d.notification_id.in_(ids)
+                        )
+                    )
+                )
+            states = sorted((r.notification_id == ids[0], r.state) for r in rows)
+            done = {s for _, s in states} <= {"delivered", "failed"}
+            return [(("good" if g else "bad"), s) for g, s in states] if done else None
+
+        states = await eventually(settled, timeout=60)
+    finally:
+        stop.set()
+        await task
+    assert sorted(states) == [("bad", "failed"), ("good", "delivered")]
+    events = (await api.get(f"/v1/notifications/{ids[1]}/events")).json()["items"]
+    assert events[-1]["status"] == "failed"
+    assert events[-1]["detail"]["set_aside"] is True
+    assert "could not be processed: ValueError" in events[-1]["detail"]["reason"]
+    letters = await dead_letters(runtime.bus, "test.deadletter")
+    assert [d["set_aside_by"] for d in letters] == ["herald.worker.in_app.bulk"]

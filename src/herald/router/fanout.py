@@ -6,6 +6,10 @@ notification per recipient with a deterministic id and idempotency key (so a rep
 creates nobody twice), and publishes the message for the page after it, then commits.
 Each recipient's notification then goes through the ordinary router: their own
 preferences, quiet hours and channels.
+
+A page is written only if the broadcast is not cancelled, judged in the page's own
+transaction under the broadcast's row lock (a cancel takes the same lock first), so a
+cancel is never followed by a page of new recipients.
 """
 
 from __future__ import annotations

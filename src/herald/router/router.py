@@ -6,6 +6,12 @@ DO NOTHING: the ids are deterministic), folding digests and counting frequency c
 same transaction; publish the queued ones to their channel topics; then commit. A crash
 anywhere before the commit replays the batch, which writes nothing new and republishes
 what is still queued.
+
+The write is conditional: only notifications still `accepted` in that transaction are marked
+routed and get deliveries (their rows locked, in id order, as a cancel locks them), so a
+cancel that commits after the read is never overwritten. A notification that cannot be
+routed at all (its batch raised, and it raises alone) is set aside by the consume loop:
+`failed`, with the reason in its delivery log and on the dead-letter topic.
 """
 
 from __future__ import annotations
