@@ -97,7 +97,7 @@ async def start_when_available(
     """Start, waiting out a database or bus that is not reachable yet (capped exponential
     backoff, each attempt logged) instead of exiting for a supervisor to restart us. None
     when `stop` is set while waiting."""
-    backoff = backoff or Backoff(initial=0.5, cap=30.0)
+    backoff = backoff or Backoff(initial=0.5, cap=15.0)
     while True:
         try:
             runtime = await start_runtime(settings, migrate=migrate)

@@ -39,7 +39,7 @@ _OUTAGE_SQLSTATES = frozenset({"55P03"})  # lock not available
 
 @dataclass
 class Backoff:
-    """Capped exponential backoff with jitter: 0.5 s, 1 s, 2 s ... up to `cap`."""
+    """Capped exponential backoff with ±20 % jitter: 0.5 s, 1 s, 2 s ... up to `cap`."""
 
     initial: float = 0.5
     cap: float = 30.0
@@ -120,7 +120,7 @@ async def consume_loop(
     is not committed: the consumer is recreated after a backoff, so the batch is handed out
     again (at-least-once). A batch that failed because of a message is split until that
     message is isolated and set aside (see the module's docstring)."""
-    backoff = backoff or Backoff()
+    backoff = backoff or Backoff(initial=0.5, cap=5.0)  # resume within seconds of a recovery
     while not stop.is_set():
         consumer = bus.consumer(topics, group)
         try:
