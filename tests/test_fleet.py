@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -212,22 +213,84 @@ async def test_work_pauses_while_the_broker_is_down_and_nothing_is_lost(
     herald.stop()
 
 
-@pytest.mark.parametrize(
-    ("override", "words"),
-    [
-        (
-            {"HERALD_DATABASE_URL": "postgresql://herald:herald@127.0.0.1:1/herald"},
-            "database unreachable",
-        ),
-        ({"HERALD_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "127.0.0.1:1"),
-    ],
-)
-def test_an_unreachable_dependency_at_start_is_named_and_exits_nonzero(
-    launch_herald: HeraldLauncher, fleet_env: dict[str, str], override: dict[str, str], words: str
+async def forward(port: int, to: tuple[str, int]) -> asyncio.Server:
+    """A TCP port that starts accepting (and forwards to `to`) only when this is called:
+    until then connecting to it is refused, as to a database that is down."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*to)
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    return await asyncio.start_server(connect, "127.0.0.1", port)
+
+
+@pytest.mark.parametrize("dependency", ["database", "kafka"])
+async def test_a_dependency_down_at_start_is_waited_for_and_herald_starts_when_it_is_back(
+    launch_herald: HeraldLauncher,
+    fleet_env: dict[str, str],
+    postgres_test_url: str,
+    request: pytest.FixtureRequest,
+    dependency: str,
 ) -> None:
+    port = free_port()
+    server: asyncio.Server | None = None
+    if dependency == "database":
+        target = urlsplit(postgres_test_url)
+        url = postgres_test_url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{port}")
+        override, words = {"HERALD_DATABASE_URL": url}, f"127.0.0.1:{port}"
+    else:
+        broker: dict[str, str] = request.getfixturevalue("private_kafka")
+        await run_services(broker, "stop-kafka")
+        bootstrap = f"127.0.0.1:{broker['HERALD_KAFKA_PORT']}"
+        override, words = {"HERALD_KAFKA_BOOTSTRAP": bootstrap}, bootstrap
     herald = launch_herald("serve", env=override, wait_ready=False)
-    code = herald.wait(90)
-    assert code == 2
-    output = herald.output()
-    assert "cannot start" in output
-    assert words in output
+
+    async def retried(times: int) -> bool:
+        assert herald.process is not None
+        assert herald.process.poll() is None, herald.output()  # no exit for a supervisor
+        return herald.log_path.read_text().count("cannot start yet") >= times
+
+    await eventually(lambda: retried(2), timeout=90)
+    assert words in herald.log_path.read_text()
+    if dependency == "database":
+        assert target.hostname is not None
+        assert target.port is not None
+        server = await forward(port, (target.hostname, target.port))
+    else:
+        await run_services(broker, "start-kafka")
+    try:
+        async with httpx.AsyncClient(
+            base_url=herald.url, headers={"Authorization": f"Bearer {herald.key}"}, timeout=30
+        ) as client:
+
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await eventually(ready, timeout=120, interval=0.5)
+            assert (await client.put("/v1/users/u1", json={})).status_code == 201
+            accepted = await client.post(
+                "/v1/notifications", json={"user_id": "u1", "title": "back", "channels": ["in_app"]}
+            )
+
+            async def delivered() -> bool:
+                found = await client.get(f"/v1/notifications/{accepted.json()['id']}")
+                return [d["status"] for d in found.json()["deliveries"]] == ["delivered"]
+
+            await eventually(delivered, timeout=60)
+        assert await asyncio.to_thread(herald.stop) == 0  # the loop forwards meanwhile
+    finally:
+        if server is not None:
+            server.close()

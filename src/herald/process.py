@@ -17,7 +17,7 @@ from herald.bus.interface import LANES, BusUnavailable, Lane
 from herald.bus.memory import MemoryBus
 from herald.config import Settings
 from herald.domain import Channel
-from herald.roles import wait_for_event
+from herald.roles import Backoff, describe_error, is_outage, wait_for_event
 from herald.runtime import Runtime
 from herald.security import generate_key, key_from_secret
 from herald.storage.migrate import pending
@@ -28,7 +28,12 @@ ROLES = ("api", "relay", "router", "worker", "scheduler")
 
 
 class StartupError(RuntimeError):
-    """A dependency (database, bus) is unreachable at start; the message names it."""
+    """A start-up problem that waiting will not fix (configuration, schema); the message
+    names it and the process exits."""
+
+
+class DependencyUnavailable(StartupError):
+    """The database or the bus cannot be reached at start: waited out with backoff."""
 
 
 @dataclass
@@ -42,7 +47,21 @@ class Plan:
 
 
 async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
+    """One attempt: connect, check (or migrate) the schema, start the bus."""
     runtime = Runtime.from_settings(settings)
+    try:
+        await _start(runtime, migrate=migrate)
+    except BaseException:
+        try:
+            await runtime.close()
+        except Exception as error:  # half-started: what did start is closed as it can be
+            log.debug("closing a runtime that did not start", error=describe_error(error))
+        raise
+    return runtime
+
+
+async def _start(runtime: Runtime, *, migrate: bool) -> None:
+    database = runtime.store.describe()
     outdated = False
     try:
         if migrate:
@@ -50,23 +69,52 @@ async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
         else:
             outdated = await asyncio.wait_for(pending(runtime.store.engine), 30)
     except Exception as error:
-        await runtime.store.close()
-        raise StartupError(
-            f"database unreachable at {runtime.store.describe()}: {error}"
-        ) from error
+        kind = DependencyUnavailable if is_outage(error) else StartupError
+        raise kind(f"database unreachable at {database}: {describe_error(error)}") from error
     if outdated:
-        await runtime.store.close()
         raise StartupError(
-            f"the database schema at {runtime.store.describe()} is missing or out of date: "
+            f"the database schema at {database} is missing or out of date: "
             "run `herald migrate` first"
         )
     try:
         await runtime.start(migrate=False)
+        await _seed_admin_key(runtime)
     except BusUnavailable as error:
-        await runtime.store.close()
-        raise StartupError(f"bus unreachable: {error}") from error
-    await _seed_admin_key(runtime)
-    return runtime
+        raise DependencyUnavailable(f"bus unreachable: {error}") from error
+    except StartupError:
+        raise
+    except Exception as error:
+        if is_outage(error):
+            raise DependencyUnavailable(
+                f"database unreachable at {database}: {describe_error(error)}"
+            ) from error
+        raise
+
+
+async def start_when_available(
+    settings: Settings, *, migrate: bool, stop: asyncio.Event, backoff: Backoff | None = None
+) -> Runtime | None:
+    """Start, waiting out a database or bus that is not reachable yet (capped exponential
+    backoff, each attempt logged) instead of exiting for a supervisor to restart us. None
+    when `stop` is set while waiting."""
+    backoff = backoff or Backoff(initial=0.5, cap=15.0)
+    while True:
+        try:
+            runtime = await start_runtime(settings, migrate=migrate)
+        except DependencyUnavailable as error:
+            delay = backoff.next_delay()
+            log.warning(
+                "cannot start yet; retrying",
+                error=str(error),
+                attempt=backoff.failures,
+                retry_in_s=round(delay, 2),
+            )
+            if await wait_for_event(stop, delay):
+                return None
+            continue
+        if backoff.failures:
+            log.info("dependencies reachable: starting", attempts=backoff.failures + 1)
+        return runtime
 
 
 async def _seed_admin_key(runtime: Runtime) -> None:
@@ -91,11 +139,14 @@ async def run(settings: Settings, plan: Plan) -> None:
         # --host/--port win over HERALD_HOST/HERALD_PORT, and the default public URL
         # (status callbacks, unsubscribe links) must name where the API really listens.
         settings = settings.model_copy(update={"host": plan.host, "port": plan.port})
-    runtime = await start_runtime(settings, migrate=plan.migrate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runtime = await start_when_available(settings, migrate=plan.migrate, stop=stop)
+    if runtime is None:
+        log.info("stopped before starting")
+        return
     try:
         await _run_roles(runtime, plan, stop)
     finally:

@@ -1,21 +1,107 @@
 """What every long-running role shares: a loop that consumes the bus in batches, hands each
-batch to the role, commits after the work is recorded, and stops cleanly."""
+batch to the role, commits after the work is recorded, and stops cleanly.
+
+Two kinds of failure are told apart. An outage (the bus or the database unreachable, a
+deadlock, a connection lost) is nobody's message's fault: the batch is not committed, the
+loop pauses with a capped exponential backoff and tries again, as long as it takes. Any
+other error belongs to a message: the batch is handled again in halves until the message
+that fails on its own is found; the others are processed, and that one is set aside (the
+role records why, e.g. the notification is marked failed in its delivery log; the message
+goes to the dead-letter topic with the error) so it can never hold its batch back."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+import random
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 
+import sqlalchemy.exc
 import structlog
 
 from herald.bus.interface import Bus, BusUnavailable, Message
+from herald.bus.messages import named_ids, set_aside_record
 
 log = structlog.get_logger()
 
 Handler = Callable[[Sequence[Message]], Awaitable[None]]
+# Records, for the role, why a message is set aside (its delivery log); gets the reason.
+SetAside = Callable[[Message, str], Awaitable[None]]
 # Batches on the priority lane stay small, so an urgent message never waits behind many.
 PRIORITY_BATCH_SIZE = 50
+# SQLSTATE classes of an outage, not of a bad row: connection exception, transaction
+# rollback (deadlock, serialization), insufficient resources, operator intervention
+# (shutdown, "cannot connect now"), system error.
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_OUTAGE_SQLSTATES = frozenset({"55P03"})  # lock not available
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with ±20 % jitter: 0.5 s, 1 s, 2 s ... up to `cap`."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+    rng: random.Random | None = None
+    _failures: int = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.initial * 2.0 ** min(self._failures, 32))
+        self._failures += 1
+        jitter = self.rng.random() if self.rng else random.random()
+        return delay * (0.8 + 0.4 * jitter)
+
+    def reset(self) -> None:
+        self._failures = 0
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+
+def is_outage(error: BaseException) -> bool:
+    """True when `error` means a dependency is unavailable (pause and retry), not that the
+    message being handled is bad."""
+    for cause in _causes(error):
+        if isinstance(cause, BusUnavailable | OSError | ConnectionError):
+            return True  # TimeoutError and refused/reset connections are OSErrors
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(
+            cause,
+            sqlalchemy.exc.OperationalError
+            | sqlalchemy.exc.InterfaceError
+            | sqlalchemy.exc.DisconnectionError
+            | sqlalchemy.exc.TimeoutError,
+        ):
+            return True
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(code, str) and (
+            code[:2] in _OUTAGE_SQLSTATE_CLASSES or code in _OUTAGE_SQLSTATES
+        ):
+            return True
+    return False
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        cause = pending.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        yield cause
+        orig = getattr(cause, "orig", None)
+        pending.extend(
+            [cause.__cause__, cause.__context__, orig if isinstance(orig, BaseException) else None]
+        )
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
 
 async def consume_loop(
@@ -27,9 +113,14 @@ async def consume_loop(
     *,
     batch_size: int = 500,
     name: str,
+    set_aside: SetAside | None = None,
+    backoff: Backoff | None = None,
 ) -> None:
-    """Poll, handle, commit, until `stop` is set. A failed batch is not committed: the
-    consumer is recreated, so the batch is handed out again (at-least-once)."""
+    """Poll, handle, commit, until `stop` is set. A batch that failed because of an outage
+    is not committed: the consumer is recreated after a backoff, so the batch is handed out
+    again (at-least-once). A batch that failed because of a message is split until that
+    message is isolated and set aside (see the module's docstring)."""
+    backoff = backoff or Backoff(initial=0.5, cap=5.0)  # resume within seconds of a recovery
     while not stop.is_set():
         consumer = bus.consumer(topics, group)
         try:
@@ -37,16 +128,92 @@ async def consume_loop(
                 messages = await consumer.poll(batch_size, timeout=0.5)
                 if not messages:
                     continue
-                await handle(messages)
+                await _handle_isolating(bus, group, name, handle, messages, set_aside)
                 await consumer.commit(messages)
-        except BusUnavailable as error:
-            log.warning("bus unavailable, pausing", role=name, error=str(error))
-            await wait_for_event(stop, 2.0)
-        except Exception:
-            log.exception("batch failed; it will be handed out again", role=name)
-            await wait_for_event(stop, 1.0)
+                if backoff.failures:
+                    log.info("resumed", role=name, after_failures=backoff.failures)
+                backoff.reset()
+        except Exception as error:
+            delay = backoff.next_delay()
+            if is_outage(error):
+                log.warning(
+                    "bus or database unavailable, pausing",
+                    role=name,
+                    error=describe_error(error),
+                    retry_in_s=round(delay, 2),
+                )
+            else:  # the set-aside itself failed: nothing was committed
+                log.exception(
+                    "batch failed; it will be handed out again",
+                    role=name,
+                    retry_in_s=round(delay, 2),
+                )
+            await wait_for_event(stop, delay)
         finally:
-            await consumer.close()
+            try:
+                await consumer.close()
+            except Exception as error:  # the bus may be down: the broker forgets us anyway
+                log.warning("closing the consumer failed", role=name, error=describe_error(error))
+
+
+async def _handle_isolating(
+    bus: Bus,
+    group: str,
+    name: str,
+    handle: Handler,
+    messages: Sequence[Message],
+    set_aside: SetAside | None,
+) -> None:
+    """Handle `messages`; when that raises (not an outage), handle each half on its own,
+    down to the single message that fails alone, which is set aside."""
+    try:
+        await handle(messages)
+        return
+    except Exception as error:
+        if is_outage(error):
+            raise
+        if len(messages) == 1:
+            await _set_aside(bus, group, name, messages[0], error, set_aside)
+            return
+        log.warning(
+            "batch failed; handling it in halves to find the message",
+            role=name,
+            count=len(messages),
+            error=describe_error(error),
+        )
+    half = len(messages) // 2
+    await _handle_isolating(bus, group, name, handle, messages[:half], set_aside)
+    await _handle_isolating(bus, group, name, handle, messages[half:], set_aside)
+
+
+async def _set_aside(
+    bus: Bus,
+    group: str,
+    name: str,
+    message: Message,
+    error: Exception,
+    set_aside: SetAside | None,
+) -> None:
+    reason = describe_error(error)
+    log.error(
+        "message set aside: it cannot be processed",
+        role=name,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        ids=named_ids(message),
+        error=reason,
+        exc_info=error,
+    )
+    if set_aside is not None:
+        try:
+            await set_aside(message, reason)
+        except Exception as failure:
+            if is_outage(failure):
+                raise  # try the batch again later: nothing is committed
+            log.exception("recording a set-aside message failed", role=name, key=message.key)
+    await bus.publish([set_aside_record(message, group, reason)])
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:

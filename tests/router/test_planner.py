@@ -227,3 +227,21 @@ def test_skipped_channels_are_neither_folded_nor_counted() -> None:
     assert [(d.state, d.last_error) for d in push] == [(DeliveryState.SKIPPED, "no active device")]
     assert plan.folds == []
     assert [c.channel for c in plan.claims] == [Channel.SMS]
+
+
+def test_size_limits_are_each_channels_own() -> None:
+    long = "x" * 5000  # over every push platform's 4 KB, fine for email and the inbox
+    planned = plan_deliveries(routing(body=long), NOW)
+    states = {(d.channel.value, d.state, d.last_error) for d in planned}
+    assert states == {
+        (
+            "push",
+            DeliveryState.SKIPPED,
+            "the ios push payload is 1005 bytes over the provider's limit",
+        ),
+        ("email", DeliveryState.QUEUED, None),
+        ("sms", DeliveryState.SKIPPED, "the SMS text is over 1600 characters"),
+        ("in_app", DeliveryState.QUEUED, None),
+    }
+    fits = plan_deliveries(routing(body="x" * 1600), NOW)
+    assert {d.state for d in fits} == {DeliveryState.QUEUED}

@@ -43,3 +43,33 @@ def ids_in(messages: Iterable[Message], field: str) -> list[str]:
         if isinstance(value, str):
             seen[value] = None
     return list(seen)
+
+
+_NAMED_IDS = ("notification_id", "delivery_id", "broadcast_id")
+
+
+def named_ids(message: Message) -> dict[str, str]:
+    """The row ids a message names (for logs): notification_id, delivery_id, broadcast_id."""
+    try:
+        value = orjson.loads(message.value)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k in _NAMED_IDS if isinstance(v := value.get(k), str)}
+
+
+def set_aside_record(message: Message, group: str, error: str) -> Record:
+    """A consumed message that could not be processed, on the dead-letter topic: where it
+    came from, which consumer group gave up on it, the ids it names and the error."""
+    body: dict[str, object] = {
+        "set_aside_by": group,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": message.key,
+        "message": message.value.decode("utf-8", "replace"),
+        "error": error,
+        **named_ids(message),
+    }
+    return Record(DEAD_LETTER_TOPIC, message.key or group, orjson.dumps(body))

@@ -14,6 +14,7 @@ class NotificationState(StrEnum):
     ACCEPTED = "accepted"
     ROUTED = "routed"
     CANCELLED = "cancelled"
+    FAILED = "failed"  # could not be routed: set aside, the reason in its delivery log
 
 
 @dataclass(slots=True)

@@ -6,6 +6,10 @@ notification per recipient with a deterministic id and idempotency key (so a rep
 creates nobody twice), and publishes the message for the page after it, then commits.
 Each recipient's notification then goes through the ordinary router: their own
 preferences, quiet hours and channels.
+
+A page is written only if the broadcast is not cancelled, judged in the page's own
+transaction under the broadcast's row lock (a cancel takes the same lock first), so a
+cancel is never followed by a page of new recipients.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import orjson
 import structlog
 
 from herald.bus.interface import BROADCASTS_TOPIC, Bus, Message, Record
+from herald.bus.messages import ids_in
 from herald.domain import Channel, Notification, Priority
 from herald.roles import consume_loop
 from herald.storage import NewNotification, Store
@@ -101,12 +106,10 @@ class BroadcastFanout:
         users = await self.store.audience_page(
             topic=broadcast["topic"], broadcast_id=broadcast_id, after=after, limit=self.page_size
         )
-        if users:
-            await self.store.accept_notifications(
-                [recipient_notification(broadcast, u) for u in users]
-            )
-            if await self._cancelled_meanwhile(broadcast_id):
-                return len(users)
+        if users and not await self.store.accept_broadcast_page(
+            broadcast_id, [recipient_notification(broadcast, u) for u in users]
+        ):
+            return 0  # cancelled since it was read: the page is not written
         if len(users) == self.page_size:
             await self.bus.publish([page_record(broadcast_id, users[-1])])
         else:
@@ -114,13 +117,11 @@ class BroadcastFanout:
             log.info("broadcast fanned out", broadcast_id=broadcast_id)
         return len(users)
 
-    async def _cancelled_meanwhile(self, broadcast_id: str) -> bool:
-        """A cancel that landed while this page was written: cancel what the page made."""
-        current = await self.store.get_broadcast(broadcast_id)
-        if current is None or current["state"] != "cancelled":
-            return False
-        await self.store.cancel(broadcast_id=broadcast_id)
-        return True
+    async def set_aside(self, message: Message, reason: str) -> None:
+        """A page that cannot be fanned out: the broadcast is `failed` (unless cancelled)."""
+        for broadcast_id in ids_in([message], "broadcast_id"):
+            await self.store.set_broadcast_state(broadcast_id, "failed", unless="cancelled")
+            log.error("broadcast page set aside", broadcast_id=broadcast_id, reason=reason)
 
     async def run(self, stop: asyncio.Event) -> None:
         await consume_loop(
@@ -131,4 +132,5 @@ class BroadcastFanout:
             stop,
             batch_size=10,
             name="fanout",
+            set_aside=self.set_aside,
         )

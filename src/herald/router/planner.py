@@ -28,10 +28,13 @@ from herald.domain import (
     next_occurrence,
     parse_wall_time,
 )
+from herald.providers.push_payloads import check_push_size
 from herald.storage.records import RoutingInput
 from herald.templates import Template, TemplateError
 
 NO_TARGET = "-"
+# The longest SMS body providers take (Twilio: 1,600 characters, ten-odd segments).
+SMS_MAX_CHARS = 1600
 UnsubscribeUrl = Callable[[str, str], str]  # (user id, category) -> URL
 
 
@@ -132,11 +135,32 @@ def _channel_deliveries(
             channel,
             target,
             payload,
-            _state_and_reason(decision, skip_reason, (channel.value, target.target) in suppressed),
+            _state_and_reason(
+                decision,
+                skip_reason or _size_problem(channel, target, payload),
+                (channel.value, target.target) in suppressed,
+            ),
             expires_at,
         )
         for target in targets
     ]
+
+
+def _size_problem(channel: Channel, target: _Target, payload: dict[str, Any]) -> str | None:
+    """Why this copy is too large for the channel (and platform) it would go out on: each
+    channel's own limit, so a long email is not refused for a push it will never be."""
+    if channel == Channel.PUSH and target.platform is not None:
+        try:
+            over = check_push_size(
+                target.platform, payload.get("title"), payload.get("body"), payload.get("data")
+            )
+        except ValueError:  # an unknown platform: the provider answers for it
+            return None
+        if over:
+            return f"the {target.platform} push payload is {over} bytes over the provider's limit"
+    if channel == Channel.SMS and len(payload.get("body") or "") > SMS_MAX_CHARS:
+        return f"the SMS text is over {SMS_MAX_CHARS} characters"
+    return None
 
 
 def _state_and_reason(

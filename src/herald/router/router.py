@@ -6,6 +6,12 @@ DO NOTHING: the ids are deterministic), folding digests and counting frequency c
 same transaction; publish the queued ones to their channel topics; then commit. A crash
 anywhere before the commit replays the batch, which writes nothing new and republishes
 what is still queued.
+
+The write is conditional: only notifications still `accepted` in that transaction are marked
+routed and get deliveries (their rows locked, in id order, as a cancel locks them), so a
+cancel that commits after the read is never overwritten. A notification that cannot be
+routed at all (its batch raised, and it raises alone) is set aside by the consume loop:
+`failed`, with the reason in its delivery log and on the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ class Router:
     async def handle(self, messages: Sequence[Message]) -> None:
         await self.route(ids_in(messages, "notification_id"))
 
+    async def set_aside(self, message: Message, reason: str) -> None:
+        """A notification that cannot be routed: failed, with the reason in its log."""
+        notification_ids = ids_in([message], "notification_id")
+        await self.store.set_aside_notifications(notification_ids, f"could not be routed: {reason}")
+        log.error("notification set aside", notification_ids=notification_ids, reason=reason)
+
     async def route(self, notification_ids: Sequence[str]) -> None:
         if not notification_ids:
             return
@@ -78,6 +90,7 @@ class Router:
                         stop,
                         batch_size=500 if lane == Lane.BULK else PRIORITY_BATCH_SIZE,
                         name=f"router.{lane}",
+                        set_aside=self.set_aside,
                     )
                 )
             if Lane.BULK in lanes:

@@ -12,7 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from herald.clock import Clock
 from herald.domain import NotificationState
 from herald.storage import schema as t
+from herald.storage.records import NewNotification
 from herald.util import chunks
+
+CANCELLED = "cancelled"
 
 
 class BroadcastStore:
@@ -26,6 +29,11 @@ class BroadcastStore:
         raise NotImplementedError
 
     def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError
+
+    async def _insert_notifications_on(
+        self, db: AsyncConnection, items: Sequence[NewNotification]
+    ) -> dict[str, tuple[str, str, bool]]:
         raise NotImplementedError
 
     async def subscribe(self, topic: str, user_id: str) -> bool:
@@ -159,6 +167,32 @@ class BroadcastStore:
                 t.broadcasts.update().where(*where).values(state=state, updated_at=self.clock.now())
             )
         return bool(result.rowcount)
+
+    async def accept_broadcast_page(
+        self, broadcast_id: str, items: Sequence[NewNotification]
+    ) -> bool:
+        """Accept one page of a broadcast's recipients unless the broadcast is cancelled
+        (or gone), judged in the same transaction: the broadcast's row stays locked until
+        the page is written, so a cancel either comes first (and nothing is written) or
+        waits and then cancels the whole page. False when it wrote nothing."""
+        b = t.broadcasts.c
+        async with self.engine.begin() as db:
+            state = await db.scalar(
+                sa.select(b.state).where(b.id == broadcast_id).with_for_update()
+            )
+            if state is None or state == CANCELLED:
+                return False
+            await self._insert_notifications_on(db, items)
+        return True
+
+    async def _mark_broadcast_cancelled(self, db: AsyncConnection, broadcast_id: str) -> None:
+        """In a cancel's transaction: the broadcast is cancelled, and its row stays locked so
+        a page of its fan-out being written is committed before the cancel reads on."""
+        await db.execute(
+            t.broadcasts.update()
+            .where(t.broadcasts.c.id == broadcast_id)
+            .values(state=CANCELLED, updated_at=self.clock.now())
+        )
 
     async def broadcast_progress(self, broadcast_id: str) -> dict[str, int]:
         """Notifications routed, and the broadcast's deliveries by state."""

@@ -780,9 +780,14 @@ class Store(BroadcastStore, ShapingStore):
         ids = sa.select(n.id).where(which).scalar_subquery()
         now = self.clock.now()
         async with self.transaction() as db:
+            if broadcast_id:  # first: a page being written finishes before this goes on
+                await self._mark_broadcast_cancelled(db, broadcast_id)
             await db.execute(
                 t.notifications.update()
-                .where(which, n.state == NotificationState.ACCEPTED.value)
+                .where(
+                    n.id.in_(self._lock_accepted(which)),
+                    n.state == NotificationState.ACCEPTED.value,
+                )
                 .values(state=NotificationState.CANCELLED.value)
             )
             rows = list(
@@ -974,6 +979,14 @@ class Store(BroadcastStore, ShapingStore):
         but did not publish."""
         now = self.clock.now()
         async with self.transaction() as db:
+            # First, and conditionally: a notification cancelled since it was loaded stays
+            # cancelled and gets no deliveries (the rows stay locked until the commit, so a
+            # cancel running now waits for this and then skips what it wrote).
+            routed = await self._mark_routed(db, notification_ids, now)
+            if len(routed) < len(set(notification_ids)):
+                deliveries = [d for d in deliveries if d.notification_id in routed]
+                folds = [f for f in folds if f.notification_id in routed]
+                claims = [c for c in claims if c.notification_id in routed]
             new_ids: set[str] = set()
             for chunk in chunks(deliveries, self.batch_rows):
                 inserted = await db.execute(  # an executemany: see _insert_notifications
@@ -994,18 +1007,100 @@ class Store(BroadcastStore, ShapingStore):
                 if d.id in new_ids
             ]
             await self._insert_events(db, events)
-            await db.execute(
-                t.notifications.update()
-                .where(self._among(t.notifications.c.id, notification_ids))
-                .values(state=NotificationState.ROUTED.value, routed_at=now)
-            )
+            if not routed:
+                return []
             d = t.deliveries.c
             rows = await db.execute(  # only what the publish needs: no payloads decoded
                 sa.select(d.id, d.user_id, d.channel, d.priority).where(
-                    self._among(d.notification_id, notification_ids), d.state == S.QUEUED.value
+                    self._among(d.notification_id, routed), d.state == S.QUEUED.value
                 )
             )
             return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
+
+    async def set_aside_notifications(self, notification_ids: Sequence[str], reason: str) -> int:
+        """Notifications the router cannot route become `failed`, with an event naming the
+        reason in their delivery log (its delivery id is the notification's own: there is no
+        delivery). Only accepted ones: one routed or cancelled meanwhile keeps its state."""
+        if not notification_ids:
+            return 0
+        n = t.notifications.c
+        now = self.clock.now()
+        async with self.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.notifications.update()
+                    .where(
+                        n.id.in_(self._lock_accepted(self._among(n.id, notification_ids))),
+                        n.state == NotificationState.ACCEPTED.value,
+                    )
+                    .values(state=NotificationState.FAILED.value)
+                    .returning(n.id)
+                )
+            )
+            detail = {"reason": reason, "set_aside": True}
+            await self._insert_events(
+                db,
+                [_event_row(DeliveryEvent(r.id, r.id, S.FAILED, now, detail)) for r in rows],
+            )
+        return len(rows)
+
+    async def set_aside_deliveries(self, delivery_ids: Sequence[str], reason: str) -> int:
+        """Deliveries a worker cannot process become `failed` with the reason (and an
+        event); a delivery already final keeps its state."""
+        if not delivery_ids:
+            return 0
+        d = t.deliveries.c
+        now = self.clock.now()
+        live = [S.QUEUED.value, S.DEFERRED.value, S.SENDING.value]
+        async with self.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.deliveries.update()
+                    .where(self._among(d.id, delivery_ids), d.state.in_(live))
+                    .values(
+                        state=S.FAILED.value, last_error=reason, lease_until=None, updated_at=now
+                    )
+                    .returning(d.id, d.notification_id)
+                )
+            )
+            detail = {"reason": reason, "set_aside": True}
+            await self._insert_events(
+                db,
+                [
+                    _event_row(DeliveryEvent(r.id, r.notification_id, S.FAILED, now, detail))
+                    for r in rows
+                ],
+            )
+        return len(rows)
+
+    async def _mark_routed(
+        self, db: AsyncConnection, notification_ids: Sequence[str], now: datetime
+    ) -> set[str]:
+        """Mark routed those of these notifications that are still accepted; their ids."""
+        if not notification_ids:
+            return set()
+        n = t.notifications.c
+        still_accepted = self._lock_accepted(self._among(n.id, notification_ids))
+        result = await db.execute(
+            t.notifications.update()
+            .where(n.id.in_(still_accepted), n.state == NotificationState.ACCEPTED.value)
+            .values(state=NotificationState.ROUTED.value, routed_at=now)
+            .returning(n.id)
+        )
+        return {row.id for row in result}
+
+    def _lock_accepted(self, which: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:
+        """The accepted notifications among `which`, locked in id order (PostgreSQL: FOR
+        UPDATE; SQLite runs one transaction at a time). The router and a cancel lock the
+        same rows in the same order, so they queue behind each other and never deadlock."""
+        n = t.notifications.c
+        return (
+            sa.select(n.id)
+            .where(which, n.state == NotificationState.ACCEPTED.value)
+            .order_by(n.id)
+            .with_for_update()
+            .scalar_subquery()
+        )
 
     async def _record_shaping(
         self,

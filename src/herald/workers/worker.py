@@ -139,8 +139,15 @@ class ChannelWorker:
                         if lane == Lane.BULK
                         else PRIORITY_BATCH_SIZE,
                         name=f"worker.{self.channel}.{lane}",
+                        set_aside=self.set_aside,
                     )
                 )
+
+    async def set_aside(self, message: Message, reason: str) -> None:
+        """A delivery this worker cannot process: failed, with the reason in its log."""
+        await self.store.set_aside_deliveries(
+            ids_in([message], "delivery_id"), f"could not be processed: {reason}"
+        )
 
     async def handle(self, messages: Sequence[Message]) -> None:
         await self.process(ids_in(messages, "delivery_id"))

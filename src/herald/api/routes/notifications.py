@@ -67,7 +67,8 @@ def _new_notification(candidate: _Candidate) -> NewNotification:
 
 async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dict[int, ApiError]:
     """What the schema cannot see: unknown users, templates that do not render for the
-    user's locale, push payloads over the provider limit."""
+    user's locale. (Sizes: the schema bounds every part; each channel's own limit is
+    the router's, for the channels a notification really goes out on.)"""
     errors: dict[int, ApiError] = {}
     known = await rt.store.existing_user_ids(c.body.user_id for c in candidates)
     templates: dict[str, Template | None] = {}
@@ -79,10 +80,6 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
                 "unknown_user",
                 f"user {body.user_id!r} does not exist; PUT /v1/users/{{id}} first",
             )
-            continue
-        problem = _push_size_problem(body)
-        if problem:
-            errors[index] = ApiError(413, "payload_too_large", problem)
             continue
         if body.template is None:
             continue
@@ -106,21 +103,6 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
                 [{"field": error.where, "message": error.message}],
             )
     return errors
-
-
-def _push_size_problem(body: NotificationIn) -> str | None:
-    try:
-        from herald.providers.push_payloads import check_push_size
-    except ImportError:  # pragma: no cover
-        return None
-    for platform in ("android", "ios", "web"):
-        over = check_push_size(platform, body.title, body.body, body.data)
-        if over:
-            return (
-                f"the {platform} push payload is {over} bytes over the provider's limit; "
-                "shorten title, body or data"
-            )
-    return None
 
 
 async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptResult]:
