@@ -312,6 +312,7 @@ async def test_reconnects_after_the_server_restarts(fake: FakeApns, provider: Ap
     await fake.stop()
     [down] = await provider.send([ios()])
     assert isinstance(down, ProviderDown)
+    assert "unreachable" in down.reason
     await fake.start()
 
     [outcome] = await provider.send([ios()])
@@ -332,6 +333,7 @@ async def test_timeout_is_provider_down(
         finally:
             await provider.close()
     assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 async def test_one_stream_at_a_time_until_a_request_authenticates(

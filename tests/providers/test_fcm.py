@@ -293,6 +293,7 @@ async def test_network_error_is_provider_down(fake: FakeFcm, provider: FcmProvid
     await fake.stop()
     [outcome] = await provider.send([android(fcm_token())])
     assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 async def test_timeout_is_provider_down(
@@ -314,3 +315,4 @@ async def test_timeout_is_provider_down(
         finally:
             await provider.close()
     assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason

@@ -168,6 +168,7 @@ async def test_connection_refused_is_provider_down(clock: FakeClock) -> None:
     [outcome] = await provider.send([email_message()])
     await provider.close()
     assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 async def test_fake_refuses_a_malformed_body(fake: FakeSendGrid) -> None:

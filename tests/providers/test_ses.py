@@ -140,6 +140,7 @@ async def test_unreachable_endpoint_is_provider_down(clock: FakeClock) -> None:
     async with _provider(f"http://127.0.0.1:{free_tcp_port()}", clock) as ses:
         [outcome] = await ses.send([email_message()])
     assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 class SesStub:

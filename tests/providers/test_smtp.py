@@ -202,6 +202,7 @@ async def test_unreachable_server_is_provider_down_for_every_message(clock: Fake
     provider = plain_provider(free_tcp_port(), clock)
     outcomes = await provider.send([email_message(), email_message()])
     assert [type(o) for o in outcomes] == [ProviderDown, ProviderDown]
+    assert all("smtp unreachable" in o.reason for o in outcomes)  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -262,6 +263,7 @@ async def test_untrusted_certificate_is_provider_down(
     assert provider is not None
     [outcome] = await provider.send([email_message()])
     assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 async def test_implicit_tls(

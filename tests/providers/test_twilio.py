@@ -182,6 +182,7 @@ async def test_connection_refused_is_provider_down(fake: FakeTwilio, clock: Fake
     [outcome] = await provider.send([sms_message()])
     await provider.close()
     assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 class CallbackReceiver:
