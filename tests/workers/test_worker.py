@@ -453,7 +453,8 @@ async def test_a_hostile_web_push_endpoint_fails_alone_and_opens_no_circuit(
         finally:
             await provider.close()
         assert len(fake.received) == 1
-    hostile, critical = await runtime.store.get_deliveries([ids["mallory"], ids["alice"]])
+    by_id = {d.id: d for d in await runtime.store.get_deliveries(list(ids.values()))}
+    hostile, critical = by_id[ids["mallory"]], by_id[ids["alice"]]
     assert (hostile.state, hostile.last_error) == (
         S.FAILED,
         "web push 403: VAPID key refused for this subscription",
@@ -577,3 +578,21 @@ async def test_a_rate_limited_provider_gets_only_what_it_can_send_claimed(
     deliveries = await runtime.store.get_deliveries(ids)
     assert {d.state for d in deliveries} == {S.SENT}
     assert max(claimed_at_send) == 1
+
+
+async def test_a_delivery_whose_workers_keep_dying_is_dead_lettered(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """Each claim counts an attempt even when no outcome comes back (the worker died and
+    the lease expired): past the attempts, the next claim dead-letters it unsent."""
+    delivery_id = await route_one(api, runtime, ["email"])
+    for _ in range(3):
+        assert await runtime.store.claim_deliveries([delivery_id], 30)  # ... and dies
+        clock.advance(31)
+        await runtime.scheduler().tick()  # the lease expired: queued again
+    provider = Scripted("email")
+    await worker_for(runtime, Channel.EMAIL, provider, max_attempts=3).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.FAILED
+    assert delivery.last_error == "dead-lettered after 3 attempts without an answer"
+    assert provider.sent == []

@@ -6,7 +6,7 @@ For a batch from `herald.deliveries.<channel>`, in chunks (a few claimed at a ti
    and push deliveries whose device was deleted are skipped before the claim;
 2. hand each claimed delivery to its provider (failover order, circuits, rate limits);
 3. record each outcome as it arrives: a recorder writes them, with their events, every
-   ~25 ms or every 50 outcomes, and deactivates dead devices, suppresses dead addresses;
+   ~25 ms or every 200 outcomes, and deactivates dead devices, suppresses dead addresses;
 4. commit the batch on the bus once the recorder has written everything.
 A crash between 1 and 3 leaves deliveries `sending` with a lease; the scheduler applies
 the channel's policy when the lease expires. Claiming in chunks (fewer for a rate-limited
@@ -72,7 +72,7 @@ class WorkerSettings:
     claim_ahead_seconds: float = 0.5
     # Outcomes are written every `record_interval_seconds` or `record_batch` outcomes.
     record_interval_seconds: float = 0.025
-    record_batch: int = 50
+    record_batch: int = 200
 
 
 @dataclass
@@ -208,6 +208,11 @@ class ChannelWorker:
         for delivery in claimed:
             if delivery.expires_at is not None and delivery.expires_at <= now:
                 recorder.add(_final(delivery, S.FAILED, None, "expired before it could be sent"))
+            elif delivery.attempts > self.settings.retry.max_attempts:
+                # Claimed again and again without an outcome (each worker died on it, and
+                # each lease expiry put it back): no retry loop runs without a bound.
+                reason = f"dead-lettered after {delivery.attempts - 1} attempts without an answer"
+                recorder.add(_final(delivery, S.FAILED, None, reason, dead_letter=True))
             else:
                 live.append(_Attempt(delivery, list(self.providers.candidates(delivery))))
         await self._send_all(live, recorder)
