@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from herald.domain import Outcome, ProviderDown
+from herald.domain import Outcome, ProviderDown, Retry
 from herald.providers.base import OutboundMessage, Provider
 from herald.providers.targets import TargetPolicy, TargetRefused
 
@@ -174,7 +174,7 @@ class HttpProvider(Provider):
             outcomes[index] = outcome
 
         await self.send_each(messages, keep)
-        return [o if o is not None else ProviderDown("no outcome") for o in outcomes]
+        return [o if o is not None else Retry("no outcome") for o in outcomes]
 
     async def send_each(
         self, messages: Sequence[OutboundMessage], report: Callable[[int, Outcome], None]

@@ -172,9 +172,15 @@ class ChannelWorker:
                 await self._process_chunk(ids, recorder)
 
         async with recorder:
-            await asyncio.gather(
-                *(one(delivery_ids[i : i + chunk]) for i in range(0, len(delivery_ids), chunk))
+            # Every chunk runs to its end even when another fails (a claim during a database
+            # restart): what was sent is still recorded before the batch is given up.
+            results = await asyncio.gather(
+                *(one(delivery_ids[i : i + chunk]) for i in range(0, len(delivery_ids), chunk)),
+                return_exceptions=True,
             )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return recorder.written
 
     def _claim_window(self) -> int:
