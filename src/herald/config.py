@@ -64,6 +64,12 @@ class Settings(BaseSettings):
 
     vapid_private_key: str | None = None
     vapid_subject: str | None = None
+    # Web Push endpoints are chosen by whoever registers a device: only public https hosts,
+    # and when set only these (exact names or "*.suffix"; see providers/targets.py for the
+    # known push services). HERALD_ALLOW_PRIVATE_TARGETS=1 lets loopback/private addresses
+    # through, for tests and demos against local fakes only.
+    webpush_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allow_private_targets: bool = False
 
     email_from: str = "Herald <herald@localhost>"
     smtp_host: str | None = None
@@ -85,7 +91,7 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
 
-    @field_validator("email_providers", "sms_providers", mode="before")
+    @field_validator("email_providers", "sms_providers", "webpush_allowed_hosts", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

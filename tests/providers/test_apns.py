@@ -311,7 +311,8 @@ async def test_reconnects_after_the_server_restarts(fake: FakeApns, provider: Ap
     await provider.send([ios()])
     await fake.stop()
     [down] = await provider.send([ios()])
-    assert isinstance(down, Retry)
+    assert isinstance(down, ProviderDown)
+    assert "unreachable" in down.reason
     await fake.start()
 
     [outcome] = await provider.send([ios()])
@@ -320,7 +321,9 @@ async def test_reconnects_after_the_server_restarts(fake: FakeApns, provider: Ap
     assert len(fake.received) == 2
 
 
-async def test_timeout_is_retry(local_tls: LocalTls, clock: FakeClock, tmp_path: Path) -> None:
+async def test_timeout_is_provider_down(
+    local_tls: LocalTls, clock: FakeClock, tmp_path: Path
+) -> None:
     async with FakeApns(tls=local_tls, clock=clock) as fake:
         provider = make_provider(fake, local_tls, clock, tmp_path)
         provider.timeout = 0.2
@@ -329,7 +332,8 @@ async def test_timeout_is_retry(local_tls: LocalTls, clock: FakeClock, tmp_path:
             [outcome] = await provider.send([ios()])
         finally:
             await provider.close()
-    assert isinstance(outcome, Retry)
+    assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 async def test_one_stream_at_a_time_until_a_request_authenticates(

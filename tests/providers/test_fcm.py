@@ -288,14 +288,17 @@ async def test_oversized_payload_is_rejected_without_a_request(
     assert fake.requests == 0
 
 
-async def test_network_error_is_retry(fake: FakeFcm, provider: FcmProvider) -> None:
+async def test_network_error_is_provider_down(fake: FakeFcm, provider: FcmProvider) -> None:
     await provider.send([android(fcm_token())])
     await fake.stop()
     [outcome] = await provider.send([android(fcm_token())])
-    assert isinstance(outcome, Retry)
+    assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
-async def test_timeout_is_retry(local_tls: LocalTls, clock: FakeClock, tmp_path: Path) -> None:
+async def test_timeout_is_provider_down(
+    local_tls: LocalTls, clock: FakeClock, tmp_path: Path
+) -> None:
     async with FakeFcm(tls=local_tls, clock=clock) as fake:
         info = fake.create_service_account()
         provider = FcmProvider(
@@ -311,4 +314,5 @@ async def test_timeout_is_retry(local_tls: LocalTls, clock: FakeClock, tmp_path:
             [outcome] = await provider.send([android(fcm_token())])
         finally:
             await provider.close()
-    assert isinstance(outcome, Retry)
+    assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason

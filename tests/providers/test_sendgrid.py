@@ -163,11 +163,12 @@ async def test_injected_failures_are_retries(clock: FakeClock) -> None:
     assert "429" in outcome_429.reason
 
 
-async def test_connection_refused_is_retry(clock: FakeClock) -> None:
+async def test_connection_refused_is_provider_down(clock: FakeClock) -> None:
     provider = make_provider(f"http://127.0.0.1:{free_tcp_port()}", "SG.key", clock)
     [outcome] = await provider.send([email_message()])
     await provider.close()
-    assert isinstance(outcome, Retry)
+    assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 async def test_fake_refuses_a_malformed_body(fake: FakeSendGrid) -> None:

@@ -136,10 +136,11 @@ async def test_batch_keeps_order(moto_url: str, provider: SesProvider) -> None:
     assert len(ids) == 5
 
 
-async def test_unreachable_endpoint_is_retry(clock: FakeClock) -> None:
+async def test_unreachable_endpoint_is_provider_down(clock: FakeClock) -> None:
     async with _provider(f"http://127.0.0.1:{free_tcp_port()}", clock) as ses:
         [outcome] = await ses.send([email_message()])
-    assert isinstance(outcome, Retry)
+    assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 class SesStub:

@@ -198,10 +198,11 @@ async def test_malformed_address_and_header_injection(plain_server: int, clock: 
     assert isinstance(outcomes[1], Rejected)
 
 
-async def test_unreachable_server_is_retry_for_every_message(clock: FakeClock) -> None:
+async def test_unreachable_server_is_provider_down_for_every_message(clock: FakeClock) -> None:
     provider = plain_provider(free_tcp_port(), clock)
     outcomes = await provider.send([email_message(), email_message()])
-    assert [type(o) for o in outcomes] == [Retry, Retry]
+    assert [type(o) for o in outcomes] == [ProviderDown, ProviderDown]
+    assert all("smtp unreachable" in o.reason for o in outcomes)  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -253,7 +254,7 @@ async def test_wrong_password_is_provider_down(
     assert [type(o) for o in outcomes] == [ProviderDown, ProviderDown]
 
 
-async def test_untrusted_certificate_is_retry(
+async def test_untrusted_certificate_is_provider_down(
     starttls_server: int, local_tls: LocalTls, clock: FakeClock
 ) -> None:
     provider = SmtpProvider.from_settings(
@@ -261,7 +262,8 @@ async def test_untrusted_certificate_is_retry(
     )
     assert provider is not None
     [outcome] = await provider.send([email_message()])
-    assert isinstance(outcome, Retry)
+    assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 async def test_implicit_tls(

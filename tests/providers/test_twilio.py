@@ -177,11 +177,12 @@ async def test_throttling_and_outages_are_retries(clock: FakeClock) -> None:
     assert "503" in down_outcome.reason
 
 
-async def test_connection_refused_is_retry(fake: FakeTwilio, clock: FakeClock) -> None:
+async def test_connection_refused_is_provider_down(fake: FakeTwilio, clock: FakeClock) -> None:
     provider = make_provider(fake, clock, base_url=f"http://127.0.0.1:{free_tcp_port()}")
     [outcome] = await provider.send([sms_message()])
     await provider.close()
-    assert isinstance(outcome, Retry)
+    assert isinstance(outcome, ProviderDown)
+    assert "unreachable" in outcome.reason
 
 
 class CallbackReceiver:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.channels import Platform, Priority
-from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
+from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, Rejected, Retry
 from herald.fakes.tls import LocalTls
 from herald.fakes.webpush import FakeWebPush
 from herald.providers.base import OutboundMessage
@@ -55,6 +55,7 @@ async def provider(
         vapid_private_key=str(write_file(tmp_path, "vapid.pem", pem)),
         vapid_subject=SUBJECT,
         ca_file=local_tls.ca_file,
+        allow_private_targets=True,  # the fake listens on 127.0.0.1
     )
     provider = WebPushProvider.from_settings(settings, clock)
     assert provider is not None
@@ -162,8 +163,8 @@ class ErrorRow:
 
 WEBPUSH_TABLE = {
     "400 bad headers or crypto": ErrorRow(400, Rejected),
-    "401 VAPID": ErrorRow(401, ProviderDown),
-    "403 VAPID": ErrorRow(403, ProviderDown),
+    "401 VAPID": ErrorRow(401, Rejected),
+    "403 VAPID": ErrorRow(403, Rejected),
     "404 unknown subscription": ErrorRow(404, InvalidTarget),
     "410 gone": ErrorRow(410, InvalidTarget),
     "413 too large": ErrorRow(413, Rejected),
@@ -201,7 +202,7 @@ async def test_real_refusals_from_the_fake(fake: FakeWebPush, provider: WebPushP
     assert outcomes == [
         InvalidTarget("web push 410"),
         InvalidTarget("web push 404"),
-        ProviderDown("web push 403: VAPID key refused"),
+        Rejected("web push 403: VAPID key refused for this subscription"),
     ]
     assert fake.received == []
 
@@ -248,10 +249,12 @@ async def test_malformed_subscription_is_invalid_target(provider: WebPushProvide
 
 
 async def test_network_error_is_retry(fake: FakeWebPush, provider: WebPushProvider) -> None:
+    """An endpoint that does not answer is that endpoint's problem (a Retry), never the
+    provider's (a circuit), and the reason stored says nothing about the port."""
     subscription = fake.subscribe()
     await fake.stop()
     [outcome] = await provider.send([web(subscription)])
-    assert isinstance(outcome, Retry)
+    assert outcome == Retry("web push endpoint unreachable")
 
 
 async def _raw_push(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import httpx
@@ -18,16 +18,19 @@ from herald.domain import (
     DeliveryState,
     InvalidTarget,
     Outcome,
+    Platform,
     ProviderDown,
     Rejected,
     Retry,
 )
 from herald.domain.retry import RetryPolicy
+from herald.fakes.tls import LocalTls, generate_local_tls
 from herald.providers.base import OutboundMessage, Provider
 from herald.providers.registry import ProviderSet
 from herald.runtime import Runtime
 from herald.storage import DeliveryUpdate
 from herald.workers.worker import ChannelWorker, WorkerSettings
+from tests.fixtures.herald import eventually
 
 S = DeliveryState
 
@@ -334,3 +337,262 @@ async def test_a_late_answer_settles_an_at_most_once_delivery_marked_unknown(
     (delivery,) = await runtime.store.get_deliveries([delivery_id])
     assert (delivery.state, delivery.provider_message_id) == (S.SENT, "SM123")
     assert len(provider.sent) == 1
+
+
+# --------------------------------------------------------------------------- failover
+
+
+async def test_an_unreachable_provider_fails_over_in_the_same_attempt(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SES refusing connections is SES being down: SendGrid sends the email at once, in
+    the same attempt, instead of SES being retried until its attempts run out."""
+    from herald.config import Settings
+    from herald.fakes.sendgrid import FakeSendGrid
+    from herald.providers.sendgrid import SendGridProvider
+    from herald.providers.ses import SesProvider
+    from tests.providers.conftest import free_tcp_port
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    delivery_id = await route_one(api, runtime, ["email"], body="Thanks")
+    async with FakeSendGrid(clock=clock) as fake:
+        settings = Settings(
+            email_providers=["ses", "sendgrid"],
+            ses_endpoint_url=f"http://127.0.0.1:{free_tcp_port()}",  # nothing listens
+            sendgrid_api_key=fake.api_key,
+            sendgrid_base_url=fake.base_url,
+        )
+        ses, sendgrid = (
+            SesProvider.from_settings(settings),
+            SendGridProvider.from_settings(settings),
+        )
+        assert ses is not None
+        assert sendgrid is not None
+        try:
+            await worker_for(runtime, Channel.EMAIL, ses, sendgrid).process([delivery_id])
+        finally:
+            await ses.close()
+            await sendgrid.close()
+        [mail] = fake.received
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.provider, delivery.attempts) == (S.SENT, "sendgrid", 1)
+    assert mail.custom_args == {"herald_delivery_id": delivery_id}
+    sent = next(
+        e for e in await runtime.store.list_events(delivery.notification_id) if e.state == S.SENT
+    )
+    [failed_over] = sent.detail["failed_over_from"]
+    assert failed_over.startswith("ses: provider down: ses unreachable")
+
+
+# --------------------------------------------------------------------------- one target
+
+
+@pytest.fixture(scope="module")
+def web_tls(tmp_path_factory: pytest.TempPathFactory) -> LocalTls:
+    return generate_local_tls(tmp_path_factory.mktemp("tls"))
+
+
+async def test_a_hostile_web_push_endpoint_fails_alone_and_opens_no_circuit(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, web_tls: LocalTls
+) -> None:
+    """An endpoint answering 403 is that subscription's problem: its delivery fails, the
+    `webpush` circuit stays closed and another user's critical push goes out at once."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from herald.fakes.webpush import FakeWebPush
+    from herald.providers.targets import TargetPolicy
+    from herald.providers.webpush import VapidKey, WebPushProvider
+
+    async with FakeWebPush(tls=web_tls, clock=clock) as fake:
+        ids = {}
+        for user, priority in (("mallory", "normal"), ("alice", "critical")):
+            subscription = fake.subscribe()
+            if user == "mallory":
+                fake.fail(subscription["endpoint"], 403)
+            await api.put(f"/v1/users/{user}", json={})
+            await runtime.store.register_device(
+                user, Platform.WEB, subscription["endpoint"], subscription
+            )
+            accepted = await api.post(
+                "/v1/notifications",
+                json={"user_id": user, "title": "t", "channels": ["push"], "priority": priority},
+            )
+            await runtime.router().route([accepted.json()["id"]])
+            (delivery,) = await runtime.store.list_deliveries(accepted.json()["id"])
+            ids[user] = delivery.id
+        provider = WebPushProvider(
+            VapidKey(ec.generate_private_key(ec.SECP256R1())),
+            "mailto:ops@example.com",
+            clock=clock,
+            ca_file=web_tls.ca_file,
+            targets=TargetPolicy(allow_private=True),  # the fake listens on 127.0.0.1
+        )
+        worker = ChannelWorker(
+            Channel.PUSH,
+            runtime.store,
+            runtime.bus,
+            ProviderSet(
+                by_channel={Channel.PUSH: [provider]}, push_by_platform={"web": [provider]}
+            ),
+            runtime.clock,
+        )
+        try:
+            await worker.process([ids["mallory"]])
+            assert not worker.circuits.is_open("webpush")
+            await worker.process([ids["alice"]])
+        finally:
+            await provider.close()
+        assert len(fake.received) == 1
+    by_id = {d.id: d for d in await runtime.store.get_deliveries(list(ids.values()))}
+    hostile, critical = by_id[ids["mallory"]], by_id[ids["alice"]]
+    assert (hostile.state, hostile.last_error) == (
+        S.FAILED,
+        "web push 403: VAPID key refused for this subscription",
+    )
+    assert (critical.state, critical.attempts) == (S.SENT, 1)
+
+
+async def test_a_deleted_devices_pending_push_is_not_sent(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    delivery_id = await route_one(api, runtime, ["push"])
+    (device,) = (await api.get("/v1/users/u1/devices")).json()["items"]
+    assert (await api.delete(f"/v1/users/u1/devices/{device['id']}")).status_code == 204
+    provider = Scripted("apns")
+    await worker_for(runtime, Channel.PUSH, provider).process([delivery_id])
+    assert provider.sent == []
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.SKIPPED
+    assert "device deleted" in (delivery.last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("ttl_seconds", "max_wait"),
+    [(300, 86_400.0), (None, 600.0)],
+    ids=["bounded by the TTL", "no TTL: bounded by the longest wait"],
+)
+async def test_waiting_for_a_provider_that_stays_down_ends(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    clock: FakeClock,
+    ttl_seconds: int | None,
+    max_wait: float,
+) -> None:
+    """Waiting for an open circuit refunds the attempt, so without a bound a provider that
+    never comes back would defer the delivery every 30 s forever."""
+    extra = {"ttl_seconds": ttl_seconds} if ttl_seconds else {}
+    delivery_id = await route_one(api, runtime, ["email"], **extra)
+    provider = Scripted("ses", *[ProviderDown("account suspended")] * 1000)
+    worker = worker_for(runtime, Channel.EMAIL, provider)
+    worker.settings.max_circuit_wait_seconds = max_wait
+    for _ in range(100):
+        await worker.process([delivery_id])
+        (delivery,) = await runtime.store.get_deliveries([delivery_id])
+        if delivery.state != S.DEFERRED:
+            break
+        assert delivery.attempts == 0  # waiting for the circuit spends no attempt
+        clock.advance(31)
+    assert delivery.state == S.FAILED
+    assert (delivery.last_error or "").startswith("dead-lettered: every provider down and")
+    assert len(provider.sent) <= max(ttl_seconds or 0, max_wait) / 30 + 1
+
+
+# --------------------------------------------------------------------------- recording
+
+
+async def test_outcomes_are_recorded_as_they_arrive(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """The first answer of a batch is stored while the provider still works on the rest:
+    a worker killed then leaves only the unanswered ones to be sent again."""
+    first_id = await route_one(api, runtime, ["email"])
+    second_id = await route_one(api, runtime, ["email"])
+    gate = asyncio.Event()
+
+    class Gated(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            outcomes: dict[int, Outcome] = {}
+            await self.send_each(messages, outcomes.__setitem__)
+            return [outcomes[i] for i in range(len(messages))]
+
+        async def send_each(
+            self,
+            messages: Sequence[OutboundMessage],
+            report: Callable[[int, Outcome], None],
+        ) -> None:
+            self.sent.extend(messages)
+            report(0, Accepted("first"))
+            await gate.wait()
+            for index in range(1, len(messages)):
+                report(index, Accepted(f"later-{index}"))
+
+    worker = worker_for(runtime, Channel.EMAIL, Gated("email"))
+    processing = asyncio.create_task(worker.process([first_id, second_id]))
+
+    async def first_recorded() -> bool:
+        deliveries = await runtime.store.get_deliveries([first_id, second_id])
+        return sorted(d.state for d in deliveries) == [S.SENDING, S.SENT]
+
+    try:
+        await eventually(first_recorded, timeout=5)
+    finally:
+        gate.set()
+        await processing
+    deliveries = await runtime.store.get_deliveries([first_id, second_id])
+    assert sorted((d.state, d.provider_message_id or "") for d in deliveries) == [
+        (S.SENT, "first"),
+        (S.SENT, "later-1"),
+    ]
+
+
+async def test_a_rate_limited_provider_gets_only_what_it_can_send_claimed(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """At 2 messages/s the worker claims one delivery at a time, not the whole batch: a
+    worker killed while the bucket holds it back leaves almost nothing claimed (which for
+    SMS would become `unknown`)."""
+    ids = [await route_one(api, runtime, ["sms"]) for _ in range(6)]
+    claimed_at_send: list[int] = []
+
+    class Counting(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            answered = {m.delivery_id for m in self.sent}
+            deliveries = await runtime.store.get_deliveries(ids)
+            waiting = [d for d in deliveries if d.state == S.SENDING and d.id not in answered]
+            claimed_at_send.append(len(waiting))  # claimed, not yet handed to a provider
+            return await super().send(messages)
+
+    worker = worker_for(runtime, Channel.SMS, Counting("twilio"))
+    worker.settings.rate_limits = {"twilio": 2.0}
+    await worker.process(ids)
+    deliveries = await runtime.store.get_deliveries(ids)
+    assert {d.state for d in deliveries} == {S.SENT}
+    assert max(claimed_at_send) == 1
+
+
+async def test_a_delivery_whose_workers_keep_dying_is_dead_lettered(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """Each claim counts an attempt even when no outcome comes back (the worker died and
+    the lease expired): past the attempts, the next claim dead-letters it unsent."""
+    delivery_id = await route_one(api, runtime, ["email"])
+    for _ in range(3):
+        assert await runtime.store.claim_deliveries([delivery_id], 30)  # ... and dies
+        clock.advance(31)
+        await runtime.scheduler().tick()  # the lease expired: queued again
+    provider = Scripted("email")
+    await worker_for(runtime, Channel.EMAIL, provider, max_attempts=3).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.FAILED
+    assert delivery.last_error == "dead-lettered after 3 attempts without an answer"
+    assert provider.sent == []

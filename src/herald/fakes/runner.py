@@ -351,6 +351,8 @@ class FakeFleet:
         emails = self.email_providers if email_providers is None else email_providers
         sms = self.sms_providers if sms_providers is None else sms_providers
         env = {
+            # The fakes listen on 127.0.0.1, which Web Push endpoints may not name otherwise.
+            "HERALD_ALLOW_PRIVATE_TARGETS": "1",
             "HERALD_CA_FILE": str(self.files.ca_file),
             "HERALD_FCM_CREDENTIALS": str(self.files.fcm_credentials),
             "HERALD_FCM_BASE_URL": self.fcm.base_url,

@@ -78,6 +78,7 @@ class FakeWebPush(FakeServer):
         super().__init__(**kwargs)
         self.received: list[WebPushReceived] = []
         self._subscriptions: dict[str, _Subscription] = {}
+        self._redirects: dict[str, tuple[int, str]] = {}
 
     # --- set-up and scripting ----------------------------------------------------------
 
@@ -114,6 +115,11 @@ class FakeWebPush(FakeServer):
     ) -> None:
         self.faults.add(_subscription_id(endpoint), Fault(str(status), times, retry_after))
 
+    def redirect(self, endpoint: str, status: int, location: str) -> None:
+        """Pushes to `endpoint` answer `status` (3xx) with `Location: location`, as a hostile
+        endpoint would to bounce Herald's request somewhere else."""
+        self._redirects[_subscription_id(endpoint)] = (status, location)
+
     # --- serving -----------------------------------------------------------------------
 
     def unavailable(self) -> Response:
@@ -124,6 +130,9 @@ class FakeWebPush(FakeServer):
         subscription = self._subscriptions.get(match["id"]) if match else None
         if subscription is None:
             return webpush_error(404, "Subscription not found")
+        if subscription.id in self._redirects:
+            status, location = self._redirects[subscription.id]
+            return Response(status, b"", (("location", location),))
         if request.method != "POST":
             return webpush_error(405, "Method not allowed")
         if not subscription.active:

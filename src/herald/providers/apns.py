@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -230,6 +230,14 @@ class ApnsProvider(Provider):
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         return list(await asyncio.gather(*(self._send_one(m) for m in messages)))
 
+    async def send_each(
+        self, messages: Sequence[OutboundMessage], report: Callable[[int, Outcome], None]
+    ) -> None:
+        async def one(index: int, message: OutboundMessage) -> None:
+            report(index, await self._send_one(message))
+
+        await asyncio.gather(*(one(i, m) for i, m in enumerate(messages)))
+
     async def _send_one(self, message: OutboundMessage) -> Outcome:
         body = json_bytes(self._payload(message))
         if len(body) > APNS_MAX_PAYLOAD_BYTES:
@@ -285,11 +293,12 @@ class ApnsProvider(Provider):
 
     async def _post(
         self, path: str, headers: dict[str, str], body: bytes, token: str
-    ) -> ApnsAnswer | Retry:
+    ) -> ApnsAnswer | ProviderDown:
+        # No answer (refused, reset, DNS, TLS, timeout): APNs is down for now.
         try:
             connection = await self.connections.acquire()
         except H2_NETWORK_ERRORS as error:
-            return Retry(f"apns cannot connect: {type(error).__name__}: {error}")
+            return ProviderDown(f"apns unreachable: {type(error).__name__}: {error}")
         request_headers = {**headers, "authorization": f"bearer {token}"}
         try:
             response = await connection.h2.request(
@@ -297,7 +306,7 @@ class ApnsProvider(Provider):
             )
         except H2_NETWORK_ERRORS as error:
             self.connections.replace(connection)
-            return Retry(f"apns network error: {type(error).__name__}: {error}")
+            return ProviderDown(f"apns unreachable: {type(error).__name__}: {error}")
         finally:
             self.connections.release(connection)
         answer = ApnsAnswer(response.status, response.headers, response.body)

@@ -2,14 +2,16 @@
 
 A provider takes a batch of messages for one channel and answers, per message and in the
 same order, with a typed outcome (herald.domain.outcomes). It never raises for a protocol
-answer: a network error is a Retry, a bad credential is ProviderDown. The worker decides
-what each outcome means for the delivery (state, backoff, circuit, deactivation).
+answer: a provider that cannot be reached (refused, reset, DNS, TLS, timeout) or refuses our
+credentials is ProviderDown; an answer about one message or one target (a bad token, a
+hostile Web Push endpoint) is that message's outcome and never ProviderDown. The worker
+decides what each outcome means for the delivery (state, backoff, circuit, deactivation).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -70,6 +72,16 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         """One outcome per message, in order. Must not raise for a provider answer."""
+
+    async def send_each(
+        self, messages: Sequence[OutboundMessage], report: Callable[[int, Outcome], None]
+    ) -> None:
+        """As `send`, but hands each outcome to `report(index, outcome)` as soon as it is
+        known, so the worker records it at once instead of after the slowest message of
+        the batch. Providers that send messages concurrently override it; this default
+        reports when `send` returns."""
+        for index, outcome in enumerate(await self.send(messages)):
+            report(index, outcome)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Close connections."""

@@ -27,7 +27,7 @@ from herald.config import Settings
 from herald.domain.channels import Channel
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.providers.base import OutboundMessage
-from herald.providers.http_session import SKIPPED_AUTO_HEADERS, HttpProvider
+from herald.providers.http_session import NETWORK_ERRORS, HttpProvider, new_session, unreachable
 from herald.providers.push_http import HIGH_PRIORITIES, client_ssl_context, parse_retry_after
 from herald.providers.push_payloads import (
     FCM_MAX_PAYLOAD_BYTES,
@@ -137,7 +137,9 @@ class AccessTokens:
         now = self._clock.time()
         form = {"grant_type": JWT_BEARER_GRANT, "assertion": self._account.assertion(now)}
         try:
-            async with session.post(self._account.token_uri, data=form) as response:
+            async with session.post(
+                self._account.token_uri, data=form, allow_redirects=False
+            ) as response:
                 body = await response.read()
                 if response.status != 200:
                     outcome = _token_failure(response.status, body, response.headers, now)
@@ -192,7 +194,7 @@ class FcmProvider(HttpProvider):
         self.clock = clock
         self._ca_file = ca_file
         self._max_connections = max_connections
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._send_url = f"{self.base_url}/v1/projects/{account.project_id}/messages:send"
         self._in_flight = asyncio.Semaphore(max_connections)
         self.tokens = AccessTokens(account, clock)
@@ -213,13 +215,11 @@ class FcmProvider(HttpProvider):
         return f"fcm project={self.account.project_id} base={self.base_url}"
 
     def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            ssl=client_ssl_context(self._ca_file),
-            keepalive_timeout=60,
-        )
-        return aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, skip_auto_headers=SKIPPED_AUTO_HEADERS
+        return new_session(
+            connections=self._max_connections,
+            timeout_s=self._timeout,
+            tls=client_ssl_context(self._ca_file),
+            keepalive_s=60,
         )
 
     async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
@@ -231,8 +231,8 @@ class FcmProvider(HttpProvider):
                 return await self._post_with_refresh(session, body)
             except _OutcomeError as error:
                 return error.outcome
-            except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                return Retry(f"fcm network error: {type(error).__name__}: {error}")
+            except NETWORK_ERRORS as error:  # the send or the token endpoint: fcm is down
+                return unreachable("fcm", error)
 
     def _body(self, message: OutboundMessage) -> bytes | Rejected:
         payload = message.payload
@@ -267,7 +267,9 @@ class FcmProvider(HttpProvider):
         self, session: aiohttp.ClientSession, body: bytes, token: str
     ) -> tuple[int, Any, dict[str, Any]]:
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        async with session.post(self._send_url, data=body, headers=headers) as response:
+        async with session.post(
+            self._send_url, data=body, headers=headers, allow_redirects=False
+        ) as response:
             raw = await response.read()
             return response.status, response.headers, _json_object(raw)
 

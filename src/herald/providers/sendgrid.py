@@ -32,6 +32,7 @@ from herald.providers.http_session import (
     HttpProvider,
     new_session,
     retry_after_seconds,
+    unreachable,
 )
 
 DELIVERY_ARG = "herald_delivery_id"
@@ -95,11 +96,13 @@ class SendGridProvider(HttpProvider):
             "Content-Type": "application/json",
         }
         try:
-            async with session.post(self._url, data=body, headers=headers) as response:
+            async with session.post(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as response:
                 answer = await response.read()
                 return classify(response.status, response.headers, answer, self._clock.time())
         except NETWORK_ERRORS as exc:
-            return Retry(f"sendgrid request failed: {exc!r}")
+            return unreachable("sendgrid", exc)
 
 
 def mail_send_body(message: OutboundMessage, sender: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Self
 
@@ -139,18 +139,27 @@ class SesProvider(Provider):
         self._client = None
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        await self.send_each(messages, outcomes.__setitem__)
+        return [outcomes[index] for index in range(len(messages))]
+
+    async def send_each(
+        self, messages: Sequence[OutboundMessage], report: Callable[[int, Outcome], None]
+    ) -> None:
         if self._client is None:
             try:
                 await self.start()
             except (BotoCoreError, OSError, ValueError) as exc:  # region, endpoint, CA file
-                return [ProviderDown(f"ses client cannot start: {exc}") for _ in messages]
+                for index in range(len(messages)):
+                    report(index, ProviderDown(f"ses client cannot start: {exc}"))
+                return
         limit = asyncio.Semaphore(self._concurrency)
 
-        async def bounded(message: OutboundMessage) -> Outcome:
+        async def bounded(index: int, message: OutboundMessage) -> None:
             async with limit:
-                return await self._send_one(message)
+                report(index, await self._send_one(message))
 
-        return list(await asyncio.gather(*(bounded(message) for message in messages)))
+        await asyncio.gather(*(bounded(i, m) for i, m in enumerate(messages)))
 
     async def _send_one(self, message: OutboundMessage) -> Outcome:
         if not is_plausible_address(message.target):
@@ -175,7 +184,10 @@ class SesProvider(Provider):
         except ParamValidationError as exc:  # a request botocore refuses to send: our bug
             return Rejected(f"ses: {exc}")
         except (BotoCoreError, aiohttp.ClientError, ssl.SSLError, OSError, TimeoutError) as exc:
-            return Retry(f"ses request failed: {exc}")
+            # No answer (refused, reset, DNS, TLS, timeout: botocore's EndpointConnectionError,
+            # ConnectTimeoutError, ReadTimeoutError, SSLError...): SES is down for now, and
+            # the next email provider sends at once.
+            return ProviderDown(f"ses unreachable: {type(exc).__name__}: {exc}")
         return Accepted(provider_message_id=str(answer["MessageId"]))
 
 

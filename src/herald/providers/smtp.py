@@ -8,7 +8,7 @@ configuration problem: provider_down.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Self
 
 import aiosmtplib
@@ -99,21 +99,27 @@ class SmtpProvider(Provider):
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         outcomes: list[Outcome] = []
+        await self.send_each(messages, lambda _, outcome: outcomes.append(outcome))
+        return outcomes
+
+    async def send_each(
+        self, messages: Sequence[OutboundMessage], report: Callable[[int, Outcome], None]
+    ) -> None:
         client: aiosmtplib.SMTP | None = None
         try:
-            for message in messages:
+            for index, message in enumerate(messages):
                 if client is None or not client.is_connected:
                     client, failure = await self._connect()
                 if client is None:
                     # Could not (re)connect: the rest of the batch shares the failure.
                     assert failure is not None
-                    outcomes.extend(failure for _ in range(len(messages) - len(outcomes)))
+                    for rest in range(index, len(messages)):
+                        report(rest, failure)
                     break
-                outcomes.append(await self._send_one(client, message))
+                report(index, await self._send_one(client, message))
         finally:
             if client is not None:
                 await _quit_quietly(client)
-        return outcomes
 
     async def _connect(self) -> tuple[aiosmtplib.SMTP | None, Outcome | None]:
         client = aiosmtplib.SMTP(
@@ -134,9 +140,10 @@ class SmtpProvider(Provider):
         except aiosmtplib.SMTPResponseException as exc:
             await _quit_quietly(client)
             return None, _classify_session_error(exc)
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # Refused, reset, DNS, TLS, timeout: the relay is down for now (failover).
             await _quit_quietly(client)
-            return None, Retry(f"smtp connect failed: {exc}")
+            return None, ProviderDown(f"smtp unreachable: {type(exc).__name__}: {exc}")
         return client, None
 
     async def _send_one(self, client: aiosmtplib.SMTP, message: OutboundMessage) -> Outcome:
@@ -153,8 +160,11 @@ class SmtpProvider(Provider):
             return _classify_recipient_refusal(exc.recipients[0])
         except aiosmtplib.SMTPResponseException as exc:
             return _classify_session_error(exc)
-        except (aiosmtplib.SMTPException, OSError, ValueError) as exc:
-            # Disconnects, timeouts; the next message reconnects.
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            # The connection broke mid-message: the relay is down for now (failover); the
+            # next message of the batch reconnects.
+            return ProviderDown(f"smtp unreachable: {type(exc).__name__}: {exc}")
+        except (aiosmtplib.SMTPException, ValueError) as exc:
             return Retry(f"smtp send failed: {exc}")
         return Accepted(provider_message_id=message_id_for(message.delivery_id))
 

@@ -31,6 +31,7 @@ from herald.providers.http_session import (
     HttpProvider,
     new_session,
     retry_after_seconds,
+    unreachable,
 )
 
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio"
@@ -124,11 +125,13 @@ class TwilioProvider(HttpProvider):
         if isinstance(form, Rejected):
             return form
         try:
-            async with session.post(self._url, data=form, headers=self._headers) as response:
+            async with session.post(
+                self._url, data=form, headers=self._headers, allow_redirects=False
+            ) as response:
                 body = await response.read()
                 return classify(response.status, response.headers, body)
         except NETWORK_ERRORS as exc:
-            return Retry(f"twilio request failed: {exc!r}")
+            return unreachable("twilio", exc)
 
 
 def classify(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:

@@ -2,6 +2,14 @@
 
 Transport: aiohttp (HTTP/1.1, kept-alive connections per push service), chosen by the same
 CPU-per-request measurement as FCM. Encryption is http_ece's, never our own crypto.
+
+The endpoint is chosen by whoever registered the device, so it is a target, not the
+provider: every answer or failure of one endpoint (401/403/404/410, a refused connection)
+is that delivery's outcome and never opens the `webpush` circuit, which a single hostile
+endpoint could otherwise hold open for everyone. Connections go only to public addresses
+(providers/targets.py, checked again at connect time), redirects are not followed, and the
+reason stored for a refused or unreachable endpoint is fixed text, so `last_error` cannot be
+used to probe which ports of a host are open.
 """
 
 from __future__ import annotations
@@ -18,15 +26,22 @@ from urllib.parse import urlsplit
 import aiohttp
 import http_ece
 import jwt
+import structlog
+from aiohttp.abc import AbstractResolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.domain.channels import Channel, Priority
-from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
+from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, Rejected, Retry
 from herald.providers.base import OutboundMessage
-from herald.providers.http_session import SKIPPED_AUTO_HEADERS, HttpProvider
+from herald.providers.http_session import (
+    NETWORK_ERRORS,
+    HttpProvider,
+    new_session,
+    refused_target,
+)
 from herald.providers.push_http import b64url_encode, client_ssl_context, parse_retry_after
 from herald.providers.push_payloads import (
     WEBPUSH_MAX_PLAINTEXT_BYTES,
@@ -35,6 +50,10 @@ from herald.providers.push_payloads import (
     validate_web_subscription,
     webpush_plaintext,
 )
+from herald.providers.targets import REFUSED, TargetPolicy
+
+log = structlog.get_logger()
+UNREACHABLE = "web push endpoint unreachable"
 
 VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows at most 24 h
 VAPID_RENEW_BEFORE = 3600
@@ -157,13 +176,17 @@ class WebPushProvider(HttpProvider):
         max_in_flight: int = 200,
         connections_per_host: int = 50,
         timeout: float = 10.0,
+        targets: TargetPolicy | None = None,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self.key = key
         self.clock = clock
         self.vapid = VapidTokens(key, subject, clock)
         self._ca_file = ca_file
         self._connections_per_host = connections_per_host
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
+        self.targets = targets or TargetPolicy()
+        self._resolver = resolver
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._session: aiohttp.ClientSession | None = None
 
@@ -176,20 +199,21 @@ class WebPushProvider(HttpProvider):
             settings.vapid_subject,
             clock=clock,
             ca_file=settings.ca_file,
+            targets=TargetPolicy.from_settings(settings),
         )
 
     def describe(self) -> str:
         return f"webpush vapid_key={self.key.public_key_b64[:12]}…"
 
     def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            limit_per_host=self._connections_per_host,
-            ssl=client_ssl_context(self._ca_file),
-            keepalive_timeout=60,
-        )
-        return aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, skip_auto_headers=SKIPPED_AUTO_HEADERS
+        return new_session(
+            connections=0,
+            connections_per_host=self._connections_per_host,
+            timeout_s=self._timeout,
+            tls=client_ssl_context(self._ca_file),
+            keepalive_s=60,
+            targets=self.targets,
+            resolver=self._resolver,
         )
 
     async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
@@ -197,6 +221,8 @@ class WebPushProvider(HttpProvider):
         problem = validate_web_subscription(subscription)
         if problem or subscription is None:
             return InvalidTarget(problem or "no subscription")
+        if self.targets.url_problem(subscription["endpoint"]):
+            return InvalidTarget(f"web push {REFUSED}")
         payload = message.payload
         plaintext = webpush_plaintext(
             payload.get("title"),
@@ -210,8 +236,17 @@ class WebPushProvider(HttpProvider):
         async with self._in_flight:
             try:
                 return await self._post(session, message, subscription, plaintext)
-            except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                return Retry(f"web push network error: {type(error).__name__}: {error}")
+            except NETWORK_ERRORS as error:
+                if refused_target(error) is not None:
+                    return InvalidTarget(f"web push {REFUSED}")
+                # The detail goes to the log only: stored, it would tell a caller which
+                # ports of the host its endpoint names are open.
+                log.info(
+                    "web push endpoint unreachable",
+                    delivery_id=message.delivery_id,
+                    error=f"{type(error).__name__}: {error}",
+                )
+                return Retry(UNREACHABLE)
 
     async def _post(
         self,
@@ -224,7 +259,7 @@ class WebPushProvider(HttpProvider):
         keys = subscription["keys"]
         body = encrypt_payload(plaintext, _b64(keys["p256dh"]), _b64(keys["auth"]))
         async with session.post(
-            endpoint, data=body, headers=self._headers(message, endpoint)
+            endpoint, data=body, headers=self._headers(message, endpoint), allow_redirects=False
         ) as response:
             await response.read()
             return classify_webpush_response(response.status, response.headers, self.clock.time())
@@ -249,14 +284,18 @@ def _b64(value: str) -> bytes:
 
 
 def classify_webpush_response(status: int, headers: Any, now: float) -> Outcome:
-    """Map a push service's answer onto an outcome (PROVIDERS.md, Web Push table)."""
+    """Map a push service's answer onto an outcome (PROVIDERS.md, Web Push table). Each is
+    about this endpoint only: a 401/403 (a subscription made for another VAPID key, or an
+    endpoint that is no push service at all) fails this message and opens no circuit."""
     if 200 <= status < 300:
         return Accepted(provider_message_id=headers.get("Location"))
     reason = f"web push {status}"
     if status in (404, 410):
         return InvalidTarget(reason)
     if status in (401, 403):
-        return ProviderDown(f"{reason}: VAPID key refused")
+        return Rejected(f"{reason}: VAPID key refused for this subscription")
+    if 300 <= status < 400:
+        return Rejected(f"{reason}: redirects are not followed")
     if status == 429 or status >= 500:
         return Retry(reason, parse_retry_after(headers.get("Retry-After"), now))
     return Rejected(reason)

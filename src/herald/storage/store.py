@@ -1214,6 +1214,41 @@ class Store(BroadcastStore, ShapingStore):
             )
         return int(result.rowcount)
 
+    async def skip_deliveries_without_device(self, delivery_ids: Sequence[str]) -> int:
+        """Push deliveries still waiting (queued, or deferred) whose device was deleted or
+        deactivated since they were planned are skipped, with an event, so no worker
+        claims them (the push worker calls this right before its claim)."""
+        if not delivery_ids:
+            return 0
+        now = self.clock.now()
+        d, devices = t.deliveries.c, t.devices.c
+        live_device = sa.select(devices.id).where(devices.id == d.target_ref, devices.active)
+        reason = "device deleted or deactivated before it could be sent"
+        async with self.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.deliveries.update()
+                    .where(
+                        self._among(d.id, delivery_ids),
+                        d.channel == Channel.PUSH.value,
+                        d.state.in_((S.QUEUED.value, S.DEFERRED.value)),
+                        ~sa.exists(live_device),
+                    )
+                    .values(state=S.SKIPPED.value, last_error=reason, due_at=None, updated_at=now)
+                    .returning(d.id, d.notification_id)
+                )
+            )
+            await self._insert_events(
+                db,
+                [
+                    _event_row(
+                        DeliveryEvent(r.id, r.notification_id, S.SKIPPED, now, {"reason": reason})
+                    )
+                    for r in rows
+                ],
+            )
+        return len(rows)
+
     async def record_outcomes(self, updates: Sequence[DeliveryUpdate]) -> int:
         """Record what happened to claimed deliveries, with their events, in one
         transaction. Only deliveries still `sending` change (a late answer for a delivery

@@ -1,24 +1,28 @@
 """The channel worker: claim → provider → record.
 
-For a batch from `herald.deliveries.<channel>`:
-1. claim the named deliveries with one atomic statement and a lease (store.claim_deliveries);
-   whatever is not claimable was handled already and is skipped;
+For a batch from `herald.deliveries.<channel>`, in chunks (a few claimed at a time):
+1. claim the chunk's deliveries with one atomic statement and a lease
+   (store.claim_deliveries); whatever is not claimable was handled already and is skipped,
+   and push deliveries whose device was deleted are skipped before the claim;
 2. hand each claimed delivery to its provider (failover order, circuits, rate limits);
-3. record every outcome with its event in one transaction, deactivate dead devices,
-   suppress dead addresses;
-4. commit the batch on the bus.
+3. record each outcome as it arrives: a recorder writes them, with their events, every
+   ~25 ms or every 200 outcomes, and deactivates dead devices, suppresses dead addresses;
+4. commit the batch on the bus once the recorder has written everything.
 A crash between 1 and 3 leaves deliveries `sending` with a lease; the scheduler applies
-the channel's policy when the lease expires.
+the channel's policy when the lease expires. Claiming in chunks (fewer for a rate-limited
+provider) and recording as outcomes arrive keep that window, and so what a killed worker
+leaves to be sent again (at_least_once) or `unknown` (at_most_once), small.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -58,6 +62,17 @@ class WorkerSettings:
     circuit_cooldown_seconds: float = 30.0
     rate_limits: dict[str, float] = field(default_factory=dict)
     batch_size: int = 500
+    # Waiting for an open circuit refunds the attempt, so a provider that stays down would
+    # defer a delivery forever: it fails once its TTL passes, or this long after it was
+    # created (the bound when it has no TTL).
+    max_circuit_wait_seconds: float = 86_400.0
+    # Deliveries claimed at a time: with a rate-limited provider, what the bucket lets
+    # through in `claim_ahead_seconds`, so few wait claimed (a kill makes those `unknown`).
+    claim_chunk: int = 100
+    claim_ahead_seconds: float = 0.5
+    # Outcomes are written every `record_interval_seconds` or `record_batch` outcomes.
+    record_interval_seconds: float = 0.025
+    record_batch: int = 200
 
 
 @dataclass
@@ -153,45 +168,81 @@ class ChannelWorker:
         await self.process(ids_in(messages, "delivery_id"))
 
     async def process(self, delivery_ids: Sequence[str]) -> list[DeliveryUpdate]:
+        """Claim, send and record `delivery_ids`; returns once every outcome is written."""
+        recorder = _Recorder(self)
+        window = self._claim_window()
+        chunk = max(1, min(self.settings.claim_chunk, window))
+        lanes = asyncio.Semaphore(max(1, window // chunk))
+
+        async def one(ids: Sequence[str]) -> None:
+            async with lanes:
+                await self._process_chunk(ids, recorder)
+
+        async with recorder:
+            # Every chunk runs to its end even when another fails (a claim during a database
+            # restart): what was sent is still recorded before the batch is given up.
+            results = await asyncio.gather(
+                *(one(delivery_ids[i : i + chunk]) for i in range(0, len(delivery_ids), chunk)),
+                return_exceptions=True,
+            )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return recorder.written
+
+    def _claim_window(self) -> int:
+        """How many deliveries may be claimed and not yet answered at once: a batch, or,
+        when every provider of the channel is rate-limited, what the fastest of them sends
+        in `claim_ahead_seconds`."""
+        providers = {p.name: p for p in self._channel_providers()}.values()
+        rates = [self._rate(p) for p in providers]
+        if not rates or any(rate is None for rate in rates):
+            return self.settings.batch_size
+        fastest = max(rate for rate in rates if rate is not None)
+        ahead = math.ceil(fastest * self.settings.claim_ahead_seconds)
+        return max(1, min(self.settings.batch_size, ahead))
+
+    def _channel_providers(self) -> list[Provider]:
+        if self.channel == Channel.PUSH:
+            return [p for ps in self.providers.push_by_platform.values() for p in ps]
+        return list(self.providers.by_channel.get(self.channel, []))
+
+    async def _process_chunk(self, delivery_ids: Sequence[str], recorder: _Recorder) -> None:
+        if self.channel == Channel.PUSH:
+            skipped = await self.store.skip_deliveries_without_device(delivery_ids)
+            if skipped:
+                log.info("skipped push deliveries whose device is gone", count=skipped)
         claimed = await self.store.claim_deliveries(delivery_ids, self.settings.lease_seconds)
         METRICS.claimed.labels(self.channel.value).inc(len(claimed))
         METRICS.claim_lost.labels(self.channel.value).inc(len(delivery_ids) - len(claimed))
+        recorder.hold(claimed)
         now = self.clock.now()
-        updates: list[DeliveryUpdate] = []
         live: list[_Attempt] = []
         for delivery in claimed:
             if delivery.expires_at is not None and delivery.expires_at <= now:
-                updates.append(_final(delivery, S.FAILED, None, "expired before it could be sent"))
+                recorder.add(_final(delivery, S.FAILED, None, "expired before it could be sent"))
+            elif delivery.attempts > self.settings.retry.max_attempts:
+                # Claimed again and again without an outcome (each worker died on it, and
+                # each lease expiry put it back): no retry loop runs without a bound.
+                reason = f"dead-lettered after {delivery.attempts - 1} attempts without an answer"
+                recorder.add(_final(delivery, S.FAILED, None, reason, dead_letter=True))
             else:
                 live.append(_Attempt(delivery, list(self.providers.candidates(delivery))))
-        async with self._renewing([d.id for d in claimed]):
-            updates.extend(await self._send_all(live))
-            await self._record(updates, claimed)
-        return updates
+        await self._send_all(live, recorder)
 
-    @contextlib.asynccontextmanager
-    async def _renewing(self, delivery_ids: list[str]) -> AsyncIterator[None]:
-        """Renew the claimed deliveries' leases until their outcomes are recorded: only a
-        worker that died lets a lease run out, not a slow provider or a long batch."""
-        if not delivery_ids:
-            yield
-            return
-        task = asyncio.create_task(self._renew(delivery_ids))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _renew(self, delivery_ids: list[str]) -> None:
+    async def _renew(self, recorder: _Recorder) -> None:
+        """Renew the leases of the claimed deliveries whose outcomes are not written yet:
+        only a worker that died lets a lease run out, not a slow provider or a long batch."""
         every = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(every)
+            held = recorder.held_ids()
+            if not held:
+                continue
             try:
-                await self.store.extend_leases(delivery_ids, self.settings.lease_seconds)
+                await self.store.extend_leases(held, self.settings.lease_seconds)
             except Exception as error:  # the database may be restarting: try again
-                log.warning("renewing leases failed", error=str(error), count=len(delivery_ids))
+                log.warning("renewing leases failed", error=str(error), count=len(held))
 
     async def _record_outcomes(self, updates: list[DeliveryUpdate]) -> None:
         """The provider has answered: losing that answer to a database blip would send
@@ -209,10 +260,9 @@ class ChannelWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _send_all(self, attempts: list[_Attempt]) -> list[DeliveryUpdate]:
+    async def _send_all(self, attempts: list[_Attempt], recorder: _Recorder) -> None:
         """Send through each delivery's providers in failover order until one gives a
-        verdict that is not 'try elsewhere'."""
-        updates: list[DeliveryUpdate] = []
+        verdict that is not 'try elsewhere'; each verdict goes to the recorder at once."""
         pending = attempts
         while pending:
             by_provider: dict[int, list[_Attempt]] = defaultdict(list)
@@ -220,18 +270,14 @@ class ChannelWorker:
             for attempt in pending:
                 provider = self._next_open_provider(attempt)
                 if provider is None:
-                    updates.append(self._wait_for_circuit(attempt))
+                    recorder.add(self._wait_for_circuit(attempt))
                     continue
                 by_provider[id(provider)].append(attempt)
                 providers[id(provider)] = provider
-            pending = []
             results = await asyncio.gather(
-                *(self._send(providers[key], group) for key, group in by_provider.items())
+                *(self._send(providers[key], group, recorder) for key, group in by_provider.items())
             )
-            for group_updates, failed_over in results:
-                updates.extend(group_updates)
-                pending.extend(failed_over)
-        return updates
+            pending = [attempt for failed_over in results for attempt in failed_over]
 
     def _next_open_provider(self, attempt: _Attempt) -> Provider | None:
         while attempt.remaining:
@@ -243,55 +289,97 @@ class ChannelWorker:
 
     def _wait_for_circuit(self, attempt: _Attempt) -> DeliveryUpdate:
         """Every provider is down: the delivery waits for the first circuit to half-open,
-        and the attempt does not count against its retry budget."""
-        candidates = self.providers.candidates(attempt.delivery)
-        wait = min((self.circuits.remaining(p.name) for p in candidates), default=0.0)
+        and the attempt does not count against its retry budget. The wait is bounded: past
+        the delivery's TTL, or `max_circuit_wait_seconds` after it was created, it fails
+        (and is dead-lettered) instead."""
+        delivery = attempt.delivery
+        candidates = self.providers.candidates(delivery)
+        wait = max(1.0, min((self.circuits.remaining(p.name) for p in candidates), default=0.0))
+        now = self.clock.now()
+        due = now + _seconds(wait)
+        reason = "; ".join(attempt.tried) or "provider down"
+        limit = None
+        if delivery.expires_at is not None and due >= delivery.expires_at:
+            limit = "its TTL ran out"
+        elif delivery.created_at is not None and due - delivery.created_at > _seconds(
+            self.settings.max_circuit_wait_seconds
+        ):
+            limit = f"waited {self.settings.max_circuit_wait_seconds:g} s"
+        if limit is not None:
+            return _final(
+                delivery,
+                S.FAILED,
+                None,
+                f"dead-lettered: every provider down and {limit}: {reason}",
+                None,
+                attempt.tried,
+                dead_letter=True,
+            )
         return DeliveryUpdate(
-            attempt.delivery.id,
-            attempt.delivery.notification_id,
+            delivery.id,
+            delivery.notification_id,
             S.DEFERRED,
-            last_error="; ".join(attempt.tried) or "provider down",
-            due_at=self.clock.now() + _seconds(max(wait, 1.0)),
+            last_error=reason,
+            due_at=due,
             attempts_refund=True,
             detail={"reason": "all providers down"},
         )
 
     async def _send(
-        self, provider: Provider, attempts: list[_Attempt]
-    ) -> tuple[list[DeliveryUpdate], list[_Attempt]]:
-        updates: list[DeliveryUpdate] = []
+        self, provider: Provider, attempts: list[_Attempt], recorder: _Recorder
+    ) -> list[_Attempt]:
         failed_over: list[_Attempt] = []
-        for start in range(0, len(attempts), provider.batch_size):
-            chunk = attempts[start : start + provider.batch_size]
-            outcomes = await self._call(provider, chunk)
-            for attempt, outcome in zip(chunk, outcomes, strict=True):
-                METRICS.outcomes.labels(
-                    self.channel.value, provider.name, outcome_name(outcome)
-                ).inc()
-                update = self._verdict(provider, attempt, outcome)
-                if update is None:
-                    failed_over.append(attempt)
-                else:
-                    updates.append(update)
-        return updates, failed_over
 
-    async def _call(self, provider: Provider, chunk: list[_Attempt]) -> list[Outcome]:
+        def verdict(attempt: _Attempt, outcome: Outcome) -> None:
+            METRICS.outcomes.labels(self.channel.value, provider.name, outcome_name(outcome)).inc()
+            update = self._verdict(provider, attempt, outcome)
+            if update is None:
+                failed_over.append(attempt)
+            else:
+                recorder.add(update)
+
+        for start in range(0, len(attempts), provider.batch_size):
+            await self._call(provider, attempts[start : start + provider.batch_size], verdict)
+        return failed_over
+
+    async def _call(
+        self,
+        provider: Provider,
+        chunk: list[_Attempt],
+        verdict: Callable[[_Attempt, Outcome], None],
+    ) -> None:
+        """Hand `chunk` to the provider; `verdict` gets each outcome as soon as it is known,
+        and exactly once per delivery, whatever the provider does."""
         if self._rate(provider):
             urgent = any(lane_for(a.delivery.priority) == Lane.PRIORITY for a in chunk)
             await self._bucket(provider).acquire(len(chunk), urgent=urgent)
         started = time.perf_counter()
+        answered: set[int] = set()
+        answering = False
+
+        def report(index: int, outcome: Outcome) -> None:
+            nonlocal answering
+            if index in answered or not 0 <= index < len(chunk):
+                log.error("provider answered one message twice", provider=provider.name)
+                return
+            answered.add(index)
+            if not isinstance(outcome, ProviderDown) and not answering:
+                answering = True
+                self.circuits.close(provider.name)
+            verdict(chunk[index], outcome)
+
         try:
-            outcomes = await provider.send([outbound(a.delivery) for a in chunk])
+            await provider.send_each([outbound(a.delivery) for a in chunk], report)
+            missing: Outcome = Retry("provider answered no outcome for this message")
         except Exception as error:  # a provider bug must not lose the batch
             log.exception("provider raised instead of answering", provider=provider.name)
-            outcomes = [Retry(f"provider error: {type(error).__name__}: {error}")] * len(chunk)
+            missing = Retry(f"provider error: {type(error).__name__}: {error}")
         METRICS.send_seconds.labels(provider.name).observe(time.perf_counter() - started)
-        if len(outcomes) != len(chunk):
-            log.error("provider answered the wrong number of outcomes", provider=provider.name)
-            outcomes = [Retry("provider answered the wrong number of outcomes")] * len(chunk)
-        if any(not isinstance(o, ProviderDown) for o in outcomes):
-            self.circuits.close(provider.name)
-        return outcomes
+        unanswered = [i for i in range(len(chunk)) if i not in answered]
+        if unanswered and len(unanswered) < len(chunk):
+            log.error("provider answered too few outcomes", provider=provider.name)
+        for index in unanswered:
+            report(index, missing)
 
     def _rate(self, provider: Provider) -> float | None:
         return self.settings.rate_limits.get(provider.name, provider.default_rate_per_s)
@@ -364,9 +452,8 @@ class ChannelWorker:
             },
         )
 
-    async def _record(self, updates: list[DeliveryUpdate], claimed: list[Delivery]) -> None:
+    async def _record(self, updates: list[DeliveryUpdate], by_id: dict[str, Delivery]) -> None:
         await self._record_outcomes(updates)
-        by_id = {d.id: d for d in claimed}
         dead = [
             dead_letter_record(
                 u.delivery_id, by_id[u.delivery_id].user_id, self.channel, u.last_error or ""
@@ -391,6 +478,74 @@ class ChannelWorker:
         if dead_devices:
             log.info("deactivating dead device tokens", count=len(dead_devices))
             await self.store.deactivate_devices(dead_devices)
+
+
+class _Recorder:
+    """Writes outcomes as they arrive, a few at a time: every `record_interval_seconds`, or
+    at once when `record_batch` are waiting. Leaving `async with` writes the rest (and
+    raises if a write failed), so the bus commit comes after every outcome is stored.
+    Renews the leases of what is claimed and not yet written meanwhile."""
+
+    def __init__(self, worker: ChannelWorker) -> None:
+        self.worker = worker
+        self.written: list[DeliveryUpdate] = []
+        self._held: dict[str, Delivery] = {}
+        self._pending: list[DeliveryUpdate] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._error: BaseException | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def hold(self, claimed: Sequence[Delivery]) -> None:
+        for delivery in claimed:
+            self._held[delivery.id] = delivery
+
+    def held_ids(self) -> list[str]:
+        return list(self._held)
+
+    def add(self, update: DeliveryUpdate) -> None:
+        self._pending.append(update)
+        if len(self._pending) >= self.worker.settings.record_batch:
+            self._wake.set()
+
+    async def __aenter__(self) -> _Recorder:
+        self._tasks = [
+            asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self.worker._renew(self)),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
+        self._wake.set()
+        flusher, renewer = self._tasks
+        try:
+            await flusher
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+    async def _flush_loop(self) -> None:
+        interval = self.worker.settings.record_interval_seconds
+        while True:
+            if not self._closing:
+                # Let a few outcomes gather (micro-batching), unless a batch is full.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            if self._pending and self._error is None:
+                batch, self._pending = self._pending, []
+                try:
+                    await self.worker._record(batch, self._held)
+                except Exception as error:  # not committed: the batch is handed out again
+                    self._error = error
+                self.written.extend(batch)
+                for update in batch:
+                    self._held.pop(update.delivery_id, None)
+            if self._closing and (not self._pending or self._error is not None):
+                return
 
 
 def _final(

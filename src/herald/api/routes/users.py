@@ -123,6 +123,13 @@ async def add_device(
     problem = validate_device(body)
     if problem:
         raise ApiError(422, "invalid_device", problem, [{"field": "token", "message": problem}])
+    if body.subscription is not None:
+        from herald.providers.targets import refused_push_endpoint
+
+        refused = await refused_push_endpoint(body.subscription.endpoint, rt.settings)
+        if refused:
+            detail = [{"field": "subscription.endpoint", "message": refused}]
+            raise ApiError(422, "invalid_device", f"subscription.endpoint: {refused}", detail)
     subscription = body.subscription.model_dump(exclude_none=True) if body.subscription else None
     token = body.subscription.endpoint if body.subscription else body.token
     assert token is not None
