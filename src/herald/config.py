@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -15,6 +15,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+MIN_SECRET_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -29,7 +31,12 @@ class Settings(BaseSettings):
     public_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    # The secret that signs inbox and unsubscribe tokens. From HERALD_TOKEN_SECRET or the
+    # file HERALD_TOKEN_SECRET_FILE (HERALD_SECRET_KEY is the older name); when none is
+    # given, one is generated once and kept in the database.
     secret_key: str | None = None
+    token_secret: str | None = None
+    token_secret_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "auto"  # auto (JSON unless a terminal), json, console
 
@@ -91,6 +98,35 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _token_secret(self) -> Self:
+        given = [
+            name
+            for name, value in (
+                ("HERALD_TOKEN_SECRET", self.token_secret),
+                ("HERALD_TOKEN_SECRET_FILE", self.token_secret_file),
+                ("HERALD_SECRET_KEY", self.secret_key),
+            )
+            if value
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set only one of {' and '.join(given)}")
+        if self.token_secret_file is not None:
+            try:
+                secret = self.token_secret_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(
+                    f"HERALD_TOKEN_SECRET_FILE {self.token_secret_file}: {error.strerror}"
+                ) from None
+            if not secret:
+                raise ValueError(f"HERALD_TOKEN_SECRET_FILE {self.token_secret_file} is empty")
+            self.secret_key = secret
+        elif self.token_secret:
+            self.secret_key = self.token_secret
+        if self.secret_key is not None and len(self.secret_key) < MIN_SECRET_LENGTH:
+            raise ValueError(f"the token secret must be at least {MIN_SECRET_LENGTH} characters")
+        return self
 
     @classmethod
     def settings_customise_sources(
