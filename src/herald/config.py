@@ -92,7 +92,11 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
 
-    @field_validator("email_providers", "sms_providers", mode="before")
+    # SES events through SNS: the topics this deployment subscribed. Required to take SNS
+    # webhooks at all (anyone can publish validly signed messages on a topic of their own).
+    sns_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("email_providers", "sms_providers", "sns_topic_arns", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
