@@ -1,6 +1,7 @@
-"""Start-up configuration: where the token-signing secret comes from, the permissions of the
-embedded database's files, provider lists from credentials, unknown variables, and start-up
-errors as one line."""
+"""Start-up configuration (on both backends where a store is involved): where the
+token-signing secret comes from, the permissions of the embedded database's files, and the
+email and SMS providers that credentials configure. (Start-up errors as one line and the
+unknown-variable warning are tested through the command in tests/test_cli.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from herald.config import Settings
+from herald.config import ConfigurationError, Settings
+from herald.domain import Channel
+from herald.providers.registry import build_providers
 from herald.runtime import Runtime
 from herald.security import Signer
 from herald.storage import schema as t
@@ -104,3 +107,59 @@ async def test_an_older_world_readable_database_is_narrowed_at_start(
     await rt.start()
     await rt.close()
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
+
+
+TWILIO = {
+    "twilio_account_sid": "AC" + "1" * 32,
+    "twilio_auth_token": "twilio-auth-token",
+    "twilio_from": "+15005550006",
+}
+
+
+@pytest.mark.parametrize(
+    ("given", "email", "sms"),
+    [
+        # Credentials alone configure their channel, as push does (they were ignored).
+        ({**TWILIO, "sendgrid_api_key": "SG.key"}, ["sendgrid"], ["twilio"]),
+        ({"smtp_host": "mail.example", "sendgrid_api_key": "SG.key"}, ["smtp", "sendgrid"], []),
+        # A list, even an empty one or "sandbox", is the deployment's word.
+        ({**TWILIO, "sms_providers": "sandbox", "email_providers": ""}, [], []),
+        (
+            {**TWILIO, "email_providers": "sendgrid", "sendgrid_api_key": "k"},
+            ["sendgrid"],
+            ["twilio"],
+        ),
+    ],
+)
+async def test_email_and_sms_providers_come_from_their_credentials(
+    given: dict[str, str],
+    email: list[str],
+    sms: list[str],
+    settings_factory: Callable[..., Settings],
+    runtime: Runtime,
+) -> None:
+    settings = settings_factory(**given)
+    providers = build_providers(settings, runtime.store, runtime.hub)
+
+    def names(channel: Channel) -> list[str]:
+        return [p.name for p in providers.by_channel[channel] if p.name != "sandbox"]
+
+    assert names(Channel.EMAIL) == email
+    assert names(Channel.SMS) == sms
+    await providers.close()
+
+
+def test_incomplete_twilio_credentials_are_warned_about() -> None:
+    settings = Settings(twilio_auth_token="only-the-token")
+    assert settings.sms_providers == []
+    assert settings.startup_warnings({}) == [
+        "Twilio credentials are incomplete (HERALD_TWILIO_ACCOUNT_SID, HERALD_TWILIO_FROM "
+        "not set): SMS does not use Twilio"
+    ]
+
+
+def test_refuse_sandbox_names_the_channels_that_would_use_it(runtime: Runtime) -> None:
+    settings = Settings(refuse_sandbox=True, **TWILIO)
+    with pytest.raises(ConfigurationError, match=r"push \(android\).*email") as refused:
+        build_providers(settings, runtime.store, runtime.hub)
+    assert "sms" not in str(refused.value)
