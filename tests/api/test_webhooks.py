@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,6 +18,7 @@ import pytest
 import structlog.testing
 
 import herald.providers.webhooks
+from herald.clock import FakeClock
 from herald.fakes.sendgrid import FakeSendGrid, SentMail
 from herald.fakes.sns import FakeSns
 from herald.providers.webhooks import (
@@ -395,6 +397,25 @@ async def test_a_replayed_start_does_not_lift_a_newer_stop(
         assert replay.status_code == 200, replay.text
         assert replay.json() == {"received": 1, "matched": 0, "duplicates": 1}
         assert await suppressions(hooks, "sms") == [(PHONE, "opt-out (STOP)")]
+
+
+@pytest.mark.parametrize("clock", [FakeClock(datetime.now(UTC))])
+async def test_a_start_replayed_after_the_event_retention_still_does_not_lift_a_stop(
+    hooks: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """Twilio signs no time, so an opt-in's signed id is what refuses its replay: it
+    outlives the housekeeping that forgets other webhook ids with the delivery log."""
+    url = public(runtime, "twilio")
+    start = inbound_sms("START")
+    for form in (inbound_sms("STOP"), start, inbound_sms("STOP")):
+        assert (await twilio_post(hooks, url, form)).status_code == 200
+
+    clock.advance((runtime.store.retention_days + 1) * 86400)
+    await runtime.store.maintain()
+    replay = await twilio_post(hooks, url, start, idempotency_token="a-fresh-token")
+
+    assert replay.json()["duplicates"] == 1
+    assert await suppressions(hooks, "sms") == [(PHONE, "opt-out (STOP)")]
 
 
 @pytest.mark.parametrize("provider", ["twilio", "sendgrid", "ses"])
