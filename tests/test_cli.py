@@ -65,6 +65,8 @@ def test_worker_refuses_an_unknown_channel(herald_env: dict[str, str]) -> None:
         ({"HERALD_SMS_PROVIDERS": "twilio"}, "'twilio' is named in HERALD_SMS_PROVIDERS but not"),
         ({"HERALD_EMAIL_PROVIDERS": "pigeon"}, "unknown email provider 'pigeon'"),
         ({"HERALD_PORT": "eighty"}, "HERALD_PORT: Input should be a valid integer"),
+        ({"HERALD_RATE_LIMITS": "not json"}, 'error parsing value for field "rate_limits"'),
+        ({"HERALD_DATABASE_URL": "mysql://db/herald"}, "HERALD_DATABASE_URL: unsupported scheme"),
         ({"HERALD_FCM_CREDENTIALS": "/nonexistent/fcm.json"}, "the fcm provider cannot be"),
         ({"HERALD_TOKEN_SECRET_FILE": "/nonexistent/secret"}, "HERALD_TOKEN_SECRET_FILE"),
         ({"HERALD_REFUSE_SANDBOX": "1"}, "HERALD_REFUSE_SANDBOX is set and push (android)"),

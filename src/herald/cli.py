@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import structlog
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from herald.config import ConfigurationError, Settings
 from herald.domain import Channel
@@ -37,6 +38,8 @@ def _settings() -> Settings:
         settings = Settings()
     except ValidationError as error:
         _refuse(_validation_line(error))
+    except SettingsError as error:  # a value the environment source cannot even parse
+        _refuse(f"configuration error: {' '.join(str(error).split())}")
     configure(settings.log_level, settings.log_format)
     for warning in settings.startup_warnings():
         structlog.get_logger().warning(f"configuration: {warning}")

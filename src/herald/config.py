@@ -137,6 +137,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite", "postgres")):  # what open_store takes
+            scheme = value.split(":", 1)[0]
+            raise ValueError(f"unsupported scheme {scheme!r}: use sqlite:/// or postgresql://")
+        return value
+
     @model_validator(mode="after")
     def _token_secret(self) -> Self:
         given = [
