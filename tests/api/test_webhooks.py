@@ -326,14 +326,20 @@ async def test_ses_notification_signed_by_someone_else_is_refused(
 
 @pytest.fixture
 def confirmations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """SNS subscription confirmations the API fetched (no network: answered here)."""
+    """SNS subscription confirmations the API fetched (no network: answered here). A test
+    appends "fail" to make the next one a connection failure."""
     fetched: list[str] = []
     original = httpx.AsyncClient.get
 
     async def get(self: httpx.AsyncClient, url: Any, **kwargs: Any) -> httpx.Response:
         if "amazonaws.com" in str(url):
+            if fetched[-1:] == ["fail"]:  # a test asked for one failure
+                fetched[-1] = str(url)
+                raise httpx.ConnectError("connection refused")
             fetched.append(str(url))
-            return httpx.Response(200, text="<ConfirmSubscriptionResponse/>")
+            return httpx.Response(
+                200, text="<ConfirmSubscriptionResponse/>", request=httpx.Request("GET", url)
+            )
         return await original(self, url, **kwargs)
 
     monkeypatch.setattr(httpx.AsyncClient, "get", get)
@@ -352,6 +358,24 @@ async def test_sns_subscription_confirmation_is_confirmed(
     assert confirmations[0].startswith(
         "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription"
     )
+
+
+async def test_a_failed_subscription_confirmation_is_confirmed_on_the_retry(
+    hooks: httpx.AsyncClient, sns: FakeSns, confirmations: list[str]
+) -> None:
+    """The first GET of the SubscribeURL fails: SNS is told to retry (503), and its retry,
+    the same message, is confirmed rather than dropped as a repeat."""
+    body = sns.subscription_confirmation()
+    confirmations.append("fail")  # the fixture's next answer is a connection failure
+
+    first = await sns_post(hooks, body)
+    again = await sns_post(hooks, body)
+
+    assert first.status_code == 503, first.text
+    assert first.headers["Retry-After"]
+    assert again.status_code == 200, again.text
+    assert again.json()["duplicates"] == 0
+    assert confirmations == [orjson.loads(body)["SubscribeURL"]] * 2
 
 
 async def test_sns_subscription_url_off_sns_is_refused_and_not_fetched(

@@ -188,6 +188,15 @@ async def _confirm_subscription(url: str) -> None:
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.get(url)
-        log.info("SNS subscription confirmed", status=response.status_code)
+        response.raise_for_status()
     except httpx.HTTPError as error:
         log.error("SNS subscription confirmation failed", error=str(error))
+        # A 503 makes SNS send the confirmation again, and the caller forgets its
+        # MessageId so that the retry is not taken for a repeat.
+        raise ApiError(
+            503,
+            "unavailable",
+            "could not confirm the SNS subscription; send it again",
+            headers={"Retry-After": "10"},
+        ) from None
+    log.info("SNS subscription confirmed", status=response.status_code)
