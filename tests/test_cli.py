@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import orjson
+import pytest
 
 from tests.fixtures.serve import HERALD, HeraldLauncher
 
@@ -55,3 +57,48 @@ def test_worker_refuses_an_unknown_channel(herald_env: dict[str, str]) -> None:
     result = herald("worker", "--channel", "fax", env=herald_env)
     assert result.returncode == 2
     assert "fax" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"HERALD_SMS_PROVIDERS": "twilio"}, "'twilio' is named in HERALD_SMS_PROVIDERS but not"),
+        ({"HERALD_EMAIL_PROVIDERS": "pigeon"}, "unknown email provider 'pigeon'"),
+        ({"HERALD_PORT": "eighty"}, "HERALD_PORT: Input should be a valid integer"),
+        ({"HERALD_RATE_LIMITS": "not json"}, 'error parsing value for field "rate_limits"'),
+        ({"HERALD_DATABASE_URL": "mysql://db/herald"}, "HERALD_DATABASE_URL: unsupported scheme"),
+        ({"HERALD_FCM_CREDENTIALS": "/nonexistent/fcm.json"}, "the fcm provider cannot be"),
+        ({"HERALD_TOKEN_SECRET_FILE": "/nonexistent/secret"}, "HERALD_TOKEN_SECRET_FILE"),
+        ({"HERALD_REFUSE_SANDBOX": "1"}, "HERALD_REFUSE_SANDBOX is set and push (android)"),
+    ],
+)
+def test_a_start_up_configuration_error_is_one_line_and_exit_code_2(
+    variables: dict[str, str], expected: str, herald_env: dict[str, str]
+) -> None:
+    result = herald("serve", "--port", "0", env={**herald_env, **variables})
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("herald:")]
+    assert len(said) == 1, result.stderr
+    assert said[0].startswith("herald: cannot start: ")
+    assert expected in said[0]
+
+
+def test_unknown_herald_variables_are_named_with_a_suggestion(
+    herald_env: dict[str, str],
+) -> None:
+    env = {**herald_env, "HERALD_FCM_CREDENTIAL": "/etc/fcm.json", "HERALD_COLOUR": "blue"}
+    result = herald("migrate", env=env)
+
+    assert result.returncode == 0, result.stderr
+    [warning] = [
+        orjson.loads(line)
+        for line in result.stderr.splitlines()
+        if line.startswith("{") and "unknown variables" in line
+    ]
+    assert warning["level"] == "warning"
+    assert warning["event"] == (
+        "configuration: unknown variables, ignored: HERALD_COLOUR, "
+        "HERALD_FCM_CREDENTIAL (did you mean HERALD_FCM_CREDENTIALS?)"
+    )

@@ -6,11 +6,14 @@ import asyncio
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+import structlog
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from herald.config import Settings
+from herald.config import ConfigurationError, Settings
 from herald.domain import Channel
 from herald.logs import configure
 
@@ -29,20 +32,43 @@ def _run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    """The settings, or one line on stderr and exit code 2 when they cannot work; unknown
+    HERALD_* variables and incomplete credentials are logged (one line each)."""
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        _refuse(_validation_line(error))
+    except SettingsError as error:  # a value the environment source cannot even parse
+        _refuse(f"configuration error: {' '.join(str(error).split())}")
     configure(settings.log_level, settings.log_format)
+    for warning in settings.startup_warnings():
+        structlog.get_logger().warning(f"configuration: {warning}")
     return settings
 
 
-def _start(plan: Plan) -> None:
+def _refuse(message: str) -> NoReturn:
+    click.echo(f"herald: cannot start: {message}", err=True)
+    sys.exit(2)
+
+
+def _validation_line(error: ValidationError) -> str:
+    """Every problem pydantic found, on one line, by variable name."""
+    problems = []
+    for item in error.errors():
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        where = "_".join(str(part) for part in item.get("loc", ()) if isinstance(part, str))
+        problems.append(f"HERALD_{where.upper()}: {message}" if where else message)
+    return "configuration error: " + "; ".join(problems)
+
+
+def _start(plan: Plan, settings: Settings | None = None) -> None:
     from herald.process import StartupError, run
 
-    settings = _settings()
+    settings = settings or _settings()
     try:
         _run(run(settings, plan))
-    except StartupError as error:
-        click.echo(f"herald: cannot start: {error}", err=True)
-        sys.exit(2)
+    except (StartupError, ConfigurationError) as error:
+        _refuse(" ".join(str(error).split()))
 
 
 def _plan(**fields: Any) -> Plan:
@@ -84,13 +110,14 @@ def main() -> None:
 @port_option
 def serve(host: str | None, port: int | None) -> None:
     """Every role in one process (embedded SQLite + in-process bus unless configured)."""
-    settings = Settings()
+    settings = _settings()
     _start(
         _plan(
             roles=("api", "relay", "router", "worker", "scheduler"),
             host=host or settings.host,
             port=port or settings.port,
-        )
+        ),
+        settings,
     )
 
 
@@ -99,9 +126,12 @@ def serve(host: str | None, port: int | None) -> None:
 @port_option
 def api(host: str | None, port: int | None) -> None:
     """The HTTP API alone."""
-    settings = Settings()
+    settings = _settings()
     _start(
-        _plan(roles=("api",), host=host or settings.host, port=port or settings.port, migrate=False)
+        _plan(
+            roles=("api",), host=host or settings.host, port=port or settings.port, migrate=False
+        ),
+        settings,
     )
 
 

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -15,6 +17,36 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+MIN_SECRET_LENGTH = 16
+PREFIX = "HERALD_"
+# HERALD_* variables that are not settings: the config file's name, and those read by
+# scripts/services.sh, scripts/test and the test suite.
+OTHER_VARIABLES = frozenset(
+    {
+        "HERALD_CONFIG_FILE",
+        "HERALD_CACHE_DIR",
+        "HERALD_SERVICES_SCRIPT",
+        "HERALD_PG_CLUSTER",
+        "HERALD_PG_PORT",
+        "HERALD_KAFKA_PORT",
+        "HERALD_KAFKA_CONTROLLER_PORT",
+        "HERALD_KAFKA_DATA",
+        "HERALD_KAFKA_JAVA_OPTS",
+        "HERALD_KAFKA_VERSION",
+        "HERALD_KAFKA_START_TIMEOUT",
+        "HERALD_TEST_RUN",
+        "HERALD_TEST_WORKERS",
+        "HERALD_PROPERTY_EXAMPLES",
+        "HERALD_FUZZ_EXAMPLES",
+        "HERALD_FUZZ_RANDOM",
+        "HERALD_CHAOS_TEST_DURATION",
+    }
+)
+
+
+class ConfigurationError(ValueError):
+    """The configuration cannot work; the message is one line naming the setting."""
 
 
 class Settings(BaseSettings):
@@ -29,7 +61,12 @@ class Settings(BaseSettings):
     public_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    # The secret that signs inbox and unsubscribe tokens. From HERALD_TOKEN_SECRET or the
+    # file HERALD_TOKEN_SECRET_FILE (HERALD_SECRET_KEY is the older name); when none is
+    # given, one is generated once and kept in the database.
     secret_key: str | None = None
+    token_secret: str | None = None
+    token_secret_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "auto"  # auto (JSON unless a terminal), json, console
 
@@ -50,8 +87,12 @@ class Settings(BaseSettings):
 
     # Providers
     ca_file: Path | None = None
+    # Failover order. Unset: every provider whose credentials are given (email: smtp, then
+    # sendgrid; sms: twilio), as push does; "sandbox" (or an empty value) says sandbox.
     email_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sms_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Refuse to start a worker when any channel would go to the sandbox provider.
+    refuse_sandbox: bool = False
 
     fcm_credentials: Path | None = None
     fcm_base_url: str = "https://fcm.googleapis.com"
@@ -91,12 +132,109 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
 
-    @field_validator("email_providers", "sms_providers", "webpush_allowed_hosts", mode="before")
+    # SES events through SNS: the topics this deployment subscribed. Required to take SNS
+    # webhooks at all (anyone can publish validly signed messages on a topic of their own).
+    sns_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator(
+        "email_providers", "sms_providers", "webpush_allowed_hosts", "sns_topic_arns", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite", "postgres")):  # what open_store takes
+            scheme = value.split(":", 1)[0]
+            raise ValueError(f"unsupported scheme {scheme!r}: use sqlite:/// or postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _token_secret(self) -> Self:
+        given = [
+            name
+            for name, value in (
+                ("HERALD_TOKEN_SECRET", self.token_secret),
+                ("HERALD_TOKEN_SECRET_FILE", self.token_secret_file),
+                ("HERALD_SECRET_KEY", self.secret_key),
+            )
+            if value
+        ]
+        if len(given) > 1:
+            raise ValueError(f"set only one of {' and '.join(given)}")
+        if self.token_secret_file is not None:
+            try:
+                secret = self.token_secret_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(
+                    f"HERALD_TOKEN_SECRET_FILE {self.token_secret_file}: {error.strerror}"
+                ) from None
+            if not secret:
+                raise ValueError(f"HERALD_TOKEN_SECRET_FILE {self.token_secret_file} is empty")
+            self.secret_key = secret
+        elif self.token_secret:
+            self.secret_key = self.token_secret
+        if self.secret_key is not None and len(self.secret_key) < MIN_SECRET_LENGTH:
+            raise ValueError(f"the token secret must be at least {MIN_SECRET_LENGTH} characters")
+        return self
+
+    @model_validator(mode="after")
+    def _providers_from_credentials(self) -> Self:
+        """Email and SMS providers whose credentials are given serve their channel when no
+        list names them (they were ignored, and the channel went to the sandbox)."""
+        if "email_providers" not in self.model_fields_set:
+            self.email_providers = [
+                name
+                for name, configured in (
+                    ("smtp", bool(self.smtp_host)),
+                    ("sendgrid", bool(self.sendgrid_api_key)),
+                )
+                if configured
+            ]
+        if "sms_providers" not in self.model_fields_set and self._twilio_complete:
+            self.sms_providers = ["twilio"]
+        return self
+
+    @property
+    def _twilio_complete(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from)
+
+    def startup_warnings(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """What a start should say about the configuration without refusing it: unknown
+        HERALD_* variables (a typo is otherwise silently ignored), incomplete credentials."""
+        environ = os.environ if environ is None else environ
+        known = {PREFIX + name.upper() for name in type(self).model_fields} | OTHER_VARIABLES
+        unknown = sorted(n for n in environ if n.upper().startswith(PREFIX) and n not in known)
+        warnings = []
+        if unknown:
+            described = []
+            for name in unknown:
+                # Compared without the prefix every name shares, which would make any two
+                # names look alike.
+                close = difflib.get_close_matches(
+                    name.upper().removeprefix(PREFIX),
+                    sorted(k.removeprefix(PREFIX) for k in known),
+                    n=1,
+                    cutoff=0.8,
+                )
+                described.append(f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name)
+            warnings.append("unknown variables, ignored: " + ", ".join(described))
+        twilio = {
+            "HERALD_TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+            "HERALD_TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+            "HERALD_TWILIO_FROM": self.twilio_from,
+        }
+        missing = [name for name, value in twilio.items() if not value]
+        if 0 < len(missing) < len(twilio) and "twilio" not in self.sms_providers:
+            warnings.append(
+                f"Twilio credentials are incomplete ({', '.join(missing)} not set): "
+                "SMS does not use Twilio"
+            )
+        return warnings
 
     @classmethod
     def settings_customise_sources(

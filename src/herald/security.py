@@ -11,13 +11,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 
 SCOPES = ("admin", "send", "manage", "read")
 KEY_PREFIX = "hk_"
+MAX_EXP = 253402300800  # 10000-01-01T00:00:00Z: beyond it a datetime cannot hold the expiry
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +82,27 @@ class Signer:
             )
         except jwt.PyJWTError as error:
             raise TokenInvalid(f"token is not valid: {error}") from None
+        expires = claims["exp"]
+        # verify_exp is off (the deployment's clock decides, not the wall clock), so the
+        # claim's type is checked here: a string or a bool `exp` is a malformed token.
+        if (
+            isinstance(expires, bool)
+            or not isinstance(expires, int | float)
+            or not 0 <= expires < MAX_EXP  # also refuses NaN and Infinity
+        ):
+            raise TokenInvalid("token is not valid: exp is not a number of seconds")
+        if not isinstance(claims["sub"], str) or not isinstance(claims["pur"], str):
+            raise TokenInvalid("token is not valid: sub and pur must be strings")
         if claims["pur"] != purpose:
             raise TokenInvalid("token is for another purpose")
-        if claims["exp"] < now.timestamp():
+        if expires < now.timestamp():
             raise TokenInvalid("token has expired")
         return claims
+
+    @staticmethod
+    def expires_at(claims: dict[str, Any]) -> datetime:
+        """The expiry of claims `verify` accepted."""
+        return datetime.fromtimestamp(float(claims["exp"]), UTC)
 
     def inbox_token(self, user_id: str, now: datetime, ttl: timedelta) -> tuple[str, datetime]:
         expires_at = now + ttl

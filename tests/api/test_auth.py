@@ -516,6 +516,14 @@ async def test_expired_tampered_or_foreign_inbox_tokens_are_401(
         ),
         "another purpose": runtime.signer.sign("unsubscribe", "alice", now + timedelta(hours=1)),
         "garbage": "not-a-token",
+        # Validly signed, malformed claims (a 500 once: `exp` was compared as it came).
+        "exp not a number": runtime.signer.sign("inbox", "alice", now, exp="tomorrow"),
+        "exp a bool": runtime.signer.sign("inbox", "alice", now, exp=True),
+        "exp infinite": runtime.signer.sign("inbox", "alice", now, exp=float("inf")),
+        "exp beyond a datetime": runtime.signer.sign("inbox", "alice", now, exp=10**20),
+        "sub not a string": runtime.signer.sign(
+            "inbox", "alice", now + timedelta(hours=1), sub=["alice"]
+        ),
     }
     for why, token in bad_tokens.items():
         assert_401(await call(app, client, "GET", "/v1/users/alice/inbox", bearer(token)), why)

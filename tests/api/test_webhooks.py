@@ -8,13 +8,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import orjson
 import pytest
+import structlog.testing
 
+import herald.providers.webhooks
+from herald.clock import FakeClock
 from herald.fakes.sendgrid import FakeSendGrid, SentMail
 from herald.fakes.sns import FakeSns
 from herald.providers.webhooks import (
@@ -51,6 +55,7 @@ async def hooks(
         twilio_account_sid=TWILIO_SID,
         sendgrid_public_key=sendgrid.public_key_base64,
         sns_certificates=sns.certificates(),
+        sns_topic_arns=frozenset({sns.topic_arn}),
     )
     await api.put("/v1/users/dana", json={"email": EMAIL, "phone": PHONE})
     return api
@@ -105,12 +110,30 @@ async def suppressions(api: httpx.AsyncClient, channel: str) -> list[tuple[str, 
 
 
 def twilio_post(
-    hooks: httpx.AsyncClient, url: str, form: dict[str, str], *, token: str | None = TWILIO_TOKEN
+    hooks: httpx.AsyncClient,
+    url: str,
+    form: dict[str, str],
+    *,
+    token: str | None = TWILIO_TOKEN,
+    idempotency_token: str | None = None,
 ) -> Awaitable[httpx.Response]:
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if token is not None:
         headers[TWILIO_SIGNATURE_HEADER] = twilio_signature(token, url, form.items())
+    if idempotency_token is not None:
+        headers["I-Twilio-Idempotency-Token"] = idempotency_token
     return hooks.post("/v1/webhooks/twilio", content=urlencode(form), headers=headers)
+
+
+def inbound_sms(body: str, message_sid: str | None = None) -> dict[str, str]:
+    return {
+        "AccountSid": TWILIO_SID,
+        "MessageSid": message_sid or "SM" + uuid.uuid4().hex,
+        "From": PHONE,
+        "To": "+15005550006",
+        "Body": body,
+        "NumMedia": "0",
+    }
 
 
 def status_form(message_sid: str, status: str) -> dict[str, str]:
@@ -135,7 +158,7 @@ async def test_twilio_status_callback_marks_the_sms_delivered(
     answer = await twilio_post(hooks, public(runtime, "twilio"), form)
 
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"received": 1, "matched": 1}
+    assert answer.json() == {"received": 1, "matched": 1, "duplicates": 0}
     now = await current(hooks, delivery)
     assert now["status"] == "delivered"
     events = (await hooks.get(f"/v1/notifications/{delivery['notification_id']}/events")).json()
@@ -222,7 +245,8 @@ async def test_sendgrid_bounce_makes_the_delivery_undeliverable_and_suppresses(
     answer = await hooks.post("/v1/webhooks/sendgrid", content=body, headers=headers)
 
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"received": 1, "matched": 1}  # "processed" is not an event
+    # "processed" is not an event
+    assert answer.json() == {"received": 1, "matched": 1, "duplicates": 0}
     assert (await current(hooks, delivery))["status"] == "undeliverable"
     assert await suppressions(hooks, "email") == [(EMAIL, "sendgrid bounced")]
 
@@ -269,7 +293,7 @@ async def test_ses_permanent_bounce_suppresses_the_address(
     answer = await sns_post(hooks, body)
 
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"received": 1, "matched": 1}
+    assert answer.json() == {"received": 1, "matched": 1, "duplicates": 0}
     assert (await current(hooks, delivery))["status"] == "undeliverable"
     assert await suppressions(hooks, "email") == [(EMAIL, "ses bounced")]
 
@@ -302,14 +326,20 @@ async def test_ses_notification_signed_by_someone_else_is_refused(
 
 @pytest.fixture
 def confirmations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """SNS subscription confirmations the API fetched (no network: answered here)."""
+    """SNS subscription confirmations the API fetched (no network: answered here). A test
+    appends "fail" to make the next one a connection failure."""
     fetched: list[str] = []
     original = httpx.AsyncClient.get
 
     async def get(self: httpx.AsyncClient, url: Any, **kwargs: Any) -> httpx.Response:
         if "amazonaws.com" in str(url):
+            if fetched[-1:] == ["fail"]:  # a test asked for one failure
+                fetched[-1] = str(url)
+                raise httpx.ConnectError("connection refused")
             fetched.append(str(url))
-            return httpx.Response(200, text="<ConfirmSubscriptionResponse/>")
+            return httpx.Response(
+                200, text="<ConfirmSubscriptionResponse/>", request=httpx.Request("GET", url)
+            )
         return await original(self, url, **kwargs)
 
     monkeypatch.setattr(httpx.AsyncClient, "get", get)
@@ -330,6 +360,24 @@ async def test_sns_subscription_confirmation_is_confirmed(
     )
 
 
+async def test_a_failed_subscription_confirmation_is_confirmed_on_the_retry(
+    hooks: httpx.AsyncClient, sns: FakeSns, confirmations: list[str]
+) -> None:
+    """The first GET of the SubscribeURL fails: SNS is told to retry (503), and its retry,
+    the same message, is confirmed rather than dropped as a repeat."""
+    body = sns.subscription_confirmation()
+    confirmations.append("fail")  # the fixture's next answer is a connection failure
+
+    first = await sns_post(hooks, body)
+    again = await sns_post(hooks, body)
+
+    assert first.status_code == 503, first.text
+    assert first.headers["Retry-After"]
+    assert again.status_code == 200, again.text
+    assert again.json()["duplicates"] == 0
+    assert confirmations == [orjson.loads(body)["SubscribeURL"]] * 2
+
+
 async def test_sns_subscription_url_off_sns_is_refused_and_not_fetched(
     hooks: httpx.AsyncClient, sns: FakeSns, confirmations: list[str]
 ) -> None:
@@ -347,6 +395,158 @@ async def test_sns_subscription_url_off_sns_is_refused_and_not_fetched(
         assert answer.status_code == 401
         assert "SubscribeURL" in answer.json()["error"]["message"]
     assert confirmations == []
+
+
+# --------------------------------------------------------------------------- replays
+
+
+async def test_a_replayed_start_does_not_lift_a_newer_stop(
+    hooks: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """STOP, START, STOP; then the START again, as Twilio retried it (same idempotency
+    token) and as an attacker would replay it (a fresh token: the header is not signed)."""
+    url = public(runtime, "twilio")
+    start = inbound_sms("START")
+    for form, token in [
+        (inbound_sms("STOP"), "idem-1"),
+        (start, "idem-2"),
+        (inbound_sms("STOP"), "idem-3"),
+    ]:
+        assert (await twilio_post(hooks, url, form, idempotency_token=token)).status_code == 200
+    assert await suppressions(hooks, "sms") == [(PHONE, "opt-out (STOP)")]
+
+    for token in ("idem-2", "a-fresh-token"):
+        replay = await twilio_post(hooks, url, start, idempotency_token=token)
+
+        assert replay.status_code == 200, replay.text
+        assert replay.json() == {"received": 1, "matched": 0, "duplicates": 1}
+        assert await suppressions(hooks, "sms") == [(PHONE, "opt-out (STOP)")]
+
+
+@pytest.mark.parametrize("clock", [FakeClock(datetime.now(UTC))])
+async def test_a_start_replayed_after_the_event_retention_still_does_not_lift_a_stop(
+    hooks: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """Twilio signs no time, so an opt-in's signed id is what refuses its replay: it
+    outlives the housekeeping that forgets other webhook ids with the delivery log."""
+    url = public(runtime, "twilio")
+    start = inbound_sms("START")
+    for form in (inbound_sms("STOP"), start, inbound_sms("STOP")):
+        assert (await twilio_post(hooks, url, form)).status_code == 200
+
+    clock.advance((runtime.store.retention_days + 1) * 86400)
+    await runtime.store.maintain()
+    replay = await twilio_post(hooks, url, start, idempotency_token="a-fresh-token")
+
+    assert replay.json()["duplicates"] == 1
+    assert await suppressions(hooks, "sms") == [(PHONE, "opt-out (STOP)")]
+
+
+@pytest.mark.parametrize("provider", ["twilio", "sendgrid", "ses"])
+async def test_a_replayed_suppressing_webhook_is_applied_once(
+    provider: str,
+    hooks: httpx.AsyncClient,
+    runtime: Runtime,
+    sendgrid: FakeSendGrid,
+    sns: FakeSns,
+    pipeline: Pipeline,
+) -> None:
+    """An operator releases a bounced or opted-out address; the provider's event, posted
+    again (a retry, or a replay within its signature's window), does not suppress it anew."""
+    if provider == "twilio":
+        form, url = inbound_sms("STOP"), public(runtime, "twilio")
+
+        def post() -> Awaitable[httpx.Response]:
+            return twilio_post(hooks, url, form, idempotency_token="idem-stop")
+
+        channel, address = "sms", PHONE
+    elif provider == "sendgrid":
+        delivery = await with_notification_id(hooks, "email")
+        bounce = [sendgrid.event(sendgrid_mail(delivery), "bounce", type="bounce")]
+        body, headers = sendgrid.signed_events(bounce)
+
+        def post() -> Awaitable[httpx.Response]:
+            return hooks.post("/v1/webhooks/sendgrid", content=body, headers=headers)
+
+        channel, address = "email", EMAIL
+    else:
+        delivery = await with_notification_id(hooks, "email")
+        ses_body = sns.notification(sns.ses_bounce(delivery_id=delivery["id"], address=EMAIL))
+
+        def post() -> Awaitable[httpx.Response]:
+            return sns_post(hooks, ses_body)
+
+        channel, address = "email", EMAIL
+
+    assert (await post()).status_code == 200
+    listed = await hooks.get("/v1/suppressions", params={"channel": channel})
+    [suppression] = listed.json()["items"]
+    assert suppression["address"] == address
+    assert (await hooks.delete(f"/v1/suppressions/{suppression['id']}")).status_code == 204
+
+    again = await post()
+
+    assert again.status_code == 200, again.text
+    assert again.json()["duplicates"] == 1
+    assert await suppressions(hooks, channel) == []
+
+
+# --------------------------------------------------------------------------- SNS topics
+
+
+@pytest.mark.parametrize("allowed", ["no allow-list", "another topic"])
+async def test_sns_from_a_topic_not_allowed_is_refused_and_never_confirmed(
+    allowed: str,
+    hooks: httpx.AsyncClient,
+    runtime: Runtime,
+    sns: FakeSns,
+    confirmations: list[str],
+    pipeline: Pipeline,
+) -> None:
+    assert runtime.webhook_config is not None
+    if allowed == "no allow-list":
+        runtime.webhook_config.sns_topic_arns = frozenset()
+        topic = sns.topic_arn
+    else:
+        topic = "arn:aws:sns:us-east-1:999999999999:someone-elses-topic"
+    delivery = await with_notification_id(hooks, "email")
+    bounce = sns.ses_bounce(delivery_id=delivery["id"], address=EMAIL)
+
+    with structlog.testing.capture_logs() as logs:
+        answers = [
+            await sns_post(hooks, sns.subscription_confirmation(topic_arn=topic)),
+            await sns_post(hooks, sns.notification(bounce, topic_arn=topic)),
+        ]
+
+    for answer in answers:
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["error"]["code"] == "forbidden"
+        assert "HERALD_SNS_TOPIC_ARNS" in answer.json()["error"]["message"]
+    refused = [e for e in logs if e["event"] == "webhook refused"]
+    assert [e["log_level"] for e in refused] == ["warning", "warning"]
+    assert confirmations == []
+    assert (await current(hooks, delivery))["status"] == "sent"
+    assert await suppressions(hooks, "email") == []
+
+
+async def test_the_sns_signing_certificate_is_fetched_once_across_requests(
+    hooks: httpx.AsyncClient,
+    runtime: Runtime,
+    sns: FakeSns,
+    monkeypatch: pytest.MonkeyPatch,
+    confirmations: list[str],
+) -> None:
+    """The API builds its webhook settings from the deployment's (no test config), and the
+    certificate GET goes to FakeSns instead of the network."""
+    runtime.webhook_config = None
+    runtime.settings.sns_topic_arns = [sns.topic_arn]
+    monkeypatch.setattr(herald.providers.webhooks, "fetch_over_https", sns.fetch_certificate)
+
+    for _ in range(3):
+        assert (await sns_post(hooks, sns.subscription_confirmation())).status_code == 200
+
+    assert sns.fetched == [sns.cert_url]
+    assert len(confirmations) == 3
 
 
 async def test_unknown_provider_is_404(hooks: httpx.AsyncClient) -> None:

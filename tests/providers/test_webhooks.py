@@ -16,11 +16,12 @@ import pytest
 from herald.clock import FakeClock
 from herald.config import Settings
 from herald.fakes.sendgrid import FakeSendGrid, SentMail
-from herald.fakes.sns import FakeSns
+from herald.fakes.sns import FakeSns, default_topic_arn
 from herald.providers.webhooks import (
     SnsCertificates,
     UnknownWebhookProvider,
     WebhookConfig,
+    WebhookNotAllowed,
     WebhookRejected,
     is_sns_url,
     load_sendgrid_public_key,
@@ -37,6 +38,7 @@ from herald.providers.webhooks import (
 TOKEN = "twilio-auth-token"
 ACCOUNT = "AC" + "1" * 32
 URL = "https://herald.example/v1/webhooks/twilio"
+TOPICS = {default_topic_arn()}  # what every FakeSns here publishes on
 
 
 def twilio_request(
@@ -200,6 +202,8 @@ def test_twilio_replay_is_left_to_the_idempotency_token() -> None:
     again = parse_twilio(url=URL, headers=headers, body=body, auth_token=TOKEN)
     assert first == again
     assert first[0].detail["idempotency_token"] == "token-1"
+    # The signed sid and status first (a replay with a fresh token repeats it), then the token.
+    assert first[0].event_ids == ("SM" + "a" * 32 + ":delivered", "token:token-1")
 
 
 # --------------------------------------------------------------------------- SendGrid
@@ -369,7 +373,11 @@ async def test_ses_permanent_bounce(sns: FakeSns, version: str) -> None:
         signature_version=version,
     )
     [event] = await parse_ses(
-        headers=sns.headers(body), body=body, certificates=sns.certificates(), now=sns_now()
+        topic_arns=TOPICS,
+        headers=sns.headers(body),
+        body=body,
+        certificates=sns.certificates(),
+        now=sns_now(),
     )
     assert event.provider == "ses"
     assert (event.kind, event.permanent) == ("bounced", True)
@@ -400,7 +408,11 @@ async def test_ses_notification_kinds(
         inner = sns.ses_delivery(delivery_id="d-1", address=address)
     body = sns.notification(inner, subject="Amazon SES Email Event Notification")
     [event] = await parse_ses(
-        headers=sns.headers(body), body=body, certificates=sns.certificates(), now=sns_now()
+        topic_arns=TOPICS,
+        headers=sns.headers(body),
+        body=body,
+        certificates=sns.certificates(),
+        now=sns_now(),
     )
     assert (event.kind, event.permanent, event.delivery_id) == (kind, permanent, "d-1")
 
@@ -409,14 +421,20 @@ async def test_ses_delivery_id_from_the_message_id_header(sns: FakeSns) -> None:
     inner = sns.ses_delivery(delivery_id="d-42", address="a@example.com")
     del inner["mail"]["tags"]
     body = sns.notification(inner)
-    [event] = await parse_ses(headers={}, body=body, certificates=sns.certificates(), now=sns_now())
+    [event] = await parse_ses(
+        topic_arns=TOPICS, headers={}, body=body, certificates=sns.certificates(), now=sns_now()
+    )
     assert event.delivery_id == "d-42"
 
 
 async def test_ses_subscription_confirmation(sns: FakeSns) -> None:
     body = sns.subscription_confirmation()
     [event] = await parse_ses(
-        headers=sns.headers(body), body=body, certificates=sns.certificates(), now=sns_now()
+        topic_arns=TOPICS,
+        headers=sns.headers(body),
+        body=body,
+        certificates=sns.certificates(),
+        now=sns_now(),
     )
     assert event.kind == "subscription_confirmation"
     assert event.detail["subscribe_url"].startswith(
@@ -432,7 +450,11 @@ async def test_ses_forged_signature_is_rejected(sns: FakeSns) -> None:
     envelope["SigningCertURL"] = sns.cert_url  # claims the real certificate
     with pytest.raises(WebhookRejected, match="bad SNS signature"):
         await parse_ses(
-            headers={}, body=orjson.dumps(envelope), certificates=sns.certificates(), now=sns_now()
+            topic_arns=TOPICS,
+            headers={},
+            body=orjson.dumps(envelope),
+            certificates=sns.certificates(),
+            now=sns_now(),
         )
 
 
@@ -442,7 +464,11 @@ async def test_ses_tampered_message_is_rejected(sns: FakeSns) -> None:
     envelope["Message"] = envelope["Message"].replace("Delivery", "Bounce")
     with pytest.raises(WebhookRejected, match="bad SNS signature"):
         await parse_ses(
-            headers={}, body=orjson.dumps(envelope), certificates=sns.certificates(), now=sns_now()
+            topic_arns=TOPICS,
+            headers={},
+            body=orjson.dumps(envelope),
+            certificates=sns.certificates(),
+            now=sns_now(),
         )
 
 
@@ -452,7 +478,9 @@ async def test_ses_replayed_old_notification_is_rejected(sns: FakeSns) -> None:
         sns.ses_delivery(delivery_id="d", address="a@example.com"), timestamp=two_hours_ago
     )
     with pytest.raises(WebhookRejected, match="older than"):
-        await parse_ses(headers={}, body=body, certificates=sns.certificates(), now=sns_now())
+        await parse_ses(
+            topic_arns=TOPICS, headers={}, body=body, certificates=sns.certificates(), now=sns_now()
+        )
 
 
 @pytest.mark.parametrize("strip", ["Signature", "SigningCertURL", "SignatureVersion"])
@@ -461,7 +489,11 @@ async def test_ses_unsigned_is_rejected(sns: FakeSns, strip: str) -> None:
     del envelope[strip]
     with pytest.raises(WebhookRejected):
         await parse_ses(
-            headers={}, body=orjson.dumps(envelope), certificates=sns.certificates(), now=sns_now()
+            topic_arns=TOPICS,
+            headers={},
+            body=orjson.dumps(envelope),
+            certificates=sns.certificates(),
+            now=sns_now(),
         )
 
 
@@ -488,6 +520,7 @@ async def test_ses_untrusted_certificate_urls_are_never_fetched(
 
     with pytest.raises(WebhookRejected, match="untrusted"):
         await parse_ses(
+            topic_arns=TOPICS,
             headers={},
             body=orjson.dumps(envelope),
             certificates=SnsCertificates(fetch),
@@ -506,9 +539,17 @@ async def test_ses_certificate_hook_for_a_local_url(sns: FakeSns) -> None:
         lambda url: _constant(local.certificate_pem),
         is_trusted=lambda url: url.startswith("http://127.0.0.1:9/"),
     )
-    assert await parse_ses(headers={}, body=body, certificates=widened, now=sns_now())
+    assert await parse_ses(
+        topic_arns=TOPICS, headers={}, body=body, certificates=widened, now=sns_now()
+    )
     with pytest.raises(WebhookRejected, match="untrusted"):
-        await parse_ses(headers={}, body=body, certificates=local.certificates(), now=sns_now())
+        await parse_ses(
+            topic_arns=TOPICS,
+            headers={},
+            body=body,
+            certificates=local.certificates(),
+            now=sns_now(),
+        )
 
 
 async def _constant(value: bytes) -> bytes:
@@ -520,26 +561,80 @@ async def test_ses_certificate_is_fetched_once(sns: FakeSns) -> None:
     before = len(sns.fetched)
     for _ in range(3):
         body = sns.notification(sns.ses_delivery(delivery_id="d", address="a@example.com"))
-        await parse_ses(headers={}, body=body, certificates=certificates, now=sns_now())
+        await parse_ses(
+            topic_arns=TOPICS, headers={}, body=body, certificates=certificates, now=sns_now()
+        )
     assert len(sns.fetched) - before == 1
 
 
-async def test_ses_unexpected_topic_is_rejected(sns: FakeSns) -> None:
-    body = sns.notification(sns.ses_delivery(delivery_id="d", address="a@example.com"))
-    with pytest.raises(WebhookRejected, match="TopicArn"):
+@pytest.mark.parametrize("kind", ["notification", "subscription_confirmation"])
+async def test_ses_topic_off_the_allow_list_is_refused_before_its_certificate_is_fetched(
+    kind: str,
+) -> None:
+    """Anyone can publish validly signed SNS messages on a topic of their own account."""
+    stranger = FakeSns(topic_arn="arn:aws:sns:us-east-1:999999999999:not-ours")
+    if kind == "notification":
+        body = stranger.notification(stranger.ses_bounce(delivery_id="d", address="a@example.com"))
+    else:
+        body = stranger.subscription_confirmation()
+    with pytest.raises(WebhookNotAllowed, match="HERALD_SNS_TOPIC_ARNS"):
         await parse_ses(
             headers={},
             body=body,
-            certificates=sns.certificates(),
+            certificates=stranger.certificates(),
             now=sns_now(),
-            topic_arns={"arn:aws:sns:us-east-1:123456789012:other"},
+            topic_arns=TOPICS,
         )
+    assert stranger.fetched == []
+
+
+async def test_ses_events_carry_the_sns_message_id(sns: FakeSns) -> None:
+    body = sns.notification(sns.ses_delivery(delivery_id="d", address="a@example.com"))
+    [event] = await parse_ses(
+        headers={}, body=body, certificates=sns.certificates(), now=sns_now(), topic_arns=TOPICS
+    )
+    assert event.event_ids == (orjson.loads(body)["MessageId"],)
+
+
+async def test_sns_certificates_are_cached_for_their_ttl() -> None:
+    clock = FakeClock(datetime.now(UTC))
+    sns = FakeSns()
+    certificates = SnsCertificates(sns.fetch_certificate, ttl=timedelta(hours=1), clock=clock)
+    for _ in range(3):
+        await certificates.get(sns.cert_url)
+        clock.advance(20 * 60)
+    assert sns.fetched == [sns.cert_url]
+    clock.advance(20 * 60)  # past the hour: fetched again (AWS rotates and revokes them)
+    await certificates.get(sns.cert_url)
+    assert sns.fetched == [sns.cert_url, sns.cert_url]
+
+
+def test_sns_certificate_cache_is_bounded() -> None:
+    sns = FakeSns()
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return sns.certificate_pem
+
+    certificates = SnsCertificates(fetch, max_cached=2)
+    urls = [f"https://sns.us-east-1.amazonaws.com/cert-{n}.pem" for n in range(3)]
+
+    async def get_all() -> None:
+        for url in [*urls, urls[2], urls[0]]:
+            await certificates.get(url)
+
+    import asyncio
+
+    asyncio.run(get_all())
+    assert fetched == [*urls, urls[0]]  # cert-0 was the oldest, evicted by cert-2
 
 
 async def test_ses_message_type_header_must_match(sns: FakeSns) -> None:
     body = sns.notification(sns.ses_delivery(delivery_id="d", address="a@example.com"))
     with pytest.raises(WebhookRejected, match="message-type"):
         await parse_ses(
+            topic_arns=TOPICS,
             headers={"x-amz-sns-message-type": "SubscriptionConfirmation"},
             body=body,
             certificates=sns.certificates(),
@@ -557,6 +652,7 @@ async def test_parse_webhook_dispatches_by_provider(sns: FakeSns) -> None:
             twilio_auth_token=TOKEN,
             twilio_account_sid=ACCOUNT,
             sendgrid_webhook_key=sendgrid.public_key_base64,
+            sns_topic_arns=[sns.topic_arn],
         )
     )
     config.sns_certificates = sns.certificates()
@@ -588,6 +684,16 @@ async def test_parse_webhook_refuses_unconfigured_providers() -> None:
     for provider in ("twilio", "sendgrid"):
         with pytest.raises(WebhookRejected, match="not configured"):
             await parse_webhook(provider, url=URL, headers={}, body=b"", config=config, now=NOW)
+
+
+async def test_sns_webhooks_are_refused_without_a_topic_allow_list(sns: FakeSns) -> None:
+    config = WebhookConfig(sns_certificates=sns.certificates())  # no sns_topic_arns
+    for body in (
+        sns.subscription_confirmation(),
+        sns.notification(sns.ses_bounce(delivery_id="d", address="a@example.com")),
+    ):
+        with pytest.raises(WebhookNotAllowed, match="HERALD_SNS_TOPIC_ARNS"):
+            await parse_webhook("ses", url="", headers={}, body=body, config=config, now=NOW)
 
 
 def test_sendgrid_key_may_be_pem(sendgrid: FakeSendGrid) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -35,6 +36,7 @@ class Caller:
     key_id: str | None  # None for an inbox token
     scopes: frozenset[str]
     inbox_user: str | None = None
+    expires_at: datetime | None = None  # an inbox token's expiry (streams end there)
 
 
 def _bearer(request: Request) -> str:
@@ -115,7 +117,9 @@ def require_inbox_access(rule: str = "read") -> Any:
             raise ApiError(401, "unauthorized", str(error), headers=_challenge()) from None
         if claims["sub"] != user_id:
             raise ApiError(403, "forbidden", "this inbox token is for another user")
-        return Caller(None, frozenset(), inbox_user=user_id)
+        return Caller(
+            None, frozenset(), inbox_user=user_id, expires_at=rt.signer.expires_at(claims)
+        )
 
     check.scope_rule = f"inbox-or-{rule}"  # type: ignore[attr-defined]
     return Depends(check)

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from herald.bus.interface import BusUnavailable
+
 log = structlog.get_logger()
 
 
@@ -110,23 +112,94 @@ def install(app: FastAPI) -> None:
         headers = dict(error.headers) if error.headers else None
         return error_response(error.status_code, code, message, headers=headers)
 
-    @app.exception_handler(sa_exc.OperationalError)
-    @app.exception_handler(sa_exc.InterfaceError)
-    @app.exception_handler(sa_exc.TimeoutError)
-    @app.exception_handler(ConnectionError)
-    @app.exception_handler(OSError)
-    async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
-        """The database is down, restarting or saturated: nothing was accepted, and the
-        caller may retry (with the same Idempotency-Key, the retry is safe)."""
-        log.warning("database unavailable", path=request.url.path, error=type(error).__name__)
+    # The one handler for errors: an outage of the database or the bus is a 503 with
+    # Retry-After; anything else unexpected is a 500. Registered for the outage classes
+    # (answered by the routing layer) and for Exception (what escapes elsewhere, such as
+    # a middleware, or arrives wrapped).
+    for outage_class in _outage_classes():
+        app.add_exception_handler(outage_class, _unexpected_or_outage)
+    app.add_exception_handler(Exception, _unexpected_or_outage)
+
+
+async def _unexpected_or_outage(request: Request, error: Exception) -> JSONResponse:
+    what = outage(error)
+    if what is not None:
+        # Down, restarting or saturated: nothing was accepted, and the caller may retry
+        # (with the same Idempotency-Key, a retried POST is safe).
+        log.warning(
+            f"{what} unavailable",
+            path=request.url.path,
+            method=request.method,
+            error=type(error).__name__,
+        )
         return error_response(
             503,
             "unavailable",
-            "the database is unavailable; retry shortly",
-            headers={"Retry-After": "2"},
+            f"the {what} is unavailable; retry shortly",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
+    log.exception("unhandled error", path=request.url.path, method=request.method)
+    return error_response(500, "internal", "internal error; it has been logged")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, _error: Exception) -> JSONResponse:
-        log.exception("unhandled error", path=request.url.path, method=request.method)
-        return error_response(500, "internal", "internal error; it has been logged")
+
+RETRY_AFTER_SECONDS = "2"
+
+
+def _outage_classes() -> tuple[type[Exception], ...]:
+    classes: list[type[Exception]] = [sa_exc.DBAPIError, sa_exc.TimeoutError, OSError]
+    classes.append(BusUnavailable)
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - asyncpg is a pinned dependency
+        return tuple(classes)
+    classes += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    return tuple(classes)
+
+
+def outage(error: BaseException) -> str | None:
+    """ "database" or "bus" when `error` (or what caused it, or one of a group) says that
+    one cannot be reached right now; None for any other error."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        what = _outage_of(current)
+        if what is not None:
+            return what
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        if isinstance(current, sa_exc.DBAPIError) and isinstance(current.orig, BaseException):
+            pending.append(current.orig)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
+def _outage_of(error: BaseException) -> str | None:
+    if isinstance(error, BusUnavailable):
+        return "bus"
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return "database"
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        # SQLite's "database is locked", a pool that timed out, a connection that broke.
+        return "database"
+    if isinstance(error, OSError):  # refused, reset, unreachable, timed out
+        return "database"
+    if type(error).__module__.startswith("asyncpg"):
+        return "database" if _is_asyncpg_outage(error) else None
+    return None
+
+
+def _is_asyncpg_outage(error: BaseException) -> bool:
+    import asyncpg
+
+    if isinstance(error, asyncpg.InterfaceError):  # also misuse: only "connection is closed"
+        return "closed" in str(error)
+    return isinstance(
+        error,
+        asyncpg.PostgresConnectionError  # class 08: the connection failed or is gone
+        | asyncpg.exceptions.OperatorInterventionError  # 57: shutting down, starting up
+        | asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections
+    )

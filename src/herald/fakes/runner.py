@@ -39,6 +39,7 @@ from herald.fakes.apns import FakeApns
 from herald.fakes.common import b64url_encode
 from herald.fakes.fcm import FakeFcm
 from herald.fakes.sendgrid import FakeSendGrid
+from herald.fakes.sns import default_topic_arn
 from herald.fakes.tls import LocalTls, generate_local_tls
 from herald.fakes.twilio import FakeTwilio
 from herald.fakes.webpush import FakeWebPush
@@ -371,6 +372,8 @@ class FakeFleet:
             "HERALD_TWILIO_AUTH_TOKEN": self.twilio.auth_token,
             "HERALD_TWILIO_FROM": TWILIO_FROM,
             "HERALD_TWILIO_BASE_URL": self.twilio.base_url,
+            # SES events reach Herald through SNS; FakeSns publishes on this topic.
+            "HERALD_SNS_TOPIC_ARNS": default_topic_arn(),
             "HERALD_EMAIL_PROVIDERS": ",".join(emails),
             "HERALD_SMS_PROVIDERS": ",".join(sms),
         }

@@ -24,6 +24,13 @@ from herald.providers.email_message import message_id_for
 from herald.providers.webhooks import SnsCertificates, sns_string_to_sign
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+FAKE_ACCOUNT = "123456789012"
+
+
+def default_topic_arn(region: str = "us-east-1") -> str:
+    """The topic FakeSns publishes on unless told otherwise (HERALD_SNS_TOPIC_ARNS allows it
+    in the fake fleet's environment)."""
+    return f"arn:aws:sns:{region}:{FAKE_ACCOUNT}:herald-ses-events"
 
 
 class FakeSns:
@@ -35,7 +42,7 @@ class FakeSns:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.region = region
-        self.topic_arn = topic_arn or f"arn:aws:sns:{region}:123456789012:herald-ses-events"
+        self.topic_arn = topic_arn or default_topic_arn(region)
         self.clock = clock
         self.cert_url = (
             f"https://sns.{region}.amazonaws.com/SimpleNotificationService-{uuid.uuid4().hex}.pem"
@@ -59,16 +66,16 @@ class FakeSns:
         )
         return certificate.public_bytes(serialization.Encoding.PEM)
 
-    def certificates(self) -> SnsCertificates:
+    async def fetch_certificate(self, url: str) -> bytes:
+        """What a GET of the SigningCertURL answers (every call is kept in `fetched`)."""
+        self.fetched.append(url)
+        if url != self.cert_url:
+            raise LookupError(f"no certificate at {url}")
+        return self.certificate_pem
+
+    def certificates(self, clock: Clock | None = None) -> SnsCertificates:
         """Certificates served from memory; the URL rule stays the production one."""
-
-        async def fetch(url: str) -> bytes:
-            self.fetched.append(url)
-            if url != self.cert_url:
-                raise LookupError(f"no certificate at {url}")
-            return self.certificate_pem
-
-        return SnsCertificates(fetch)
+        return SnsCertificates(self.fetch_certificate, clock=clock or self.clock)
 
     # -- SNS envelopes -------------------------------------------------------------------
 
@@ -79,11 +86,12 @@ class FakeSns:
         signature_version: str = "2",
         subject: str | None = None,
         timestamp: datetime | None = None,
+        topic_arn: str | None = None,
     ) -> bytes:
         envelope: dict[str, Any] = {
             "Type": "Notification",
             "MessageId": str(uuid.uuid4()),
-            "TopicArn": self.topic_arn,
+            "TopicArn": topic_arn or self.topic_arn,
             "Message": message if isinstance(message, str) else orjson.dumps(message).decode(),
             "Timestamp": _iso(timestamp or self.clock.now()),
             "UnsubscribeURL": f"https://sns.{self.region}.amazonaws.com/?Action=Unsubscribe",
@@ -93,18 +101,23 @@ class FakeSns:
         return self._signed(envelope, signature_version)
 
     def subscription_confirmation(
-        self, *, signature_version: str = "2", timestamp: datetime | None = None
+        self,
+        *,
+        signature_version: str = "2",
+        timestamp: datetime | None = None,
+        topic_arn: str | None = None,
     ) -> bytes:
         token = uuid.uuid4().hex * 2
+        topic = topic_arn or self.topic_arn
         envelope = {
             "Type": "SubscriptionConfirmation",
             "MessageId": str(uuid.uuid4()),
             "Token": token,
-            "TopicArn": self.topic_arn,
-            "Message": f"You have chosen to subscribe to the topic {self.topic_arn}.",
+            "TopicArn": topic,
+            "Message": f"You have chosen to subscribe to the topic {topic}.",
             "SubscribeURL": (
                 f"https://sns.{self.region}.amazonaws.com/?Action=ConfirmSubscription"
-                f"&TopicArn={self.topic_arn}&Token={token}"
+                f"&TopicArn={topic}&Token={token}"
             ),
             "Timestamp": _iso(timestamp or self.clock.now()),
         }

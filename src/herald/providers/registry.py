@@ -1,8 +1,9 @@
 """Which provider serves which delivery: built once from the settings.
 
 Push goes by platform (android to FCM, ios to APNs, web to Web Push); email and SMS go to
-their configured providers in failover order; in-app goes to the inbox. Anything without
-credentials goes to the sandbox.
+their configured providers in failover order (by default every one whose credentials are
+given); in-app goes to the inbox. Anything without credentials goes to the sandbox, unless
+HERALD_REFUSE_SANDBOX says that is a configuration error.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 
 from herald.clock import SYSTEM_CLOCK, Clock
-from herald.config import Settings
+from herald.config import ConfigurationError, Settings
 from herald.domain import Channel, Delivery, Platform
 from herald.live import LiveHub
 from herald.providers.base import Provider
@@ -26,7 +27,10 @@ KNOWN = {
 }
 
 
-class UnknownProvider(ValueError):
+SANDBOX = "sandbox"
+
+
+class UnknownProvider(ConfigurationError):
     pass
 
 
@@ -45,7 +49,12 @@ def _configured(name: str, settings: Settings, clock: Clock) -> Provider | None:
     factory = getattr(provider_class(name), "from_settings", None)
     if factory is None:
         return None
-    provider: Provider | None = factory(settings, clock)
+    try:
+        provider: Provider | None = factory(settings, clock)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        # An unreadable key file, a malformed credential: one line naming the provider.
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ConfigurationError(f"the {name} provider cannot be configured: {detail}") from None
     return provider
 
 
@@ -75,6 +84,20 @@ class ProviderSet:
         for provider in self.all():
             await provider.close()
 
+    def sandboxed(self) -> list[str]:
+        """The channels (push by platform) that would go to the sandbox provider."""
+        found = [
+            f"push ({platform})"
+            for platform, providers in self.push_by_platform.items()
+            if any(isinstance(p, SandboxProvider) for p in providers)
+        ]
+        found += [
+            channel.value
+            for channel, providers in self.by_channel.items()
+            if channel != Channel.PUSH and any(isinstance(p, SandboxProvider) for p in providers)
+        ]
+        return found
+
     def describe(self) -> dict[str, str]:
         lines = {
             str(channel): ", ".join(p.describe() for p in providers)
@@ -103,17 +126,42 @@ def build_providers(
     ):
         chosen = []
         for name in names:
+            if name == SANDBOX and len(names) == 1:
+                break
             if name not in KNOWN[channel]:
                 raise UnknownProvider(
-                    f"unknown {channel} provider {name!r}; known: {', '.join(KNOWN[channel])}"
+                    f"unknown {channel} provider {name!r} in {_variable(channel)}; "
+                    f"known: {', '.join(KNOWN[channel])} (or {SANDBOX} alone)"
                 )
             provider = _configured(name, settings, clock)
             if provider is None:
-                raise UnknownProvider(f"{channel} provider {name!r} is named but not configured")
+                raise UnknownProvider(
+                    f"{channel} provider {name!r} is named in {_variable(channel)} but not "
+                    f"configured: set {_NEEDS[name]}"
+                )
             chosen.append(provider)
         providers.by_channel[channel] = chosen or [SandboxProvider(store, channel, clock)]
     providers.by_channel[Channel.IN_APP] = [InboxProvider(store, hub, clock)]
+    if settings.refuse_sandbox:
+        sandboxed = providers.sandboxed()
+        if sandboxed:
+            raise ConfigurationError(
+                f"HERALD_REFUSE_SANDBOX is set and {', '.join(sandboxed)} would go to the "
+                "sandbox provider (nothing sent): configure its provider"
+            )
     return providers
+
+
+_NEEDS = {
+    "smtp": "HERALD_SMTP_HOST",
+    "ses": "HERALD_SES_REGION and AWS credentials",
+    "sendgrid": "HERALD_SENDGRID_API_KEY",
+    "twilio": "HERALD_TWILIO_ACCOUNT_SID, HERALD_TWILIO_AUTH_TOKEN and HERALD_TWILIO_FROM",
+}
+
+
+def _variable(channel: Channel) -> str:
+    return f"HERALD_{channel.value.upper()}_PROVIDERS"
 
 
 def _try_configured(name: str, settings: Settings, clock: Clock) -> Provider | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -32,6 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.providers.email_message import DELIVERY_ID_HEADER, delivery_id_from_message_id
 
@@ -60,6 +62,10 @@ class WebhookEvent:
     permanent: bool
     detail: dict[str, Any] = field(default_factory=dict)
     occurred_at: datetime | None = None
+    # The provider's ids for this event (Twilio: the signed MessageSid with its status,
+    # then the I-Twilio-Idempotency-Token; SendGrid: sg_event_id; SNS: MessageId). The
+    # caller drops an event when any of them was seen before: a retry or a replay.
+    event_ids: tuple[str, ...] = ()
 
 
 class WebhookRejected(Exception):
@@ -72,6 +78,11 @@ class WebhookRejected(Exception):
 
 class UnknownWebhookProvider(WebhookRejected):
     """No such provider (the API may answer 404 instead of 401)."""
+
+
+class WebhookNotAllowed(WebhookRejected):
+    """Authentic or not, this deployment does not take it (an SNS topic that is not on the
+    allow-list, or SNS webhooks with no allow-list at all): the API answers 403."""
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -167,7 +178,24 @@ def parse_twilio(
         event = _twilio_inbound(form, detail)
     else:
         event = _twilio_status(form, detail)
-    return [event] if event is not None else []
+    if event is None:
+        return []
+    return [dataclasses.replace(event, event_ids=_twilio_event_ids(form, detail))]
+
+
+def _twilio_event_ids(form: Mapping[str, str], detail: Mapping[str, Any]) -> tuple[str, ...]:
+    """The signed MessageSid with the status it reports (an inbound message's sid names that
+    message alone), then the idempotency token, which Twilio keeps across its retries but
+    does not sign: a replay with a fresh token still repeats the signed sid."""
+    ids: list[str] = []
+    sid = form.get("MessageSid") or form.get("SmsSid")
+    if sid:
+        status = form.get("MessageStatus") or form.get("SmsStatus") or "received"
+        ids.append(f"{sid}:{status}")
+    token = detail.get("idempotency_token")
+    if token:
+        ids.append(f"token:{token}")
+    return tuple(ids)
 
 
 def _is_inbound_message(form: Mapping[str, str]) -> bool:
@@ -348,6 +376,7 @@ def _sendgrid_event(raw: dict[str, Any]) -> WebhookEvent | None:
             if key in raw
         },
         occurred_at=_epoch(raw.get("timestamp")),
+        event_ids=(str(raw["sg_event_id"]),) if raw.get("sg_event_id") else (),
     )
 
 
@@ -386,6 +415,9 @@ SNS_CERT_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com$")
 # minute, with a custom policy for up to hours (unconfirmed bound): an hour by default.
 SNS_MAX_AGE = timedelta(hours=1)
 MAX_CERTIFICATE_BYTES = 64 * 1024
+# AWS rotates the signing certificate (a new SigningCertURL); an hour bounds how long a
+# revoked one could still be used by a process that cached it.
+SNS_CERTIFICATE_TTL = timedelta(hours=1)
 
 _SNS_SIGNED_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
@@ -439,37 +471,46 @@ async def fetch_over_https(url: str) -> bytes:
 class SnsCertificates:
     """Signing certificates by URL, fetched only from trusted URLs and cached.
 
-    Trust rests on where the certificate comes from (HTTPS from an SNS host). Tests pass
-    their own `fetch` and `is_trusted` (for example a prefix check on a local URL) and a
+    One instance serves every request of a process (the API keeps it in its WebhookConfig):
+    a certificate is fetched once per SigningCertURL and kept for `ttl`, at most
+    `max_cached` of them (the oldest goes first). Trust rests on where the certificate
+    comes from (HTTPS from an SNS host). Tests pass their own `fetch` and `is_trusted` and a
     locally generated certificate: no network."""
 
     def __init__(
         self,
-        fetch: CertificateFetcher = fetch_over_https,
+        fetch: CertificateFetcher | None = None,
         *,
         is_trusted: Callable[[str], bool] = is_sns_url,
         max_cached: int = 32,
+        ttl: timedelta = SNS_CERTIFICATE_TTL,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._fetch = fetch
         self.is_trusted = is_trusted
         self._max_cached = max_cached
-        self._cache: dict[str, x509.Certificate] = {}
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[datetime, x509.Certificate]] = {}
 
     async def get(self, url: str) -> x509.Certificate:
         if not self.is_trusted(url):
             raise WebhookRejected(f"untrusted SigningCertURL {url!r}")
+        now = self._clock.now()
         cached = self._cache.get(url)
-        if cached is not None:
-            return cached
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        fetch = self._fetch or fetch_over_https
         try:
-            certificate = x509.load_pem_x509_certificate(await self._fetch(url))
+            certificate = x509.load_pem_x509_certificate(await fetch(url))
         except WebhookRejected:
             raise
         except Exception as exc:  # any fetch or parse failure means "cannot verify"
             raise WebhookRejected(f"cannot load signing certificate: {exc}") from exc
-        if len(self._cache) >= self._max_cached:
+        self._cache.pop(url, None)
+        while len(self._cache) >= self._max_cached:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[url] = certificate
+        self._cache[url] = (now + self._ttl, certificate)
         return certificate
 
 
@@ -525,14 +566,18 @@ async def parse_ses(
     body: bytes,
     certificates: SnsCertificates,
     now: datetime,
-    topic_arns: Collection[str] | None = None,
+    topic_arns: Collection[str],
     max_age: timedelta = SNS_MAX_AGE,
 ) -> list[WebhookEvent]:
-    """An SNS POST carrying SES notifications, verified.
+    """An SNS POST carrying SES notifications, from one of `topic_arns`, verified.
 
+    Anyone can create an SNS topic and sign with AWS's certificate, so the topic is what
+    says the message is this deployment's: one not in `topic_arns` is refused
+    (WebhookNotAllowed) before its certificate is fetched or anything is confirmed.
     SubscriptionConfirmation gives one event of kind "subscription_confirmation" whose
     detail["subscribe_url"] the caller GETs to confirm (checked against the same trusted
-    URL rule as certificates); UnsubscribeConfirmation gives none."""
+    URL rule as certificates); UnsubscribeConfirmation gives none. Every event carries the
+    message's MessageId in event_ids."""
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -542,18 +587,23 @@ async def parse_ses(
     declared = header(headers, "x-amz-sns-message-type")
     if declared is not None and declared != message.get("Type"):
         raise WebhookRejected("x-amz-sns-message-type does not match the body")
+    if message.get("TopicArn") not in topic_arns:
+        raise WebhookNotAllowed(
+            f"SNS topic {str(message.get('TopicArn'))[:300]!r} is not in HERALD_SNS_TOPIC_ARNS"
+        )
     await verify_sns(message, certificates, now=now, max_age=max_age)
-    if topic_arns is not None and message.get("TopicArn") not in topic_arns:
-        raise WebhookRejected(f"unexpected TopicArn {message.get('TopicArn')!r}")
     if message["Type"] == "SubscriptionConfirmation":
-        return [_subscription_confirmation(message, certificates)]
-    if message["Type"] != "Notification":
+        events = [_subscription_confirmation(message, certificates)]
+    elif message["Type"] != "Notification":
         return []
-    try:
-        notification = orjson.loads(str(message["Message"]))
-    except orjson.JSONDecodeError as exc:
-        raise WebhookRejected("SNS Message is not an SES notification") from exc
-    return _ses_events(notification) if isinstance(notification, dict) else []
+    else:
+        try:
+            notification = orjson.loads(str(message["Message"]))
+        except orjson.JSONDecodeError as exc:
+            raise WebhookRejected("SNS Message is not an SES notification") from exc
+        events = _ses_events(notification) if isinstance(notification, dict) else []
+    ids = (str(message["MessageId"]),)
+    return [dataclasses.replace(event, event_ids=ids) for event in events]
 
 
 def _subscription_confirmation(
@@ -686,16 +736,19 @@ class WebhookConfig:
     twilio_account_sid: str | None = None
     sendgrid_public_key: str | None = None
     sns_certificates: SnsCertificates = field(default_factory=SnsCertificates)
-    sns_topic_arns: frozenset[str] | None = None
+    # The SNS topics this deployment subscribed (HERALD_SNS_TOPIC_ARNS); none: no SNS.
+    sns_topic_arns: frozenset[str] = frozenset()
     sendgrid_max_age: timedelta = SENDGRID_MAX_AGE
     sns_max_age: timedelta = SNS_MAX_AGE
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> WebhookConfig:
+    def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> WebhookConfig:
         return cls(
             twilio_auth_token=settings.twilio_auth_token,
             twilio_account_sid=settings.twilio_account_sid,
             sendgrid_public_key=settings.sendgrid_webhook_key,
+            sns_certificates=SnsCertificates(clock=clock),
+            sns_topic_arns=frozenset(settings.sns_topic_arns),
         )
 
 
@@ -730,6 +783,11 @@ async def parse_webhook(
             max_age=config.sendgrid_max_age,
         )
     if provider in ("ses", "sns"):
+        if not config.sns_topic_arns:
+            raise WebhookNotAllowed(
+                "SNS webhooks are refused: HERALD_SNS_TOPIC_ARNS (the topic ARNs this "
+                "deployment subscribed, comma-separated) is not set"
+            )
         return await parse_ses(
             headers=headers,
             body=body,

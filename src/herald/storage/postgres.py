@@ -124,6 +124,7 @@ class PostgresStore(Store):
                 day = _partition_day(name)
                 if day is not None and day < cutoff:
                     await db.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
+            await self._forget_old_webhook_events(db)
 
     async def event_partitions(self) -> list[str]:
         async with self.reading() as db:

@@ -228,7 +228,21 @@ suppressions = sa.Table(
     sa.Column("address", sa.String(320), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # When the suppressing event happened (the latest, for repeated opt-outs): an opt-in
+    # older than this does not lift it. NULL for suppressions made by hand.
+    sa.Column("event_at", UtcDateTime),
     sa.UniqueConstraint("channel", "address", name="uq_suppressions_channel_address"),
+)
+
+# Provider webhook event ids already applied: a retried or replayed webhook is dropped.
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("provider", sa.String(32), primary_key=True),
+    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.Column("keep_until", UtcDateTime, nullable=False),
+    sa.Index("ix_webhook_events_keep_until", "keep_until"),
 )
 
 topic_subscriptions = sa.Table(

@@ -6,6 +6,8 @@ transactions instead of letting them collide on the file lock.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,8 @@ class SqliteStore(Store):
     def connect(cls, url: str, clock: Clock = SYSTEM_CLOCK) -> SqliteStore:
         async_url = url.replace("sqlite://", "sqlite+aiosqlite://", 1)
         path = async_url.split("///", 1)[1] if "///" in async_url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_files(Path(path.split("?", 1)[0]))
         engine = create_async_engine(
             async_url,
             pool_size=1,
@@ -35,6 +37,23 @@ class SqliteStore(Store):
         )
         event.listen(engine.sync_engine, "connect", _pragmas)
         return cls(engine, clock)
+
+
+def _private_files(database: Path) -> None:
+    """The database holds API key hashes, addresses and (unless it comes from the
+    environment) the token-signing secret: only the owner may read it. A directory Herald
+    creates is 0700; the database file is created 0600 before SQLite opens it, and SQLite
+    gives its -wal and -shm files the database's permissions. Files of an older Herald are
+    narrowed to 0600 on the next start."""
+    directory = database.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        directory.chmod(0o700)  # mkdir's mode is masked by the umask
+    if not database.exists():
+        os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    for name in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        if name.exists() and stat.S_IMODE(name.stat().st_mode) & 0o077:
+            name.chmod(0o600)
 
 
 def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -328,6 +328,7 @@ class Store(BroadcastStore, ShapingStore):
                 t.delivery_events.delete().where(t.delivery_events.c.created_at < cutoff)
             )
             await self._forget_expired_shaping(db, cutoff)
+            await self._forget_old_webhook_events(db)
 
     # -- settings and API keys -------------------------------------------------------
 
@@ -584,20 +585,34 @@ class Store(BroadcastStore, ShapingStore):
     # -- suppressions ----------------------------------------------------------------
 
     async def add_suppression(
-        self, channel: str, address: str, reason: str
+        self, channel: str, address: str, reason: str, *, event_at: datetime | None = None
     ) -> tuple[Suppression, bool]:
+        """Suppress an address (once: a second call keeps the first reason). `event_at` is
+        when the suppressing event happened; the suppression keeps the latest one given."""
+        s = t.suppressions
         async with self.transaction() as db:
             inserted = await db.execute(
-                self._insert(t.suppressions)
+                self._insert(s)
                 .values(
                     id=new_id(),
                     channel=channel,
                     address=address,
                     reason=reason,
                     created_at=self.clock.now(),
+                    event_at=event_at,
                 )
                 .on_conflict_do_nothing(index_elements=["channel", "address"])
             )
+            if event_at is not None and not inserted.rowcount:
+                await db.execute(
+                    s.update()
+                    .where(
+                        s.c.channel == channel,
+                        s.c.address == address,
+                        sa.or_(s.c.event_at.is_(None), s.c.event_at < event_at),
+                    )
+                    .values(event_at=event_at)
+                )
             row = (
                 await db.execute(
                     sa.select(t.suppressions).where(
@@ -617,6 +632,62 @@ class Store(BroadcastStore, ShapingStore):
             query = query.where(t.suppressions.c.address == address)
         rows = await self._page(query, t.suppressions, limit, cursor)
         return _paged([_suppression(r) for r in rows], limit)
+
+    async def lift_opt_outs(self, channel: str, address: str, opted_in_at: datetime) -> int:
+        """An opt-in (START) at `opted_in_at` lifts the address's opt-out suppression unless
+        that opt-out happened later (a replayed or late START never lifts a newer STOP)."""
+        s = t.suppressions
+        async with self.transaction() as db:
+            result = await db.execute(
+                s.delete().where(
+                    s.c.channel == channel,
+                    s.c.address == address,
+                    s.c.reason.startswith("opt-out"),
+                    sa.or_(s.c.event_at.is_(None), s.c.event_at <= opted_in_at),
+                )
+            )
+        return int(result.rowcount or 0)
+
+    # -- webhook events --------------------------------------------------------------
+
+    async def claim_webhook_events(
+        self, provider: str, keep_until: Mapping[str, datetime]
+    ) -> set[str]:
+        """Record provider event ids (id -> until when to remember it); returns the ids not
+        seen before. An id already present is a retry or a replay of that event."""
+        if not keep_until:
+            return set()
+        w = t.webhook_events
+        now = self.clock.now()
+        rows = [
+            {"provider": provider, "event_id": event_id, "received_at": now, "keep_until": until}
+            for event_id, until in keep_until.items()
+        ]
+        async with self.transaction() as db:
+            inserted = await db.execute(
+                self._insert(w)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+                .returning(w.c.event_id)
+            )
+            return {str(event_id) for (event_id,) in inserted}
+
+    async def _forget_old_webhook_events(self, db: AsyncConnection) -> None:
+        """Housekeeping (maintain): ids past their keep_until are forgotten."""
+        w = t.webhook_events
+        await db.execute(w.delete().where(w.c.keep_until < self.clock.now()))
+
+    async def forget_webhook_events(self, provider: str, event_ids: Iterable[str]) -> None:
+        """Undo a claim whose events could not be applied (the provider's retry applies
+        them)."""
+        ids = list(event_ids)
+        if not ids:
+            return
+        w = t.webhook_events
+        async with self.transaction() as db:
+            await db.execute(
+                w.delete().where(w.c.provider == provider, self._among(w.c.event_id, ids))
+            )
 
     async def delete_suppression(self, suppression_id: str) -> bool:
         async with self.transaction() as db:

@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from herald.api.deps import RuntimeDep, require, require_inbox_access
+from herald.api.deps import Caller, RuntimeDep, require, require_inbox_access
 from herald.api.errors import ApiError, not_found
 from herald.api.schemas import UserId
 from herald.metrics import METRICS
@@ -21,6 +21,7 @@ from herald.storage import InvalidCursor
 router = APIRouter(prefix="/v1/users/{user_id}", tags=["inbox"])
 INBOX_TOKEN_TTL = timedelta(hours=12)
 KEEPALIVE_SECONDS = 15.0
+EXPIRED_EVENT = b'event: expired\ndata: {"reason": "inbox token expired"}\n\n'
 
 
 @router.post("/inbox-token", dependencies=[require("manage")])
@@ -65,13 +66,25 @@ async def read_one(user_id: UserId, item_id: str, rt: RuntimeDep) -> Response:
 
 @router.get(
     "/inbox/stream",
-    dependencies=[require_inbox_access("read")],
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def stream(user_id: UserId, rt: RuntimeDep, request: Request) -> StreamingResponse:
+async def stream(
+    user_id: UserId,
+    rt: RuntimeDep,
+    request: Request,
+    caller: Annotated[Caller, require_inbox_access("read")],
+) -> StreamingResponse:
     """One `inbox` event per new item, as it is stored; a comment line every 15 s keeps
-    proxies from closing an idle stream."""
+    proxies from closing an idle stream. A stream opened with an inbox token ends when the
+    token expires, with an `expired` event (the client fetches a new token and reconnects);
+    nothing is delivered after that moment."""
+    expires_at = caller.expires_at
+
+    def remaining() -> float:
+        if expires_at is None:
+            return KEEPALIVE_SECONDS
+        return (expires_at - rt.clock.now()).total_seconds()
 
     async def events() -> AsyncIterator[bytes]:
         async with rt.hub.subscribe(user_id) as queue:
@@ -79,11 +92,19 @@ async def stream(user_id: UserId, rt: RuntimeDep, request: Request) -> Streaming
             try:
                 yield b": connected\n\n"
                 while not await request.is_disconnected():
+                    if remaining() <= 0:
+                        yield EXPIRED_EVENT
+                        return
                     try:
-                        item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                        item = await asyncio.wait_for(
+                            queue.get(), min(KEEPALIVE_SECONDS, remaining())
+                        )
                     except TimeoutError:
-                        yield b": keepalive\n\n"
+                        if remaining() > 0:
+                            yield b": keepalive\n\n"
                         continue
+                    if remaining() <= 0:
+                        continue  # arrived after the token's end: not delivered
                     yield b"id: %s\nevent: inbox\ndata: %s\n\n" % (
                         str(item.get("id")).encode(),
                         orjson.dumps(item),

@@ -3,6 +3,9 @@ the delivery log. Every request's signature is checked before anything changes."
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,6 +19,7 @@ from herald.providers.webhooks import (
     UnknownWebhookProvider,
     WebhookConfig,
     WebhookEvent,
+    WebhookNotAllowed,
     WebhookRejected,
     parse_webhook,
 )
@@ -40,6 +44,8 @@ STATE_FOR_KIND: dict[str, DeliveryState | None] = {
     "clicked": S.DELIVERED,
 }
 SUPPRESSING_KINDS = {"bounced", "complained", "failed", "unsubscribed", "opt_out"}
+OPT_KINDS = {"opt_out", "opt_in"}
+OPT_EVENT_ID_DAYS = 5 * 365
 
 
 @router.post("/{provider}", dependencies=[public()])
@@ -59,15 +65,77 @@ async def provider_webhook(provider: str, request: Request, rt: RuntimeDep) -> d
         )
     except UnknownWebhookProvider as error:
         raise ApiError(404, "not_found", str(error)) from None
+    except WebhookNotAllowed as error:
+        log.warning("webhook refused", provider=provider, reason=str(error))
+        raise ApiError(403, "forbidden", f"webhook refused: {error}") from None
     except WebhookRejected as error:
         log.warning("webhook refused", provider=provider, reason=str(error))
         raise ApiError(401, "unauthorized", f"webhook refused: {error}") from None
-    applied = await apply_events(rt, provider, events)
-    return {"received": len(events), "matched": applied}
+    fresh = await _claim_fresh(rt, events)
+    try:
+        applied = await apply_events(rt, provider, fresh.events)
+    except BaseException:
+        # Not applied: forget the ids so that the provider's retry is applied.
+        for name, ids in fresh.claimed.items():
+            await rt.store.forget_webhook_events(name, ids)
+        raise
+    return {
+        "received": len(events),
+        "matched": applied,
+        "duplicates": len(events) - len(fresh.events),
+    }
 
 
 def _config(rt: Runtime) -> WebhookConfig:
-    return rt.webhook_config or WebhookConfig.from_settings(rt.settings)
+    """One WebhookConfig per runtime: its SNS certificate cache serves every request."""
+    if rt.webhook_config is None:
+        rt.webhook_config = WebhookConfig.from_settings(rt.settings, rt.clock)
+    return rt.webhook_config
+
+
+@dataclass(slots=True)
+class _Fresh:
+    events: list[WebhookEvent]
+    claimed: dict[str, set[str]]  # provider -> ids this request recorded
+
+
+async def _claim_fresh(rt: Runtime, events: list[WebhookEvent]) -> _Fresh:
+    """The events not seen before, by the provider's event ids (kept in the database, so
+    a replay is dropped by every API process, after restarts too). An event none of whose
+    ids was seen is applied; one with any id seen (earlier, or earlier in this request) is
+    a retry or a replay and is dropped."""
+    now = rt.clock.now()
+    keep: dict[str, dict[str, datetime]] = {}
+    for event in events:
+        # Opt-in and opt-out have no signed time (Twilio): their signed id is what stops a
+        # replay, so it is kept for years rather than for the event log's retention.
+        lasting = event.kind in OPT_KINDS
+        for position, event_id in enumerate(event.event_ids):
+            days = OPT_EVENT_ID_DAYS if lasting and position == 0 else rt.store.retention_days
+            until = now + timedelta(days=days)
+            ids = keep.setdefault(event.provider, {})
+            ids[_db_id(event_id)] = max(until, ids.get(_db_id(event_id), until))
+    claimed = {
+        provider: await rt.store.claim_webhook_events(provider, ids)
+        for provider, ids in keep.items()
+    }
+    fresh: list[WebhookEvent] = []
+    used: set[tuple[str, str]] = set()
+    for event in events:
+        keys = {(event.provider, _db_id(event_id)) for event_id in event.event_ids}
+        if any(key[1] not in claimed[key[0]] or key in used for key in keys):
+            log.info("webhook event already applied", provider=event.provider, ids=event.event_ids)
+            continue
+        used |= keys
+        fresh.append(event)
+    return _Fresh(fresh, claimed)
+
+
+def _db_id(event_id: str) -> str:
+    """Ids as stored (255 characters at most; a longer one is stored as its digest)."""
+    if len(event_id) <= 200:
+        return event_id
+    return "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
 async def apply_events(rt: Runtime, provider: str, events: list[WebhookEvent]) -> int:
@@ -87,18 +155,20 @@ async def apply_events(rt: Runtime, provider: str, events: list[WebhookEvent]) -
         for e in reportable
     ]
     matched = await rt.store.record_provider_events(reports)
+    arrived_at = rt.clock.now()
     for event, delivery in zip(reportable, matched, strict=True):
         address = event.address or (delivery.target if delivery else None)
         channel = (
-            delivery.channel.value
-            if delivery
-            else ("sms" if event.kind in ("opt_out", "opt_in") else "email")
+            delivery.channel.value if delivery else ("sms" if event.kind in OPT_KINDS else "email")
         )
+        # By event time where the provider gives one; Twilio's inbound STOP/START carry
+        # none, so their arrival (each applied once, by its id) orders them.
+        happened_at = event.occurred_at or arrived_at
         if address and event.kind == "opt_in":
-            await _lift_suppression(rt, channel, address)
+            await rt.store.lift_opt_outs(channel, address, happened_at)
         elif address and event.permanent and event.kind in SUPPRESSING_KINDS:
             reason = "opt-out (STOP)" if event.kind == "opt_out" else f"{provider} {event.kind}"
-            await rt.store.add_suppression(channel, address, reason)
+            await rt.store.add_suppression(channel, address, reason, event_at=happened_at)
     return sum(1 for d in matched if d is not None)
 
 
@@ -107,13 +177,6 @@ def _state(event: WebhookEvent) -> DeliveryState:
     if state is None or (event.kind == "bounced" and not event.permanent):
         return S.SENT
     return state
-
-
-async def _lift_suppression(rt: Runtime, channel: str, address: str) -> None:
-    page = await rt.store.list_suppressions(channel, address, 10, None)
-    for suppression in page.items:
-        if suppression.reason.startswith("opt-out"):
-            await rt.store.delete_suppression(suppression.id)
 
 
 async def _confirm_subscription(url: str) -> None:
@@ -125,6 +188,15 @@ async def _confirm_subscription(url: str) -> None:
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.get(url)
-        log.info("SNS subscription confirmed", status=response.status_code)
+        response.raise_for_status()
     except httpx.HTTPError as error:
         log.error("SNS subscription confirmation failed", error=str(error))
+        # A 503 makes SNS send the confirmation again, and the caller forgets its
+        # MessageId so that the retry is not taken for a repeat.
+        raise ApiError(
+            503,
+            "unavailable",
+            "could not confirm the SNS subscription; send it again",
+            headers={"Retry-After": "10"},
+        ) from None
+    log.info("SNS subscription confirmed", status=response.status_code)

@@ -1,0 +1,105 @@
+"""The live inbox stream ends when the inbox token that opened it expires (on the
+deployment's clock, here a FakeClock): nothing arrives after that moment."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from herald.api.app import create_app
+from herald.api.routes.inbox import INBOX_TOKEN_TTL
+from herald.clock import FakeClock
+from herald.runtime import Runtime
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@dataclass
+class OpenStream:
+    """An SSE response read chunk by chunk straight from the ASGI app."""
+
+    task: asyncio.Task[None]
+    chunks: list[bytes] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnect: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    async def until(self, text: bytes) -> None:
+        async with asyncio.timeout(10):
+            while text not in self.body:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_stream(app: FastAPI, path: str, query: str) -> AsyncIterator[OpenStream]:
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await stream.disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            stream.chunks.append(message.get("body", b""))
+            stream.arrived.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"herald.test")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("herald.test", 80),
+    }
+    stream = OpenStream(asyncio.create_task(app(scope, receive, send)))  # type: ignore[arg-type]
+    try:
+        yield stream
+    finally:
+        stream.disconnect.set()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(stream.task, 5)
+
+
+async def test_a_stream_ends_when_its_inbox_token_expires(
+    runtime: Runtime, api: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    await api.put("/v1/users/42", json={"timezone": "UTC"})
+    token = (await api.post("/v1/users/42/inbox-token")).json()["token"]
+    app = create_app(runtime)
+
+    async with open_stream(app, "/v1/users/42/inbox/stream", f"token={token}") as stream:
+        await stream.until(b": connected")
+        await runtime.hub.publish("42", {"id": "before-expiry"})
+        await stream.until(b"before-expiry")
+
+        clock.advance((INBOX_TOKEN_TTL + timedelta(seconds=1)).total_seconds())
+        await runtime.hub.publish("42", {"id": "after-expiry"})
+        await asyncio.wait_for(stream.task, 10)  # the stream ended by itself
+
+    assert b"after-expiry" not in stream.body
+    assert stream.body.endswith(b'event: expired\ndata: {"reason": "inbox token expired"}\n\n')
