@@ -118,12 +118,14 @@ def _first_problem(value: Any) -> tuple[str, str, str] | None:
             return field, f"is {item.text}; numbers must be finite", "json_non_finite"
         elif isinstance(item, dict):
             if isinstance(item, _DuplicateKeys):
-                return field, f"has the key {item.duplicate!r} more than once", "json_duplicate_key"
+                where = ".".join((*path, item.duplicate))
+                return where, "is given more than once (duplicate JSON key)", "json_duplicate_key"
             children = []
             for key, child in item.items():
                 reason = text_problem(key)
                 if reason:
-                    return field, f"a key {reason}", "text_unstorable"
+                    shown = key.encode("unicode_escape").decode("ascii")
+                    return ".".join((*path, shown)), f"the key {reason}", "text_unstorable"
                 children.append(((*path, key), child))
             stack.extend(reversed(children))
         elif isinstance(item, list):
