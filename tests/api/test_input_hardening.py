@@ -312,3 +312,20 @@ async def test_send_at_is_bounded_to_a_year_either_side_of_now(
     assert [o["status"] for o in outcomes] == ["accepted", "accepted", "rejected", "rejected"]
     for outcome in outcomes[2:]:
         assert [d["field"] for d in outcome["error"]["details"]] == ["send_at"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"user_id": "42", "title": "a\\u0000"}'.encode("utf-16"),  # json.loads takes UTF-16
+        b'{"user_id": "42", "title": "a\xed\xa0\x80"}',  # a surrogate as raw bytes
+    ],
+    ids=["utf-16", "raw surrogate"],
+)
+async def test_bodies_that_are_not_utf8_are_malformed(
+    api: httpx.AsyncClient, user: str, runtime: Runtime, body: bytes
+) -> None:
+    response = await send_raw(api, "POST", "/v1/notifications", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "malformed_json"
+    assert await runtime.store.outbox_size() == 0

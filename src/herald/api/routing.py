@@ -30,8 +30,6 @@ from herald.api.errors import ApiError, HttpApiError
 # (a lone surrogate, from a "\ud800" escape); SQLite would store the first and fail on
 # the second, PostgreSQL fails on both. Refused everywhere, the same on both backends.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-# Cheap byte-level signs that a body may hold such text: only then is it walked.
-_MAYBE_UNSTORABLE = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 # Headers whose value Herald stores.
 _STORED_HEADERS = ("idempotency-key",)
 
@@ -55,6 +53,12 @@ class _NonFinite:
 
 class _DuplicateKeys(dict[str, Any]):
     duplicate: str = ""
+
+
+def _may_hold_unstorable_text(text: str) -> bool:
+    """Cheap signs (substring searches) that a body may hold such text: only then is the
+    parsed value walked. A surrogate escape may be half of a valid pair; the walk tells."""
+    return "\\u0000" in text or "\\ud" in text or "\\uD" in text
 
 
 def strict_json(body: bytes) -> Any:
@@ -88,8 +92,16 @@ def strict_json(body: bytes) -> Any:
         value = float(text)
         return value if math.isfinite(value) else constant(text)
 
-    value = json.loads(body, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
-    if marked or _MAYBE_UNSTORABLE.search(body):
+    try:
+        # JSON is UTF-8 (RFC 8259): json.loads would also take UTF-16 and UTF-32, and
+        # surrogates written as raw bytes.
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise HttpApiError(
+            ApiError(400, "malformed_json", f"request body is not UTF-8: {error.reason}")
+        ) from None
+    value = json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
+    if marked or _may_hold_unstorable_text(text):
         problem = _first_problem(value)
         if problem is not None:
             field, message, kind = problem
