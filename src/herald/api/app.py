@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from herald import __version__
 from herald.api import errors
 from herald.api.routes import admin, broadcasts, inbox, notifications, ops, users, webhooks
+from herald.api.routing import scope_rule
 from herald.runtime import Runtime
 
 ROUTE_MODULES = (users, notifications, broadcasts, inbox, admin, ops, webhooks)
@@ -190,8 +191,7 @@ def route_scopes() -> dict[tuple[str, str], str]:
     for route in (r for module in ROUTE_MODULES for r in module.router.routes):
         if not isinstance(route, APIRoute):
             continue
-        rules = [getattr(d.call, "scope_rule", None) for d in route.dependant.dependencies]
-        rule = next((r for r in rules if r), "none")
+        rule = scope_rule(route.dependant) or "none"
         for method in route.methods or ():
             table[(method, route.path)] = rule
     return table
