@@ -1,3 +1,5 @@
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -250,3 +252,63 @@ async def test_past_the_in_flight_limit_requests_are_shed(runtime: Runtime, admi
         gate.set()
         assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
         assert (await client.get("/v1/templates")).status_code == 200
+
+
+@pytest.fixture
+async def senders(runtime: Runtime, user: str) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Two callers, each with an API key of its own (scope send)."""
+    from herald.api.app import create_app
+    from herald.security import generate_key
+
+    app = create_app(runtime)
+    clients = []
+    for name in ("tenant-a", "tenant-b"):
+        key = generate_key()
+        await runtime.store.create_api_key(key.id, key.secret_hash, ["send"], name)
+        clients.append(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://herald.test",
+                headers={"Authorization": f"Bearer {key.token}"},
+            )
+        )
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def _post_with_key(
+    client: httpx.AsyncClient, kind: str, key: str, title: str
+) -> tuple[int, str | None]:
+    """(status, id) of one notification, batch item or broadcast under `key`."""
+    if kind == "batch":
+        item = {"idempotency_key": key, "user_id": "42", "title": title}
+        response = await client.post("/v1/notifications/batch", json={"notifications": [item]})
+        outcome = response.json()["items"][0]
+        status = {"accepted": 202, "duplicate": 200}.get(outcome["status"], 409)
+        return status, outcome.get("id")
+    path, body = (
+        ("/v1/broadcasts", {"user_ids": ["42"], "notification": {"title": title}})
+        if kind == "broadcast"
+        else ("/v1/notifications", {"user_id": "42", "title": title})
+    )
+    response = await client.post(path, json=body, headers={"Idempotency-Key": key})
+    return response.status_code, response.json().get("id")
+
+
+@pytest.mark.parametrize("kind", ["notification", "batch", "broadcast"])
+async def test_idempotency_keys_are_each_api_keys_own(
+    senders: list[httpx.AsyncClient], kind: str
+) -> None:
+    """Another API key's Idempotency-Key neither reveals its notification nor blocks the
+    key: each key holder gets 202/200/409 within its own keys only."""
+    a, b = senders
+    status_a, id_a = await _post_with_key(a, kind, "order-1", "for a")
+    status_b, id_b = await _post_with_key(b, kind, "order-1", "for b")
+    assert (status_a, status_b) == (202, 202)
+    assert id_a != id_b
+    assert await _post_with_key(a, kind, "order-1", "for a") == (200, id_a)
+    assert await _post_with_key(b, kind, "order-1", "for b") == (200, id_b)
+    assert (await _post_with_key(a, kind, "order-1", "for b"))[0] == 409

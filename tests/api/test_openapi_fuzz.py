@@ -3,8 +3,10 @@ requests generated from the schema (positive) and mutated to break it (negative)
 with an admin key. Whatever arrives, Herald answers without a 5xx, and every 4xx is the
 contract's error shape {"error": {"code", "message", "details"}}.
 
-Embedded backends only: the point is the HTTP layer's handling of input, which does not
-depend on the store (the store-specific behaviour is covered by the API tests on both).
+On both backends: what a store accepts differs (PostgreSQL refuses NUL in text and jsonb,
+which SQLite stores), and the API must refuse such input the same way on both, before it
+reaches either. PostgreSQL runs with the in-process bus: the bus plays no part here.
+Generated strings include NUL.
 
 Schemathesis reaches the app through its own event loop thread, so the Runtime is created
 and started inside the app's lifespan, in that loop, rather than by the `runtime` fixture.
@@ -67,15 +69,15 @@ OPERATIONS = _operations()
 
 
 class HeraldUnderTest:
-    """The API as an ASGI app whose lifespan starts an embedded Runtime in the loop that
-    serves the requests, with one admin key. Schemathesis ends the lifespan after each
-    test, so a later test starts it again on the same data directory."""
+    """The API as an ASGI app whose lifespan starts a Runtime in the loop that serves the
+    requests, with one admin key. Schemathesis ends the lifespan after each test, so a
+    later test starts it again on the same data directory or database."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, database_url: str | None = None) -> None:
         self.settings = Settings(
             data_dir=data_dir,
             log_format="console",
-            database_url=None,
+            database_url=database_url,
             kafka_bootstrap=None,
             api_key=None,
         )
@@ -107,9 +109,20 @@ class HeraldUnderTest:
                 return
 
 
-@pytest.fixture(scope="module")
-def herald_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeraldUnderTest]:
-    app = HeraldUnderTest(tmp_path_factory.mktemp("fuzz") / "herald")
+@pytest.fixture(
+    scope="module",
+    params=[
+        "embedded",
+        pytest.param("postgres", marks=[pytest.mark.production, pytest.mark.postgres]),
+    ],
+)
+def herald_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HeraldUnderTest]:
+    database_url = (
+        request.getfixturevalue("postgres_test_url") if request.param == "postgres" else None
+    )
+    app = HeraldUnderTest(tmp_path_factory.mktemp("fuzz") / "herald", database_url)
     try:
         yield app
     finally:
@@ -119,7 +132,7 @@ def herald_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeraldUnder
 @pytest.fixture(scope="module")
 def schema(herald_app: HeraldUnderTest) -> BaseSchema:
     loaded = schemathesis.openapi.from_asgi("/openapi.json", herald_app)
-    loaded.config.generation.update(allow_x00=False)
+    loaded.config.generation.update(allow_x00=True)
     return loaded
 
 

@@ -76,3 +76,37 @@ def test_equal_start_and_end_is_refused() -> None:
 def test_bad_wall_times_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"HH:MM|between"):
         parse_wall_time(text)
+
+
+KIRITIMATI = ZoneInfo("Pacific/Kiritimati")  # UTC+14: its local dates run out first
+END = datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("zone", [BERLIN, NEW_YORK, KIRITIMATI], ids=str)
+@pytest.mark.parametrize("before_end", [timedelta(0), timedelta(hours=3), timedelta(days=2)])
+def test_quiet_hours_and_local_times_near_the_end_of_time_do_not_overflow(
+    zone: ZoneInfo, before_end: timedelta
+) -> None:
+    """Instants whose local date would be past year 9999 (or whose next days would be)
+    get an answer, never an OverflowError: the end of the window or the next occurrence
+    where it can be represented, else the instant itself."""
+    from herald.domain import next_occurrence
+
+    at = END - before_end
+    for start, end in (("22:00", "07:00"), ("00:00", "23:59"), ("13:00", "14:00")):
+        hours = QuietHours(parse_wall_time(start), parse_wall_time(end))
+        quiet = hours.is_quiet(at, zone)
+        ends = hours.window_end(at, zone)
+        assert ends >= at
+        assert quiet or ends == at
+    wall = parse_wall_time("09:00")
+    found = next_occurrence(wall, zone, at)
+    assert found >= at
+    if found > at:
+        assert found.astimezone(zone).time().replace(tzinfo=None) == wall
+
+
+def test_a_window_that_ends_before_the_end_of_time_still_ends_at_its_end() -> None:
+    hours = QuietHours(parse_wall_time("22:00"), parse_wall_time("07:00"))
+    at = utc(9999, 12, 30, 22)  # 23:00 in Berlin, the window ends 06:00 UTC next day
+    assert hours.window_end(at, BERLIN) == utc(9999, 12, 31, 6)

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from herald import __version__
 from herald.api import errors
 from herald.api.routes import admin, broadcasts, inbox, notifications, ops, users, webhooks
+from herald.api.routing import scope_rule
 from herald.runtime import Runtime
 
 ROUTE_MODULES = (users, notifications, broadcasts, inbox, admin, ops, webhooks)
@@ -44,7 +45,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    # An HTTPException: FastAPI, reading the body, lets it through as the
+                    # 413 it is (anything else it would answer as a 400).
+                    raise _BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -123,8 +126,13 @@ class InFlightLimit:
             self.in_flight -= 1
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(errors.HttpApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(_too_large_error(limit))
+
+
+def _too_large_error(limit: int) -> errors.ApiError:
+    return errors.ApiError(413, "payload_too_large", f"request body is over {limit} bytes")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -138,9 +146,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = errors.error_response(
-        413, "payload_too_large", f"request body is over {limit} bytes"
-    ).body
+    error = _too_large_error(limit)
+    body = errors.error_response(error.status, error.code, error.message).body
     await _send_json(send, 413, body)
 
 
@@ -184,8 +191,7 @@ def route_scopes() -> dict[tuple[str, str], str]:
     for route in (r for module in ROUTE_MODULES for r in module.router.routes):
         if not isinstance(route, APIRoute):
             continue
-        rules = [getattr(d.call, "scope_rule", None) for d in route.dependant.dependencies]
-        rule = next((r for r in rules if r), "none")
+        rule = scope_rule(route.dependant) or "none"
         for method in route.methods or ():
             table[(method, route.path)] = rule
     return table

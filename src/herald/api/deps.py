@@ -59,6 +59,10 @@ def _challenge() -> dict[str, str]:
 
 async def _api_key_caller(rt: Runtime, token: str) -> Caller:
     presented = key_from_secret(token)
+    # A key id is generated ASCII: anything else (a NUL, which PostgreSQL cannot even
+    # compare) is simply not a key.
+    if presented is not None and not (presented.id.isascii() and presented.id.isalnum()):
+        presented = None
     record = await rt.store.get_api_key(presented.id) if presented else None
     if (
         presented is None
@@ -73,15 +77,63 @@ async def _api_key_caller(rt: Runtime, token: str) -> Caller:
     return Caller(record.id, frozenset(record.scopes))
 
 
+def _check_scope(caller: Caller, rule: str) -> Caller:
+    if "admin" not in caller.scopes and not (caller.scopes & SCOPE_RULES[rule]):
+        raise ApiError(403, "forbidden", f"this key lacks the scope for this call ({rule})")
+    return caller
+
+
+async def _key_or_inbox_token(request: Request, rt: Runtime, rule: str) -> Caller:
+    """An API key with `rule`, or that user's own inbox token (header or ?token=)."""
+    user_id = request.path_params.get("user_id")
+    header = request.headers.get("authorization")
+    token = _bearer(request) if header is not None else request.query_params.get("token")
+    if not token:
+        raise ApiError(401, "unauthorized", "missing API key or inbox token", headers=_challenge())
+    if token.startswith("hk_"):
+        if header is None:
+            # URLs end up in proxy and browser logs: ?token= takes inbox tokens only.
+            raise ApiError(
+                401,
+                "unauthorized",
+                "an API key goes in the Authorization header, not in ?token=",
+                headers=_challenge(),
+            )
+        return _check_scope(await _api_key_caller(rt, token), rule)
+    try:
+        claims = rt.signer.verify("inbox", token, rt.clock.now())
+    except TokenInvalid as error:
+        raise ApiError(401, "unauthorized", str(error), headers=_challenge()) from None
+    if claims["sub"] != user_id:
+        raise ApiError(403, "forbidden", "this inbox token is for another user")
+    return Caller(None, frozenset(), inbox_user=user_id, expires_at=rt.signer.expires_at(claims))
+
+
+_CALLER = "herald.caller"
+INBOX_RULE_PREFIX = "inbox-or-"
+
+
+async def authenticate(request: Request, rule: str) -> Caller:
+    """The caller under `rule`, checked once per request: the route class calls this
+    before the body is read, the route's dependency then gets the same answer."""
+    cached: Caller | None = request.scope.get(_CALLER)
+    if cached is not None:
+        return cached
+    rt: Runtime = request.app.state.runtime
+    if rule.startswith(INBOX_RULE_PREFIX):
+        caller = await _key_or_inbox_token(request, rt, rule.removeprefix(INBOX_RULE_PREFIX))
+    else:
+        caller = _check_scope(await _api_key_caller(rt, _bearer(request)), rule)
+    request.scope[_CALLER] = caller
+    return caller
+
+
 def require(rule: str) -> Any:
     """A dependency that admits API keys holding `rule`'s scope (or admin)."""
-    allowed = SCOPE_RULES[rule]
+    SCOPE_RULES[rule]
 
-    async def check(request: Request, rt: RuntimeDep) -> Caller:
-        caller = await _api_key_caller(rt, _bearer(request))
-        if "admin" not in caller.scopes and not (caller.scopes & allowed):
-            raise ApiError(403, "forbidden", f"this key lacks the scope for this call ({rule})")
-        return caller
+    async def check(request: Request) -> Caller:
+        return await authenticate(request, rule)
 
     check.scope_rule = rule  # type: ignore[attr-defined]
     return Depends(check)
@@ -89,39 +141,13 @@ def require(rule: str) -> Any:
 
 def require_inbox_access(rule: str = "read") -> Any:
     """An API key with `rule`, or that user's own inbox token (header or ?token=)."""
-    allowed = SCOPE_RULES[rule]
+    SCOPE_RULES[rule]
+    full_rule = INBOX_RULE_PREFIX + rule
 
-    async def check(request: Request, user_id: str, rt: RuntimeDep) -> Caller:
-        header = request.headers.get("authorization")
-        token = _bearer(request) if header is not None else request.query_params.get("token")
-        if not token:
-            raise ApiError(
-                401, "unauthorized", "missing API key or inbox token", headers=_challenge()
-            )
-        if token.startswith("hk_"):
-            if header is None:
-                # URLs end up in proxy and browser logs: ?token= takes inbox tokens only.
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "an API key goes in the Authorization header, not in ?token=",
-                    headers=_challenge(),
-                )
-            caller = await _api_key_caller(rt, token)
-            if "admin" not in caller.scopes and not (caller.scopes & allowed):
-                raise ApiError(403, "forbidden", f"this key lacks the scope for this call ({rule})")
-            return caller
-        try:
-            claims = rt.signer.verify("inbox", token, rt.clock.now())
-        except TokenInvalid as error:
-            raise ApiError(401, "unauthorized", str(error), headers=_challenge()) from None
-        if claims["sub"] != user_id:
-            raise ApiError(403, "forbidden", "this inbox token is for another user")
-        return Caller(
-            None, frozenset(), inbox_user=user_id, expires_at=rt.signer.expires_at(claims)
-        )
+    async def check(request: Request) -> Caller:
+        return await authenticate(request, full_rule)
 
-    check.scope_rule = f"inbox-or-{rule}"  # type: ignore[attr-defined]
+    check.scope_rule = full_rule  # type: ignore[attr-defined]
     return Depends(check)
 
 

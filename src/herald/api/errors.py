@@ -34,6 +34,15 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class HttpApiError(StarletteHTTPException):
+    """An ApiError raised while FastAPI reads the body, where it lets HTTPExceptions
+    through and turns anything else into a 400."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.status, error.message, error.headers)
+        self.error = error
+
+
 def error_response(
     status: int,
     code: str,
@@ -96,6 +105,11 @@ _STATUS_CODES = {
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error.status, error.code, error.message, error.details, error.headers)
+
+    @app.exception_handler(HttpApiError)
+    async def _http_api_error(_request: Request, wrapped: HttpApiError) -> JSONResponse:
+        error = wrapped.error
         return error_response(error.status, error.code, error.message, error.details, error.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -4,7 +4,7 @@ message that says what is wrong."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
@@ -14,12 +14,16 @@ import phonenumbers
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
     StringConstraints,
     field_validator,
     model_validator,
+)
+from pydantic import (
+    Strict as StrictType,
 )
 
 from herald.domain import (
@@ -39,8 +43,53 @@ MAX_TTL = 28 * 24 * 3600
 MAX_BATCH = 1000
 MAX_SHAPING_WINDOW = 7 * 24 * 3600
 
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
+MAX_SCHEDULE_BEHIND = timedelta(days=366)
+
+# Characters no identifier may hold: C0/C1 controls (NUL among them) and the invisible
+# bidirectional controls (embeddings, overrides, isolates, marks) that make an id display
+# as another ("Trojan Source").
+_NOT_IN_IDENTIFIERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def check_identifier(value: str) -> str:
+    found = _NOT_IN_IDENTIFIERS.search(value)
+    if found:
+        raise ValueError(
+            f"must not contain control or bidirectional-formatting characters "
+            f"(U+{ord(found.group()):04X} at position {found.start()})"
+        )
+    return value
+
+
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s/?#]+$")]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(check_identifier)
+]
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s/?#]+$"),
+    AfterValidator(check_identifier),
+]
+
+# The models are strict (no "60" for an int, no 1 or "yes" for a bool); enums and times
+# are read from their JSON strings, which strict mode would refuse in the Python objects
+# FastAPI validates.
+ChannelIn = Annotated[Channel, StrictType(False)]
+PlatformIn = Annotated[Platform, StrictType(False)]
+PriorityIn = Annotated[Priority, StrictType(False)]
+PolicyIn = Annotated[DeliveryPolicy, StrictType(False)]
+QuietHoursActionIn = Annotated[QuietHoursAction, StrictType(False)]
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _date_time_text(value: Any) -> Any:
+    if isinstance(value, str) and _DATE_TIME.match(value):
+        return value
+    raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-01-01T09:00:00Z")
+
+
+DateTimeIn = Annotated[datetime, StrictType(False), BeforeValidator(_date_time_text)]
 
 
 @lru_cache(maxsize=1)
@@ -93,7 +142,7 @@ def json_size_at_most(limit: int) -> Any:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=False)
 
 
 # -- users and preferences -------------------------------------------------------------
@@ -128,8 +177,8 @@ class QuietHoursIn(Strict):
 
 
 class PreferencesIn(Strict):
-    channels: dict[Channel, bool] = Field(default_factory=dict)
-    categories: dict[Name, dict[Channel, bool]] = Field(default_factory=dict, max_length=500)
+    channels: dict[ChannelIn, bool] = Field(default_factory=dict)
+    categories: dict[Name, dict[ChannelIn, bool]] = Field(default_factory=dict, max_length=500)
     quiet_hours: QuietHoursIn | None = None
 
 
@@ -154,7 +203,7 @@ class WebSubscription(Strict):
 
 
 class DeviceIn(Strict):
-    platform: Platform
+    platform: PlatformIn
     token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
     subscription: WebSubscription | None = None
 
@@ -189,13 +238,13 @@ class NotificationContent(Strict):
     """What a notification says and how it travels, without its recipient."""
 
     category: Name = "default"
-    priority: Priority = Priority.NORMAL
+    priority: PriorityIn = Priority.NORMAL
     title: Annotated[str, StringConstraints(max_length=MAX_TITLE)] | None = None
     body: Annotated[str, StringConstraints(max_length=MAX_BODY)] | None = None
     data: Annotated[dict[str, Any], json_size_at_most(MAX_DATA_BYTES)] = Field(default_factory=dict)
-    channels: list[Channel] | None = Field(default=None, min_length=1)
+    channels: list[ChannelIn] | None = Field(default=None, min_length=1)
     ttl_seconds: int | None = Field(default=None, ge=1, le=MAX_TTL)
-    send_at: datetime | None = None
+    send_at: DateTimeIn | None = None
     template: Name | None = None
     variables: Annotated[dict[str, Any], json_size_at_most(MAX_VARIABLES_BYTES)] = Field(
         default_factory=dict
@@ -222,6 +271,21 @@ class NotificationContent(Strict):
         if not (self.title or self.body or self.template or self.data):
             raise ValueError("a notification needs a title, a body, data or a template")
         return self
+
+
+def schedule_problem(content: NotificationContent, now: datetime) -> tuple[str, str] | None:
+    """(field, message) when the notification's time is outside what Herald schedules:
+    `send_at` more than a year from now either way (a far-future time would overflow the
+    time arithmetic of routing, quiet hours and local delivery times; a far-past one is a
+    mistake). `ttl_seconds` is bounded by its type."""
+    if content.send_at is None:
+        return None
+    ahead = content.send_at - now  # a timedelta: no datetime near the ends is made
+    if ahead > MAX_SCHEDULE_AHEAD:
+        return "send_at", f"is more than {MAX_SCHEDULE_AHEAD.days} days ahead"
+    if -ahead > MAX_SCHEDULE_BEHIND:
+        return "send_at", f"is more than {MAX_SCHEDULE_BEHIND.days} days in the past"
+    return None
 
 
 class NotificationIn(NotificationContent):
@@ -310,7 +374,7 @@ TemplatePart = Annotated[str, StringConstraints(max_length=20_000)]
 
 class TemplateIn(Strict):
     locales: dict[
-        Annotated[str, AfterValidator(check_locale)], dict[Channel, dict[Name, TemplatePart]]
+        Annotated[str, AfterValidator(check_locale)], dict[ChannelIn, dict[Name, TemplatePart]]
     ] = Field(min_length=1, max_length=100)
     default_locale: Annotated[str, AfterValidator(check_locale)]
 
@@ -343,11 +407,11 @@ class CapIn(Strict):
 
 
 class CategoryIn(Strict):
-    quiet_hours: QuietHoursAction = QuietHoursAction.DEFER
-    channels: list[Channel] | None = None
-    policy: dict[Channel, DeliveryPolicy] = Field(default_factory=dict)
-    digest: dict[Channel, DigestIn] = Field(default_factory=dict)
-    caps: dict[Channel, CapIn] = Field(default_factory=dict)
+    quiet_hours: QuietHoursActionIn = QuietHoursAction.DEFER
+    channels: list[ChannelIn] | None = None
+    policy: dict[ChannelIn, PolicyIn] = Field(default_factory=dict)
+    digest: dict[ChannelIn, DigestIn] = Field(default_factory=dict)
+    caps: dict[ChannelIn, CapIn] = Field(default_factory=dict)
 
 
 class SuppressionIn(Strict):

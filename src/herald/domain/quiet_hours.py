@@ -7,14 +7,22 @@ window again (the gap swallowed all of the day's time outside it), when the wind
 the next day's end; an end time that occurs twice on a fall-back day ends it at the first
 occurrence after now; a fall-back that sets the clock to before the start ends the window
 at the transition.
+
+Near the end of representable time (year 9999) a local date or the days after it may not
+exist: days that cannot be represented are left out of the search, and where no answer
+can be represented at all, no local-time rule applies (the instant itself is the answer),
+so no input raises OverflowError.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+# Local conversions of instants up to here never overflow (UTC offsets are under 26 h).
+_LAST_SAFE = datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +44,10 @@ class QuietHours:
         return self.start <= wall < self.end
 
     def is_quiet(self, instant: datetime, zone: ZoneInfo) -> bool:
-        wall = instant.astimezone(zone).time().replace(tzinfo=None)
+        try:
+            wall = instant.astimezone(zone).time().replace(tzinfo=None)
+        except OverflowError:  # its local date is past year 9999
+            return False
         return self.contains_wall_time(wall)
 
     def window_end(self, instant: datetime, zone: ZoneInfo) -> datetime:
@@ -53,14 +64,23 @@ class QuietHours:
         local_date = instant.astimezone(zone).date()
         candidates: list[datetime] = []
         for day in range(3):
-            naive = datetime.combine(local_date + timedelta(days=day), self.end)
             for fold in (0, 1):
-                at = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
-                if at > instant:
+                at = _instant(local_date, day, self.end, zone, fold)
+                if at is not None and at > instant:
                     candidates.append(at)
-        horizon = datetime.combine(local_date + timedelta(days=3), time(), zone).astimezone(UTC)
-        candidates.extend(_offset_changes(zone, instant, horizon))
-        return min(at for at in candidates if not self.is_quiet(at, zone))
+        horizon = _instant(local_date, 3, time(), zone, 0) or _LAST_SAFE
+        candidates.extend(_offset_changes(zone, instant, min(horizon, _LAST_SAFE)))
+        return min((at for at in candidates if not self.is_quiet(at, zone)), default=instant)
+
+
+def _instant(local_date: date, days: int, wall: time, zone: ZoneInfo, fold: int) -> datetime | None:
+    """The UTC instant of `wall` on the local date `days` after `local_date`, or None when
+    that cannot be represented."""
+    try:
+        naive = datetime.combine(local_date + timedelta(days=days), wall)
+        return naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 def _offset_changes(zone: ZoneInfo, after: datetime, until: datetime) -> list[datetime]:
@@ -97,10 +117,15 @@ def next_occurrence(wall: time, zone: ZoneInfo, after: datetime) -> datetime:
     On a fall-back day the first of the two occurrences counts; on a spring-forward day a
     wall time that does not exist is taken as the first instant past it (the transition).
     """
-    local_date = after.astimezone(zone).date()
+    try:
+        local_date = after.astimezone(zone).date()
+    except OverflowError:  # past the last local date: no local time applies
+        return after
     for day in range(3):
-        naive = datetime.combine(local_date + timedelta(days=day), wall)
-        instants = sorted({naive.replace(tzinfo=zone, fold=f).astimezone(UTC) for f in (0, 1)})
+        readings = [_instant(local_date, day, wall, zone, fold) for fold in (0, 1)]
+        instants = sorted({i for i in readings if i is not None})
+        if not instants:
+            return after  # the day is past the last representable one
         exact = [i for i in instants if i.astimezone(zone).time().replace(tzinfo=None) == wall]
         if exact:
             found = next((i for i in exact if i >= after), None)

@@ -84,6 +84,7 @@ class BroadcastStore:
         broadcast_id: str,
         idempotency_key: str,
         request_hash: str,
+        api_key_id: str = "",
         topic: str | None,
         user_ids: Sequence[str] | None,
         template: dict[str, Any],
@@ -98,6 +99,7 @@ class BroadcastStore:
                 self._insert(t.broadcasts)
                 .values(
                     id=broadcast_id,
+                    api_key_id=api_key_id,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
                     topic=topic,
@@ -107,12 +109,14 @@ class BroadcastStore:
                     created_at=now,
                     updated_at=now,
                 )
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key"])
             )
             if not inserted.rowcount:
                 row = (
                     await db.execute(
-                        sa.select(b.id, b.request_hash).where(b.idempotency_key == idempotency_key)
+                        sa.select(b.id, b.request_hash).where(
+                            b.api_key_id == api_key_id, b.idempotency_key == idempotency_key
+                        )
                     )
                 ).one()
                 return row.id, False, row.request_hash != request_hash

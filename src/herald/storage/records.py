@@ -36,6 +36,11 @@ class NewNotification:
     idempotency_key: str
     request_hash: str
     content: dict[str, Any]
+    api_key_id: str = ""  # whose idempotency key it is ('': Herald's own)
+
+    @property
+    def idempotency_scope(self) -> tuple[str, str]:
+        return self.api_key_id, self.idempotency_key
 
 
 @dataclass(frozen=True, slots=True)

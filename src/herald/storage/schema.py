@@ -106,7 +106,10 @@ notifications = sa.Table(
     "notifications",
     metadata,
     sa.Column("id", Id, primary_key=True),
-    sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
+    # Idempotency is per API key ('' for what Herald makes itself: broadcast recipients,
+    # digests).
+    sa.Column("api_key_id", Id, nullable=False, server_default=""),
+    sa.Column("idempotency_key", sa.String(255), nullable=False),
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("user_id", sa.String(128), nullable=False, index=True),
     sa.Column("category", sa.String(128), nullable=False),
@@ -121,6 +124,7 @@ notifications = sa.Table(
     sa.Column("broadcast_id", Id),
     sa.Column("deliver_at_local", sa.String(5)),
     sa.Index("ix_notifications_broadcast", "broadcast_id"),
+    sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
 # The outbox's lane_order: the relay publishes urgent rows first, so a broadcast's fan-out
@@ -258,7 +262,8 @@ broadcasts = sa.Table(
     "broadcasts",
     metadata,
     sa.Column("id", Id, primary_key=True),
-    sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("api_key_id", Id, nullable=False, server_default=""),
+    sa.Column("idempotency_key", sa.String(255), nullable=False),
     sa.Column("request_hash", sa.String(64), nullable=False),
     sa.Column("topic", sa.String(128)),
     # The notification every recipient gets (NotificationIn fields without user_id).
@@ -267,6 +272,7 @@ broadcasts = sa.Table(
     sa.Column("planned", sa.Integer, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_broadcasts_idempotency"),
 )
 
 broadcast_recipients = sa.Table(

@@ -715,19 +715,20 @@ class Store(BroadcastStore, ShapingStore):
     async def accept_notifications(self, items: Sequence[NewNotification]) -> list[AcceptResult]:
         """Insert notifications and their outbox rows in one transaction.
 
-        Idempotency rests on the unique idempotency_key: INSERT ... ON CONFLICT DO NOTHING,
-        then the rows that did not go in are compared by request hash (same body: a replay;
-        another body: a conflict). No read-then-write race. A key repeated inside one
-        batch is judged against its first occurrence.
+        Idempotency rests on the unique (api_key_id, idempotency_key): a key is one API
+        key's own. INSERT ... ON CONFLICT DO NOTHING, then the rows that did not go in are
+        compared by request hash (same body: a replay; another body: a conflict). No
+        read-then-write race. A key repeated inside one batch is judged against its first
+        occurrence.
         """
-        firsts: dict[str, NewNotification] = {}
+        firsts: dict[tuple[str, str], NewNotification] = {}
         for item in items:
-            firsts.setdefault(item.idempotency_key, item)
+            firsts.setdefault(item.idempotency_scope, item)
         stored = await self._insert_notifications(list(firsts.values()))
         results = []
         for item in items:
-            notification_id, stored_hash, created = stored[item.idempotency_key]
-            is_first = firsts[item.idempotency_key] is item
+            notification_id, stored_hash, created = stored[item.idempotency_scope]
+            is_first = firsts[item.idempotency_scope] is item
             results.append(
                 AcceptResult(
                     notification_id,
@@ -740,42 +741,44 @@ class Store(BroadcastStore, ShapingStore):
 
     async def _insert_notifications(
         self, items: Sequence[NewNotification]
-    ) -> dict[str, tuple[str, str, bool]]:
-        """key -> (notification id, stored request hash, inserted now)."""
+    ) -> dict[tuple[str, str], tuple[str, str, bool]]:
+        """(api key id, key) -> (notification id, stored request hash, inserted now)."""
         async with self.transaction() as db:
             return await self._insert_notifications_on(db, items)
 
     async def _insert_notifications_on(
         self, db: AsyncConnection, items: Sequence[NewNotification]
-    ) -> dict[str, tuple[str, str, bool]]:
+    ) -> dict[tuple[str, str], tuple[str, str, bool]]:
 
         now = self.clock.now()
-        stored: dict[str, tuple[str, str, bool]] = {}
+        n = t.notifications.c
+        stored: dict[tuple[str, str], tuple[str, str, bool]] = {}
         for chunk in chunks(items, self.batch_rows):
             # An executemany, not .values([...]): SQLAlchemy caches one compiled
             # statement and batches the rows itself ("insertmanyvalues"), where a
             # multi-row VALUES was compiled again for every batch (most of the API's CPU).
             inserted = await db.execute(
                 self._insert(t.notifications)
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                .returning(t.notifications.c.id, t.notifications.c.idempotency_key),
+                .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key"])
+                .returning(n.id, n.api_key_id, n.idempotency_key),
                 [_notification_row(item, now) for item in chunk],
             )
-            created = {row.idempotency_key for row in inserted}
-            new = [item for item in chunk if item.idempotency_key in created]
+            created = {(row.api_key_id, row.idempotency_key) for row in inserted}
+            new = [item for item in chunk if item.idempotency_scope in created]
             for item in new:
-                stored[item.idempotency_key] = (item.notification.id, item.request_hash, True)
-            existing = [i.idempotency_key for i in chunk if i.idempotency_key not in created]
-            if existing:
+                stored[item.idempotency_scope] = (item.notification.id, item.request_hash, True)
+            existing: dict[str, list[str]] = {}
+            for item in chunk:
+                if item.idempotency_scope not in created:
+                    existing.setdefault(item.api_key_id, []).append(item.idempotency_key)
+            for api_key_id, keys in existing.items():  # one API key per request, as a rule
                 rows = await db.execute(
-                    sa.select(
-                        t.notifications.c.id,
-                        t.notifications.c.idempotency_key,
-                        t.notifications.c.request_hash,
-                    ).where(t.notifications.c.idempotency_key.in_(existing))
+                    sa.select(n.id, n.idempotency_key, n.request_hash).where(
+                        n.api_key_id == api_key_id, n.idempotency_key.in_(keys)
+                    )
                 )
                 for row in rows:
-                    stored[row.idempotency_key] = (row.id, row.request_hash, False)
+                    stored[(api_key_id, row.idempotency_key)] = (row.id, row.request_hash, False)
             if new:
                 await db.execute(
                     t.outbox.insert(),
@@ -1216,7 +1219,7 @@ class Store(BroadcastStore, ShapingStore):
                 db, [_digest_notification(d) for d in live]
             )
             await self._mark_digest_notifications(
-                db, {d.id: stored[f"digest:{d.id}"][0] for d in live}
+                db, {d.id: stored[("", f"digest:{d.id}")][0] for d in live}
             )
         return len(closed)
 
@@ -1757,6 +1760,7 @@ def _notification_row(item: NewNotification, now: datetime) -> dict[str, Any]:
     n = item.notification
     return {
         "id": n.id,
+        "api_key_id": item.api_key_id,
         "idempotency_key": item.idempotency_key,
         "request_hash": item.request_hash,
         "user_id": n.user_id,

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Query, Response
 
 from herald.api.deps import RuntimeDep, require
 from herald.api.errors import ApiError, not_found
+from herald.api.routing import HeraldRoute
 from herald.api.schemas import CapIn, CategoryIn, KeyIn, Name, SuppressionIn, TemplateIn
 from herald.domain import Channel, FrequencyCap
 from herald.security import generate_key
 from herald.storage import InvalidCursor, Page, Suppression
 from herald.templates import Template, TemplateError
 
-router = APIRouter(prefix="/v1", tags=["admin"])
+router = APIRouter(prefix="/v1", tags=["admin"], route_class=HeraldRoute)
 Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=500)]
 

@@ -9,12 +9,14 @@ from fastapi import APIRouter, Header, Response
 
 from herald.api.deps import Caller, RuntimeDep, require
 from herald.api.errors import ApiError, not_found
-from herald.api.schemas import BroadcastIn, Name, UserId
+from herald.api.routes.notifications import time_error
+from herald.api.routing import HeraldRoute
+from herald.api.schemas import BroadcastIn, Name, UserId, schedule_problem
 from herald.router.fanout import page_record
 from herald.storage import new_id
 from herald.util import canonical_hash
 
-router = APIRouter(prefix="/v1", tags=["broadcasts"])
+router = APIRouter(prefix="/v1", tags=["broadcasts"], route_class=HeraldRoute)
 RequiredKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 
 
@@ -65,6 +67,10 @@ async def create_broadcast(
     caller: Annotated[Caller, require("send")],
     idempotency_key: RequiredKey,
 ) -> dict[str, Any]:
+    out_of_range = schedule_problem(body.notification, rt.clock.now())
+    if out_of_range:
+        field, message = out_of_range
+        raise time_error(f"notification.{field}", message)
     content = body.notification.model_dump(mode="json")
     request_hash = canonical_hash(
         {"topic": body.topic, "user_ids": body.user_ids, "notification": content}
@@ -74,6 +80,7 @@ async def create_broadcast(
         broadcast_id=broadcast_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        api_key_id=caller.key_id or "",
         topic=body.topic,
         user_ids=body.user_ids,
         template=content,

@@ -13,12 +13,13 @@ from fastapi.responses import StreamingResponse
 
 from herald.api.deps import Caller, RuntimeDep, require, require_inbox_access
 from herald.api.errors import ApiError, not_found
+from herald.api.routing import HeraldRoute
 from herald.api.schemas import UserId
 from herald.metrics import METRICS
 from herald.providers.inbox import inbox_item_json
 from herald.storage import InvalidCursor
 
-router = APIRouter(prefix="/v1/users/{user_id}", tags=["inbox"])
+router = APIRouter(prefix="/v1/users/{user_id}", tags=["inbox"], route_class=HeraldRoute)
 INBOX_TOKEN_TTL = timedelta(hours=12)
 KEEPALIVE_SECONDS = 15.0
 EXPIRED_EVENT = b'event: expired\ndata: {"reason": "inbox token expired"}\n\n'

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from herald.api.deps import Caller, RuntimeDep, require
 from herald.api.errors import ApiError, not_found, validation_details
+from herald.api.routing import HeraldRoute
 from herald.api.schemas import (
     AcceptedOut,
     BatchIn,
@@ -20,6 +21,7 @@ from herald.api.schemas import (
     EventOut,
     NotificationIn,
     NotificationOut,
+    schedule_problem,
 )
 from herald.domain import Notification, mask_target
 from herald.metrics import METRICS
@@ -28,7 +30,7 @@ from herald.storage import AcceptResult, NewNotification, new_id
 from herald.templates import Template, TemplateError
 from herald.util import canonical_hash
 
-router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=HeraldRoute)
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
 ]
@@ -38,6 +40,7 @@ IdempotencyKey = Annotated[
 class _Candidate:
     body: NotificationIn
     key: str
+    api_key_id: str  # idempotency keys are each API key's own
 
 
 def _new_notification(candidate: _Candidate) -> NewNotification:
@@ -62,18 +65,25 @@ def _new_notification(candidate: _Candidate) -> NewNotification:
     stored = {
         k: content[k] for k in ("title", "body", "data", "template", "variables", "collapse_key")
     }
-    return NewNotification(notification, candidate.key, canonical_hash(content), stored)
+    return NewNotification(
+        notification, candidate.key, canonical_hash(content), stored, candidate.api_key_id
+    )
 
 
 async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dict[int, ApiError]:
-    """What the schema cannot see: unknown users, templates that do not render for the
-    user's locale. (Sizes: the schema bounds every part; each channel's own limit is
-    the router's, for the channels a notification really goes out on.)"""
+    """What the schema cannot see: times out of range, unknown users, templates that do
+    not render for the user's locale. (Sizes: the schema bounds every part; each channel's
+    own limit is the router's, for the channels a notification really goes out on.)"""
     errors: dict[int, ApiError] = {}
     known = await rt.store.existing_user_ids(c.body.user_id for c in candidates)
     templates: dict[str, Template | None] = {}
+    now = rt.clock.now()
     for index, candidate in enumerate(candidates):
         body = candidate.body
+        out_of_range = schedule_problem(body, now)
+        if out_of_range:
+            errors[index] = time_error(*out_of_range)
+            continue
         if body.user_id not in known:
             errors[index] = ApiError(
                 422,
@@ -105,6 +115,10 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
     return errors
 
 
+def time_error(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid", f"{field}: {message}", [{"field": field, "message": message}])
+
+
 async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptResult]:
     results = await rt.store.accept_notifications([_new_notification(c) for c in candidates])
     created = sum(1 for r in results if r.created)
@@ -125,7 +139,7 @@ async def post_notification(
 ) -> AcceptedOut:
     assert rt.limits is not None
     rt.limits.check_notifications(caller.key_id, 1)
-    candidate = _Candidate(body, idempotency_key or f"auto:{uuid.uuid4()}")
+    candidate = _Candidate(body, idempotency_key or f"auto:{uuid.uuid4()}", caller.key_id or "")
     problem = (await _semantic_errors(rt, [candidate])).get(0)
     if problem:
         raise problem
@@ -158,7 +172,7 @@ async def post_batch(
             )
             continue
         outcomes[index]["idempotency_key"] = item.idempotency_key
-        candidates.append((index, _Candidate(item, item.idempotency_key)))
+        candidates.append((index, _Candidate(item, item.idempotency_key, caller.key_id or "")))
     problems = await _semantic_errors(rt, [c for _, c in candidates])
     for position, problem in problems.items():
         outcomes[candidates[position][0]].update(

@@ -10,11 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from herald.api.deps import RuntimeDep, public
 from herald.api.errors import ApiError
+from herald.api.routing import HeraldRoute
 from herald.domain import Channel
 from herald.metrics import METRICS
 from herald.security import TokenInvalid
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=HeraldRoute)
 
 
 @router.get("/healthz", dependencies=[public()])

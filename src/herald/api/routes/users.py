@@ -6,9 +6,11 @@ from fastapi import APIRouter, Response
 
 from herald.api.deps import RuntimeDep, require
 from herald.api.errors import ApiError, not_found
+from herald.api.routing import HeraldRoute
 from herald.api.schemas import (
     DeviceIn,
     DeviceOut,
+    Identifier,
     PreferencesIn,
     PreferencesOut,
     UserId,
@@ -26,7 +28,7 @@ from herald.domain import (
 )
 from herald.storage.store import preferences_to_json
 
-router = APIRouter(prefix="/v1/users", tags=["users"])
+router = APIRouter(prefix="/v1/users", tags=["users"], route_class=HeraldRoute)
 
 
 def user_out(user: User) -> UserOut:
@@ -157,7 +159,7 @@ async def list_devices(user_id: UserId, rt: RuntimeDep) -> dict[str, object]:
 
 
 @router.delete("/{user_id}/devices/{device_id}", status_code=204, dependencies=[require("manage")])
-async def delete_device(user_id: UserId, device_id: str, rt: RuntimeDep) -> Response:
+async def delete_device(user_id: UserId, device_id: Identifier, rt: RuntimeDep) -> Response:
     if not await rt.store.delete_device(user_id, device_id):
         raise not_found("device")
     return Response(status_code=204)

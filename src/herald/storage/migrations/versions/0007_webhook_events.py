@@ -3,7 +3,7 @@ time of the event behind a suppression (an opt-in older than the latest opt-out 
 lift it).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from alembic import op
 from herald.storage.schema import UtcDateTime
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
