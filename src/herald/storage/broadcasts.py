@@ -33,7 +33,7 @@ class BroadcastStore:
 
     async def _insert_notifications_on(
         self, db: AsyncConnection, items: Sequence[NewNotification]
-    ) -> dict[str, tuple[str, str, bool]]:
+    ) -> dict[tuple[str, str], tuple[str, str, bool]]:
         raise NotImplementedError
 
     async def subscribe(self, topic: str, user_id: str) -> bool:
