@@ -17,8 +17,10 @@ from herald.bus.memory import MemoryBus
 from herald.bus.messages import notification_record
 from herald.domain import DeliveryState, Notification, NotificationState, Priority
 from herald.roles import Backoff, consume_loop, is_outage
+from herald.router import router as router_module
 from herald.runtime import Runtime
 from herald.storage import NewNotification
+from herald.storage.records import RoutingInput
 from tests.fixtures.herald import eventually
 from tests.test_broadcasts import add_subscribers
 
@@ -56,16 +58,25 @@ async def dead_letters(bus: Bus, group: str) -> list[dict[str, Any]]:
 
 
 async def test_a_notification_the_router_cannot_route_is_set_aside_and_its_batch_is_routed(
-    api: httpx.AsyncClient, runtime: Runtime
+    api: httpx.AsyncClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await api.put("/v1/users/berlin", json={"timezone": "Europe/Berlin"})
-    quiet = {"quiet_hours": {"start": "00:00", "end": "23:59"}}
-    assert (await api.put("/v1/users/berlin/preferences", json=quiet)).status_code == 200
+    # Issue 18's poison was a year-9999 send_at for a user with quiet hours in Berlin: the
+    # planner raised OverflowError. Quiet hours answer for it now (tests/domain), so the
+    # planner is made to raise the same way for one notification: what is tested here is
+    # what the router does with any notification it cannot plan.
+    real_plan = router_module.plan_routing
+
+    def plan_or_overflow(routing: RoutingInput, *args: Any) -> Any:
+        if routing.notification.id == "n-poison":
+            raise OverflowError("date value out of range")
+        return real_plan(routing, *args)
+
+    monkeypatch.setattr(router_module, "plan_routing", plan_or_overflow)
     healthy = [f"u{n}" for n in range(6)]
     for user in healthy:
         await api.put(f"/v1/users/{user}", json={})
     items = [new_notification(f"ok-{u}", u) for u in healthy[:3]]
-    items.append(new_notification("poison", "berlin", send_at=FAR_FUTURE))
+    items.append(new_notification("poison", healthy[0], send_at=FAR_FUTURE))
     items += [new_notification(f"ok-{u}", u) for u in healthy[3:]]
     await runtime.store.accept_notifications(items)
     # One batch on the bus, the poison in the middle (no relay runs: the test publishes).
