@@ -109,6 +109,7 @@ class InboxItem:
     data: dict[str, Any]
     read_at: datetime | None
     created_at: datetime
+    sends: int = 1  # how many times the delivery reached the inbox (a repeat is counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ class SandboxMessage:
     target: str
     payload: dict[str, Any]
     created_at: datetime
+    sends: int = 1  # how many sandbox rows (sends) this message's delivery has in all
 
 
 @dataclass(frozen=True, slots=True)

@@ -1363,14 +1363,19 @@ class Store(BroadcastStore, ShapingStore):
     # -- inbox -----------------------------------------------------------------------
 
     async def insert_inbox_items(self, items: Sequence[InboxItem]) -> list[InboxItem]:
-        """Store items; returns the ones that were new (a repeat of a delivery is not)."""
+        """Store items; returns the ones that were new (a repeat of a delivery is not: it
+        adds one to the stored item's `sends`)."""
         if not items:
             return []
         async with self.transaction() as db:
             inserted = await db.execute(
                 self._insert(t.inbox_items)
                 .values([_inbox_row(item) for item in items])
-                .on_conflict_do_nothing(index_elements=["delivery_id"])
+                # One item per delivery, but a repeat is counted, not hidden.
+                .on_conflict_do_update(
+                    index_elements=["delivery_id"],
+                    set_={"sends": t.inbox_items.c.sends + 1},
+                )
                 .returning(t.inbox_items.c.id)
             )
             new = {row.id for row in inserted}
@@ -1414,12 +1419,12 @@ class Store(BroadcastStore, ShapingStore):
     # -- sandbox ---------------------------------------------------------------------
 
     async def insert_sandbox_messages(self, messages: Sequence[SandboxMessage]) -> None:
+        """One row per send: a delivery sent twice is two rows (nothing hides a repeat)."""
         if not messages:
             return
         async with self.transaction() as db:
             await db.execute(
-                self._insert(t.sandbox_messages)
-                .values(
+                self._insert(t.sandbox_messages).values(
                     [
                         {
                             "id": m.id,
@@ -1434,13 +1439,19 @@ class Store(BroadcastStore, ShapingStore):
                         for m in messages
                     ]
                 )
-                .on_conflict_do_nothing(index_elements=["delivery_id"])
             )
 
     async def list_sandbox_messages(
         self, channel: str | None, user_id: str | None, limit: int, cursor: str | None
     ) -> Page[SandboxMessage]:
-        query = sa.select(t.sandbox_messages)
+        sandbox = t.sandbox_messages
+        repeats = sandbox.alias("repeats")
+        sends = (
+            sa.select(sa.func.count())
+            .where(repeats.c.delivery_id == sandbox.c.delivery_id)
+            .scalar_subquery()
+        )
+        query = sa.select(sandbox, sends.label("sends"))
         if channel:
             query = query.where(t.sandbox_messages.c.channel == channel)
         if user_id:
@@ -1457,6 +1468,7 @@ class Store(BroadcastStore, ShapingStore):
                     r.target,
                     r.payload,
                     r.created_at,
+                    int(r.sends),
                 )
                 for r in rows
             ],
@@ -1504,6 +1516,7 @@ def _inbox(row: Row) -> InboxItem:
         row.data or {},
         row.read_at,
         row.created_at,
+        int(row.sends),
     )
 
 
