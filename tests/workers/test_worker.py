@@ -89,7 +89,12 @@ def worker_for(
         (Rejected("MessageRejected"), S.FAILED, "MessageRejected"),
         (InvalidTarget("mailbox unavailable"), S.UNDELIVERABLE, "mailbox unavailable"),
         (Retry("throttled"), S.DEFERRED, "throttled"),
-        (ProviderDown("bad credentials"), S.DEFERRED, "email: provider down: bad credentials"),
+        pytest.param(
+            ProviderDown("bad credentials"),
+            S.DEFERRED,
+            "email: provider down: bad credentials",
+            marks=pytest.mark.expect_errors,  # an opened circuit is logged as an error
+        ),
     ],
 )
 async def test_each_outcome_sets_the_delivery_state(
@@ -189,6 +194,7 @@ async def test_invalid_address_is_suppressed_and_not_sent_again(
     assert (skipped.state, skipped.last_error) == (S.SKIPPED, "address is suppressed")
 
 
+@pytest.mark.expect_errors
 async def test_provider_down_opens_the_circuit_without_spending_attempts(
     api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
 ) -> None:
@@ -206,6 +212,7 @@ async def test_provider_down_opens_the_circuit_without_spending_attempts(
     assert not worker.circuits.is_open("ses")
 
 
+@pytest.mark.expect_errors
 async def test_failover_sends_through_the_next_provider_once(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
@@ -227,6 +234,7 @@ async def test_failover_sends_through_the_next_provider_once(
     assert sent.detail["failed_over_from"] == ["ses: provider down: SendingPaused"]
 
 
+@pytest.mark.expect_errors
 async def test_a_provider_that_raises_does_not_lose_the_batch(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
