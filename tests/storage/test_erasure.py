@@ -129,4 +129,4 @@ async def test_a_deleted_user_is_no_longer_a_topic_subscriber(
         assert (await api.put(f"/v1/users/{user}/topics/news")).status_code in (200, 201, 204)
     assert (await api.delete("/v1/users/gone")).status_code == 204
     listed = (await api.get("/v1/topics/news/subscribers")).json()
-    assert [s.get("user_id", s) for s in listed["items"]] == ["kept"], listed
+    assert listed["items"] == [{"user_id": "kept"}]
