@@ -21,6 +21,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        # A test that needs PostgreSQL or Kafka is a production test: `-m "not production"`
+        # (the quick loop the README gives) must leave it out, marked by hand or not.
+        needs_services = item.get_closest_marker("postgres") or item.get_closest_marker("kafka")
+        if needs_services and item.get_closest_marker("production") is None:
+            item.add_marker(pytest.mark.production)
     if config.getoption("--long"):
         return
     skip = pytest.mark.skip(reason="a long run: pass --long to include it")

@@ -4,15 +4,18 @@ providers (sandbox, inbox) → delivery log, on both backend sets."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from herald.clock import FakeClock
 from herald.domain import Channel, DeliveryState
 from herald.runtime import Runtime
 from herald.workers.worker import ChannelWorker
 from tests.fixtures.herald import Pipeline, eventually
+from tests.fixtures.sends import SendsTwice, assert_sent_once, sandbox_rows, sends_per_delivery
 
 ANDROID = "dXNlcjQyX2RldmljZQ:APA91bH" + "a" * 140
 IOS = "ab" * 32
@@ -34,6 +37,18 @@ async def settled(api: httpx.AsyncClient, notification_id: str, count: int) -> l
 
     result: list[dict[str, Any]] = await eventually(check)
     return result
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """Time moves only when a test says so: deferrals and leases run out on cue."""
+    return FakeClock(datetime.now(UTC))
+
+
+async def sends(api: httpx.AsyncClient, user: str) -> Any:
+    """How many times each of the user's deliveries went out (sandbox and inbox)."""
+    inbox = (await api.get(f"/v1/users/{user}/inbox")).json()["items"]
+    return sends_per_delivery(await sandbox_rows(api, user_id=user), inbox)
 
 
 @pytest.fixture
@@ -78,6 +93,7 @@ async def test_a_notification_reaches_every_channel_once(
         ("Paid", "Your payment went through", {"order": 7})
     ]
     assert inbox["unread_count"] == 1
+    assert_sent_once(await sends(api, user), expected={d["id"] for d in found})
     events = (await api.get(f"/v1/notifications/{notification_id}/events")).json()["items"]
     push_id = next(d["id"] for d in found if d["channel"] == "push")
     assert [e["status"] for e in events if e["delivery_id"] == push_id] == [
@@ -92,13 +108,36 @@ async def test_the_same_key_twice_is_one_set_of_deliveries(
 ) -> None:
     body = {"user_id": user, "title": "Once", "channels": ["push", "in_app"]}
     first = await api.post("/v1/notifications", json=body, headers={"Idempotency-Key": "k"})
-    await settled(api, first.json()["id"], 3)
+    found = await settled(api, first.json()["id"], 3)
     second = await api.post("/v1/notifications", json=body, headers={"Idempotency-Key": "k"})
     assert second.json()["id"] == first.json()["id"]
-    await asyncio.sleep(0.5)
-    sandbox = (await api.get("/v1/sandbox/messages", params={"channel": "push"})).json()["items"]
-    assert len(sandbox) == 2
+    await runtime.make_relay().relay_once()  # anything the replay wrote is on the bus now
+    await runtime.router().route([first.json()["id"]])  # and routing it again adds nothing
+    assert_sent_once(await sends(api, user), expected={d["id"] for d in found})
     assert (await api.get(f"/v1/users/{user}/inbox")).json()["unread_count"] == 1
+
+
+async def test_a_worker_that_sends_twice_fails_the_sent_once_check(
+    api: httpx.AsyncClient, runtime: Runtime, user: str
+) -> None:
+    """The test of the test: a broken build whose worker hands every batch to the provider
+    twice must make `assert_sent_once` fail, in the sandbox and in the inbox alike."""
+    broken = Pipeline(runtime, wrap=SendsTwice)
+    await broken.start()
+    try:
+        accepted = await api.post(
+            "/v1/notifications",
+            json={"user_id": user, "title": "Twice", "channels": ["push", "in_app"]},
+        )
+        found = await settled(api, accepted.json()["id"], 3)
+    finally:
+        await broken.close()
+    counts = await sends(api, user)
+    assert counts == {d["id"]: 2 for d in found}
+    with pytest.raises(AssertionError, match="sent more than once"):
+        assert_sent_once(counts, expected={d["id"] for d in found})
+    inbox = (await api.get(f"/v1/users/{user}/inbox")).json()
+    assert [i["sends"] for i in inbox["items"]] == [2]  # one item shown, the repeat counted
 
 
 async def test_preferences_decide_the_channels(
@@ -126,11 +165,9 @@ async def test_preferences_decide_the_channels(
 
 
 async def test_quiet_hours_defer_to_the_window_end(
-    api: httpx.AsyncClient, pipeline: Pipeline, user: str
+    api: httpx.AsyncClient, pipeline: Pipeline, user: str, clock: FakeClock
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    now = datetime.now(UTC)
+    now = clock.now()
     start = (now - timedelta(hours=1)).strftime("%H:%M")
     end = (now + timedelta(hours=2)).strftime("%H:%M")
     await api.put(
@@ -142,21 +179,22 @@ async def test_quiet_hours_defer_to_the_window_end(
     (found,) = await settled(api, accepted.json()["id"], 1)
     assert found["status"] == "deferred"
     due = datetime.fromisoformat(found["due_at"])
-    assert timedelta(hours=1, minutes=58) < due - now <= timedelta(hours=2)
+    assert timedelta(hours=1, minutes=59) <= due - now <= timedelta(hours=2)
 
 
 async def test_deferred_deliveries_go_out_when_due(
-    api: httpx.AsyncClient, pipeline: Pipeline, user: str, runtime: Runtime
+    api: httpx.AsyncClient, pipeline: Pipeline, user: str, runtime: Runtime, clock: FakeClock
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    send_at = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    send_at = (clock.now() + timedelta(seconds=1.5)).isoformat()
     accepted = await api.post(
         "/v1/notifications",
         json={"user_id": user, "title": "Soon", "channels": ["email"], "send_at": send_at},
     )
     (found,) = await settled(api, accepted.json()["id"], 1)
     assert found["status"] == "deferred"
+    assert await runtime.scheduler().tick() == 0  # not due: however long the test took
+    assert (await deliveries(api, accepted.json()["id"]))[0]["status"] == "deferred"
+    clock.advance(1.5)
 
     async def sent() -> bool:
         (delivery,) = await deliveries(api, accepted.json()["id"])
@@ -180,8 +218,10 @@ async def test_a_worker_killed_after_its_claim_is_recovered_by_the_lease(
     assert (
         len(await runtime.store.claim_deliveries(ids, lease_seconds=0.2)) == 3
     )  # the worker that died
-    await asyncio.sleep(0.3)
     scheduler = runtime.scheduler()
+    assert await scheduler.tick() == 0  # the lease still runs
+    assert isinstance(runtime.clock, FakeClock)
+    runtime.clock.advance(0.3)
     assert await scheduler.tick() == 2
     providers = runtime.build_providers()
     for channel in (Channel.PUSH, Channel.SMS):
@@ -193,8 +233,11 @@ async def test_a_worker_killed_after_its_claim_is_recovered_by_the_lease(
         ("push", "sent", 2),
         ("sms", "unknown", 1),
     ]
-    sandbox = (await api.get("/v1/sandbox/messages")).json()["items"]
+    sandbox = await sandbox_rows(api)
     assert sorted(m["channel"] for m in sandbox) == ["push", "push"]
+    assert_sent_once(
+        sends_per_delivery(sandbox), expected={i for i in ids if found[i]["channel"] == "push"}
+    )
 
 
 async def test_redelivered_bus_messages_send_nothing_twice(
@@ -212,7 +255,7 @@ async def test_redelivered_bus_messages_send_nothing_twice(
     )
     results = await asyncio.gather(*(worker.process(ids) for _ in range(4)))
     assert sorted(len(r) for r in results) == [0, 0, 0, 2]
-    assert len((await api.get("/v1/sandbox/messages")).json()["items"]) == 2
+    assert_sent_once(sends_per_delivery(await sandbox_rows(api)), expected=set(ids))
     assert {d.state for d in await runtime.store.list_deliveries(accepted.json()["id"])} == {
         DeliveryState.SENT
     }

@@ -1,17 +1,24 @@
-"""The relay's backpressure on the in-process bus: a backlog waits in the outbox on disk,
-not in the process's memory."""
+"""The relay's backpressure on the in-process bus (a backlog waits in the outbox on disk,
+not in the process's memory), and the relay's and the scheduler's error branches: a failed
+pass leaves the work where it was and the next pass does it."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
 
-from herald.bus.interface import Lane, notifications_topic
+from herald.bus.interface import BusUnavailable, Lane, Record, notifications_topic
+from herald.domain import DeliveryState
 from herald.relay import Relay
 from herald.runtime import Runtime
-from tests.fixtures.herald import eventually
+from herald.scheduler import Scheduler
+from herald.storage import DeliveryUpdate
+from tests.fixtures.herald import ErrorLog, eventually
 
 
 @pytest.fixture
@@ -48,3 +55,113 @@ async def test_the_relay_holds_back_while_the_in_process_bus_is_full(
 
 async def _outbox_is(runtime: Runtime, size: int) -> bool:
     return await runtime.store.outbox_size() == size
+
+
+class FailingBus:
+    """The runtime's bus, failing its first publishes with the given errors."""
+
+    def __init__(self, bus: Any, *errors: Exception) -> None:
+        self.bus = bus
+        self.errors = list(errors)
+        self.published: list[Record] = []
+
+    def held_in_memory(self) -> int:
+        return int(self.bus.held_in_memory())
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.published.extend(records)
+        await self.bus.publish(records)
+
+
+async def _accept(api: httpx.AsyncClient, count: int) -> None:
+    await api.put("/v1/users/u", json={})
+    items = [{"idempotency_key": f"e{n}", "user_id": "u", "title": "x"} for n in range(count)]
+    assert (await api.post("/v1/notifications/batch", json={"notifications": items})).is_success
+
+
+@pytest.mark.parametrize(
+    ("error", "logged"),
+    [
+        pytest.param(BusUnavailable("broker down"), None, id="bus-unavailable"),
+        pytest.param(
+            RuntimeError("serializer bug"),
+            "relay pass failed; rows stay in the outbox",
+            id="any-other-error",
+            marks=pytest.mark.expect_errors,
+        ),
+    ],
+)
+async def test_a_failed_relay_pass_keeps_the_rows_and_the_next_pass_publishes_them(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    error_log: ErrorLog,
+    error: Exception,
+    logged: str | None,
+) -> None:
+    await _accept(api, 30)
+    bus = FailingBus(runtime.bus, error)
+    stop = asyncio.Event()
+    relay = Relay(runtime.store, bus, idle_poll_seconds=0.01)  # type: ignore[arg-type]
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: _outbox_is(runtime, 0))
+    finally:
+        stop.set()
+        await task
+    assert bus.errors == []  # the failure happened
+    assert len(bus.published) == 30  # then every row, once
+    assert [e["event"] for e in error_log.events] == ([logged] if logged else [])
+
+
+@pytest.mark.expect_errors
+async def test_a_failed_scheduler_pass_is_logged_and_the_next_pass_releases(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    error_log: ErrorLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await api.put("/v1/users/u", json={})
+    accepted = await api.post(
+        "/v1/notifications", json={"user_id": "u", "title": "x", "channels": ["in_app"]}
+    )
+    notification = accepted.json()["id"]
+    await runtime.router().route([notification])
+    (delivery,) = await runtime.store.list_deliveries(notification)
+    (claimed,) = await runtime.store.claim_deliveries([delivery.id], 30)
+    await runtime.store.record_outcomes(
+        [
+            DeliveryUpdate(
+                claimed.id,
+                claimed.notification_id,
+                DeliveryState.DEFERRED,
+                due_at=runtime.clock.now() - timedelta(seconds=1),
+            )
+        ]
+    )
+    release = runtime.store.release_due
+    failures = [ConnectionResetError("database restarting")]
+
+    async def flaky(limit: int) -> Any:
+        if failures:
+            raise failures.pop()
+        return await release(limit)
+
+    monkeypatch.setattr(runtime.store, "release_due", flaky)
+    stop = asyncio.Event()
+    scheduler = Scheduler(runtime.store, runtime.bus, runtime.clock, interval_seconds=0.01)
+    task = asyncio.create_task(scheduler.run(stop))
+    try:
+
+        async def released() -> bool:
+            (current,) = await runtime.store.get_deliveries([delivery.id])
+            return current.state != DeliveryState.DEFERRED
+
+        await eventually(released)
+    finally:
+        stop.set()
+        await task
+    (current,) = await runtime.store.get_deliveries([delivery.id])
+    assert current.state == DeliveryState.QUEUED
+    assert [e["event"] for e in error_log.events] == ["scheduler pass failed; retrying"]

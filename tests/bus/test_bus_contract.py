@@ -216,13 +216,11 @@ async def test_commit_covers_earlier_messages_of_the_partition(bus: Bus) -> None
     assert values(again) == [b"7", b"8", b"9"]
 
 
+@pytest.mark.timeout(60)  # a poll that ignored its timeout would hang here, not fail
 async def test_poll_on_an_empty_topic_returns_nothing_after_the_timeout(bus: Bus) -> None:
     consumer = bus.consumer([TOPIC], "router")
-    started = time.monotonic()
     assert await consumer.poll(max_messages=10, timeout=0.3) == []
-    elapsed = time.monotonic() - started
     await consumer.close()
-    assert elapsed < 0.3 + 3.0
 
 
 async def test_describe_and_healthy(bus: Bus) -> None:

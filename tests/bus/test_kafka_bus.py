@@ -11,12 +11,11 @@ from herald.bus.interface import NOTIFICATIONS_TOPIC, BusUnavailable, Record
 from herald.bus.kafka import KafkaBus
 
 
+@pytest.mark.timeout(30)  # a start that ignored connect_timeout would hang, not fail
 async def test_start_without_a_broker_raises_bus_unavailable_naming_the_address() -> None:
     bus = KafkaBus("127.0.0.1:1", connect_timeout=1.0)
-    started = time.monotonic()
     with pytest.raises(BusUnavailable, match=r"127\.0\.0\.1:1"):
         await bus.start()
-    assert time.monotonic() - started < 5
     assert not await bus.healthy()
 
 

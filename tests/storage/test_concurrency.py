@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import httpx
@@ -12,8 +13,10 @@ import pytest
 
 from herald.bus.interface import Message
 from herald.clock import FakeClock
+from herald.domain import DeliveryState as S
 from herald.relay import Relay
 from herald.runtime import Runtime
+from herald.storage import DeliveryUpdate, Store, open_store
 
 
 async def make_deliveries(api: httpx.AsyncClient, runtime: Runtime, count: int) -> list[str]:
@@ -28,29 +31,88 @@ async def make_deliveries(api: httpx.AsyncClient, runtime: Runtime, count: int) 
     return [d.id for n in ids for d in await runtime.store.list_deliveries(n)]
 
 
+RACERS = 6
+
+
+@pytest.fixture
+async def racers(runtime: Runtime) -> AsyncIterator[list[Store]]:
+    """Stores of their own on the test's database, as separate processes would have: on
+    SQLite separate engines (and connections) on the one WAL file, so the racing statements
+    really overlap instead of queueing on the runtime's single pooled connection."""
+    url = runtime.settings.effective_database_url
+    stores = [open_store(url, runtime.clock) for _ in range(RACERS)]
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def race(
+    stores: Sequence[Store], take: Callable[[Store], Awaitable[list[str]]]
+) -> Counter[str]:
+    """Every store runs `take` at once, again and again until none of them gets anything;
+    returns how many times each id was taken, in all."""
+    taken: Counter[str] = Counter()
+    start = asyncio.Event()
+
+    async def one(store: Store) -> None:
+        await start.wait()
+        while got := await take(store):
+            taken.update(got)
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(one(store)) for store in stores]
+    await asyncio.sleep(0)
+    start.set()
+    await asyncio.gather(*tasks)
+    return taken
+
+
 async def test_racing_claims_give_each_delivery_to_one_worker(
-    api: httpx.AsyncClient, runtime: Runtime
+    api: httpx.AsyncClient, runtime: Runtime, racers: list[Store]
 ) -> None:
     ids = await make_deliveries(api, runtime, 200)
-    claims = await asyncio.gather(*(runtime.store.claim_deliveries(ids, 30) for _ in range(6)))
-    winners = Counter(d.id for claim in claims for d in claim)
+
+    async def claim(store: Store) -> list[str]:
+        return [d.id for d in await store.claim_deliveries(ids[::-1][:150] + ids[:50], 30)]
+
+    winners = await race(racers, claim)
     assert set(winners) == set(ids)
     assert set(winners.values()) == {1}
 
 
 async def test_racing_schedulers_release_each_due_delivery_once(
-    api: httpx.AsyncClient, runtime: Runtime
+    api: httpx.AsyncClient, runtime: Runtime, racers: list[Store]
+) -> None:
+    """release_due: deferred deliveries whose time has come, raced by six schedulers."""
+    ids = await make_deliveries(api, runtime, 150)
+    claimed = await runtime.store.claim_deliveries(ids, 30)
+    past = runtime.clock.now() - timedelta(seconds=1)
+    await runtime.store.record_outcomes(
+        [DeliveryUpdate(d.id, d.notification_id, S.DEFERRED, due_at=past) for d in claimed]
+    )
+
+    async def release(store: Store) -> list[str]:
+        return [r.delivery_id for r in await store.release_due(20)]
+
+    released = await race(racers, release)
+    assert set(released) == set(ids)
+    assert set(released.values()) == {1}
+    assert {d.state for d in await runtime.store.get_deliveries(ids)} == {S.QUEUED}
+
+
+async def test_racing_schedulers_expire_each_lease_once(
+    api: httpx.AsyncClient, runtime: Runtime, racers: list[Store]
 ) -> None:
     ids = await make_deliveries(api, runtime, 150)
     await runtime.store.claim_deliveries(ids, lease_seconds=-1)  # leases already expired
-    results = await asyncio.gather(*(runtime.store.expire_leases(40) for _ in range(6)))
-    released = Counter(r.delivery_id for requeued, _ in results for r in requeued)
-    assert set(released.values()) == {1}
-    while True:  # what the racing pass left, a later pass takes
-        more, _ = await runtime.store.expire_leases(500)
-        if not more:
-            break
-        released.update(r.delivery_id for r in more)
+
+    async def expire(store: Store) -> list[str]:
+        requeued, _ = await store.expire_leases(20)
+        return [r.delivery_id for r in requeued]
+
+    released = await race(racers, expire)
     assert set(released) == set(ids)
     assert set(released.values()) == {1}
 

@@ -92,7 +92,12 @@ def worker_for(
         (Rejected("MessageRejected"), S.FAILED, "MessageRejected"),
         (InvalidTarget("mailbox unavailable"), S.UNDELIVERABLE, "mailbox unavailable"),
         (Retry("throttled"), S.DEFERRED, "throttled"),
-        (ProviderDown("bad credentials"), S.DEFERRED, "email: provider down: bad credentials"),
+        pytest.param(
+            ProviderDown("bad credentials"),
+            S.DEFERRED,
+            "email: provider down: bad credentials",
+            marks=pytest.mark.expect_errors,  # an opened circuit is logged as an error
+        ),
     ],
 )
 async def test_each_outcome_sets_the_delivery_state(
@@ -192,6 +197,7 @@ async def test_invalid_address_is_suppressed_and_not_sent_again(
     assert (skipped.state, skipped.last_error) == (S.SKIPPED, "address is suppressed")
 
 
+@pytest.mark.expect_errors
 async def test_provider_down_opens_the_circuit_without_spending_attempts(
     api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
 ) -> None:
@@ -209,6 +215,7 @@ async def test_provider_down_opens_the_circuit_without_spending_attempts(
     assert not worker.circuits.is_open("ses")
 
 
+@pytest.mark.expect_errors
 async def test_failover_sends_through_the_next_provider_once(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
@@ -230,6 +237,7 @@ async def test_failover_sends_through_the_next_provider_once(
     assert sent.detail["failed_over_from"] == ["ses: provider down: SendingPaused"]
 
 
+@pytest.mark.expect_errors
 async def test_a_provider_that_raises_does_not_lose_the_batch(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
@@ -596,3 +604,171 @@ async def test_a_delivery_whose_workers_keep_dying_is_dead_lettered(
     assert delivery.state == S.FAILED
     assert delivery.last_error == "dead-lettered after 3 attempts without an answer"
     assert provider.sent == []
+
+
+# ------------------------------------------------------------- the paths around a send
+
+
+async def test_a_delivery_past_its_ttl_at_claim_fails_without_a_send(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"], ttl_seconds=60)
+    clock.advance(61)  # the message waited on the bus longer than it may live
+    provider = Scripted("email")
+    await worker_for(runtime, Channel.EMAIL, provider).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.last_error) == (S.FAILED, "expired before it could be sent")
+    assert provider.sent == []
+
+
+@pytest.mark.expect_errors  # opening the circuit (the earlier batch) logs an error
+async def test_a_circuit_already_open_at_claim_defers_without_a_send_or_an_attempt(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    delivery_id = await route_one(api, runtime, ["email"])
+    provider = Scripted("ses")
+    worker = worker_for(runtime, Channel.EMAIL, provider)
+    worker.circuits.open("ses", "opened by an earlier batch", 45.0)
+    await worker.process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.attempts, delivery.last_error) == (
+        S.DEFERRED,
+        0,
+        "ses: circuit open",
+    )
+    assert delivery.due_at is not None
+    assert (delivery.due_at - clock.now()).total_seconds() == pytest.approx(45.0, abs=0.01)
+    assert provider.sent == []
+
+
+@pytest.mark.expect_errors  # the worker logs the provider's wrong answer as an error
+@pytest.mark.parametrize("answers", [0, 2])
+async def test_a_provider_answering_the_wrong_number_of_outcomes_retries_the_batch(
+    api: httpx.AsyncClient, runtime: Runtime, answers: int
+) -> None:
+    class Miscounting(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            self.sent.extend(messages)
+            return [Accepted("ok")] * answers
+
+    delivery_id = await route_one(api, runtime, ["email"])
+    await worker_for(runtime, Channel.EMAIL, Miscounting("email")).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.last_error) == (
+        S.DEFERRED,
+        "provider answered the wrong number of outcomes",
+    )
+
+
+async def test_a_webhook_arriving_while_the_delivery_is_sending_is_kept(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """The provider's delivery report can overtake its own API answer: the webhook moves
+    the delivery from `sending` to `delivered`, and the worker's later `sent` does not
+    move it back."""
+    from herald.storage import ProviderReport
+
+    class Reporting(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            (message,) = messages
+            await runtime.store.record_provider_events(
+                [ProviderReport(message.delivery_id, None, S.DELIVERED, "email", {}, None)]
+            )
+            return await super().send(messages)
+
+    delivery_id = await route_one(api, runtime, ["email"])
+    await worker_for(runtime, Channel.EMAIL, Reporting("email", Accepted("m-1"))).process(
+        [delivery_id]
+    )
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.DELIVERED
+    events = [e.state for e in await runtime.store.list_events(delivery.notification_id)]
+    assert events[:3] == [S.QUEUED, S.SENDING, S.DELIVERED]
+    assert await runtime.scheduler().tick() == 0  # nothing left to send again
+
+
+async def test_failing_lease_renewals_let_the_lease_run_out_and_the_delivery_recover(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses the renewals while a slow provider sends: the worker keeps
+    going (renewal failures are warnings), the scheduler takes the lease for a dead one
+    and re-queues the at_least_once delivery, and the worker's late answer does not
+    overwrite that: the delivery goes out again, as the policy allows."""
+    renewals: list[int] = []
+
+    async def refuse(delivery_ids: Sequence[str], lease_seconds: float) -> int:
+        renewals.append(len(delivery_ids))
+        raise ConnectionResetError("database restarting")
+
+    monkeypatch.setattr(runtime.store, "extend_leases", refuse)
+
+    class Slow(Scripted):
+        async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+            await asyncio.sleep(0.25)  # several renewal periods (lease / 3)
+            clock.advance(5)  # past the lease nobody renewed
+            requeued.append(await runtime.scheduler().tick())
+            return await super().send(messages)
+
+    requeued: list[int] = []
+    delivery_id = await route_one(api, runtime, ["email"])
+    worker = worker_for(runtime, Channel.EMAIL, Slow("email"))
+    worker.settings.lease_seconds = 0.3
+    await worker.process([delivery_id])
+    assert renewals  # it tried
+    assert requeued == [1]
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.attempts) == (S.QUEUED, 1)
+    await worker_for(runtime, Channel.EMAIL, Scripted("email")).process([delivery_id])
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert (delivery.state, delivery.attempts) == (S.SENT, 2)
+
+
+class _FastTime:
+    """Monotonic time that runs a minute per reading: the worker's recording deadline
+    passes at once (perf_counter stays real for the metrics)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.monotonic()
+        self.perf_counter = time.perf_counter
+
+    def monotonic(self) -> float:
+        self.now += 60
+        return self.now
+
+
+@pytest.mark.parametrize("channel", ["email", "sms"])
+async def test_recording_that_fails_past_its_deadline_leaves_the_lease_to_decide(
+    api: httpx.AsyncClient,
+    runtime: Runtime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    channel: str,
+) -> None:
+    """The provider answered but the database stays down past the worker's recording
+    deadline: the worker gives up (the batch fails, to be handed out again) and the
+    delivery stays `sending` under its lease; when that runs out the channel's policy
+    decides: at_least_once (email) is sent again, at_most_once (SMS) becomes unknown."""
+    from herald.workers import worker as worker_module
+
+    delivery_id = await route_one(api, runtime, [channel])
+
+    async def down(updates: Sequence[DeliveryUpdate]) -> int:
+        raise ConnectionResetError("database down")
+
+    provider = Scripted("twilio" if channel == "sms" else "email")
+    worker = worker_for(runtime, Channel(channel), provider)
+    with monkeypatch.context() as patched:
+        patched.setattr(runtime.store, "record_outcomes", down)
+        patched.setattr(worker_module, "time", _FastTime())
+        with pytest.raises(ConnectionResetError):
+            await worker.process([delivery_id])
+    assert len(provider.sent) == 1
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == S.SENDING
+    assert await runtime.scheduler().tick() == 0  # the lease still runs
+    clock.advance(worker.settings.lease_seconds + 1)
+    await runtime.scheduler().tick()
+    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    assert delivery.state == (S.UNKNOWN if channel == "sms" else S.QUEUED)

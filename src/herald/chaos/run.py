@@ -529,8 +529,9 @@ class Chaos:
                 unmatched += 1
                 continue
             received[delivery_id(sent.notification_id, Channel.SMS, sms.to)].append(at)
-        for row in await pg_fetch(url, "SELECT delivery_id, created_at FROM inbox_items"):
-            received[row["delivery_id"]].append(row["created_at"].timestamp())
+        # One inbox item per delivery; `sends` counts how many times it was stored.
+        for row in await pg_fetch(url, "SELECT delivery_id, created_at, sends FROM inbox_items"):
+            received[row["delivery_id"]].extend([row["created_at"].timestamp()] * row["sends"])
         deliveries = {
             row["id"]: (row["state"], row["policy"])
             for row in await pg_fetch(url, "SELECT id, state, policy FROM deliveries")

@@ -16,6 +16,7 @@ from herald.storage import InboxItem, Store, new_id
 def inbox_item_json(item: InboxItem) -> dict[str, object]:
     return {
         "id": item.id,
+        "delivery_id": item.delivery_id,
         "notification_id": item.notification_id,
         "category": item.category,
         "title": item.title,
@@ -24,6 +25,7 @@ def inbox_item_json(item: InboxItem) -> dict[str, object]:
         "read": item.read_at is not None,
         "read_at": item.read_at.isoformat() if item.read_at else None,
         "created_at": item.created_at.isoformat(),
+        "sends": item.sends,
     }
 
 

@@ -114,6 +114,7 @@ class InboxItem:
     data: dict[str, Any]
     read_at: datetime | None
     created_at: datetime
+    sends: int = 1  # how many times the delivery reached the inbox (a repeat is counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ class SandboxMessage:
     target: str
     payload: dict[str, Any]
     created_at: datetime
+    sends: int = 1  # how many sandbox rows (sends) this message's delivery has in all
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,8 @@ inbox_items = sa.Table(
     sa.Column("data", Json, nullable=False),
     sa.Column("read_at", UtcDateTime),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # How many times the delivery reached the inbox: one item is shown, a repeat is counted.
+    sa.Column("sends", sa.Integer, nullable=False, server_default="1"),
     sa.Index("ix_inbox_user_created", "user_id", "created_at"),
 )
 
@@ -217,11 +219,13 @@ sandbox_messages = sa.Table(
     sa.Column("channel", sa.String(16), nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
     sa.Column("user_id", sa.String(128), nullable=False),
-    sa.Column("delivery_id", Id, nullable=False, unique=True),
+    # One row per send, not per delivery: a delivery sent twice shows twice.
+    sa.Column("delivery_id", Id, nullable=False),
     sa.Column("target", sa.Text, nullable=False),
     sa.Column("payload", Json, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Index("ix_sandbox_channel_user", "channel", "user_id", "created_at"),
+    sa.Index("ix_sandbox_delivery", "delivery_id"),
 )
 
 suppressions = sa.Table(

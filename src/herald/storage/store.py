@@ -431,9 +431,13 @@ class Store(BroadcastStore, ShapingStore):
                     t.delivery_events.c.notification_id.in_(notification_ids)
                 )
             )
-            for table in (t.deliveries, t.inbox_items, t.sandbox_messages, t.devices):
+            digest_ids = sa.select(t.digests.c.id).where(t.digests.c.user_id == user_id)
+            await db.execute(
+                t.digest_items.delete().where(t.digest_items.c.digest_id.in_(digest_ids))
+            )
+            # Every table keyed by user: one added later is erased too.
+            for table in USER_KEYED_TABLES:
                 await db.execute(table.delete().where(table.c.user_id == user_id))
-            await db.execute(t.notifications.delete().where(t.notifications.c.user_id == user_id))
             result = await db.execute(t.users.delete().where(t.users.c.id == user_id))
         return bool(result.rowcount)
 
@@ -1567,14 +1571,19 @@ class Store(BroadcastStore, ShapingStore):
     # -- inbox -----------------------------------------------------------------------
 
     async def insert_inbox_items(self, items: Sequence[InboxItem]) -> list[InboxItem]:
-        """Store items; returns the ones that were new (a repeat of a delivery is not)."""
+        """Store items; returns the ones that were new (a repeat of a delivery is not: it
+        adds one to the stored item's `sends`)."""
         if not items:
             return []
         async with self.transaction() as db:
             inserted = await db.execute(
                 self._insert(t.inbox_items)
                 .values([_inbox_row(item) for item in items])
-                .on_conflict_do_nothing(index_elements=["delivery_id"])
+                # One item per delivery, but a repeat is counted, not hidden.
+                .on_conflict_do_update(
+                    index_elements=["delivery_id"],
+                    set_={"sends": t.inbox_items.c.sends + 1},
+                )
                 .returning(t.inbox_items.c.id)
             )
             new = {row.id for row in inserted}
@@ -1618,12 +1627,12 @@ class Store(BroadcastStore, ShapingStore):
     # -- sandbox ---------------------------------------------------------------------
 
     async def insert_sandbox_messages(self, messages: Sequence[SandboxMessage]) -> None:
+        """One row per send: a delivery sent twice is two rows (nothing hides a repeat)."""
         if not messages:
             return
         async with self.transaction() as db:
             await db.execute(
-                self._insert(t.sandbox_messages)
-                .values(
+                self._insert(t.sandbox_messages).values(
                     [
                         {
                             "id": m.id,
@@ -1638,13 +1647,19 @@ class Store(BroadcastStore, ShapingStore):
                         for m in messages
                     ]
                 )
-                .on_conflict_do_nothing(index_elements=["delivery_id"])
             )
 
     async def list_sandbox_messages(
         self, channel: str | None, user_id: str | None, limit: int, cursor: str | None
     ) -> Page[SandboxMessage]:
-        query = sa.select(t.sandbox_messages)
+        sandbox = t.sandbox_messages
+        repeats = sandbox.alias("repeats")
+        sends = (
+            sa.select(sa.func.count())
+            .where(repeats.c.delivery_id == sandbox.c.delivery_id)
+            .scalar_subquery()
+        )
+        query = sa.select(sandbox, sends.label("sends"))
         if channel:
             query = query.where(t.sandbox_messages.c.channel == channel)
         if user_id:
@@ -1661,12 +1676,17 @@ class Store(BroadcastStore, ShapingStore):
                     r.target,
                     r.payload,
                     r.created_at,
+                    int(r.sends),
                 )
                 for r in rows
             ],
             limit,
         )
 
+
+# The tables delete_user erases by user_id: every one with the column, so a table added
+# later is not forgotten (tests/storage/test_erasure.py walks the schema to check).
+USER_KEYED_TABLES = [table for table in t.metadata.sorted_tables if "user_id" in table.c]
 
 LATE_ANSWER_STATES = (S.SENT.value, S.DELIVERED.value, S.FAILED.value, S.UNDELIVERABLE.value)
 
@@ -1708,6 +1728,7 @@ def _inbox(row: Row) -> InboxItem:
         row.data or {},
         row.read_at,
         row.created_at,
+        int(row.sends),
     )
 
 

@@ -216,6 +216,7 @@ async def sandbox_messages(
                 "target": m.target,
                 "payload": m.payload,
                 "created_at": m.created_at,
+                "sends": m.sends,
             }
             for m in page.items
         ],
