@@ -360,6 +360,7 @@ async def test_sns_subscription_confirmation_is_confirmed(
     )
 
 
+@pytest.mark.expect_errors  # the failed confirmation is logged as an error
 async def test_a_failed_subscription_confirmation_is_confirmed_on_the_retry(
     hooks: httpx.AsyncClient, sns: FakeSns, confirmations: list[str]
 ) -> None:

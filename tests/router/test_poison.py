@@ -57,6 +57,7 @@ async def dead_letters(bus: Bus, group: str) -> list[dict[str, Any]]:
         await consumer.close()
 
 
+@pytest.mark.expect_errors  # setting a message aside is logged as an error
 async def test_a_notification_the_router_cannot_route_is_set_aside_and_its_batch_is_routed(
     api: httpx.AsyncClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,6 +198,7 @@ def test_outages_are_told_from_bad_messages(error: Exception, outage: bool) -> N
     assert is_outage(error) is outage
 
 
+@pytest.mark.expect_errors  # setting a message aside is logged as an error
 async def test_a_broadcast_page_that_cannot_be_fanned_out_is_set_aside(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
@@ -244,6 +246,7 @@ async def test_a_broadcast_page_that_cannot_be_fanned_out_is_set_aside(
     assert "'fax' is not a valid Channel" in letters[0]["error"]
 
 
+@pytest.mark.expect_errors  # setting a message aside is logged as an error
 async def test_a_delivery_a_worker_cannot_process_is_set_aside(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:

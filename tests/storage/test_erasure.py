@@ -31,6 +31,7 @@ NOT_PERSONAL = {
     "broadcasts": "the broadcast itself; its recipients are user-keyed",
     "outbox": "transient bus records, gone once relayed",
     "suppressions": "kept on purpose: an address that bounced or said STOP stays suppressed",
+    "webhook_events": "provider event ids seen, kept to refuse replays; no address or user",
 }
 
 

@@ -350,6 +350,7 @@ async def test_a_late_answer_settles_an_at_most_once_delivery_marked_unknown(
 # --------------------------------------------------------------------------- failover
 
 
+@pytest.mark.expect_errors  # the unreachable provider opens its circuit: an error
 async def test_an_unreachable_provider_fails_over_in_the_same_attempt(
     api: httpx.AsyncClient,
     runtime: Runtime,
@@ -489,6 +490,7 @@ async def test_a_deleted_devices_pending_push_is_not_sent(
     [(300, 86_400.0), (None, 600.0)],
     ids=["bounded by the TTL", "no TTL: bounded by the longest wait"],
 )
+@pytest.mark.expect_errors  # every opened circuit is logged as an error
 async def test_waiting_for_a_provider_that_stays_down_ends(
     api: httpx.AsyncClient,
     runtime: Runtime,

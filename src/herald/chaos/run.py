@@ -19,8 +19,9 @@ every expected delivery is looked up at its fake:
   what they can send soon, so this stays at a few (target <= 5 at the default rate).
 
 Guarantees (exit 1 when one fails): lost = 0; at_most_once duplicates = 0; at_least_once
-duplicates <= kills_between_send_and_record on at_least_once; every unknown accounted for;
-re-sent or unknown per worker kill <= `max_resent_per_kill`.
+duplicates <= kills_between_send_and_record on at_least_once; every unknown accounted for.
+Targets (reported as met or missed, never the exit code: they are figures that depend on
+how loaded the machine is): re-sent or unknown per worker kill <= `max_resent_per_kill`.
 
 `--soak` runs the same fleet at a fixed rate without faults and reports memory, consumer
 lag and outbox backlog over time instead.
@@ -695,6 +696,7 @@ class Chaos:
         report["samples"] = self.samples
         report["max_resent_per_kill"] = o.max_resent_per_kill
         report["guarantees"] = guarantees(report)
+        report["targets"] = targets(report)
         report["ok"] = all(report["guarantees"].values())
         return report
 
@@ -789,7 +791,14 @@ def guarantees(report: dict[str, Any]) -> dict[str, bool]:
         "every request accepted": report["not_accepted"] == 0 and report["conflicts"] == 0,
         "a repeated key returns the first id": report["repeat_id_mismatches"] == 0,
         "pipeline drained": not report["still_pending"],
-        "re-sent or unknown per worker kill <= max": (
+    }
+
+
+def targets(report: dict[str, Any]) -> dict[str, bool]:
+    """What a run should show on an unloaded machine; the time between a send and its
+    record grows with the load, and with it what one killed worker costs."""
+    return {
+        f"re-sent or unknown per worker kill <= {report['max_resent_per_kill']:g}": (
             report["resent_or_unknown_per_worker_kill"] <= report["max_resent_per_kill"]
         ),
     }
@@ -821,6 +830,8 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     for name, ok in report["guarantees"].items():
         lines.append(f"{'PASS' if ok else 'FAIL'}  {name}")
+    for name, met in report.get("targets", {}).items():
+        lines.append(f"{'MET ' if met else 'MISSED'}  {name} (target)")
     if report["still_pending"]:
         lines.append(f"still pending after the drain: {report['still_pending']}")
     if report["lost"]:

@@ -56,6 +56,16 @@ class OutboundMessage:
         return max(0, int((self.expires_at - now).total_seconds()))
 
 
+class WrongOutcomeCount(Exception):
+    """A provider's `send` answered a different number of outcomes than it was given
+    messages (a provider bug): the worker retries every message of that call."""
+
+    reason = "provider answered the wrong number of outcomes"
+
+    def __init__(self, answered: int, given: int) -> None:
+        super().__init__(f"{self.reason}: {answered} for {given} messages")
+
+
 class Provider(abc.ABC):
     """Base class of every provider module (one module per service, as apprise does)."""
 
@@ -80,7 +90,11 @@ class Provider(abc.ABC):
         known, so the worker records it at once instead of after the slowest message of
         the batch. Providers that send messages concurrently override it; this default
         reports when `send` returns."""
-        for index, outcome in enumerate(await self.send(messages)):
+        outcomes = await self.send(messages)
+        if len(outcomes) != len(messages):
+            # Outcomes are matched to messages by position: a miscount matches none.
+            raise WrongOutcomeCount(len(outcomes), len(messages))
+        for index, outcome in enumerate(outcomes):
             report(index, outcome)
 
     async def close(self) -> None:  # noqa: B027 - optional hook

@@ -587,10 +587,9 @@ async def parse_ses(
     declared = header(headers, "x-amz-sns-message-type")
     if declared is not None and declared != message.get("Type"):
         raise WebhookRejected("x-amz-sns-message-type does not match the body")
-    if message.get("TopicArn") not in topic_arns:
-        raise WebhookNotAllowed(
-            f"SNS topic {str(message.get('TopicArn'))[:300]!r} is not in HERALD_SNS_TOPIC_ARNS"
-        )
+    topic = message.get("TopicArn")
+    if not isinstance(topic, str) or topic not in topic_arns:
+        raise WebhookNotAllowed(f"SNS topic {str(topic)[:300]!r} is not in HERALD_SNS_TOPIC_ARNS")
     await verify_sns(message, certificates, now=now, max_age=max_age)
     if message["Type"] == "SubscriptionConfirmation":
         events = [_subscription_confirmation(message, certificates)]

@@ -44,7 +44,7 @@ from herald.domain import (
 )
 from herald.domain.retry import RetryPolicy
 from herald.metrics import METRICS
-from herald.providers.base import OutboundMessage, Provider
+from herald.providers.base import OutboundMessage, Provider, WrongOutcomeCount
 from herald.providers.registry import ProviderSet
 from herald.roles import PRIORITY_BATCH_SIZE, consume_loop
 from herald.storage import DeliveryUpdate, Store
@@ -371,6 +371,9 @@ class ChannelWorker:
         try:
             await provider.send_each([outbound(a.delivery) for a in chunk], report)
             missing: Outcome = Retry("provider answered no outcome for this message")
+        except WrongOutcomeCount as error:
+            log.error(str(error), provider=provider.name)
+            missing = Retry(WrongOutcomeCount.reason)
         except Exception as error:  # a provider bug must not lose the batch
             log.exception("provider raised instead of answering", provider=provider.name)
             missing = Retry(f"provider error: {type(error).__name__}: {error}")
