@@ -60,9 +60,38 @@ class LocalHub:
         self._subscribers.clear()
 
 
+class LiveUnavailable(Exception):
+    """A live update could not be sent (the item itself is stored: readers catch up from
+    the inbox)."""
+
+
+# What a connection that PostgreSQL closed (restart, failover, idle kill) raises.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (OSError, ConnectionError)
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
+    return (
+        *_CONNECTION_LOST,
+        asyncpg.InterfaceError,
+        # A query on a connection the server has just terminated, before asyncpg has read
+        # the termination: "cannot switch to state ...; another operation is in progress".
+        asyncpg.InternalClientError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.AdminShutdownError,
+    )
+
+
 class PostgresHub(LocalHub):
     """NOTIFY on publish; one LISTEN connection per process feeds the local subscribers.
-    Payloads over PostgreSQL's 8000-byte NOTIFY limit carry only the item id."""
+    Payloads over PostgreSQL's 8000-byte NOTIFY limit carry only the item id.
+
+    Both connections outlive a database restart: the publisher reconnects on the publish
+    that finds it closed, the listener as soon as its connection ends (with backoff)."""
+
+    RECONNECT_MAX_SECONDS = 5.0
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
@@ -70,13 +99,42 @@ class PostgresHub(LocalHub):
         self._listener: Any = None
         self._publisher: Any = None
         self._lock = asyncio.Lock()
+        self._relisten: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def start(self) -> None:
+        self._listener = await self._listen()
+        self._publisher = await self._connect()
+
+    async def _connect(self) -> Any:
         import asyncpg
 
-        self._listener = await asyncpg.connect(self.dsn)
-        await self._listener.add_listener(CHANNEL, self._on_notify)
-        self._publisher = await asyncpg.connect(self.dsn)
+        return await asyncpg.connect(self.dsn, timeout=5)
+
+    async def _listen(self) -> Any:
+        connection = await self._connect()
+        await connection.add_listener(CHANNEL, self._on_notify)
+        connection.add_termination_listener(self._on_listener_lost)
+        return connection
+
+    def _on_listener_lost(self, _conn: Any) -> None:
+        if self._closed or (self._relisten is not None and not self._relisten.done()):
+            return
+        log.warning("inbox live updates: LISTEN connection lost, reconnecting")
+        self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            try:
+                self._listener = await self._listen()
+            except _connection_errors() as error:
+                log.warning("inbox live updates: LISTEN not back yet", error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.RECONNECT_MAX_SECONDS)
+            else:
+                log.info("inbox live updates: LISTEN connection back")
+                return
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -89,11 +147,30 @@ class PostgresHub(LocalHub):
         payload = orjson.dumps({"user_id": user_id, "event": event}).decode()
         if len(payload.encode()) > 7900:
             payload = orjson.dumps({"user_id": user_id, "event": {"id": event.get("id")}}).decode()
+        lost = _connection_errors()
         async with self._lock:
-            await self._publisher.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            for attempt in (1, 2):  # the second on a fresh connection
+                try:
+                    if self._publisher is None or self._publisher.is_closed():
+                        self._publisher = await self._connect()
+                    await self._publisher.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                    return
+                except lost as error:
+                    await self._discard_publisher()
+                    if attempt == 2:
+                        raise LiveUnavailable(f"NOTIFY failed: {error}") from error
+
+    async def _discard_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.terminate()  # no goodbye on a connection that is already gone
 
     async def close(self) -> None:
+        self._closed = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+            await asyncio.gather(self._relisten, return_exceptions=True)
         for connection in (self._listener, self._publisher):
-            if connection is not None:
+            if connection is not None and not connection.is_closed():
                 await connection.close()
         await super().close()

@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+import structlog
+
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.domain import Accepted, Channel, Outcome
 from herald.live import LiveHub
 from herald.providers.base import OutboundMessage, Provider
 from herald.storage import InboxItem, Store, new_id
+
+log = structlog.get_logger()
 
 
 def inbox_item_json(item: InboxItem) -> dict[str, object]:
@@ -57,5 +61,18 @@ class InboxProvider(Provider):
             for m in messages
         ]
         for item in await self.store.insert_inbox_items(items):
-            await self.hub.publish(item.user_id, inbox_item_json(item))
+            await self._publish_live(item)
         return [Accepted(provider_message_id=m.delivery_id, delivered=True) for m in messages]
+
+    async def _publish_live(self, item: InboxItem) -> None:
+        """The item is delivered once it is stored; the live update only spares open
+        streams a re-read. A failed one must not fail the send: the delivery would be
+        retried and the item stored again (each retry one more copy in the inbox)."""
+        try:
+            await self.hub.publish(item.user_id, inbox_item_json(item))
+        except Exception as error:
+            log.warning(
+                "inbox item stored, its live update not sent",
+                delivery_id=item.delivery_id,
+                error=f"{type(error).__name__}: {error}",
+            )
