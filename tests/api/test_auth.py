@@ -35,6 +35,7 @@ from herald.config import Settings
 from herald.runtime import Runtime
 from herald.security import SCOPES, Signer, generate_key
 from herald.storage import InboxItem, new_id
+from tests.fixtures.asgi import http_get_scope
 
 EXPECTED_RULES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "public",
@@ -207,22 +208,7 @@ async def open_stream(
             if chunks[-1] or not message.get("more_body", False):
                 first_chunk.set()
 
-    raw_headers = [(b"host", b"herald.test")]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": raw_headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("herald.test", 80),
-    }
+    scope = http_get_scope(path, query, headers)
     task = asyncio.create_task(app(scope, receive, send))  # type: ignore[arg-type]
     try:
         await asyncio.wait_for(first_chunk.wait(), 10)

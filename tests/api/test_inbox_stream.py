@@ -18,6 +18,7 @@ from herald.api.app import create_app
 from herald.api.routes.inbox import INBOX_TOKEN_TTL
 from herald.clock import FakeClock
 from herald.runtime import Runtime
+from tests.fixtures.asgi import http_get_scope
 
 
 @pytest.fixture
@@ -62,20 +63,7 @@ async def open_stream(app: FastAPI, path: str, query: str) -> AsyncIterator[Open
             stream.chunks.append(message.get("body", b""))
             stream.arrived.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"herald.test")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("herald.test", 80),
-    }
+    scope = http_get_scope(path, query)
     stream = OpenStream(asyncio.create_task(app(scope, receive, send)))  # type: ignore[arg-type]
     try:
         yield stream
