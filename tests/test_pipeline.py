@@ -4,14 +4,18 @@ providers (sandbox, inbox) → delivery log, on both backend sets."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from herald.bus.interface import Bus, Lane, Record, deliveries_topic
+from herald.bus.messages import ids_in
 from herald.clock import FakeClock
 from herald.domain import Channel, DeliveryState
+from herald.router.router import Router
 from herald.runtime import Runtime
 from herald.workers.worker import ChannelWorker
 from tests.fixtures.herald import Pipeline, eventually
@@ -259,3 +263,42 @@ async def test_redelivered_bus_messages_send_nothing_twice(
     assert {d.state for d in await runtime.store.list_deliveries(accepted.json()["id"])} == {
         DeliveryState.SENT
     }
+
+
+class DiesBeforePublishing:
+    """The router's bus in a process killed between its routing commit and its publish."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        raise RuntimeError("killed before publishing")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bus, name)
+
+
+async def test_a_batch_replayed_after_a_crash_before_publishing_publishes_the_deliveries(
+    api: httpx.AsyncClient, user: str, runtime: Runtime
+) -> None:
+    accepted = await api.post(
+        "/v1/notifications", json={"user_id": user, "title": "x", "channels": ["push"]}
+    )
+    notification_id = accepted.json()["id"]
+    dying = Router(runtime.store, DiesBeforePublishing(runtime.bus), runtime.clock)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        await dying.route([notification_id])
+    written = await runtime.store.list_deliveries(notification_id)
+    assert written
+    assert {d.state for d in written} == {DeliveryState.QUEUED}  # committed, never published
+    consumer = runtime.bus.consumer([deliveries_topic(Channel.PUSH, Lane.BULK)], "test.replay")
+    try:
+        await runtime.router().route([notification_id])  # the bus hands the batch out again
+        published: list[str] = []
+        for _ in range(20):
+            published += ids_in(await consumer.poll(10, timeout=0.5), "delivery_id")
+            if len(published) >= len(written):
+                break
+    finally:
+        await consumer.close()
+    assert sorted(published) == sorted(d.id for d in written)

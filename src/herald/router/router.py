@@ -65,8 +65,10 @@ class Router:
         plan = RoutingPlan()
         for routing in inputs:
             plan.extend(plan_routing(routing, now, self.unsubscribe_url))
+        # The whole batch, not only what was still to route: one handed out again after a
+        # crash between the routing commit and the publish publishes what it had written.
         queued = await self.store.save_routing(
-            [r.notification.id for r in inputs], plan.deliveries, plan.folds, plan.claims
+            notification_ids, plan.deliveries, plan.folds, plan.claims
         )
         await self.bus.publish(
             [delivery_record(r.delivery_id, r.user_id, r.channel, r.priority) for r in queued]

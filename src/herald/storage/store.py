@@ -1085,12 +1085,14 @@ class Store(BroadcastStore, ShapingStore):
                 if d.id in new_ids
             ]
             await self._insert_events(db, events)
-            if not routed:
-                return []
+            # Of every notification in the batch, not only those routed now: a batch handed
+            # out again after a crash between this commit and the publish finds them routed
+            # already, and must still publish what the first run wrote. (A cancelled one
+            # has no queued delivery left.)
             d = t.deliveries.c
             rows = await db.execute(  # only what the publish needs: no payloads decoded
                 sa.select(d.id, d.user_id, d.channel, d.priority).where(
-                    self._among(d.notification_id, routed), d.state == S.QUEUED.value
+                    self._among(d.notification_id, notification_ids), d.state == S.QUEUED.value
                 )
             )
             return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
