@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from herald.outages import is_outage
+
 log = structlog.get_logger()
 CHANNEL = "herald_inbox"
 QUEUE_LIMIT = 100
@@ -65,25 +67,6 @@ class LiveUnavailable(Exception):
     the inbox)."""
 
 
-# What a connection that PostgreSQL closed (restart, failover, idle kill) raises.
-_CONNECTION_LOST: tuple[type[BaseException], ...] = (OSError, ConnectionError)
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    import asyncpg
-
-    return (
-        *_CONNECTION_LOST,
-        asyncpg.InterfaceError,
-        # A query on a connection the server has just terminated, before asyncpg has read
-        # the termination: "cannot switch to state ...; another operation is in progress".
-        asyncpg.InternalClientError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.CannotConnectNowError,
-        asyncpg.AdminShutdownError,
-    )
-
-
 class PostgresHub(LocalHub):
     """NOTIFY on publish; one LISTEN connection per process feeds the local subscribers.
     Payloads over PostgreSQL's 8000-byte NOTIFY limit carry only the item id.
@@ -128,7 +111,9 @@ class PostgresHub(LocalHub):
         while not self._closed:
             try:
                 self._listener = await self._listen()
-            except _connection_errors() as error:
+            except Exception as error:
+                if not is_outage(error):
+                    raise
                 log.warning("inbox live updates: LISTEN not back yet", error=str(error))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.RECONNECT_MAX_SECONDS)
@@ -147,7 +132,6 @@ class PostgresHub(LocalHub):
         payload = orjson.dumps({"user_id": user_id, "event": event}).decode()
         if len(payload.encode()) > 7900:
             payload = orjson.dumps({"user_id": user_id, "event": {"id": event.get("id")}}).decode()
-        lost = _connection_errors()
         async with self._lock:
             for attempt in (1, 2):  # the second on a fresh connection
                 try:
@@ -155,7 +139,9 @@ class PostgresHub(LocalHub):
                         self._publisher = await self._connect()
                     await self._publisher.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
                     return
-                except lost as error:
+                except Exception as error:
+                    if not is_outage(error):
+                        raise
                     await self._discard_publisher()
                     if attempt == 2:
                         raise LiveUnavailable(f"NOTIFY failed: {error}") from error

@@ -17,7 +17,8 @@ from herald.bus.interface import LANES, BusUnavailable, Lane
 from herald.bus.memory import MemoryBus
 from herald.config import Settings
 from herald.domain import Channel
-from herald.roles import Backoff, describe_error, is_outage, wait_for_event
+from herald.outages import is_outage
+from herald.roles import Backoff, describe_error, wait_for_event
 from herald.runtime import Runtime
 from herald.security import generate_key, key_from_secret
 from herald.storage.migrate import pending

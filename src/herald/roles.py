@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import sqlalchemy.exc
 import structlog
 
-from herald.bus.interface import Bus, BusUnavailable, Message
+from herald.bus.interface import Bus, Message
 from herald.bus.messages import named_ids, set_aside_record
+from herald.outages import is_outage
 
 log = structlog.get_logger()
 
@@ -30,11 +30,6 @@ Handler = Callable[[Sequence[Message]], Awaitable[None]]
 SetAside = Callable[[Message, str], Awaitable[None]]
 # Batches on the priority lane stay small, so an urgent message never waits behind many.
 PRIORITY_BATCH_SIZE = 50
-# SQLSTATE classes of an outage, not of a bad row: connection exception, transaction
-# rollback (deadlock, serialization), insufficient resources, operator intervention
-# (shutdown, "cannot connect now"), system error.
-_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_OUTAGE_SQLSTATES = frozenset({"55P03"})  # lock not available
 
 
 @dataclass
@@ -58,45 +53,6 @@ class Backoff:
     @property
     def failures(self) -> int:
         return self._failures
-
-
-def is_outage(error: BaseException) -> bool:
-    """True when `error` means a dependency is unavailable (pause and retry), not that the
-    message being handled is bad."""
-    for cause in _causes(error):
-        if isinstance(cause, BusUnavailable | OSError | ConnectionError):
-            return True  # TimeoutError and refused/reset connections are OSErrors
-        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
-            return True
-        if isinstance(
-            cause,
-            sqlalchemy.exc.OperationalError
-            | sqlalchemy.exc.InterfaceError
-            | sqlalchemy.exc.DisconnectionError
-            | sqlalchemy.exc.TimeoutError,
-        ):
-            return True
-        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-        if isinstance(code, str) and (
-            code[:2] in _OUTAGE_SQLSTATE_CLASSES or code in _OUTAGE_SQLSTATES
-        ):
-            return True
-    return False
-
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        cause = pending.pop()
-        if cause is None or id(cause) in seen:
-            continue
-        seen.add(id(cause))
-        yield cause
-        orig = getattr(cause, "orig", None)
-        pending.extend(
-            [cause.__cause__, cause.__context__, orig if isinstance(orig, BaseException) else None]
-        )
 
 
 def describe_error(error: BaseException) -> str:

@@ -16,7 +16,8 @@ from herald.bus.interface import DEAD_LETTER_TOPIC, Bus, BusUnavailable, Message
 from herald.bus.memory import MemoryBus
 from herald.bus.messages import notification_record
 from herald.domain import DeliveryState, Notification, NotificationState, Priority
-from herald.roles import Backoff, consume_loop, is_outage
+from herald.outages import is_outage
+from herald.roles import Backoff, consume_loop
 from herald.router import router as router_module
 from herald.runtime import Runtime
 from herald.storage import NewNotification

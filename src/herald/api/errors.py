@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herald.bus.interface import BusUnavailable
+from herald.outages import outage
 
 log = structlog.get_logger()
 
@@ -168,52 +169,3 @@ def _outage_classes() -> tuple[type[Exception], ...]:
         return tuple(classes)
     classes += [asyncpg.PostgresError, asyncpg.InterfaceError]
     return tuple(classes)
-
-
-def outage(error: BaseException) -> str | None:
-    """ "database" or "bus" when `error` (or what caused it, or one of a group) says that
-    one cannot be reached right now; None for any other error."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        what = _outage_of(current)
-        if what is not None:
-            return what
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        if isinstance(current, sa_exc.DBAPIError) and isinstance(current.orig, BaseException):
-            pending.append(current.orig)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
-
-
-def _outage_of(error: BaseException) -> str | None:
-    if isinstance(error, BusUnavailable):
-        return "bus"
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return "database"
-    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-        # SQLite's "database is locked", a pool that timed out, a connection that broke.
-        return "database"
-    if isinstance(error, OSError):  # refused, reset, unreachable, timed out
-        return "database"
-    if type(error).__module__.startswith("asyncpg"):
-        return "database" if _is_asyncpg_outage(error) else None
-    return None
-
-
-def _is_asyncpg_outage(error: BaseException) -> bool:
-    import asyncpg
-
-    if isinstance(error, asyncpg.InterfaceError):  # also misuse: only "connection is closed"
-        return "closed" in str(error)
-    return isinstance(
-        error,
-        asyncpg.PostgresConnectionError  # class 08: the connection failed or is gone
-        | asyncpg.exceptions.OperatorInterventionError  # 57: shutting down, starting up
-        | asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections
-    )
