@@ -16,6 +16,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HERALD_TEST_RUN", uuid.uuid4().hex[:8])
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the item, so a fixture's teardown can tell that the test
+    failed (the herald launcher then prints its processes' logs)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", help="also run the tests marked `long`")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
 import time
 import uuid
@@ -133,6 +134,35 @@ async def test_serve_delivers_streams_and_stops_cleanly(launch_herald: HeraldLau
     assert messages[:2] == ["herald starting", "ready"]
     assert messages[-1] == "stopped cleanly"
     assert herald.key.split("_")[-1] not in herald.output()
+
+
+def _get_healthz(connection: socket.socket) -> bytes:
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: herald\r\n\r\n")
+    return connection.recv(65536)
+
+
+@pytest.mark.parametrize(
+    ("keepalive", "idle_seconds", "still_open"),
+    [
+        # Longer than httpx's and most pools' 5 s expiry: the server must not close first,
+        # or the client's next request on the connection races the close (a reset).
+        (None, 6.0, True),
+        ("1", 2.5, False),
+    ],
+)
+def test_the_api_keeps_idle_connections_open_for_http_keepalive_seconds(
+    launch_herald: HeraldLauncher, keepalive: str | None, idle_seconds: float, still_open: bool
+) -> None:
+    env = {"HERALD_HTTP_KEEPALIVE_SECONDS": keepalive} if keepalive else {}
+    herald = launch_herald("serve", env=env)
+    assert herald.port is not None
+    with socket.create_connection(("127.0.0.1", herald.port), timeout=10) as connection:
+        assert _get_healthz(connection).startswith(b"HTTP/1.1 200")
+        time.sleep(idle_seconds)
+        if still_open:
+            assert _get_healthz(connection).startswith(b"HTTP/1.1 200")
+        else:
+            assert connection.recv(1) == b""  # the server closed it
 
 
 def test_serve_after_sigkill_sends_what_it_had_accepted(launch_herald: HeraldLauncher) -> None:

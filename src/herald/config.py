@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     api_requests_per_s: float = 1000.0
     api_notifications_per_s: float = 20000.0
     api_max_in_flight: int = 512  # per API process; beyond it, 503 + Retry-After
+    # How long an idle client connection stays open. Longer than the idle timeout of the
+    # pooled clients and load balancers in front (httpx 5 s, AWS ALB 60 s): a server that
+    # closes first races the client's next request on that connection, which then fails
+    # with a connection reset (a 502 at the balancer).
+    http_keepalive_seconds: int = Field(default=75, gt=0)
 
     # Providers
     ca_file: Path | None = None

@@ -215,6 +215,7 @@ def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=runtime.settings.http_keepalive_seconds,
     )
     return uvicorn.Server(config)
 
