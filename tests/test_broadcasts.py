@@ -31,7 +31,7 @@ async def add_subscribers(runtime: Runtime, topic: str, count: int) -> list[str]
         }
         for u in users
     ]
-    async with runtime.store.engine.begin() as db:
+    async with runtime.storage.database.engine.begin() as db:
         for start in range(0, count, 2000):
             await db.execute(t.users.insert(), rows[start : start + 2000])
             await db.execute(
@@ -82,7 +82,7 @@ async def test_a_broadcast_reaches_every_subscriber_once(
         1000,
         1000,
     )
-    async with runtime.store.engine.connect() as db:
+    async with runtime.storage.database.engine.connect() as db:
         per_user = Counter(
             row.user_id for row in await db.execute(sa.select(t.inbox_items.c.user_id))
         )
@@ -104,7 +104,7 @@ async def test_a_restarted_fan_out_creates_nobody_twice(
     broadcast_id = (
         await api.post("/v1/broadcasts", json=body, headers={"Idempotency-Key": "b2"})
     ).json()["id"]
-    fanout = BroadcastFanout(runtime.store, runtime.bus, page_size=100)
+    fanout = BroadcastFanout(runtime.storage.broadcasts, runtime.bus, page_size=100)
     assert await fanout.fan_out_page(broadcast_id, None) == 100
     assert await fanout.fan_out_page(broadcast_id, None) == 100  # the page replayed after a crash
     assert await fanout.fan_out_page(broadcast_id, "s000099") == 100
@@ -112,7 +112,7 @@ async def test_a_restarted_fan_out_creates_nobody_twice(
     assert (
         await fanout.fan_out_page(broadcast_id, "s000099") == 100
     )  # a late duplicate page message
-    async with runtime.store.engine.connect() as db:
+    async with runtime.storage.database.engine.connect() as db:
         notifications = await db.execute(
             sa.select(t.notifications.c.user_id).where(
                 t.notifications.c.broadcast_id == broadcast_id
@@ -121,7 +121,9 @@ async def test_a_restarted_fan_out_creates_nobody_twice(
         per_user = Counter(row.user_id for row in notifications)
     assert len(per_user) == 250
     assert set(per_user.values()) == {1}
-    assert (await runtime.store.get_broadcast(broadcast_id) or {})["state"] == "fanned_out"
+    assert (await runtime.storage.broadcasts.get_broadcast(broadcast_id) or {})[
+        "state"
+    ] == "fanned_out"
 
 
 async def test_explicit_recipients_and_bad_audiences(
@@ -135,7 +137,7 @@ async def test_explicit_recipients_and_bad_audiences(
     }
     created = await api.post("/v1/broadcasts", json=body, headers={"Idempotency-Key": "b3"})
     assert created.json()["planned"] == 3
-    fanout = BroadcastFanout(runtime.store, runtime.bus)
+    fanout = BroadcastFanout(runtime.storage.broadcasts, runtime.bus)
     assert await fanout.fan_out_page(created.json()["id"], None) == 3
     for bad, words in (
         ({"notification": {"title": "x"}}, "either"),
@@ -161,9 +163,9 @@ async def test_cancelling_a_broadcast_stops_what_has_not_been_sent(
     broadcast_id = (
         await api.post("/v1/broadcasts", json=body, headers={"Idempotency-Key": "b4"})
     ).json()["id"]
-    fanout = BroadcastFanout(runtime.store, runtime.bus, page_size=100)
+    fanout = BroadcastFanout(runtime.storage.broadcasts, runtime.bus, page_size=100)
     await fanout.fan_out_page(broadcast_id, None)
-    async with runtime.store.engine.connect() as db:
+    async with runtime.storage.database.engine.connect() as db:
         ids = [
             r.id
             for r in await db.execute(

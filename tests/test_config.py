@@ -43,7 +43,7 @@ async def test_the_token_secret_comes_from_the_environment_or_a_file_not_the_dat
         now = rt.clock.now()
         token, _ = rt.signer.inbox_token("42", now, timedelta(minutes=5))
         assert Signer(SECRET).verify("inbox", token, now)["sub"] == "42"
-        async with rt.store.reading() as db:
+        async with rt.storage.database.reading() as db:
             stored = await db.scalar(
                 sa.select(sa.func.count()).where(t.settings_kv.c.value.contains(SECRET[:20]))
             )
@@ -79,7 +79,7 @@ async def test_the_embedded_database_files_are_private(
         rt = Runtime.from_settings(settings)
         await rt.start()
         try:
-            await rt.store.get_or_create_setting("probe", lambda: "written")  # a WAL write
+            await rt.storage.keys.get_or_create_setting("probe", lambda: "written")  # a WAL write
             data = settings.data_dir
             database = data / "herald.db"
             modes = {
@@ -139,7 +139,7 @@ async def test_email_and_sms_providers_come_from_their_credentials(
     runtime: Runtime,
 ) -> None:
     settings = settings_factory(**given)
-    providers = build_providers(settings, runtime.store, runtime.hub)
+    providers = build_providers(settings, runtime.storage, runtime.hub)
 
     def names(channel: Channel) -> list[str]:
         return [p.name for p in providers.by_channel[channel] if p.name != "sandbox"]
@@ -161,5 +161,5 @@ def test_incomplete_twilio_credentials_are_warned_about() -> None:
 def test_refuse_sandbox_names_the_channels_that_would_use_it(runtime: Runtime) -> None:
     settings = Settings(refuse_sandbox=True, **TWILIO)
     with pytest.raises(ConfigurationError, match=r"push \(android\).*email") as refused:
-        build_providers(settings, runtime.store, runtime.hub)
+        build_providers(settings, runtime.storage, runtime.hub)
     assert "sms" not in str(refused.value)

@@ -45,7 +45,11 @@ async def test_each_priority_takes_its_lane(api: httpx.AsyncClient, runtime: Run
     await runtime.router().route(list(ids.values()))
     urgent = await drain(runtime, deliveries_topic(Channel.IN_APP, Lane.PRIORITY), "delivery_id")
     bulk = await drain(runtime, deliveries_topic(Channel.IN_APP, Lane.BULK), "delivery_id")
-    owner = {d.id: p for p, n in ids.items() for d in await runtime.store.list_deliveries(n)}
+    owner = {
+        d.id: p
+        for p, n in ids.items()
+        for d in await runtime.storage.notifications.deliveries_of(n)
+    }
     assert sorted(owner[d] for d in urgent) == ["critical", "high"]
     assert sorted(owner[d] for d in bulk) == ["low", "normal"]
 
@@ -99,7 +103,7 @@ async def _stored_before(runtime: Runtime, notification_id: str) -> int:
     from herald.storage import schema as t
 
     items = t.inbox_items
-    async with runtime.store.reading() as db:
+    async with runtime.storage.database.reading() as db:
         landed = await db.scalar(
             sa.select(items.c.created_at).where(items.c.notification_id == notification_id)
         )
@@ -125,11 +129,11 @@ async def test_the_relay_publishes_urgent_outbox_rows_before_a_bulk_backlog(
         await api.post("/v1/notifications/batch", json={"notifications": bulk[page::3]})
     otp = {"user_id": "u", "title": "code", "priority": "critical"}
     urgent = (await api.post("/v1/notifications", json=otp)).json()["id"]
-    relay = Relay(runtime.store, runtime.bus, batch=100)
+    relay = Relay(runtime.storage.outbox, runtime.bus, batch=100)
     assert await relay.relay_once() == 100
     first = await drain(runtime, notifications_topic(Lane.PRIORITY), "notification_id")
     assert first == [urgent]
-    assert await runtime.store.outbox_size() == 901
+    assert await runtime.storage.outbox.size() == 901
 
 
 async def test_a_priority_only_pool_takes_urgent_work_and_leaves_bulk_alone(
@@ -144,7 +148,7 @@ async def test_a_priority_only_pool_takes_urgent_work_and_leaves_bulk_alone(
     await providers.start()
     worker = ChannelWorker(
         Channel.IN_APP,
-        runtime.store,
+        runtime.storage.deliveries,
         runtime.bus,
         providers,
         runtime.clock,
@@ -165,8 +169,8 @@ async def test_a_priority_only_pool_takes_urgent_work_and_leaves_bulk_alone(
         async def states() -> dict[str, str]:
             found = {}
             for priority, notification_id in ids.items():
-                notification = await runtime.store.get_notification(notification_id)
-                deliveries = await runtime.store.list_deliveries(notification_id)
+                notification = await runtime.storage.notifications.get(notification_id)
+                deliveries = await runtime.storage.notifications.deliveries_of(notification_id)
                 assert notification is not None
                 found[priority] = ",".join(d.state for d in deliveries) or notification.state
             return found

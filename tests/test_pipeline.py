@@ -220,7 +220,7 @@ async def test_a_worker_killed_after_its_claim_is_recovered_by_the_lease(
     await router.route([accepted.json()["id"]])
     ids = [d["id"] for d in await deliveries(api, accepted.json()["id"])]
     assert (
-        len(await runtime.store.claim_deliveries(ids, lease_seconds=0.2)) == 3
+        len(await runtime.storage.deliveries.claim(ids, lease_seconds=0.2)) == 3
     )  # the worker that died
     scheduler = runtime.scheduler()
     assert await scheduler.tick() == 0  # the lease still runs
@@ -229,7 +229,9 @@ async def test_a_worker_killed_after_its_claim_is_recovered_by_the_lease(
     assert await scheduler.tick() == 2
     providers = runtime.build_providers()
     for channel in (Channel.PUSH, Channel.SMS):
-        worker = ChannelWorker(channel, runtime.store, runtime.bus, providers, runtime.clock)
+        worker = ChannelWorker(
+            channel, runtime.storage.deliveries, runtime.bus, providers, runtime.clock
+        )
         await worker.process(ids)
     found = {d["id"]: d for d in await deliveries(api, accepted.json()["id"])}
     assert sorted((d["channel"], d["status"], d["attempts"]) for d in found.values()) == [
@@ -255,14 +257,18 @@ async def test_redelivered_bus_messages_send_nothing_twice(
         await router.route([accepted.json()["id"]])
     ids = [d["id"] for d in await deliveries(api, accepted.json()["id"])]
     worker = ChannelWorker(
-        Channel.PUSH, runtime.store, runtime.bus, runtime.build_providers(), runtime.clock
+        Channel.PUSH,
+        runtime.storage.deliveries,
+        runtime.bus,
+        runtime.build_providers(),
+        runtime.clock,
     )
     results = await asyncio.gather(*(worker.process(ids) for _ in range(4)))
     assert sorted(len(r) for r in results) == [0, 0, 0, 2]
     assert_sent_once(sends_per_delivery(await sandbox_rows(api)), expected=set(ids))
-    assert {d.state for d in await runtime.store.list_deliveries(accepted.json()["id"])} == {
-        DeliveryState.SENT
-    }
+    assert {
+        d.state for d in await runtime.storage.notifications.deliveries_of(accepted.json()["id"])
+    } == {DeliveryState.SENT}
 
 
 class DiesBeforePublishing:
@@ -285,10 +291,15 @@ async def test_a_batch_replayed_after_a_crash_before_publishing_publishes_the_de
         "/v1/notifications", json={"user_id": user, "title": "x", "channels": ["push"]}
     )
     notification_id = accepted.json()["id"]
-    dying = Router(runtime.store, DiesBeforePublishing(runtime.bus), runtime.clock)  # type: ignore[arg-type]
+    dying = Router(
+        runtime.storage.routing,
+        runtime.storage.broadcasts,
+        DiesBeforePublishing(runtime.bus),
+        runtime.clock,
+    )  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
         await dying.route([notification_id])
-    written = await runtime.store.list_deliveries(notification_id)
+    written = await runtime.storage.notifications.deliveries_of(notification_id)
     assert written
     assert {d.state for d in written} == {DeliveryState.QUEUED}  # committed, never published
     consumer = runtime.bus.consumer([deliveries_topic(Channel.PUSH, Lane.BULK)], "test.replay")

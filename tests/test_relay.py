@@ -34,19 +34,21 @@ async def test_the_relay_holds_back_while_the_in_process_bus_is_full(
     await api.post("/v1/notifications/batch", json={"notifications": items})
     consumer = runtime.bus.consumer([notifications_topic(Lane.BULK)], "probe")
     stop = asyncio.Event()
-    relay = Relay(runtime.store, runtime.bus, batch=50, max_in_memory=100, idle_poll_seconds=0.01)
+    relay = Relay(
+        runtime.storage.outbox, runtime.bus, batch=50, max_in_memory=100, idle_poll_seconds=0.01
+    )
     task = asyncio.create_task(relay.run(stop))
     try:
         await eventually(lambda: _outbox_is(runtime, 200))
         await asyncio.sleep(0.2)
-        assert (runtime.bus.held_in_memory(), await runtime.store.outbox_size()) == (100, 200)
+        assert (runtime.bus.held_in_memory(), await runtime.storage.outbox.size()) == (100, 200)
         taken = 0
         while taken < 300:  # consuming makes room, and the relay goes on
             messages = await consumer.poll(500, timeout=0.5)
             await consumer.commit(messages)
             taken += len(messages)
             assert runtime.bus.held_in_memory() <= 100
-        assert await runtime.store.outbox_size() == 0
+        assert await runtime.storage.outbox.size() == 0
     finally:
         stop.set()
         await task
@@ -54,7 +56,7 @@ async def test_the_relay_holds_back_while_the_in_process_bus_is_full(
 
 
 async def _outbox_is(runtime: Runtime, size: int) -> bool:
-    return await runtime.store.outbox_size() == size
+    return await runtime.storage.outbox.size() == size
 
 
 class FailingBus:
@@ -103,7 +105,7 @@ async def test_a_failed_relay_pass_keeps_the_rows_and_the_next_pass_publishes_th
     await _accept(api, 30)
     bus = FailingBus(runtime.bus, error)
     stop = asyncio.Event()
-    relay = Relay(runtime.store, bus, idle_poll_seconds=0.01)  # type: ignore[arg-type]
+    relay = Relay(runtime.storage.outbox, bus, idle_poll_seconds=0.01)  # type: ignore[arg-type]
     task = asyncio.create_task(relay.run(stop))
     try:
         await eventually(lambda: _outbox_is(runtime, 0))
@@ -128,9 +130,9 @@ async def test_a_failed_scheduler_pass_is_logged_and_the_next_pass_releases(
     )
     notification = accepted.json()["id"]
     await runtime.router().route([notification])
-    (delivery,) = await runtime.store.list_deliveries(notification)
-    (claimed,) = await runtime.store.claim_deliveries([delivery.id], 30)
-    await runtime.store.record_outcomes(
+    (delivery,) = await runtime.storage.notifications.deliveries_of(notification)
+    (claimed,) = await runtime.storage.deliveries.claim([delivery.id], 30)
+    await runtime.storage.deliveries.record_outcomes(
         [
             DeliveryUpdate(
                 claimed.id,
@@ -140,7 +142,7 @@ async def test_a_failed_scheduler_pass_is_logged_and_the_next_pass_releases(
             )
         ]
     )
-    release = runtime.store.release_due
+    release = runtime.storage.scheduling.release_due
     failures = [ConnectionResetError("database restarting")]
 
     async def flaky(limit: int) -> Any:
@@ -148,20 +150,22 @@ async def test_a_failed_scheduler_pass_is_logged_and_the_next_pass_releases(
             raise failures.pop()
         return await release(limit)
 
-    monkeypatch.setattr(runtime.store, "release_due", flaky)
+    monkeypatch.setattr(runtime.storage.scheduling, "release_due", flaky)
     stop = asyncio.Event()
-    scheduler = Scheduler(runtime.store, runtime.bus, runtime.clock, interval_seconds=0.01)
+    scheduler = Scheduler(
+        runtime.storage.scheduling, runtime.bus, runtime.clock, interval_seconds=0.01
+    )
     task = asyncio.create_task(scheduler.run(stop))
     try:
 
         async def released() -> bool:
-            (current,) = await runtime.store.get_deliveries([delivery.id])
+            (current,) = await runtime.storage.deliveries.get([delivery.id])
             return current.state != DeliveryState.DEFERRED
 
         await eventually(released)
     finally:
         stop.set()
         await task
-    (current,) = await runtime.store.get_deliveries([delivery.id])
+    (current,) = await runtime.storage.deliveries.get([delivery.id])
     assert current.state == DeliveryState.QUEUED
     assert [e["event"] for e in error_log.events] == ["scheduler pass failed; retrying"]

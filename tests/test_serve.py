@@ -137,8 +137,27 @@ async def test_serve_delivers_streams_and_stops_cleanly(launch_herald: HeraldLau
 
 
 def _get_healthz(connection: socket.socket) -> bytes:
+    """One request on the open connection; the whole response (status line, headers and
+    a Content-Length body), which may arrive in several segments."""
     connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: herald\r\n\r\n")
-    return connection.recv(65536)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 @pytest.mark.parametrize(

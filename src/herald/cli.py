@@ -182,14 +182,14 @@ def migrate() -> None:
     settings = _settings()
 
     async def upgrade() -> None:
-        from herald.storage import open_store
+        from herald.storage import open_storage
 
-        store = open_store(settings.effective_database_url)
+        storage = open_storage(settings.effective_database_url)
         try:
-            await store.migrate()
-            await store.maintain()
+            await storage.database.migrate()
+            await storage.scheduling.maintain()
         finally:
-            await store.close()
+            await storage.database.close()
 
     _run(upgrade())
     click.echo(f"schema up to date: {settings.effective_database_url.split('@')[-1]}")
@@ -215,16 +215,16 @@ def keys_create(scopes: tuple[str, ...], name: str | None) -> None:
 
     async def create() -> str:
         from herald.security import generate_key
-        from herald.storage import open_store
+        from herald.storage import open_storage
 
-        store = open_store(settings.effective_database_url)
+        storage = open_storage(settings.effective_database_url)
         try:
-            await store.migrate()
+            await storage.database.migrate()
             key = generate_key()
-            await store.create_api_key(key.id, key.secret_hash, sorted(set(scopes)), name)
+            await storage.keys.create_api_key(key.id, key.secret_hash, sorted(set(scopes)), name)
             return key.token
         finally:
-            await store.close()
+            await storage.database.close()
 
     holder: list[str] = []
 

@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("sqlite", "postgres")):  # what open_store takes
+        if value and not value.startswith(("sqlite", "postgres")):  # what open_storage takes
             scheme = value.split(":", 1)[0]
             raise ValueError(f"unsupported scheme {scheme!r}: use sqlite:/// or postgresql://")
         return value

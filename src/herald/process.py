@@ -62,13 +62,13 @@ async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
 
 
 async def _start(runtime: Runtime, *, migrate: bool) -> None:
-    database = runtime.store.describe()
+    database = runtime.storage.database.describe()
     outdated = False
     try:
         if migrate:
-            await asyncio.wait_for(runtime.store.migrate(), 30)
+            await asyncio.wait_for(runtime.storage.database.migrate(), 30)
         else:
-            outdated = await asyncio.wait_for(pending(runtime.store.engine), 30)
+            outdated = await asyncio.wait_for(pending(runtime.storage.database.engine), 30)
     except Exception as error:
         kind = DependencyUnavailable if is_outage(error) else StartupError
         raise kind(f"database unreachable at {database}: {describe_error(error)}") from error
@@ -126,7 +126,7 @@ async def _seed_admin_key(runtime: Runtime) -> None:
             "HERALD_API_KEY must look like hk_<16 hex>_<secret>; `herald keys create` prints one"
         )
     if presented:  # an insert that ignores an existing id: several roles may start at once
-        await runtime.store.create_api_key(
+        await runtime.storage.keys.create_api_key(
             presented.id, presented.secret_hash, ["admin"], "HERALD_API_KEY"
         )
 
@@ -164,7 +164,7 @@ async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
         settings = runtime.worker_settings()
         for channel in plan.channels:
             worker = ChannelWorker(
-                channel, runtime.store, runtime.bus, providers, runtime.clock, settings
+                channel, runtime.storage.deliveries, runtime.bus, providers, runtime.clock, settings
             )
             roles.append(worker.run(stop, plan.lanes))
     if "relay" in plan.roles:
@@ -226,7 +226,7 @@ def _banner(runtime: Runtime, plan: Plan) -> None:
         "herald starting",
         roles=list(plan.roles),
         listen=f"http://{plan.host}:{plan.port}" if "api" in plan.roles else None,
-        database=runtime.store.describe(),
+        database=runtime.storage.database.describe(),
         bus=runtime.bus.describe(),
         providers=providers or None,
     )

@@ -15,7 +15,7 @@ import structlog
 from herald.bus.interface import Bus, BusUnavailable, Record
 from herald.metrics import METRICS
 from herald.roles import wait_for_event
-from herald.storage import Store
+from herald.storage.outbox import OutboxRepository
 
 log = structlog.get_logger()
 
@@ -23,7 +23,7 @@ log = structlog.get_logger()
 class Relay:
     def __init__(
         self,
-        store: Store,
+        outbox: OutboxRepository,
         bus: Bus,
         *,
         batch: int = 1000,
@@ -33,7 +33,7 @@ class Relay:
         # put serve at 186 MB at N = 10^5 against 160 MB at 10^4 (docs/benchmarks.md).
         max_in_memory: int = 5_000,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
         self.bus = bus
         self.batch = batch
         self.idle_poll = idle_poll_seconds
@@ -41,7 +41,7 @@ class Relay:
         self.wakeup = asyncio.Event()
 
     async def relay_once(self) -> int:
-        async with self.store.outbox_batch(self.batch) as rows:
+        async with self.outbox.take(self.batch) as rows:
             if rows:
                 await self.bus.publish(
                     [Record(topic, key, payload) for topic, key, payload in rows]

@@ -18,7 +18,7 @@ from herald.relay import Relay
 from herald.router.router import Router
 from herald.scheduler import Scheduler
 from herald.security import Signer
-from herald.storage import Store, open_store
+from herald.storage import Storage, open_storage
 from herald.workers.worker import WorkerSettings
 
 UNSUBSCRIBE_TTL = timedelta(days=60)
@@ -41,7 +41,7 @@ def make_bus(settings: Settings) -> Bus:
 @dataclass
 class Runtime:
     settings: Settings
-    store: Store
+    storage: Storage
     bus: Bus
     hub: LiveHub
     clock: Clock = SYSTEM_CLOCK
@@ -59,7 +59,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:
-        store = open_store(
+        storage = open_storage(
             settings.effective_database_url, clock, retention_days=settings.events_retention_days
         )
         hub: LiveHub = (
@@ -67,14 +67,14 @@ class Runtime:
             if settings.uses_postgres
             else LocalHub()
         )
-        return cls(settings=settings, store=store, bus=make_bus(settings), hub=hub, clock=clock)
+        return cls(settings=settings, storage=storage, bus=make_bus(settings), hub=hub, clock=clock)
 
     async def start(self, *, migrate: bool = True) -> None:
         """Connect to the database and the bus (and create the schema when asked)."""
         if migrate:
-            await self.store.migrate()
-        await self.store.maintain()
-        secret = self.settings.secret_key or await self.store.get_or_create_setting(
+            await self.storage.database.migrate()
+        await self.storage.scheduling.maintain()
+        secret = self.settings.secret_key or await self.storage.keys.get_or_create_setting(
             "secret_key", lambda: secrets.token_urlsafe(32)
         )
         self.signer = Signer(secret)
@@ -84,7 +84,7 @@ class Runtime:
 
     def build_providers(self) -> ProviderSet:
         if self.providers is None:
-            self.providers = build_providers(self.settings, self.store, self.hub, self.clock)
+            self.providers = build_providers(self.settings, self.storage, self.hub, self.clock)
         return self.providers
 
     def worker_settings(self) -> WorkerSettings:
@@ -103,11 +103,17 @@ class Runtime:
         return f"{self.settings.effective_public_url}/v1/unsubscribe?token={token}"
 
     def router(self) -> Router:
-        return Router(self.store, self.bus, self.clock, self.unsubscribe_url)
+        return Router(
+            self.storage.routing,
+            self.storage.broadcasts,
+            self.bus,
+            self.clock,
+            self.unsubscribe_url,
+        )
 
     def scheduler(self) -> Scheduler:
         return Scheduler(
-            self.store,
+            self.storage.scheduling,
             self.bus,
             self.clock,
             stale_after_seconds=self.settings.sweep_stale_after_seconds,
@@ -115,7 +121,7 @@ class Runtime:
 
     def make_relay(self) -> Relay:
         if self.relay is None:
-            self.relay = Relay(self.store, self.bus)
+            self.relay = Relay(self.storage.outbox, self.bus)
         return self.relay
 
     async def close(self) -> None:
@@ -123,7 +129,7 @@ class Runtime:
             await self.providers.close()
         await self.bus.close()
         await self.hub.close()
-        await self.store.close()
+        await self.storage.database.close()
 
 
 def _asyncpg_dsn(url: str) -> str:

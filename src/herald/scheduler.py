@@ -22,7 +22,8 @@ from herald.bus.messages import delivery_record, notification_record
 from herald.clock import Clock
 from herald.metrics import METRICS
 from herald.roles import wait_for_event
-from herald.storage import Released, Store
+from herald.storage import Released
+from herald.storage.scheduling import SchedulingRepository
 
 log = structlog.get_logger()
 
@@ -30,7 +31,7 @@ log = structlog.get_logger()
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        scheduling: SchedulingRepository,
         bus: Bus,
         clock: Clock,
         *,
@@ -40,7 +41,7 @@ class Scheduler:
         maintain_every_seconds: float = 3600.0,
         batch: int = 1000,
     ) -> None:
-        self.store = store
+        self.scheduling = scheduling
         self.bus = bus
         self.clock = clock
         self.interval = interval_seconds
@@ -53,15 +54,15 @@ class Scheduler:
         """One pass over due and expired work; returns how many deliveries it released."""
         released = 0
         while True:
-            due = await self.store.release_due(self.batch)
+            due = await self.scheduling.release_due(self.batch)
             await self._publish(due, "due")
-            requeued, unknown = await self.store.expire_leases(self.batch)
+            requeued, unknown = await self.scheduling.expire_leases(self.batch)
             await self._publish(requeued, "lease_expired")
             if unknown:
                 log.warning(
                     "leases expired on at_most_once deliveries: marked unknown", count=unknown
                 )
-            digests = await self.store.close_due_digests(self.batch)
+            digests = await self.scheduling.close_due_digests(self.batch)
             if digests:
                 METRICS.digests_closed.inc(digests)
             released += len(due) + len(requeued)
@@ -72,10 +73,10 @@ class Scheduler:
         """Republish work whose bus message may have been lost."""
         age = self.stale_after if older_than_seconds is None else older_than_seconds
         cutoff = self.clock.now() - timedelta(seconds=age)
-        notifications = await self.store.stale_notifications(cutoff, self.batch)
+        notifications = await self.scheduling.stale_notifications(cutoff, self.batch)
         if notifications:
             await self.bus.publish([notification_record(n, u, p) for n, u, p in notifications])
-        queued = await self.store.stale_queued(cutoff, self.batch)
+        queued = await self.scheduling.stale_queued(cutoff, self.batch)
         await self._publish(queued, "stale")
         if notifications or queued:
             log.info(
@@ -101,7 +102,7 @@ class Scheduler:
                     await self.sweep()
                 if now - last_maintain >= self.maintain_every:
                     last_maintain = now
-                    await self.store.maintain()
+                    await self.scheduling.maintain()
             except Exception:
                 log.exception("scheduler pass failed; retrying")
             await wait_for_event(stop, self.interval)

@@ -161,7 +161,9 @@ KeyMaker = Callable[..., Any]
 def make_key(runtime: Runtime) -> KeyMaker:
     async def make(*scopes: str) -> str:
         key = generate_key()
-        await runtime.store.create_api_key(key.id, key.secret_hash, list(scopes), "auth test")
+        await runtime.storage.keys.create_api_key(
+            key.id, key.secret_hash, list(scopes), "auth test"
+        )
         return key.token
 
     return make
@@ -427,7 +429,7 @@ async def inboxes(runtime: Runtime, client: httpx.AsyncClient, admin_key: str) -
         InboxItem(new_id(), user, new_id(), new_id(), "default", "hi", "there", {}, None, now)
         for user in ("alice", "bob")
     ]
-    await runtime.store.insert_inbox_items(items)
+    await runtime.storage.inbox.insert(items)
     issued = await client.post("/v1/users/alice/inbox-token", headers=bearer(admin_key))
     assert issued.status_code == 200
     body = issued.json()
@@ -483,7 +485,7 @@ async def test_an_inbox_token_cannot_touch_another_users_inbox(
     for why, reply in streams.items():
         assert reply.status == 403, (why, reply)
         assert_error_shape(reply.json(), "forbidden")
-    page, unread = await runtime.store.list_inbox("bob", 10, None, False)
+    page, unread = await runtime.storage.inbox.page("bob", 10, None, False)
     assert unread == 1
     assert page.items[0].read_at is None
 

@@ -31,7 +31,7 @@ async def inbox(api: httpx.AsyncClient, runtime: Runtime) -> list[str]:
         )
         for n in range(5)
     ]
-    await runtime.store.insert_inbox_items(items)
+    await runtime.storage.inbox.insert(items)
     return [item.id for item in items]
 
 

@@ -99,7 +99,7 @@ async def test_a_caller_that_may_not_call_is_answered_before_its_body_is_read(
         headers["Authorization"] = f"Bearer {generate_key().token}"
     elif credentials == "key without the scope":
         key = generate_key()
-        await runtime.store.create_api_key(key.id, key.secret_hash, ["read"], "reader")
+        await runtime.storage.keys.create_api_key(key.id, key.secret_hash, ["read"], "reader")
         headers["Authorization"] = f"Bearer {key.token}"
     body = CountedBody(DEFAULT_BODY_LIMIT // 2)  # within every limit: only auth refuses it
     response = await bare_client.request(method, path, content=body, headers=headers)
@@ -153,7 +153,7 @@ async def test_notifications_are_read_strictly(
     api: httpx.AsyncClient, user: str, runtime: Runtime, body: bytes, field: str
 ) -> None:
     assert_refused(await send_raw(api, "POST", "/v1/notifications", body), field)
-    assert await runtime.store.outbox_size() == 0
+    assert await runtime.storage.outbox.size() == 0
 
 
 @pytest.mark.parametrize(
@@ -264,7 +264,7 @@ async def test_body_text_neither_backend_can_store_is_refused_naming_the_field(
         headers={"Content-Type": "application/json", "Idempotency-Key": "nul"},
     )
     assert_refused(response, field)
-    assert await runtime.store.outbox_size() == 0
+    assert await runtime.storage.outbox.size() == 0
 
 
 # -- item 1: times within what Herald schedules ---------------------------------------------
@@ -289,7 +289,7 @@ async def test_times_out_of_range_are_refused_naming_the_field(
     broadcast = {"user_ids": ["k"], "notification": {"title": "x", **extra}}
     response = await api.post("/v1/broadcasts", json=broadcast, headers={"Idempotency-Key": "b"})
     assert_refused(response, f"notification.{field}")
-    assert await runtime.store.outbox_size() == 0
+    assert await runtime.storage.outbox.size() == 0
 
 
 async def test_send_at_is_bounded_to_a_year_either_side_of_now(
@@ -328,4 +328,4 @@ async def test_bodies_that_are_not_utf8_are_malformed(
     response = await send_raw(api, "POST", "/v1/notifications", body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "malformed_json"
-    assert await runtime.store.outbox_size() == 0
+    assert await runtime.storage.outbox.size() == 0

@@ -30,7 +30,7 @@ async def test_same_key_same_body_is_the_same_notification(
     second = await api.post("/v1/notifications", json=body, headers={"Idempotency-Key": "pay-1"})
     assert (first.status_code, second.status_code) == (202, 200)
     assert first.json()["id"] == second.json()["id"]
-    assert await runtime.store.outbox_size() == 1
+    assert await runtime.storage.outbox.size() == 1
 
 
 async def test_defaults_spelled_out_are_the_same_body(api: httpx.AsyncClient, user: str) -> None:
@@ -57,7 +57,7 @@ async def test_same_key_other_body_is_a_conflict(
     )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "idempotency_conflict"
-    assert await runtime.store.outbox_size() == 1
+    assert await runtime.storage.outbox.size() == 1
 
 
 async def test_concurrent_replays_make_one_notification(
@@ -74,7 +74,7 @@ async def test_concurrent_replays_make_one_notification(
     )
     assert len({r.json()["id"] for r in responses}) == 1
     assert sorted(r.status_code for r in responses) == [200] * 9 + [202]
-    assert await runtime.store.outbox_size() == 1
+    assert await runtime.storage.outbox.size() == 1
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ async def test_bad_notifications_say_what_is_wrong(
     assert response.status_code == status
     error = response.json()["error"]
     assert words in error["message"] or any(words in str(d) for d in error["details"]), error
-    assert await runtime.store.outbox_size() == 0
+    assert await runtime.storage.outbox.size() == 0
 
 
 async def test_malformed_json_is_a_400(api: httpx.AsyncClient) -> None:
@@ -160,7 +160,7 @@ async def test_batch_accepts_each_item_on_its_own(
     assert body["items"][4]["id"] == body["items"][0]["id"]
     assert body["items"][5]["error"]["code"] == "idempotency_conflict"
     assert (body["accepted"], body["duplicate"], body["rejected"]) == (2, 1, 3)
-    assert await runtime.store.outbox_size() == 2
+    assert await runtime.storage.outbox.size() == 2
 
 
 async def test_batch_over_the_limit_is_refused(api: httpx.AsyncClient, runtime: Runtime) -> None:
@@ -168,7 +168,7 @@ async def test_batch_over_the_limit_is_refused(api: httpx.AsyncClient, runtime: 
     response = await api.post("/v1/notifications/batch", json={"notifications": items})
     assert response.status_code == 422
     assert "at most 1000" in response.json()["error"]["message"]
-    assert await runtime.store.outbox_size() == 0
+    assert await runtime.storage.outbox.size() == 0
 
 
 async def test_unknown_notification_is_404(api: httpx.AsyncClient) -> None:
@@ -207,7 +207,7 @@ async def test_a_database_outage_is_a_503_with_retry_after(
     async def down(*_args: object, **_kwargs: object) -> None:
         raise sqlalchemy.exc.OperationalError("INSERT", {}, ConnectionRefusedError("restarting"))
 
-    monkeypatch.setattr(runtime.store, "accept_notifications", down)
+    monkeypatch.setattr(runtime.storage.notifications, "accept", down)
     response = await api.post(
         "/v1/notifications", json={"user_id": user, "title": "x"}, headers={"Idempotency-Key": "k"}
     )
@@ -229,14 +229,14 @@ async def test_past_the_in_flight_limit_requests_are_shed(runtime: Runtime, admi
     runtime.settings.api_max_in_flight = 2
     gate = asyncio.Event()
     entered = asyncio.Semaphore(0)
-    original = runtime.store.list_templates
+    original = runtime.storage.directory.list_templates
 
     async def slow() -> list[tuple[str, dict[str, object]]]:
         entered.release()
         await gate.wait()
         return await original()
 
-    runtime.store.list_templates = slow  # type: ignore[method-assign]
+    runtime.storage.directory.list_templates = slow  # type: ignore[method-assign]
     transport = httpx.ASGITransport(app=create_app(runtime))
     headers = {"Authorization": f"Bearer {admin_key}"}
     async with httpx.AsyncClient(
@@ -264,7 +264,7 @@ async def senders(runtime: Runtime, user: str) -> AsyncIterator[list[httpx.Async
     clients = []
     for name in ("tenant-a", "tenant-b"):
         key = generate_key()
-        await runtime.store.create_api_key(key.id, key.secret_hash, ["send"], name)
+        await runtime.storage.keys.create_api_key(key.id, key.secret_hash, ["send"], name)
         clients.append(
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app),

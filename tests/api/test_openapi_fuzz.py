@@ -96,8 +96,8 @@ class HeraldUnderTest:
                 self.runtime = Runtime.from_settings(self.settings)
                 await self.runtime.start(migrate=not self.migrated)
                 self.migrated = True
-                if await self.runtime.store.get_api_key(self.key.id) is None:
-                    await self.runtime.store.create_api_key(
+                if await self.runtime.storage.keys.get_api_key(self.key.id) is None:
+                    await self.runtime.storage.keys.create_api_key(
                         self.key.id, self.key.secret_hash, ["admin"], "fuzz"
                     )
                 self.app = create_app(self.runtime)

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from herald.api import errors
 from herald.bus.interface import BusUnavailable
 from herald.runtime import Runtime
-from herald.storage import Store
 
 
 def assert_unavailable(answer: httpx.Response) -> None:
@@ -28,16 +27,6 @@ def assert_unavailable(answer: httpx.Response) -> None:
     body = answer.json()
     assert set(body["error"]) == {"code", "message", "details"}
     assert body["error"]["code"] == "unavailable"
-
-
-def point_at(store: Store, engine: AsyncEngine) -> None:
-    """The store's statements go to `engine` from now on (as after a failover)."""
-    store.engine = engine
-    store._read_engine = (
-        engine.execution_options(isolation_level="AUTOCOMMIT")
-        if engine.dialect.name == "postgresql"
-        else engine
-    )
 
 
 async def broken_connection_engine(url: str) -> AsyncEngine:
@@ -58,7 +47,7 @@ async def test_an_unreachable_database_is_a_503_with_retry_after(
     runtime: Runtime, api: httpx.AsyncClient, backend: str, tmp_path: Any
 ) -> None:
     await api.put("/v1/users/42", json={"email": "a@example.com"})
-    original = (runtime.store.engine, runtime.store._read_engine)
+    original = runtime.storage.database.engine
     replaced: list[AsyncEngine] = []
     notification = {"user_id": "42", "category": "news", "title": "Hi", "body": "There"}
     try:
@@ -66,7 +55,7 @@ async def test_an_unreachable_database_is_a_503_with_retry_after(
             # The pool's connection died with the server: the first statement finds out.
             url = str(runtime.settings.database_url)
             replaced.append(await broken_connection_engine(url))
-            point_at(runtime.store, replaced[-1])
+            runtime.storage.database.point_at(replaced[-1])
             post = await api.post(
                 "/v1/notifications", json=notification, headers={"Idempotency-Key": "k1"}
             )
@@ -76,7 +65,7 @@ async def test_an_unreachable_database_is_a_503_with_retry_after(
         else:
             missing = tmp_path / "gone" / "herald.db"  # a volume that went away
             replaced.append(create_async_engine(f"sqlite+aiosqlite:///{missing}"))
-        point_at(runtime.store, replaced[-1])
+        runtime.storage.database.point_at(replaced[-1])
 
         post = await api.post(
             "/v1/notifications", json=notification, headers={"Idempotency-Key": "k2"}
@@ -86,7 +75,7 @@ async def test_an_unreachable_database_is_a_503_with_retry_after(
         assert_unavailable(post)
         assert_unavailable(get)
     finally:
-        runtime.store.engine, runtime.store._read_engine = original
+        runtime.storage.database.point_at(original)
         for engine in replaced:
             await engine.dispose()
     assert (await api.get("/v1/users/42")).status_code == 200  # back when the database is

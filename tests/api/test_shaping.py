@@ -37,7 +37,7 @@ async def test_deliver_at_local_waits_for_the_recipients_wall_clock(
                 "deliver_at_local": "09:00",
             },
         )
-        (delivery,) = await runtime.store.list_deliveries(notification_id)
+        (delivery,) = await runtime.storage.notifications.deliveries_of(notification_id)
         assert delivery.state == DeliveryState.DEFERRED
         assert delivery.due_at is not None
         local = delivery.due_at.astimezone(
@@ -72,9 +72,9 @@ async def test_cancelling_a_scheduled_notification(
         "status": "cancelled",
         "deliveries_cancelled": 2,
     }
-    deliveries = await runtime.store.list_deliveries(notification_id)
+    deliveries = await runtime.storage.notifications.deliveries_of(notification_id)
     assert {(d.state, d.last_error) for d in deliveries} == {(DeliveryState.SKIPPED, "cancelled")}
-    assert await runtime.store.claim_deliveries([d.id for d in deliveries], 30) == []
+    assert await runtime.storage.deliveries.claim([d.id for d in deliveries], 30) == []
     again = await api.post(f"/v1/notifications/{notification_id}/cancel")
     assert again.status_code == 409
     assert (await api.post("/v1/notifications/nope/cancel")).status_code == 404
@@ -88,7 +88,7 @@ async def test_cancelling_before_routing_sends_nothing(
     notification_id = accepted.json()["id"]
     assert (await api.post(f"/v1/notifications/{notification_id}/cancel")).status_code == 200
     await runtime.router().route([notification_id])
-    assert await runtime.store.list_deliveries(notification_id) == []
+    assert await runtime.storage.notifications.deliveries_of(notification_id) == []
     assert (await api.get(f"/v1/notifications/{notification_id}")).json()["status"] == "cancelled"
 
 
@@ -103,7 +103,7 @@ async def test_a_key_over_its_request_rate_gets_429_and_others_do_not(
     assert limited.json()["error"]["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
     other = generate_key()
-    await runtime.store.create_api_key(other.id, other.secret_hash, ["read"], "other tenant")
+    await runtime.storage.keys.create_api_key(other.id, other.secret_hash, ["read"], "other tenant")
     assert (
         await api.get("/v1/templates", headers={"Authorization": f"Bearer {other.token}"})
     ).status_code == 200
@@ -124,4 +124,4 @@ async def test_a_key_over_its_notification_rate_gets_429_and_nothing_is_accepted
     ).status_code == 200
     refused = await api.post("/v1/notifications", json={"user_id": "u", "title": "one more"})
     assert refused.status_code == 429
-    assert await runtime.store.outbox_size() == 1000
+    assert await runtime.storage.outbox.size() == 1000

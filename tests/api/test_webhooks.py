@@ -435,8 +435,8 @@ async def test_a_start_replayed_after_the_event_retention_still_does_not_lift_a_
     for form in (inbound_sms("STOP"), start, inbound_sms("STOP")):
         assert (await twilio_post(hooks, url, form)).status_code == 200
 
-    clock.advance((runtime.store.retention_days + 1) * 86400)
-    await runtime.store.maintain()
+    clock.advance((runtime.storage.database.retention_days + 1) * 86400)
+    await runtime.storage.scheduling.maintain()
     replay = await twilio_post(hooks, url, start, idempotency_token="a-fresh-token")
 
     assert replay.json()["duplicates"] == 1

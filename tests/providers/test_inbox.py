@@ -38,11 +38,11 @@ async def test_a_failed_live_update_neither_fails_nor_repeats_the_delivery(
 ) -> None:
     delivery_id = await route_one(api, runtime, ["in_app"])
     hub = DownHub()
-    provider = InboxProvider(runtime.store, hub, runtime.clock)  # type: ignore[arg-type]
+    provider = InboxProvider(runtime.storage.inbox, hub, runtime.clock)  # type: ignore[arg-type]
     worker = worker_for(runtime, Channel.IN_APP, provider)
     await worker.process([delivery_id])
     await worker.process([delivery_id])  # the bus hands the message out again
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.attempts) == (DeliveryState.DELIVERED, 1)
     assert hub.attempts == 1
     items = (await api.get("/v1/users/u1/inbox")).json()["items"]

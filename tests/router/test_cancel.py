@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import httpx
@@ -20,9 +20,8 @@ from herald.domain import Channel, DeliveryState, NotificationState, User
 from herald.router.fanout import BroadcastFanout
 from herald.router.router import Router
 from herald.runtime import Runtime
-from herald.storage import Store
+from herald.storage import Storage
 from herald.storage import schema as t
-from herald.storage.postgres import PostgresStore
 from herald.storage.records import RoutingInput
 from herald.workers.worker import ChannelWorker
 from tests.fixtures.herald import eventually
@@ -30,32 +29,33 @@ from tests.router.test_poison import new_notification
 from tests.test_broadcasts import add_subscribers
 
 Cancel = Callable[[], Awaitable[None]]
+R = TypeVar("R")
 
 
 class CancelAfterRead:
-    """The store, except that a cancel commits right after the router has loaded its batch
-    (or the fan-out has read its audience page): before either writes anything."""
+    """A repository, except that a cancel commits right after the router has loaded its
+    batch (or the fan-out has read its audience page): before either writes anything."""
 
-    def __init__(self, store: Store, cancel: Cancel) -> None:
-        self._store = store
+    def __init__(self, repository: Any, cancel: Cancel) -> None:
+        self._repository = repository
         self._cancel = cancel
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        return getattr(self._repository, name)
 
-    async def load_for_routing(self, notification_ids: Sequence[str]) -> list[RoutingInput]:
-        inputs = await self._store.load_for_routing(notification_ids)
+    async def load(self, notification_ids: Sequence[str]) -> list[RoutingInput]:
+        inputs = await self._repository.load(notification_ids)
         await self._cancel()
         return inputs
 
     async def audience_page(self, **page: Any) -> list[str]:
-        users = await self._store.audience_page(**page)
+        users = await self._repository.audience_page(**page)
         await self._cancel()
         return users
 
 
-def hooked(runtime: Runtime, cancel: Cancel) -> Store:
-    return cast(Store, CancelAfterRead(runtime.store, cancel))
+def hooked(repository: R, cancel: Cancel) -> R:
+    return cast(R, CancelAfterRead(repository, cancel))
 
 
 async def send_whatever_is_left(runtime: Runtime, notification_ids: Sequence[str]) -> int:
@@ -64,11 +64,13 @@ async def send_whatever_is_left(runtime: Runtime, notification_ids: Sequence[str
     providers = runtime.build_providers()
     sent = 0
     for channel in Channel:
-        worker = ChannelWorker(channel, runtime.store, runtime.bus, providers, runtime.clock)
+        worker = ChannelWorker(
+            channel, runtime.storage.deliveries, runtime.bus, providers, runtime.clock
+        )
         ids = [
             d.id
             for n in notification_ids
-            for d in await runtime.store.list_deliveries(n)
+            for d in await runtime.storage.notifications.deliveries_of(n)
             if d.channel == channel
         ]
         sent += len(await worker.process(ids))
@@ -77,12 +79,14 @@ async def send_whatever_is_left(runtime: Runtime, notification_ids: Sequence[str
 
 async def nothing_went_out(runtime: Runtime, notification_ids: Sequence[str]) -> None:
     assert await send_whatever_is_left(runtime, notification_ids) == 0
-    async with runtime.store.reading() as db:
+    async with runtime.storage.database.reading() as db:
         inbox = await db.scalar(sa.select(sa.func.count()).select_from(t.inbox_items))
         sandbox = await db.scalar(sa.select(sa.func.count()).select_from(t.sandbox_messages))
     assert (inbox, sandbox) == (0, 0)
     for notification_id in notification_ids:
-        states = {d.state for d in await runtime.store.list_deliveries(notification_id)}
+        states = {
+            d.state for d in await runtime.storage.notifications.deliveries_of(notification_id)
+        }
         assert states <= {DeliveryState.SKIPPED}, states
 
 
@@ -101,20 +105,24 @@ async def test_a_cancelled_notification_sends_nothing_whenever_the_cancel_lands(
         response = await api.post(f"/v1/notifications/{notification_id}/cancel")
         assert response.status_code == 200, response.text
 
-    store = hooked(runtime, cancel) if when == "during" else runtime.store
+    routing = runtime.storage.routing
+    if when == "during":
+        routing = hooked(routing, cancel)
     if when == "before":
         await cancel()
-    await Router(store, runtime.bus, runtime.clock).route([notification_id])
+    await Router(routing, runtime.storage.broadcasts, runtime.bus, runtime.clock).route(
+        [notification_id]
+    )
     if when == "after":
         await cancel()
     await runtime.router().route([notification_id])  # a replayed bus message changes nothing
     await nothing_went_out(runtime, [notification_id])
-    notification = await runtime.store.get_notification(notification_id)
+    notification = await runtime.storage.notifications.get(notification_id)
     assert notification is not None
     expected = "routed" if when == "after" else "cancelled"
     assert notification.state.value == expected
     if when == "after":
-        skipped = await runtime.store.list_deliveries(notification_id)
+        skipped = await runtime.storage.notifications.deliveries_of(notification_id)
         assert {d.last_error for d in skipped} == {"cancelled"}
         assert len(skipped) == 2
 
@@ -133,7 +141,7 @@ async def test_a_cancelled_broadcast_sends_nothing_whenever_the_cancel_lands(
         assert response.status_code == 200, response.text
 
     async def recipients() -> list[str]:
-        async with runtime.store.reading() as db:
+        async with runtime.storage.database.reading() as db:
             rows = await db.execute(
                 sa.select(t.notifications.c.id).where(
                     t.notifications.c.broadcast_id == broadcast_id
@@ -141,38 +149,45 @@ async def test_a_cancelled_broadcast_sends_nothing_whenever_the_cancel_lands(
             )
         return [row.id for row in rows]
 
-    fanout_store = hooked(runtime, cancel) if when == "during fan-out" else runtime.store
-    router_store = hooked(runtime, cancel) if when == "during routing" else runtime.store
+    broadcasts, routing = runtime.storage.broadcasts, runtime.storage.routing
+    if when == "during fan-out":
+        broadcasts = hooked(broadcasts, cancel)
+    if when == "during routing":
+        routing = hooked(routing, cancel)
     if when == "before":
         await cancel()
-    written = await BroadcastFanout(fanout_store, runtime.bus, page_size=20).fan_out_page(
+    written = await BroadcastFanout(broadcasts, runtime.bus, page_size=20).fan_out_page(
         broadcast_id, None
     )
     assert written == (20 if when.endswith("routing") else 0)
-    await Router(router_store, runtime.bus, runtime.clock).route(await recipients())
+    await Router(routing, runtime.storage.broadcasts, runtime.bus, runtime.clock).route(
+        await recipients()
+    )
     if when == "after routing":
         await cancel()
     # Whatever still arrives afterwards: the next page's message, the router's replays.
-    fanout = BroadcastFanout(runtime.store, runtime.bus, page_size=20)
+    fanout = BroadcastFanout(runtime.storage.broadcasts, runtime.bus, page_size=20)
     assert await fanout.fan_out_page(broadcast_id, users[19]) == 0
     await runtime.router().route(await recipients())
     await nothing_went_out(runtime, await recipients())
-    progress = await runtime.store.broadcast_progress(broadcast_id)
+    progress = await runtime.storage.broadcasts.broadcast_progress(broadcast_id)
     assert progress["recipients_created"] == written
     assert progress["routed"] == (20 if when == "after routing" else 0)
-    assert (await runtime.store.get_broadcast(broadcast_id) or {})["state"] == "cancelled"
+    assert (await runtime.storage.broadcasts.get_broadcast(broadcast_id) or {})[
+        "state"
+    ] == "cancelled"
 
 
 @pytest.mark.production
 @pytest.mark.postgres
 async def test_on_postgresql_a_router_waiting_on_a_cancels_lock_routes_nothing(
-    postgres_store: PostgresStore, postgres_test_url: str
+    postgres_storage: Storage, postgres_test_url: str
 ) -> None:
     """The cancel's transaction still open while the router writes: the router's update
     waits for it, then finds the notification cancelled (separate connections)."""
-    await postgres_store.upsert_user(User("u1", email="u1@example.com"))
+    await postgres_storage.directory.upsert_user(User("u1", email="u1@example.com"))
     item = new_notification("race", "u1")
-    await postgres_store.accept_notifications([item])
+    await postgres_storage.notifications.accept([item])
     cancelling = await asyncpg.connect(postgres_test_url)
     try:
         transaction = cancelling.transaction()
@@ -181,7 +196,9 @@ async def test_on_postgresql_a_router_waiting_on_a_cancels_lock_routes_nothing(
             "UPDATE notifications SET state = 'cancelled' WHERE id = $1 AND state = 'accepted'",
             item.notification.id,
         )
-        router = Router(postgres_store, MemoryBus(), SYSTEM_CLOCK)
+        router = Router(
+            postgres_storage.routing, postgres_storage.broadcasts, MemoryBus(), SYSTEM_CLOCK
+        )
         routing = asyncio.create_task(router.route([item.notification.id]))
 
         async def router_waits_for_the_lock() -> bool:
@@ -196,7 +213,7 @@ async def test_on_postgresql_a_router_waiting_on_a_cancels_lock_routes_nothing(
         await asyncio.wait_for(routing, 30)
     finally:
         await cancelling.close()
-    assert await postgres_store.list_deliveries(item.notification.id) == []
-    notification = await postgres_store.get_notification(item.notification.id)
+    assert await postgres_storage.notifications.deliveries_of(item.notification.id) == []
+    notification = await postgres_storage.notifications.get(item.notification.id)
     assert notification is not None
     assert notification.state == NotificationState.CANCELLED

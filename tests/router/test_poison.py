@@ -80,7 +80,7 @@ async def test_a_notification_the_router_cannot_route_is_set_aside_and_its_batch
     items = [new_notification(f"ok-{u}", u) for u in healthy[:3]]
     items.append(new_notification("poison", healthy[0], send_at=FAR_FUTURE))
     items += [new_notification(f"ok-{u}", u) for u in healthy[3:]]
-    await runtime.store.accept_notifications(items)
+    await runtime.storage.notifications.accept(items)
     # One batch on the bus, the poison in the middle (no relay runs: the test publishes).
     await runtime.bus.publish(
         [notification_record(i.notification.id, i.notification.user_id, "normal") for i in items]
@@ -93,7 +93,7 @@ async def test_a_notification_the_router_cannot_route_is_set_aside_and_its_batch
             states = [
                 n.state
                 for i in items
-                if (n := await runtime.store.get_notification(i.notification.id))
+                if (n := await runtime.storage.notifications.get(i.notification.id))
             ]
             return states if NotificationState.ACCEPTED not in states else None
 
@@ -109,7 +109,7 @@ async def test_a_notification_the_router_cannot_route_is_set_aside_and_its_batch
     )
     for item in items:
         if item.idempotency_key.startswith("ok-"):
-            deliveries = await runtime.store.list_deliveries(item.notification.id)
+            deliveries = await runtime.storage.notifications.deliveries_of(item.notification.id)
             assert DeliveryState.QUEUED in {d.state for d in deliveries}  # in_app
     events = (await api.get("/v1/notifications/n-poison/events")).json()["items"]
     assert [(e["status"], e["detail"]["set_aside"]) for e in events] == [("failed", True)]
@@ -122,7 +122,7 @@ async def test_a_notification_the_router_cannot_route_is_set_aside_and_its_batch
     assert letters[0]["error"].startswith("OverflowError")
     assert orjson.loads(letters[0]["message"]) == {"notification_id": "n-poison"}
     # Handed out again (a restart, the scheduler's sweep): it stays set aside.
-    assert await runtime.store.stale_notifications(datetime.now(UTC), 10) == []
+    assert await runtime.storage.scheduling.stale_notifications(datetime.now(UTC), 10) == []
 
 
 class Flaky:
@@ -213,7 +213,7 @@ async def test_a_broadcast_page_that_cannot_be_fanned_out_is_set_aside(
     pages = []
     for name, template in templates.items():
         page = page_record(name, None)
-        await runtime.store.create_broadcast(
+        await runtime.storage.broadcasts.create_broadcast(
             broadcast_id=name,
             idempotency_key=name,
             request_hash=name,
@@ -225,12 +225,13 @@ async def test_a_broadcast_page_that_cannot_be_fanned_out_is_set_aside(
         pages.append(page)
     await runtime.bus.publish(pages)
     stop = asyncio.Event()
-    fanout = asyncio.create_task(BroadcastFanout(runtime.store, runtime.bus).run(stop))
+    fanout = asyncio.create_task(BroadcastFanout(runtime.storage.broadcasts, runtime.bus).run(stop))
     try:
 
         async def settled() -> dict[str, str] | None:
             states = {
-                name: (await runtime.store.get_broadcast(name) or {})["state"] for name in templates
+                name: (await runtime.storage.broadcasts.get_broadcast(name) or {})["state"]
+                for name in templates
             }
             return states if "fanning_out" not in states.values() else None
 
@@ -239,7 +240,7 @@ async def test_a_broadcast_page_that_cannot_be_fanned_out_is_set_aside(
         stop.set()
         await fanout
     assert states == {"broken": "failed", "fine": "fanned_out"}
-    assert (await runtime.store.broadcast_progress("fine"))["recipients_created"] == 5
+    assert (await runtime.storage.broadcasts.broadcast_progress("fine"))["recipients_created"] == 5
     letters = await dead_letters(runtime.bus, "test.deadletter")
     assert [(d["broadcast_id"], d["set_aside_by"]) for d in letters] == [
         ("broken", "herald.fanout")
@@ -264,19 +265,23 @@ async def test_a_delivery_a_worker_cannot_process_is_set_aside(
         ids.append((await api.post("/v1/notifications", json=body)).json()["id"])
     await runtime.router().route(ids)  # both deliveries published, in one partition
     d = t.deliveries.c
-    async with runtime.store.transaction() as db:  # a row no code can read back
+    async with runtime.storage.database.transaction() as db:  # a row no code can read back
         await db.execute(
             t.deliveries.update().where(d.notification_id == ids[1]).values(priority="bogus")
         )
     worker = ChannelWorker(
-        Channel.IN_APP, runtime.store, runtime.bus, runtime.build_providers(), runtime.clock
+        Channel.IN_APP,
+        runtime.storage.deliveries,
+        runtime.bus,
+        runtime.build_providers(),
+        runtime.clock,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
 
         async def settled() -> list[tuple[str, str]] | None:
-            async with runtime.store.reading() as db:
+            async with runtime.storage.database.reading() as db:
                 rows = list(
                     await db.execute(
                         sa.select(d.notification_id, d.state, d.last_error).where(

@@ -16,7 +16,7 @@ from herald.clock import FakeClock
 from herald.domain import DeliveryState as S
 from herald.relay import Relay
 from herald.runtime import Runtime
-from herald.storage import DeliveryUpdate, Store, open_store
+from herald.storage import DeliveryUpdate, Storage, open_storage
 
 
 async def make_deliveries(api: httpx.AsyncClient, runtime: Runtime, count: int) -> list[str]:
@@ -28,41 +28,41 @@ async def make_deliveries(api: httpx.AsyncClient, runtime: Runtime, count: int) 
     accepted = await api.post("/v1/notifications/batch", json={"notifications": items})
     ids = [item["id"] for item in accepted.json()["items"]]
     await runtime.router().route(ids)
-    return [d.id for n in ids for d in await runtime.store.list_deliveries(n)]
+    return [d.id for n in ids for d in await runtime.storage.notifications.deliveries_of(n)]
 
 
 RACERS = 6
 
 
 @pytest.fixture
-async def racers(runtime: Runtime) -> AsyncIterator[list[Store]]:
+async def racers(runtime: Runtime) -> AsyncIterator[list[Storage]]:
     """Stores of their own on the test's database, as separate processes would have: on
     SQLite separate engines (and connections) on the one WAL file, so the racing statements
     really overlap instead of queueing on the runtime's single pooled connection."""
     url = runtime.settings.effective_database_url
-    stores = [open_store(url, runtime.clock) for _ in range(RACERS)]
+    stores = [open_storage(url, runtime.clock) for _ in range(RACERS)]
     try:
         yield stores
     finally:
-        for store in stores:
-            await store.close()
+        for storage in stores:
+            await storage.database.close()
 
 
 async def race(
-    stores: Sequence[Store], take: Callable[[Store], Awaitable[list[str]]]
+    stores: Sequence[Storage], take: Callable[[Storage], Awaitable[list[str]]]
 ) -> Counter[str]:
     """Every store runs `take` at once, again and again until none of them gets anything;
     returns how many times each id was taken, in all."""
     taken: Counter[str] = Counter()
     start = asyncio.Event()
 
-    async def one(store: Store) -> None:
+    async def one(storage: Storage) -> None:
         await start.wait()
-        while got := await take(store):
+        while got := await take(storage):
             taken.update(got)
             await asyncio.sleep(0)
 
-    tasks = [asyncio.create_task(one(store)) for store in stores]
+    tasks = [asyncio.create_task(one(storage)) for storage in stores]
     await asyncio.sleep(0)
     start.set()
     await asyncio.gather(*tasks)
@@ -70,12 +70,12 @@ async def race(
 
 
 async def test_racing_claims_give_each_delivery_to_one_worker(
-    api: httpx.AsyncClient, runtime: Runtime, racers: list[Store]
+    api: httpx.AsyncClient, runtime: Runtime, racers: list[Storage]
 ) -> None:
     ids = await make_deliveries(api, runtime, 200)
 
-    async def claim(store: Store) -> list[str]:
-        return [d.id for d in await store.claim_deliveries(ids[::-1][:150] + ids[:50], 30)]
+    async def claim(storage: Storage) -> list[str]:
+        return [d.id for d in await storage.deliveries.claim(ids[::-1][:150] + ids[:50], 30)]
 
     winners = await race(racers, claim)
     assert set(winners) == set(ids)
@@ -83,33 +83,33 @@ async def test_racing_claims_give_each_delivery_to_one_worker(
 
 
 async def test_racing_schedulers_release_each_due_delivery_once(
-    api: httpx.AsyncClient, runtime: Runtime, racers: list[Store]
+    api: httpx.AsyncClient, runtime: Runtime, racers: list[Storage]
 ) -> None:
     """release_due: deferred deliveries whose time has come, raced by six schedulers."""
     ids = await make_deliveries(api, runtime, 150)
-    claimed = await runtime.store.claim_deliveries(ids, 30)
+    claimed = await runtime.storage.deliveries.claim(ids, 30)
     past = runtime.clock.now() - timedelta(seconds=1)
-    await runtime.store.record_outcomes(
+    await runtime.storage.deliveries.record_outcomes(
         [DeliveryUpdate(d.id, d.notification_id, S.DEFERRED, due_at=past) for d in claimed]
     )
 
-    async def release(store: Store) -> list[str]:
-        return [r.delivery_id for r in await store.release_due(20)]
+    async def release(storage: Storage) -> list[str]:
+        return [r.delivery_id for r in await storage.scheduling.release_due(20)]
 
     released = await race(racers, release)
     assert set(released) == set(ids)
     assert set(released.values()) == {1}
-    assert {d.state for d in await runtime.store.get_deliveries(ids)} == {S.QUEUED}
+    assert {d.state for d in await runtime.storage.deliveries.get(ids)} == {S.QUEUED}
 
 
 async def test_racing_schedulers_expire_each_lease_once(
-    api: httpx.AsyncClient, runtime: Runtime, racers: list[Store]
+    api: httpx.AsyncClient, runtime: Runtime, racers: list[Storage]
 ) -> None:
     ids = await make_deliveries(api, runtime, 150)
-    await runtime.store.claim_deliveries(ids, lease_seconds=-1)  # leases already expired
+    await runtime.storage.deliveries.claim(ids, lease_seconds=-1)  # leases already expired
 
-    async def expire(store: Store) -> list[str]:
-        requeued, _ = await store.expire_leases(20)
+    async def expire(storage: Storage) -> list[str]:
+        requeued, _ = await storage.scheduling.expire_leases(20)
         return [r.delivery_id for r in requeued]
 
     released = await race(racers, expire)
@@ -133,8 +133,8 @@ async def test_racing_relays_publish_each_outbox_row_once(
     items = [{"idempotency_key": f"r{n}", "user_id": "u", "title": "x"} for n in range(300)]
     await api.post("/v1/notifications/batch", json={"notifications": items})
     bus = RecordingBus()
-    relays = [Relay(runtime.store, bus, batch=25) for _ in range(4)]  # type: ignore[arg-type]
-    while await runtime.store.outbox_size():
+    relays = [Relay(runtime.storage.outbox, bus, batch=25) for _ in range(4)]  # type: ignore[arg-type]
+    while await runtime.storage.outbox.size():
         await asyncio.gather(*(relay.relay_once() for relay in relays))
     published = Counter(orjson.loads(value)["notification_id"] for value in bus.published)
     assert len(published) == 300
@@ -152,26 +152,26 @@ async def test_a_failed_publish_leaves_the_rows_in_the_outbox(
             raise ConnectionError("broker down")
 
     with pytest.raises(ConnectionError):
-        await Relay(runtime.store, DownBus()).relay_once()  # type: ignore[arg-type]
-    assert await runtime.store.outbox_size() == 1
+        await Relay(runtime.storage.outbox, DownBus()).relay_once()  # type: ignore[arg-type]
+    assert await runtime.storage.outbox.size() == 1
 
 
 async def test_old_delivery_events_are_dropped_after_the_retention(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
     """PostgreSQL drops whole day partitions; SQLite deletes the rows."""
-    store = runtime.store
-    real_clock = store.clock
+    storage = runtime.storage
+    real_clock = storage.database.clock
     await api.put("/v1/users/u", json={"timezone": "UTC"})
-    store.clock = FakeClock(real_clock.now() - timedelta(days=5))
-    await store.maintain()  # on PostgreSQL: the partitions around five days ago
+    storage.database.clock = FakeClock(real_clock.now() - timedelta(days=5))
+    await storage.scheduling.maintain()  # on PostgreSQL: the partitions around five days ago
     old = (await api.post("/v1/notifications", json={"user_id": "u", "title": "old"})).json()["id"]
     await runtime.router().route([old])
-    store.clock = real_clock
+    storage.database.clock = real_clock
     new = (await api.post("/v1/notifications", json={"user_id": "u", "title": "new"})).json()["id"]
     await runtime.router().route([new])
-    assert await store.list_events(old)
-    store.retention_days = 2
-    await store.maintain()
-    assert await store.list_events(old) == []
-    assert await store.list_events(new)
+    assert await storage.notifications.events_of(old)
+    storage.database.retention_days = 2
+    await storage.scheduling.maintain()
+    assert await storage.notifications.events_of(old) == []
+    assert await storage.notifications.events_of(new)

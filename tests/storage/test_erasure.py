@@ -74,7 +74,7 @@ def _row(table: sa.Table, key: str, fixed: dict[str, Any]) -> dict[str, Any]:
 async def _seed(runtime: Runtime, user: str) -> None:
     """One row in every table that belongs to `user`."""
     parents = {name: make(user) for name, make in PARENT_IDS.items()}
-    async with runtime.store.transaction() as db:
+    async with runtime.storage.database.transaction() as db:
         await db.execute(t.users.insert().values(_row(t.users, user, {"id": user})))
         for table in t.metadata.sorted_tables:
             if "user_id" not in table.c:
@@ -91,7 +91,7 @@ async def _seed(runtime: Runtime, user: str) -> None:
 async def _held(runtime: Runtime, user: str) -> dict[str, int]:
     """Rows about `user`, per table."""
     counts: dict[str, int] = {}
-    async with runtime.store.reading() as db:
+    async with runtime.storage.database.reading() as db:
         for table in t.metadata.sorted_tables:
             if table.name == "users":
                 where = table.c.id == user
@@ -112,7 +112,9 @@ async def _held(runtime: Runtime, user: str) -> dict[str, int]:
 async def test_deleting_a_user_erases_every_user_keyed_table(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
-    await runtime.store.maintain()  # the delivery log's partition for today (PostgreSQL)
+    await (
+        runtime.storage.scheduling.maintain()
+    )  # the delivery log's partition for today (PostgreSQL)
     for user in ("gone", "kept"):
         await _seed(runtime, user)
     before = await _held(runtime, "gone")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from herald.storage.postgres import PostgresStore
+from herald.storage import Storage
 
 pytestmark = pytest.mark.postgres
 
@@ -30,12 +30,12 @@ def event(n: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("begun", [True, False], ids=["copy", "before-the-first-statement"])
 async def test_events_commit_and_roll_back_with_the_callers_transaction(
-    postgres_store: PostgresStore, begun: bool
+    postgres_storage: Storage, begun: bool
 ) -> None:
-    store = postgres_store
+    storage = postgres_storage
     inserts: list[str] = []
     sa.event.listen(
-        store.engine.sync_engine,
+        storage.database.engine.sync_engine,
         "before_cursor_execute",
         lambda _c, _cur, statement, *_: (
             inserts.append(statement)
@@ -45,10 +45,10 @@ async def test_events_commit_and_roll_back_with_the_callers_transaction(
     )
 
     async def write(numbers: range, *, commit: bool) -> None:
-        async with store.transaction() as db:
+        async with storage.database.transaction() as db:
             if begun:
                 await db.execute(sa.text("SELECT 1"))
-            await store._insert_events(db, [event(n) for n in numbers])
+            await storage.database.dialect.insert_events(db, [event(n) for n in numbers])
             if not commit:
                 raise Rollback
 
@@ -56,7 +56,7 @@ async def test_events_commit_and_roll_back_with_the_callers_transaction(
         await write(range(3), commit=False)
     await write(range(3, 5), commit=True)
 
-    log = await store.list_events("n1")
+    log = await storage.notifications.events_of("n1")
     assert [(e.delivery_id, e.detail, e.at) for e in log] == [
         (f"d{n}", {"attempt": n, "note": "ünïcode"}, event(n)["created_at"]) for n in (3, 4)
     ]

@@ -23,5 +23,5 @@ def _is_partition(diff: tuple[Any, ...]) -> bool:
 
 
 async def test_migrations_match_the_schema(runtime: Runtime) -> None:
-    async with runtime.store.engine.connect() as db:
+    async with runtime.storage.database.engine.connect() as db:
         assert await db.run_sync(_differences) == []

@@ -18,12 +18,12 @@ from tests.storage.test_concurrency import make_deliveries
 async def test_an_answer_changes_a_delivery_still_sending_or_settles_an_unknown_one(
     api: httpx.AsyncClient, runtime: Runtime
 ) -> None:
-    store = runtime.store
+    storage = runtime.storage
     ids = sorted(await make_deliveries(api, runtime, 5))
-    claimed = {d.id: d for d in await store.claim_deliveries(ids, 30)}
+    claimed = {d.id: d for d in await storage.deliveries.claim(ids, 30)}
     sending, answered, unknown_sent, unknown_retry, recovered = ids
-    await store.record_outcomes([_update(claimed[answered], S.SENT, "first")])
-    async with store.transaction() as db:  # what lease recovery does to an expired claim
+    await storage.deliveries.record_outcomes([_update(claimed[answered], S.SENT, "first")])
+    async with storage.database.transaction() as db:  # what lease recovery does to an expired claim
         await db.execute(
             t.deliveries.update()
             .where(t.deliveries.c.id.in_([unknown_sent, unknown_retry]))
@@ -32,9 +32,9 @@ async def test_an_answer_changes_a_delivery_still_sending_or_settles_an_unknown_
         await db.execute(
             t.deliveries.update().where(t.deliveries.c.id == recovered).values(state=S.QUEUED.value)
         )
-    due = store.clock.now() + timedelta(minutes=5)
+    due = storage.database.clock.now() + timedelta(minutes=5)
 
-    changed = await store.record_outcomes(
+    changed = await storage.deliveries.record_outcomes(
         [
             _update(claimed[sending], S.SENT, "m-sending"),
             _update(claimed[answered], S.FAILED, "second answer"),
@@ -44,7 +44,7 @@ async def test_an_answer_changes_a_delivery_still_sending_or_settles_an_unknown_
         ]
     )
 
-    async with store.engine.connect() as db:
+    async with storage.database.engine.connect() as db:
         rows = await db.execute(
             sa.select(t.deliveries.c.id, t.deliveries.c.state, t.deliveries.c.provider_message_id)
         )

@@ -14,11 +14,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from herald.bus.interface import Bus
 from herald.clock import Clock, FakeClock
 from herald.domain import Channel, DeliveryState
 from herald.router.router import Router
 from herald.runtime import Runtime
-from herald.storage import Store, open_store
+from herald.storage import Storage, open_storage
 from herald.storage import schema as t
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -31,18 +32,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def peers(runtime: Runtime) -> AsyncIterator[Callable[[Clock], Store]]:
+async def peers(runtime: Runtime) -> AsyncIterator[Callable[[Clock], Storage]]:
     """Open more stores on the test's database, each with its own engine and clock."""
-    opened: list[Store] = []
+    opened: list[Storage] = []
 
-    def open_peer(peer_clock: Clock) -> Store:
-        store = open_store(runtime.settings.effective_database_url, peer_clock)
-        opened.append(store)
-        return store
+    def open_peer(peer_clock: Clock) -> Storage:
+        storage = open_storage(runtime.settings.effective_database_url, peer_clock)
+        opened.append(storage)
+        return storage
 
     yield open_peer
-    for store in opened:
-        await store.close()
+    for storage in opened:
+        await storage.database.close()
 
 
 async def accept(api: httpx.AsyncClient, users: list[str], prefix: str, **fields: Any) -> list[str]:
@@ -64,7 +65,7 @@ async def add_users(api: httpx.AsyncClient, count: int) -> list[str]:
 
 
 async def rows(runtime: Runtime, query: sa.Select[Any]) -> list[Any]:
-    async with runtime.store.engine.connect() as db:
+    async with runtime.storage.database.engine.connect() as db:
         return list(await db.execute(query))
 
 
@@ -80,11 +81,11 @@ async def delivery_states(runtime: Runtime, ids: list[str]) -> list[tuple[str, s
 
 
 async def test_racing_routers_fold_a_window_into_one_digest_and_lose_nothing(
-    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, peers: Callable[[Clock], Store]
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, peers: Callable[[Clock], Storage]
 ) -> None:
     await api.put("/v1/users/u", json={"timezone": "UTC"})
     await api.put("/v1/categories/news", json={"digest": {"in_app": {"window_seconds": 3600}}})
-    routers = [Router(peers(clock), runtime.bus, clock) for _ in range(3)]
+    routers = [router_on(peers(clock), runtime.bus, clock) for _ in range(3)]
     spread = await accept(api, ["u"] * 60, "spread")
     # different notifications of one window, interleaved over three routers
     await asyncio.gather(*(r.route(spread[i::3]) for i, r in enumerate(routers)))
@@ -92,7 +93,7 @@ async def test_racing_routers_fold_a_window_into_one_digest_and_lose_nothing(
     twice = await accept(api, ["u"] * 30, "twice")
     await asyncio.gather(*(r.route(twice) for r in routers))
 
-    [digest] = await runtime.store.list_digests("u")
+    [digest] = await runtime.storage.shaping.list_digests("u")
     assert (digest["state"], digest["item_count"]) == ("open", 90)
     assert (digest["window_start"], digest["window_end"]) == (START, START + HOUR)
     items = await rows(runtime, sa.select(t.digest_items))
@@ -104,19 +105,19 @@ async def test_racing_routers_fold_a_window_into_one_digest_and_lose_nothing(
 
     clock.advance(3600)
     closers = [peers(clock) for _ in range(3)]
-    assert sum(await asyncio.gather(*(c.close_due_digests() for c in closers))) == 1
-    [closed] = await runtime.store.list_digests("u")
+    assert sum(await asyncio.gather(*(c.scheduling.close_due_digests() for c in closers))) == 1
+    [closed] = await runtime.storage.shaping.list_digests("u")
     assert closed["state"] == "closed"
-    made = await runtime.store.get_notification(closed["notification_id"])
+    made = await runtime.storage.notifications.get(closed["notification_id"])
     assert made is not None
     assert made.digest_id == digest["id"]
     assert made.variables["digest"]["count"] == 90
     assert len(made.variables["digest"]["notifications"]) == 50
     assert (made.title, made.channels) == ("90 new notifications", (Channel.IN_APP,))
     await runtime.router().route([made.id])
-    assert [(d.channel, d.state) for d in await runtime.store.list_deliveries(made.id)] == [
-        (Channel.IN_APP, DeliveryState.QUEUED)
-    ]
+    assert [
+        (d.channel, d.state) for d in await runtime.storage.notifications.deliveries_of(made.id)
+    ] == [(Channel.IN_APP, DeliveryState.QUEUED)]
 
 
 @pytest.mark.parametrize("over_cap", ["defer", "digest"])
@@ -124,7 +125,7 @@ async def test_racing_routers_never_exceed_a_cap(
     api: httpx.AsyncClient,
     runtime: Runtime,
     clock: FakeClock,
-    peers: Callable[[Clock], Store],
+    peers: Callable[[Clock], Storage],
     over_cap: str,
 ) -> None:
     await api.put("/v1/users/u", json={"timezone": "UTC"})
@@ -133,21 +134,21 @@ async def test_racing_routers_never_exceed_a_cap(
     if over_cap == "digest":
         overflow = {"in_app": {"window_seconds": 3600, "when": "over_cap"}}
         await api.put("/v1/categories/news", json={"digest": overflow})
-    routers = [Router(peers(clock), runtime.bus, clock) for _ in range(3)]
+    routers = [router_on(peers(clock), runtime.bus, clock) for _ in range(3)]
     ids = await accept(api, ["u"] * 30, "capped")
     await asyncio.gather(*(r.route(ids[i::3]) for i, r in enumerate(routers)))
     await asyncio.gather(*(r.route(ids[:9]) for r in routers))  # replays count nothing
 
     states = await delivery_states(runtime, ids)
     assert Counter(s for s, _, _ in states)["queued"] == 3
-    usage = await runtime.store.cap_usage("u", Channel.IN_APP)
+    usage = await runtime.storage.shaping.cap_usage("u", Channel.IN_APP)
     if over_cap == "defer":
         due = Counter(d for s, _, d in states if s == "deferred")
         assert due == {START + HOUR * k: 3 for k in range(1, 10)}
         assert usage == [(START + HOUR * k, 3) for k in range(10)]
     else:
         assert Counter(s for s, _, _ in states)["digested"] == 27
-        [digest] = await runtime.store.list_digests("u")
+        [digest] = await runtime.storage.shaping.list_digests("u")
         assert digest["item_count"] == 27
         assert usage == [(START, 3)]
 
@@ -160,14 +161,14 @@ async def test_critical_is_never_capped_nor_counted(
     ids = await accept(api, ["u"] * 5, "otp", priority="critical")
     await runtime.router().route(ids)
     assert {s for s, _, _ in await delivery_states(runtime, ids)} == {"queued"}
-    assert await runtime.store.cap_usage("u", Channel.IN_APP) == []
+    assert await runtime.storage.shaping.cap_usage("u", Channel.IN_APP) == []
 
 
 async def test_a_window_closing_while_routers_fold_loses_no_item_and_doubles_none(
     api: httpx.AsyncClient,
     runtime: Runtime,
     clock: FakeClock,
-    peers: Callable[[Clock], Store],
+    peers: Callable[[Clock], Storage],
 ) -> None:
     """Routers still see the window as current while a scheduler, a second later, closes
     it: each item lands in the closed digest before its close, or in the next window."""
@@ -175,7 +176,7 @@ async def test_a_window_closing_while_routers_fold_loses_no_item_and_doubles_non
     await api.put("/v1/categories/news", json={"digest": {"in_app": {"window_seconds": 3600}}})
     clock.advance(3600 - 1)
     late = FakeClock(START + HOUR + timedelta(seconds=1))
-    routers = [Router(peers(clock), runtime.bus, clock) for _ in range(2)]
+    routers = [router_on(peers(clock), runtime.bus, clock) for _ in range(2)]
     closer = peers(late)
     accepted: list[str] = []
     for round_ in range(4):
@@ -183,11 +184,11 @@ async def test_a_window_closing_while_routers_fold_loses_no_item_and_doubles_non
         accepted += ids
         await asyncio.gather(
             *(r.route(ids[i::2]) for i, r in enumerate(routers)),
-            closer.close_due_digests(limit=7),
-            closer.close_due_digests(limit=7),
+            closer.scheduling.close_due_digests(limit=7),
+            closer.scheduling.close_due_digests(limit=7),
         )
     late.advance(2 * 3600)
-    while await closer.close_due_digests():
+    while await closer.scheduling.close_due_digests():
         pass
 
     digests = {r.id: r for r in await rows(runtime, sa.select(t.digests))}
@@ -196,7 +197,7 @@ async def test_a_window_closing_while_routers_fold_loses_no_item_and_doubles_non
     per_digest = Counter(i.digest_id for i in items)
     for digest in digests.values():
         assert digest.state == "closed"
-        made = await runtime.store.get_notification(digest.notification_id)
+        made = await runtime.storage.notifications.get(digest.notification_id)
         assert made is not None
         # nothing was folded into a window after it closed
         assert made.variables["digest"]["count"] == per_digest[digest.id] == digest.item_count
@@ -224,9 +225,9 @@ async def test_cancelling_takes_a_notification_out_of_an_open_digest_only(
     assert await delivery_states(runtime, first[:1]) == [("skipped", "cancelled", None)]
 
     clock.advance(3600)
-    assert await runtime.store.close_due_digests() == 1
-    [closed] = await runtime.store.list_digests("u")
-    made = await runtime.store.get_notification(closed["notification_id"])
+    assert await runtime.storage.scheduling.close_due_digests() == 1
+    [closed] = await runtime.storage.shaping.list_digests("u")
+    made = await runtime.storage.notifications.get(closed["notification_id"])
     assert made is not None
     titles = [n["title"] for n in made.variables["digest"]["notifications"]]
     assert (closed["item_count"], sorted(titles)) == (2, ["first 1", "first 2"])
@@ -238,8 +239,10 @@ async def test_cancelling_takes_a_notification_out_of_an_open_digest_only(
     await runtime.router().route(alone)
     await api.post(f"/v1/notifications/{alone[0]}/cancel")
     clock.advance(3600)
-    assert await runtime.store.close_due_digests() == 1
-    emptied = [d for d in await runtime.store.list_digests("u") if d["id"] != closed["id"]]
+    assert await runtime.storage.scheduling.close_due_digests() == 1
+    emptied = [
+        d for d in await runtime.storage.shaping.list_digests("u") if d["id"] != closed["id"]
+    ]
     assert [(d["state"], d["item_count"], d["notification_id"]) for d in emptied] == [
         ("closed", 0, None)  # nothing left in it: no digest goes out
     ]
@@ -260,3 +263,8 @@ async def test_a_capped_notification_is_not_deferred_into_quiet_hours(
         ("deferred", "frequency cap", next_morning),
         ("queued", "", None),
     ]
+
+
+def router_on(storage: Storage, bus: Bus, clock: Clock) -> Router:
+    """A router of its own process: its own storage (connections) and clock."""
+    return Router(storage.routing, storage.broadcasts, bus, clock)

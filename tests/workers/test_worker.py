@@ -66,7 +66,7 @@ async def route_one(
         "/v1/notifications", json={"user_id": "u1", "title": "t", "channels": channels, **extra}
     )
     await runtime.router().route([accepted.json()["id"]])
-    (delivery,) = await runtime.store.list_deliveries(accepted.json()["id"])
+    (delivery,) = await runtime.storage.notifications.deliveries_of(accepted.json()["id"])
     return delivery.id
 
 
@@ -80,7 +80,13 @@ def worker_for(
         retry=RetryPolicy(max_attempts=max_attempts, base_seconds=2, max_seconds=60)
     )
     return ChannelWorker(
-        channel, runtime.store, runtime.bus, provider_set, runtime.clock, settings, random.Random(1)
+        channel,
+        runtime.storage.deliveries,
+        runtime.bus,
+        provider_set,
+        runtime.clock,
+        settings,
+        random.Random(1),
     )
 
 
@@ -110,7 +116,7 @@ async def test_each_outcome_sets_the_delivery_state(
     delivery_id = await route_one(api, runtime, ["email"])
     worker = worker_for(runtime, Channel.EMAIL, Scripted("email", outcome))
     await worker.process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == state
     assert delivery.last_error == error
     if isinstance(outcome, Accepted):
@@ -124,7 +130,7 @@ async def test_retry_honours_retry_after_then_dead_letters(
     provider = Scripted("email", Retry("429", after=120.0), Retry("503"), Retry("503"))
     worker = worker_for(runtime, Channel.EMAIL, provider, max_attempts=3)
     await worker.process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.DEFERRED
     assert delivery.due_at is not None
     assert (delivery.due_at - clock.now()).total_seconds() == pytest.approx(120.0, abs=0.01)
@@ -133,7 +139,7 @@ async def test_retry_honours_retry_after_then_dead_letters(
     for expected_attempts in (2, 3):
         clock.advance(200)
         await worker.process([delivery_id])
-        (delivery,) = await runtime.store.get_deliveries([delivery_id])
+        (delivery,) = await runtime.storage.deliveries.get([delivery_id])
         assert delivery.attempts == expected_attempts
     assert delivery.state == S.FAILED
     assert delivery.last_error == "dead-lettered after 3 attempts: 503"
@@ -156,7 +162,7 @@ async def test_retry_past_the_ttl_is_dead_lettered(
     delivery_id = await route_one(api, runtime, ["email"], ttl_seconds=1)
     worker = worker_for(runtime, Channel.EMAIL, Scripted("email", Retry("busy", after=30)))
     await worker.process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.FAILED
     assert "dead-lettered" in (delivery.last_error or "")
 
@@ -174,7 +180,7 @@ async def test_invalid_push_target_deactivates_the_device(
         "/v1/notifications", json={"user_id": "u1", "title": "t", "channels": ["push"]}
     )
     await runtime.router().route([again.json()["id"]])
-    (skipped,) = await runtime.store.list_deliveries(again.json()["id"])
+    (skipped,) = await runtime.storage.notifications.deliveries_of(again.json()["id"])
     assert (skipped.state, skipped.last_error) == (S.SKIPPED, "no active device")
 
 
@@ -193,7 +199,7 @@ async def test_invalid_address_is_suppressed_and_not_sent_again(
         "/v1/notifications", json={"user_id": "u1", "title": "t", "channels": ["email"]}
     )
     await runtime.router().route([again.json()["id"]])
-    (skipped,) = await runtime.store.list_deliveries(again.json()["id"])
+    (skipped,) = await runtime.storage.notifications.deliveries_of(again.json()["id"])
     assert (skipped.state, skipped.last_error) == (S.SKIPPED, "address is suppressed")
 
 
@@ -205,12 +211,12 @@ async def test_provider_down_opens_the_circuit_without_spending_attempts(
     provider = Scripted("ses", ProviderDown("AccountSuspended"))
     worker = worker_for(runtime, Channel.EMAIL, provider)
     await worker.process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.attempts) == (S.DEFERRED, 0)
     assert worker.circuits.is_open("ses")
     clock.advance(31)
     await worker.process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.attempts, delivery.provider_message_id) == (S.SENT, 1, "ok")
     assert not worker.circuits.is_open("ses")
 
@@ -223,7 +229,7 @@ async def test_failover_sends_through_the_next_provider_once(
     ses = Scripted("ses", ProviderDown("SendingPaused"))
     sendgrid = Scripted("sendgrid", Accepted("sg-1"))
     await worker_for(runtime, Channel.EMAIL, ses, sendgrid).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.provider, delivery.provider_message_id) == (
         S.SENT,
         "sendgrid",
@@ -232,7 +238,7 @@ async def test_failover_sends_through_the_next_provider_once(
     assert (
         [m.delivery_id for m in ses.sent] == [m.delivery_id for m in sendgrid.sent] == [delivery_id]
     )
-    events = await runtime.store.list_events(delivery.notification_id)
+    events = await runtime.storage.notifications.events_of(delivery.notification_id)
     sent = next(e for e in events if e.state == S.SENT)
     assert sent.detail["failed_over_from"] == ["ses: provider down: SendingPaused"]
 
@@ -247,7 +253,7 @@ async def test_a_provider_that_raises_does_not_lose_the_batch(
 
     delivery_id = await route_one(api, runtime, ["email"])
     await worker_for(runtime, Channel.EMAIL, Broken("email")).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.DEFERRED
     assert "RuntimeError: bug" in (delivery.last_error or "")
 
@@ -298,7 +304,7 @@ async def test_a_slow_send_keeps_its_lease_and_is_not_sent_again(
     worker.settings.lease_seconds = 0.3
     await worker.process([delivery_id])
     assert released == [0]
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.SENT
     assert delivery.attempts == 1
 
@@ -307,7 +313,7 @@ async def test_an_outcome_survives_a_database_blip_while_recording(
     api: httpx.AsyncClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     delivery_id = await route_one(api, runtime, ["email"])
-    record = runtime.store.record_outcomes
+    record = runtime.storage.deliveries.record_outcomes
     failures = [ConnectionResetError("database restarting")]
 
     async def flaky(updates: Sequence[DeliveryUpdate]) -> int:
@@ -315,10 +321,10 @@ async def test_an_outcome_survives_a_database_blip_while_recording(
             raise failures.pop()
         return await record(updates)
 
-    monkeypatch.setattr(runtime.store, "record_outcomes", flaky)
+    monkeypatch.setattr(runtime.storage.deliveries, "record_outcomes", flaky)
     provider = Scripted("email")
     await worker_for(runtime, Channel.EMAIL, provider).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.SENT
     assert len(provider.sent) == 1
 
@@ -336,13 +342,13 @@ async def test_a_late_answer_settles_an_at_most_once_delivery_marked_unknown(
             clock.advance(120)  # past the lease, before any renewal could land
             requeued = await runtime.scheduler().tick()
             assert requeued == 0  # at_most_once: marked unknown, not put back
-            (delivery,) = await runtime.store.get_deliveries([delivery_id])
+            (delivery,) = await runtime.storage.deliveries.get([delivery_id])
             assert delivery.state == S.UNKNOWN
             return await super().send(messages)
 
     provider = Starved("twilio", Accepted("SM123"))
     await worker_for(runtime, Channel.SMS, provider).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.provider_message_id) == (S.SENT, "SM123")
     assert len(provider.sent) == 1
 
@@ -393,11 +399,13 @@ async def test_an_unreachable_provider_fails_over_in_the_same_attempt(
             await ses.close()
             await sendgrid.close()
         [mail] = fake.received
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.provider, delivery.attempts) == (S.SENT, "sendgrid", 1)
     assert mail.custom_args == {"herald_delivery_id": delivery_id}
     sent = next(
-        e for e in await runtime.store.list_events(delivery.notification_id) if e.state == S.SENT
+        e
+        for e in await runtime.storage.notifications.events_of(delivery.notification_id)
+        if e.state == S.SENT
     )
     [failed_over] = sent.detail["failed_over_from"]
     assert failed_over.startswith("ses: provider down: ses unreachable")
@@ -429,7 +437,7 @@ async def test_a_hostile_web_push_endpoint_fails_alone_and_opens_no_circuit(
             if user == "mallory":
                 fake.fail(subscription["endpoint"], 403)
             await api.put(f"/v1/users/{user}", json={})
-            await runtime.store.register_device(
+            await runtime.storage.directory.register_device(
                 user, Platform.WEB, subscription["endpoint"], subscription
             )
             accepted = await api.post(
@@ -437,7 +445,7 @@ async def test_a_hostile_web_push_endpoint_fails_alone_and_opens_no_circuit(
                 json={"user_id": user, "title": "t", "channels": ["push"], "priority": priority},
             )
             await runtime.router().route([accepted.json()["id"]])
-            (delivery,) = await runtime.store.list_deliveries(accepted.json()["id"])
+            (delivery,) = await runtime.storage.notifications.deliveries_of(accepted.json()["id"])
             ids[user] = delivery.id
         provider = WebPushProvider(
             VapidKey(ec.generate_private_key(ec.SECP256R1())),
@@ -448,7 +456,7 @@ async def test_a_hostile_web_push_endpoint_fails_alone_and_opens_no_circuit(
         )
         worker = ChannelWorker(
             Channel.PUSH,
-            runtime.store,
+            runtime.storage.deliveries,
             runtime.bus,
             ProviderSet(
                 by_channel={Channel.PUSH: [provider]}, push_by_platform={"web": [provider]}
@@ -462,7 +470,7 @@ async def test_a_hostile_web_push_endpoint_fails_alone_and_opens_no_circuit(
         finally:
             await provider.close()
         assert len(fake.received) == 1
-    by_id = {d.id: d for d in await runtime.store.get_deliveries(list(ids.values()))}
+    by_id = {d.id: d for d in await runtime.storage.deliveries.get(list(ids.values()))}
     hostile, critical = by_id[ids["mallory"]], by_id[ids["alice"]]
     assert (hostile.state, hostile.last_error) == (
         S.FAILED,
@@ -480,7 +488,7 @@ async def test_a_deleted_devices_pending_push_is_not_sent(
     provider = Scripted("apns")
     await worker_for(runtime, Channel.PUSH, provider).process([delivery_id])
     assert provider.sent == []
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.SKIPPED
     assert "device deleted" in (delivery.last_error or "")
 
@@ -507,7 +515,7 @@ async def test_waiting_for_a_provider_that_stays_down_ends(
     worker.settings.max_circuit_wait_seconds = max_wait
     for _ in range(100):
         await worker.process([delivery_id])
-        (delivery,) = await runtime.store.get_deliveries([delivery_id])
+        (delivery,) = await runtime.storage.deliveries.get([delivery_id])
         if delivery.state != S.DEFERRED:
             break
         assert delivery.attempts == 0  # waiting for the circuit spends no attempt
@@ -550,7 +558,7 @@ async def test_outcomes_are_recorded_as_they_arrive(
     processing = asyncio.create_task(worker.process([first_id, second_id]))
 
     async def first_recorded() -> bool:
-        deliveries = await runtime.store.get_deliveries([first_id, second_id])
+        deliveries = await runtime.storage.deliveries.get([first_id, second_id])
         return sorted(d.state for d in deliveries) == [S.SENDING, S.SENT]
 
     try:
@@ -558,7 +566,7 @@ async def test_outcomes_are_recorded_as_they_arrive(
     finally:
         gate.set()
         await processing
-    deliveries = await runtime.store.get_deliveries([first_id, second_id])
+    deliveries = await runtime.storage.deliveries.get([first_id, second_id])
     assert sorted((d.state, d.provider_message_id or "") for d in deliveries) == [
         (S.SENT, "first"),
         (S.SENT, "later-1"),
@@ -577,7 +585,7 @@ async def test_a_rate_limited_provider_gets_only_what_it_can_send_claimed(
     class Counting(Scripted):
         async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
             answered = {m.delivery_id for m in self.sent}
-            deliveries = await runtime.store.get_deliveries(ids)
+            deliveries = await runtime.storage.deliveries.get(ids)
             waiting = [d for d in deliveries if d.state == S.SENDING and d.id not in answered]
             claimed_at_send.append(len(waiting))  # claimed, not yet handed to a provider
             return await super().send(messages)
@@ -585,7 +593,7 @@ async def test_a_rate_limited_provider_gets_only_what_it_can_send_claimed(
     worker = worker_for(runtime, Channel.SMS, Counting("twilio"))
     worker.settings.rate_limits = {"twilio": 2.0}
     await worker.process(ids)
-    deliveries = await runtime.store.get_deliveries(ids)
+    deliveries = await runtime.storage.deliveries.get(ids)
     assert {d.state for d in deliveries} == {S.SENT}
     assert max(claimed_at_send) == 1
 
@@ -597,12 +605,12 @@ async def test_a_delivery_whose_workers_keep_dying_is_dead_lettered(
     the lease expired): past the attempts, the next claim dead-letters it unsent."""
     delivery_id = await route_one(api, runtime, ["email"])
     for _ in range(3):
-        assert await runtime.store.claim_deliveries([delivery_id], 30)  # ... and dies
+        assert await runtime.storage.deliveries.claim([delivery_id], 30)  # ... and dies
         clock.advance(31)
         await runtime.scheduler().tick()  # the lease expired: queued again
     provider = Scripted("email")
     await worker_for(runtime, Channel.EMAIL, provider, max_attempts=3).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.FAILED
     assert delivery.last_error == "dead-lettered after 3 attempts without an answer"
     assert provider.sent == []
@@ -618,7 +626,7 @@ async def test_a_delivery_past_its_ttl_at_claim_fails_without_a_send(
     clock.advance(61)  # the message waited on the bus longer than it may live
     provider = Scripted("email")
     await worker_for(runtime, Channel.EMAIL, provider).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.last_error) == (S.FAILED, "expired before it could be sent")
     assert provider.sent == []
 
@@ -632,7 +640,7 @@ async def test_a_circuit_already_open_at_claim_defers_without_a_send_or_an_attem
     worker = worker_for(runtime, Channel.EMAIL, provider)
     worker.circuits.open("ses", "opened by an earlier batch", 45.0)
     await worker.process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.attempts, delivery.last_error) == (
         S.DEFERRED,
         0,
@@ -655,7 +663,7 @@ async def test_a_provider_answering_the_wrong_number_of_outcomes_retries_the_bat
 
     delivery_id = await route_one(api, runtime, ["email"])
     await worker_for(runtime, Channel.EMAIL, Miscounting("email")).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.last_error) == (
         S.DEFERRED,
         "provider answered the wrong number of outcomes",
@@ -673,7 +681,7 @@ async def test_a_webhook_arriving_while_the_delivery_is_sending_is_kept(
     class Reporting(Scripted):
         async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
             (message,) = messages
-            await runtime.store.record_provider_events(
+            await runtime.storage.feedback.record_provider_events(
                 [ProviderReport(message.delivery_id, None, S.DELIVERED, "email", {}, None)]
             )
             return await super().send(messages)
@@ -682,9 +690,11 @@ async def test_a_webhook_arriving_while_the_delivery_is_sending_is_kept(
     await worker_for(runtime, Channel.EMAIL, Reporting("email", Accepted("m-1"))).process(
         [delivery_id]
     )
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.DELIVERED
-    events = [e.state for e in await runtime.store.list_events(delivery.notification_id)]
+    events = [
+        e.state for e in await runtime.storage.notifications.events_of(delivery.notification_id)
+    ]
     assert events[:3] == [S.QUEUED, S.SENDING, S.DELIVERED]
     assert await runtime.scheduler().tick() == 0  # nothing left to send again
 
@@ -702,7 +712,7 @@ async def test_failing_lease_renewals_let_the_lease_run_out_and_the_delivery_rec
         renewals.append(len(delivery_ids))
         raise ConnectionResetError("database restarting")
 
-    monkeypatch.setattr(runtime.store, "extend_leases", refuse)
+    monkeypatch.setattr(runtime.storage.deliveries, "extend_leases", refuse)
 
     class Slow(Scripted):
         async def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
@@ -718,10 +728,10 @@ async def test_failing_lease_renewals_let_the_lease_run_out_and_the_delivery_rec
     await worker.process([delivery_id])
     assert renewals  # it tried
     assert requeued == [1]
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.attempts) == (S.QUEUED, 1)
     await worker_for(runtime, Channel.EMAIL, Scripted("email")).process([delivery_id])
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert (delivery.state, delivery.attempts) == (S.SENT, 2)
 
 
@@ -762,15 +772,15 @@ async def test_recording_that_fails_past_its_deadline_leaves_the_lease_to_decide
     provider = Scripted("twilio" if channel == "sms" else "email")
     worker = worker_for(runtime, Channel(channel), provider)
     with monkeypatch.context() as patched:
-        patched.setattr(runtime.store, "record_outcomes", down)
+        patched.setattr(runtime.storage.deliveries, "record_outcomes", down)
         patched.setattr(worker_module, "time", _FastTime())
         with pytest.raises(ConnectionResetError):
             await worker.process([delivery_id])
     assert len(provider.sent) == 1
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == S.SENDING
     assert await runtime.scheduler().tick() == 0  # the lease still runs
     clock.advance(worker.settings.lease_seconds + 1)
     await runtime.scheduler().tick()
-    (delivery,) = await runtime.store.get_deliveries([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
     assert delivery.state == (S.UNKNOWN if channel == "sms" else S.QUEUED)

@@ -63,7 +63,7 @@ async def _api_key_caller(rt: Runtime, token: str) -> Caller:
     # compare) is simply not a key.
     if presented is not None and not (presented.id.isascii() and presented.id.isalnum()):
         presented = None
-    record = await rt.store.get_api_key(presented.id) if presented else None
+    record = await rt.storage.keys.get_api_key(presented.id) if presented else None
     if (
         presented is None
         or record is None

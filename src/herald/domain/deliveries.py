@@ -54,6 +54,20 @@ FINAL_STATES: frozenset[DeliveryState] = frozenset(s for s, out in TRANSITIONS.i
 CLAIMABLE_STATES: frozenset[DeliveryState] = frozenset({S.QUEUED, S.DEFERRED})
 # States in which the provider has taken the message.
 HANDED_OVER_STATES: frozenset[DeliveryState] = frozenset({S.SENT, S.DELIVERED})
+# Waiting to be sent: a cancel, or a device that went away, skips them.
+WAITING_STATES: frozenset[DeliveryState] = frozenset({S.QUEUED, S.DEFERRED})
+# Not final and not yet with the provider: a message no worker can process sets these aside
+# as failed.
+UNSENT_STATES: frozenset[DeliveryState] = frozenset({S.QUEUED, S.DEFERRED, S.SENDING})
+# The provider's answer that settles an `unknown` delivery (its lease ran out mid-send).
+LATE_ANSWER_STATES: frozenset[DeliveryState] = TRANSITIONS[S.UNKNOWN]
+# What a provider webhook may report, from each state: a later fate of a send.
+WEBHOOK_TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
+    S.SENDING: frozenset({S.DELIVERED, S.FAILED, S.UNDELIVERABLE}),
+    S.SENT: TRANSITIONS[S.SENT],
+    S.DELIVERED: TRANSITIONS[S.DELIVERED],
+    S.UNKNOWN: frozenset({S.DELIVERED, S.UNDELIVERABLE}),
+}
 
 
 class InvalidTransition(ValueError):

@@ -12,7 +12,8 @@ from herald.clock import SYSTEM_CLOCK, Clock
 from herald.domain import Accepted, Channel, Outcome
 from herald.live import LiveHub
 from herald.providers.base import OutboundMessage, Provider
-from herald.storage import InboxItem, Store, new_id
+from herald.storage import InboxItem, new_id
+from herald.storage.inbox import InboxRepository
 
 log = structlog.get_logger()
 
@@ -38,8 +39,8 @@ class InboxProvider(Provider):
     channel: ClassVar[Channel] = Channel.IN_APP
     batch_size: ClassVar[int] = 500
 
-    def __init__(self, store: Store, hub: LiveHub, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.store = store
+    def __init__(self, inbox: InboxRepository, hub: LiveHub, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.inbox = inbox
         self.hub = hub
         self.clock = clock
 
@@ -60,7 +61,7 @@ class InboxProvider(Provider):
             )
             for m in messages
         ]
-        for item in await self.store.insert_inbox_items(items):
+        for item in await self.inbox.insert(items):
             await self._publish_live(item)
         return [Accepted(provider_message_id=m.delivery_id, delivered=True) for m in messages]
 

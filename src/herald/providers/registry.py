@@ -18,7 +18,7 @@ from herald.live import LiveHub
 from herald.providers.base import Provider
 from herald.providers.inbox import InboxProvider
 from herald.providers.sandbox import SandboxProvider
-from herald.storage import Store
+from herald.storage import Storage
 
 PUSH_BY_PLATFORM = {Platform.ANDROID: "fcm", Platform.IOS: "apns", Platform.WEB: "webpush"}
 KNOWN = {
@@ -112,10 +112,10 @@ class ProviderSet:
 
 
 def build_providers(
-    settings: Settings, store: Store, hub: LiveHub, clock: Clock = SYSTEM_CLOCK
+    settings: Settings, storage: Storage, hub: LiveHub, clock: Clock = SYSTEM_CLOCK
 ) -> ProviderSet:
     providers = ProviderSet()
-    push_sandbox = SandboxProvider(store, Channel.PUSH, clock)
+    push_sandbox = SandboxProvider(storage.sandbox, Channel.PUSH, clock)
     providers.by_channel[Channel.PUSH] = [push_sandbox]
     for platform, name in PUSH_BY_PLATFORM.items():
         real = _try_configured(name, settings, clock)
@@ -140,8 +140,8 @@ def build_providers(
                     f"configured: set {_NEEDS[name]}"
                 )
             chosen.append(provider)
-        providers.by_channel[channel] = chosen or [SandboxProvider(store, channel, clock)]
-    providers.by_channel[Channel.IN_APP] = [InboxProvider(store, hub, clock)]
+        providers.by_channel[channel] = chosen or [SandboxProvider(storage.sandbox, channel, clock)]
+    providers.by_channel[Channel.IN_APP] = [InboxProvider(storage.inbox, hub, clock)]
     if settings.refuse_sandbox:
         sandboxed = providers.sandboxed()
         if sandboxed:

@@ -10,7 +10,8 @@ from typing import ClassVar
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.domain import Accepted, Channel, Outcome
 from herald.providers.base import OutboundMessage, Provider
-from herald.storage import SandboxMessage, Store, new_id
+from herald.storage import SandboxMessage, new_id
+from herald.storage.sandbox import SandboxRepository
 
 
 class SandboxProvider(Provider):
@@ -18,8 +19,10 @@ class SandboxProvider(Provider):
     channel: ClassVar[Channel] = Channel.PUSH  # serves any channel; see `for_channel`
     batch_size: ClassVar[int] = 500
 
-    def __init__(self, store: Store, serves: Channel, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.store = store
+    def __init__(
+        self, sandbox: SandboxRepository, serves: Channel, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.sandbox = sandbox
         self.serves = serves
         self.clock = clock
 
@@ -38,7 +41,7 @@ class SandboxProvider(Provider):
             )
             for m in messages
         ]
-        await self.store.insert_sandbox_messages(stored)
+        await self.sandbox.insert(stored)
         return [Accepted(provider_message_id=f"sandbox-{m.delivery_id}") for m in messages]
 
     def describe(self) -> str:

@@ -26,7 +26,8 @@ from herald.bus.interface import BROADCASTS_TOPIC, Bus, Message, Record
 from herald.bus.messages import ids_in
 from herald.domain import Channel, Notification, Priority
 from herald.roles import consume_loop
-from herald.storage import NewNotification, Store
+from herald.storage import NewNotification
+from herald.storage.broadcasts import BroadcastRepository
 
 log = structlog.get_logger()
 PAGE_SIZE = 1000
@@ -84,8 +85,10 @@ def _parse_time(value: str | None) -> Any:
 class BroadcastFanout:
     group = "herald.fanout"
 
-    def __init__(self, store: Store, bus: Bus, page_size: int = PAGE_SIZE) -> None:
-        self.store = store
+    def __init__(
+        self, broadcasts: BroadcastRepository, bus: Bus, page_size: int = PAGE_SIZE
+    ) -> None:
+        self.broadcasts = broadcasts
         self.bus = bus
         self.page_size = page_size
 
@@ -100,27 +103,29 @@ class BroadcastFanout:
             await self.fan_out_page(broadcast_id, after)
 
     async def fan_out_page(self, broadcast_id: str, after: str | None) -> int:
-        broadcast = await self.store.get_broadcast(broadcast_id)
+        broadcast = await self.broadcasts.get_broadcast(broadcast_id)
         if broadcast is None or broadcast["state"] == "cancelled":
             return 0
-        users = await self.store.audience_page(
+        users = await self.broadcasts.audience_page(
             topic=broadcast["topic"], broadcast_id=broadcast_id, after=after, limit=self.page_size
         )
-        if users and not await self.store.accept_broadcast_page(
+        if users and not await self.broadcasts.accept_broadcast_page(
             broadcast_id, [recipient_notification(broadcast, u) for u in users]
         ):
             return 0  # cancelled since it was read: the page is not written
         if len(users) == self.page_size:
             await self.bus.publish([page_record(broadcast_id, users[-1])])
         else:
-            await self.store.set_broadcast_state(broadcast_id, "fanned_out", unless="cancelled")
+            await self.broadcasts.set_broadcast_state(
+                broadcast_id, "fanned_out", unless="cancelled"
+            )
             log.info("broadcast fanned out", broadcast_id=broadcast_id)
         return len(users)
 
     async def set_aside(self, message: Message, reason: str) -> None:
         """A page that cannot be fanned out: the broadcast is `failed` (unless cancelled)."""
         for broadcast_id in ids_in([message], "broadcast_id"):
-            await self.store.set_broadcast_state(broadcast_id, "failed", unless="cancelled")
+            await self.broadcasts.set_broadcast_state(broadcast_id, "failed", unless="cancelled")
             log.error("broadcast page set aside", broadcast_id=broadcast_id, reason=reason)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -28,7 +28,8 @@ from herald.metrics import METRICS
 from herald.roles import PRIORITY_BATCH_SIZE, consume_loop
 from herald.router.fanout import BroadcastFanout
 from herald.router.planner import RoutingPlan, UnsubscribeUrl, plan_routing
-from herald.storage import Store
+from herald.storage.broadcasts import BroadcastRepository
+from herald.storage.routing import RoutingRepository
 
 log = structlog.get_logger()
 
@@ -38,12 +39,14 @@ class Router:
 
     def __init__(
         self,
-        store: Store,
+        routing: RoutingRepository,
+        broadcasts: BroadcastRepository,
         bus: Bus,
         clock: Clock,
         unsubscribe_url: UnsubscribeUrl | None = None,
     ) -> None:
-        self.store = store
+        self.routing = routing
+        self.broadcasts = broadcasts
         self.bus = bus
         self.clock = clock
         self.unsubscribe_url = unsubscribe_url
@@ -54,22 +57,20 @@ class Router:
     async def set_aside(self, message: Message, reason: str) -> None:
         """A notification that cannot be routed: failed, with the reason in its log."""
         notification_ids = ids_in([message], "notification_id")
-        await self.store.set_aside_notifications(notification_ids, f"could not be routed: {reason}")
+        await self.routing.set_aside(notification_ids, f"could not be routed: {reason}")
         log.error("notification set aside", notification_ids=notification_ids, reason=reason)
 
     async def route(self, notification_ids: Sequence[str]) -> None:
         if not notification_ids:
             return
         now = self.clock.now()
-        inputs = await self.store.load_for_routing(notification_ids)
+        inputs = await self.routing.load(notification_ids)
         plan = RoutingPlan()
         for routing in inputs:
             plan.extend(plan_routing(routing, now, self.unsubscribe_url))
         # The whole batch, not only what was still to route: one handed out again after a
         # crash between the routing commit and the publish publishes what it had written.
-        queued = await self.store.save_routing(
-            notification_ids, plan.deliveries, plan.folds, plan.claims
-        )
+        queued = await self.routing.save(notification_ids, plan.deliveries, plan.folds, plan.claims)
         await self.bus.publish(
             [delivery_record(r.delivery_id, r.user_id, r.channel, r.priority) for r in queued]
         )
@@ -96,4 +97,4 @@ class Router:
                     )
                 )
             if Lane.BULK in lanes:
-                group.create_task(BroadcastFanout(self.store, self.bus).run(stop))
+                group.create_task(BroadcastFanout(self.broadcasts, self.bus).run(stop))

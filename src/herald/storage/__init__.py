@@ -1,8 +1,42 @@
-"""State: one repository (`Store`), on SQLite (embedded) or PostgreSQL (production)."""
+"""State, on SQLite (embedded) or PostgreSQL (production).
+
+One `Database` (engine, dialect, transactions, migrations) and small repositories over it,
+each shaped by the role that uses it; a role is handed only its own:
+
+| repository | used by | module |
+| --- | --- | --- |
+| `keys` | API authentication, first start | keys.py |
+| `directory` | API: users, preferences, devices, templates, categories | directory.py |
+| `suppressions` | API: the suppression list | suppressions.py |
+| `feedback` | API: provider webhooks | feedback.py |
+| `notifications` | API: accept, read, cancel | notifications.py |
+| `broadcasts` | API and the router's broadcast fan-out | broadcasts.py |
+| `shaping` | API: caps and digests | shaping.py |
+| `inbox` | API and the in-app provider | inbox.py |
+| `sandbox` | API and the sandbox provider | sandbox.py |
+| `outbox` | relay | outbox.py |
+| `routing` | router | routing.py |
+| `deliveries` | workers: the claim, outcomes, dead targets | deliveries.py |
+| `scheduling` | scheduler | scheduling.py |
+
+What differs between the two databases lives in `dialect.py`; row <-> domain mapping in
+`rows.py`; the state guards of the SQL in `guards.py`, built from the domain's state
+machine."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from herald.clock import SYSTEM_CLOCK, Clock
+from herald.storage.broadcasts import BroadcastRepository
+from herald.storage.database import Database
+from herald.storage.deliveries import DeliveryRepository
+from herald.storage.directory import DirectoryRepository
+from herald.storage.feedback import FeedbackRepository
+from herald.storage.inbox import InboxRepository
+from herald.storage.keys import KeyRepository
+from herald.storage.notifications import NotificationRepository
+from herald.storage.outbox import OutboxRepository
 from herald.storage.records import (
     AcceptResult,
     ApiKeyRecord,
@@ -16,29 +50,62 @@ from herald.storage.records import (
     SandboxMessage,
     Suppression,
 )
-from herald.storage.store import InvalidCursor, Store, new_id
+from herald.storage.routing import RoutingRepository
+from herald.storage.rows import InvalidCursor, new_id
+from herald.storage.sandbox import SandboxRepository
+from herald.storage.scheduling import SchedulingRepository
+from herald.storage.shaping import ShapingRepository
+from herald.storage.suppressions import SuppressionRepository
 
 
-def open_store(url: str, clock: Clock = SYSTEM_CLOCK, *, retention_days: int = 30) -> Store:
-    """The store for a database URL: sqlite:///path or postgresql://user:pw@host/db."""
-    store: Store
-    if url.startswith("sqlite"):
-        from herald.storage.sqlite import SqliteStore
+@dataclass(frozen=True)
+class Storage:
+    """Every repository over one database: what the runtime wires roles from."""
 
-        store = SqliteStore.connect(url, clock)
-    elif url.startswith(("postgresql", "postgres")):
-        from herald.storage.postgres import PostgresStore
+    database: Database
+    keys: KeyRepository
+    directory: DirectoryRepository
+    suppressions: SuppressionRepository
+    feedback: FeedbackRepository
+    notifications: NotificationRepository
+    broadcasts: BroadcastRepository
+    shaping: ShapingRepository
+    inbox: InboxRepository
+    sandbox: SandboxRepository
+    outbox: OutboxRepository
+    routing: RoutingRepository
+    deliveries: DeliveryRepository
+    scheduling: SchedulingRepository
 
-        store = PostgresStore.connect(url, clock)
-    else:
-        raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
-    store.retention_days = retention_days
-    return store
+    @classmethod
+    def over(cls, database: Database) -> Storage:
+        return cls(
+            database=database,
+            keys=KeyRepository(database),
+            directory=DirectoryRepository(database),
+            suppressions=SuppressionRepository(database),
+            feedback=FeedbackRepository(database),
+            notifications=NotificationRepository(database),
+            broadcasts=BroadcastRepository(database),
+            shaping=ShapingRepository(database),
+            inbox=InboxRepository(database),
+            sandbox=SandboxRepository(database),
+            outbox=OutboxRepository(database),
+            routing=RoutingRepository(database),
+            deliveries=DeliveryRepository(database),
+            scheduling=SchedulingRepository(database),
+        )
+
+
+def open_storage(url: str, clock: Clock = SYSTEM_CLOCK, *, retention_days: int = 30) -> Storage:
+    """The storage at a database URL: sqlite:///path or postgresql://user:pw@host/db."""
+    return Storage.over(Database.open(url, clock, retention_days=retention_days))
 
 
 __all__ = [
     "AcceptResult",
     "ApiKeyRecord",
+    "Database",
     "DeliveryUpdate",
     "InboxItem",
     "InvalidCursor",
@@ -48,8 +115,8 @@ __all__ = [
     "Released",
     "RoutingInput",
     "SandboxMessage",
-    "Store",
+    "Storage",
     "Suppression",
     "new_id",
-    "open_store",
+    "open_storage",
 ]

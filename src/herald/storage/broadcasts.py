@@ -1,45 +1,30 @@
-"""Topics, subscriptions and broadcasts: the store's part for fan-out to many users."""
+"""Topics, subscriptions and broadcasts: fan-out to many users, for the API and the
+router's broadcast fan-out."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from herald.clock import Clock
 from herald.domain import NotificationState
 from herald.storage import schema as t
 from herald.storage.records import NewNotification
+from herald.storage.repository import Repository
+from herald.storage.statements import insert_notifications
 from herald.util import chunks
 
 CANCELLED = "cancelled"
 
 
-class BroadcastStore:
-    """Topics, subscriptions and broadcasts (mixed into Store)."""
-
-    engine: AsyncEngine
-    clock: Clock
-    batch_rows: int
-
-    def _insert(self, table: sa.Table) -> Any:
-        raise NotImplementedError
-
-    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        raise NotImplementedError
-
-    async def _insert_notifications_on(
-        self, db: AsyncConnection, items: Sequence[NewNotification]
-    ) -> dict[tuple[str, str], tuple[str, str, bool]]:
-        raise NotImplementedError
-
+class BroadcastRepository(Repository):
     async def subscribe(self, topic: str, user_id: str) -> bool:
-        async with self.engine.begin() as db:
+        async with self.db.transaction() as db:
             inserted = await db.execute(
-                self._insert(t.topic_subscriptions)
+                self.dialect.insert(t.topic_subscriptions)
                 .values(topic=topic, user_id=user_id, created_at=self.clock.now())
                 .on_conflict_do_nothing(index_elements=["topic", "user_id"])
             )
@@ -47,7 +32,7 @@ class BroadcastStore:
 
     async def unsubscribe(self, topic: str, user_id: str) -> bool:
         s = t.topic_subscriptions.c
-        async with self.engine.begin() as db:
+        async with self.db.transaction() as db:
             result = await db.execute(
                 t.topic_subscriptions.delete().where(s.topic == topic, s.user_id == user_id)
             )
@@ -55,7 +40,7 @@ class BroadcastStore:
 
     async def user_topics(self, user_id: str) -> list[str]:
         s = t.topic_subscriptions.c
-        async with self.reading() as db:
+        async with self.db.reading() as db:
             rows = await db.execute(
                 sa.select(s.topic).where(s.user_id == user_id).order_by(s.topic)
             )
@@ -74,7 +59,7 @@ class BroadcastStore:
             query = sa.select(column).where(t.broadcast_recipients.c.broadcast_id == broadcast_id)
         if after is not None:
             query = query.where(column > after)
-        async with self.reading() as db:
+        async with self.db.reading() as db:
             rows = await db.execute(query.order_by(column).limit(limit))
         return [row[0] for row in rows]
 
@@ -94,9 +79,9 @@ class BroadcastStore:
         that starts its fan-out are written in one transaction (the outbox again)."""
         now = self.clock.now()
         b = t.broadcasts.c
-        async with self.engine.begin() as db:
+        async with self.db.transaction() as db:
             inserted = await db.execute(
-                self._insert(t.broadcasts)
+                self.dialect.insert(t.broadcasts)
                 .values(
                     id=broadcast_id,
                     api_key_id=api_key_id,
@@ -145,7 +130,7 @@ class BroadcastStore:
             )
             return int(count or 0)
         unique = sorted(set(user_ids))
-        for chunk in chunks(unique, self.batch_rows * 4):
+        for chunk in chunks(unique, self.db.batch_rows * 4):
             await db.execute(
                 t.broadcast_recipients.insert(),
                 [{"broadcast_id": broadcast_id, "user_id": u} for u in chunk],
@@ -153,7 +138,7 @@ class BroadcastStore:
         return len(unique)
 
     async def get_broadcast(self, broadcast_id: str) -> dict[str, Any] | None:
-        async with self.reading() as db:
+        async with self.db.reading() as db:
             row = (
                 await db.execute(sa.select(t.broadcasts).where(t.broadcasts.c.id == broadcast_id))
             ).first()
@@ -166,7 +151,7 @@ class BroadcastStore:
         where = [b.id == broadcast_id]
         if unless is not None:
             where.append(b.state != unless)
-        async with self.engine.begin() as db:
+        async with self.db.transaction() as db:
             result = await db.execute(
                 t.broadcasts.update().where(*where).values(state=state, updated_at=self.clock.now())
             )
@@ -180,28 +165,19 @@ class BroadcastStore:
         the page is written, so a cancel either comes first (and nothing is written) or
         waits and then cancels the whole page. False when it wrote nothing."""
         b = t.broadcasts.c
-        async with self.engine.begin() as db:
+        async with self.db.transaction() as db:
             state = await db.scalar(
                 sa.select(b.state).where(b.id == broadcast_id).with_for_update()
             )
             if state is None or state == CANCELLED:
                 return False
-            await self._insert_notifications_on(db, items)
+            await insert_notifications(db, self.dialect, items, self.clock.now())
         return True
-
-    async def _mark_broadcast_cancelled(self, db: AsyncConnection, broadcast_id: str) -> None:
-        """In a cancel's transaction: the broadcast is cancelled, and its row stays locked so
-        a page of its fan-out being written is committed before the cancel reads on."""
-        await db.execute(
-            t.broadcasts.update()
-            .where(t.broadcasts.c.id == broadcast_id)
-            .values(state=CANCELLED, updated_at=self.clock.now())
-        )
 
     async def broadcast_progress(self, broadcast_id: str) -> dict[str, int]:
         """Notifications routed, and the broadcast's deliveries by state."""
         n = t.notifications.c
-        async with self.reading() as db:
+        async with self.db.reading() as db:
             notifications = await db.execute(
                 sa.select(n.state, sa.func.count())
                 .where(n.broadcast_id == broadcast_id)
@@ -223,3 +199,13 @@ class BroadcastStore:
             "routed": by_notification.get(NotificationState.ROUTED.value, 0),
             **{f"deliveries_{state}": count for state, count in by_delivery.items()},
         }
+
+
+async def mark_broadcast_cancelled(db: AsyncConnection, broadcast_id: str, now: datetime) -> None:
+    """In a cancel's transaction: the broadcast is cancelled, and its row stays locked so
+    a page of its fan-out being written is committed before the cancel reads on."""
+    await db.execute(
+        t.broadcasts.update()
+        .where(t.broadcasts.c.id == broadcast_id)
+        .values(state=CANCELLED, updated_at=now)
+    )

@@ -1,4 +1,4 @@
-"""Frequency caps and digests: the store's part (mixed into Store).
+"""Frequency caps and digests.
 
 Both are decided inside the routing transaction, after the deliveries are inserted, and only
 for deliveries that transaction inserted: a replayed or raced routing counts nothing twice.
@@ -17,13 +17,12 @@ Work is done in user order so that concurrent routers lock rows in the same orde
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.clock import Clock
 from herald.domain import (
@@ -38,6 +37,8 @@ from herald.domain import (
     folded_reason,
 )
 from herald.storage import schema as t
+from herald.storage.database import Database
+from herald.storage.repository import Repository
 
 # How many windows ahead a capped notification may go before it is skipped.
 MAX_CAP_WINDOWS = 48
@@ -69,56 +70,23 @@ class ClosedDigest:
     count: int
 
 
-class ShapingStore:
-    engine: AsyncEngine
-    clock: Clock
+class Shaping:
+    """The shaping statements run inside other repositories' transactions: applied while
+    routing, undone by a cancel, closed by the scheduler."""
 
-    def _insert(self, table: sa.Table) -> Any:
-        raise NotImplementedError
+    def __init__(self, database: Database) -> None:
+        self.db = database
+        self.dialect = database.dialect
 
-    def _lock_skip(self, query: sa.Select[Any]) -> sa.Select[Any]:
-        raise NotImplementedError
+    @property
+    def clock(self) -> Clock:
+        return self.db.clock
 
-    def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        raise NotImplementedError
-
-    # -- channel-wide caps (configuration) -----------------------------------------------
-
-    async def put_frequency_cap(self, channel: Channel, cap: FrequencyCap) -> bool:
-        """Set the cap for every non-critical delivery on a channel; True when new."""
-        c = t.frequency_caps.c
-        async with self.engine.begin() as db:
-            existed = await db.scalar(sa.select(c.channel).where(c.channel == channel.value))
-            values = {
-                "cap_limit": cap.limit,
-                "window_seconds": cap.window_seconds,
-                "updated_at": self.clock.now(),
-            }
-            await db.execute(
-                self._insert(t.frequency_caps)
-                .values(channel=channel.value, **values)
-                .on_conflict_do_update(index_elements=["channel"], set_=values)
-            )
-        return existed is None
-
-    async def delete_frequency_cap(self, channel: Channel) -> bool:
-        async with self.engine.begin() as db:
-            result = await db.execute(
-                t.frequency_caps.delete().where(t.frequency_caps.c.channel == channel.value)
-            )
-        return bool(result.rowcount)
-
-    async def frequency_caps(self) -> dict[Channel, FrequencyCap]:
-        async with self.reading() as db:
-            return await self._channel_caps(db)
-
-    async def _channel_caps(self, db: AsyncConnection) -> dict[Channel, FrequencyCap]:
+    async def channel_caps(self, db: AsyncConnection) -> dict[Channel, FrequencyCap]:
         rows = await db.execute(sa.select(t.frequency_caps))
         return {Channel(r.channel): FrequencyCap(r.cap_limit, r.window_seconds) for r in rows}
 
-    # -- applied while routing -------------------------------------------------------------
-
-    async def _apply_shaping(
+    async def apply(
         self,
         db: AsyncConnection,
         folds: Sequence[DigestFold],
@@ -160,7 +128,7 @@ class ShapingStore:
         d = t.digests.c
         now = self.clock.now()
         counted = await db.execute(
-            self._insert(t.digests)
+            self.dialect.insert(t.digests)
             .values(
                 id=key,
                 user_id=fold.user_id,
@@ -184,7 +152,7 @@ class ShapingStore:
         if position is None:
             return False
         await db.execute(
-            self._insert(t.digest_items)
+            self.dialect.insert(t.digest_items)
             .values(
                 digest_id=key,
                 notification_id=fold.notification_id,
@@ -234,7 +202,7 @@ class ShapingStore:
     ) -> bool:
         c = t.frequency_counters.c
         reserved = await db.execute(
-            self._insert(t.frequency_counters)
+            self.dialect.insert(t.frequency_counters)
             .values(
                 user_id=claim.user_id,
                 channel=claim.channel.value,
@@ -267,7 +235,7 @@ class ShapingStore:
             .values(used=c.used - 1)
         )
 
-    async def _unfold(
+    async def unfold(
         self, db: AsyncConnection, notification_ids: sa.ScalarSelect[Any]
     ) -> list[tuple[str, str]]:
         """Take cancelled notifications out of the digests that are still open (a closed one
@@ -296,28 +264,13 @@ class ShapingStore:
         )
         return [(r.notification_id, channels[r.digest_id]) for r in removed]
 
-    async def cap_usage(
-        self, user_id: str, channel: Channel, scope: str = ""
-    ) -> list[tuple[datetime, int]]:
-        """(window start, deliveries counted) for a user's channel, oldest first."""
-        c = t.frequency_counters.c
-        async with self.reading() as db:
-            rows = await db.execute(
-                sa.select(c.window_start, c.used)
-                .where(c.user_id == user_id, c.channel == channel.value, c.scope == scope)
-                .order_by(c.window_start)
-            )
-        return [(r.window_start, r.used) for r in rows]
-
-    # -- closing digests (scheduler) -------------------------------------------------------
-
-    async def _close_due_digests(self, db: AsyncConnection, limit: int) -> list[ClosedDigest]:
+    async def close_due_digests(self, db: AsyncConnection, limit: int) -> list[ClosedDigest]:
         """Close the windows that have ended (each by one scheduler: SKIP LOCKED) and
         collect their items; the caller turns each into a notification in the same
         transaction."""
         d = t.digests.c
         now = self.clock.now()
-        due = self._lock_skip(
+        due = self.dialect.lock_skip(
             sa.select(d.id)
             .where(d.state == OPEN, d.window_end <= now)
             .order_by(d.window_end)
@@ -363,7 +316,7 @@ class ShapingStore:
             items.setdefault(row.digest_id, []).append(dict(row.payload))
         return items
 
-    async def _mark_digest_notifications(
+    async def mark_digest_notifications(
         self, db: AsyncConnection, notification_ids: dict[str, str]
     ) -> None:
         if notification_ids:
@@ -374,15 +327,7 @@ class ShapingStore:
                 [{"digest": k, "notification": v} for k, v in notification_ids.items()],
             )
 
-    async def list_digests(self, user_id: str) -> list[dict[str, Any]]:
-        d = t.digests.c
-        async with self.reading() as db:
-            rows = await db.execute(
-                sa.select(t.digests).where(d.user_id == user_id).order_by(d.window_start)
-            )
-        return [dict(row._mapping) for row in rows]
-
-    async def _forget_expired_shaping(self, db: AsyncConnection, cutoff: datetime) -> None:
+    async def forget_expired(self, db: AsyncConnection, cutoff: datetime) -> None:
         """Counters whose window is over, and closed digests (with their items) that ended
         before `cutoff`."""
         await db.execute(
@@ -395,6 +340,63 @@ class ShapingStore:
         )
         await db.execute(t.digest_items.delete().where(t.digest_items.c.digest_id.in_(old)))
         await db.execute(t.digests.delete().where(t.digests.c.id.in_(old)))
+
+
+class ShapingRepository(Repository):
+    """Channel-wide caps (configuration), cap usage and a user's digests, for the API."""
+
+    @property
+    def shaping(self) -> Shaping:
+        return Shaping(self.db)
+
+    async def put_frequency_cap(self, channel: Channel, cap: FrequencyCap) -> bool:
+        """Set the cap for every non-critical delivery on a channel; True when new."""
+        c = t.frequency_caps.c
+        async with self.db.transaction() as db:
+            existed = await db.scalar(sa.select(c.channel).where(c.channel == channel.value))
+            values = {
+                "cap_limit": cap.limit,
+                "window_seconds": cap.window_seconds,
+                "updated_at": self.clock.now(),
+            }
+            await db.execute(
+                self.dialect.insert(t.frequency_caps)
+                .values(channel=channel.value, **values)
+                .on_conflict_do_update(index_elements=["channel"], set_=values)
+            )
+        return existed is None
+
+    async def delete_frequency_cap(self, channel: Channel) -> bool:
+        async with self.db.transaction() as db:
+            result = await db.execute(
+                t.frequency_caps.delete().where(t.frequency_caps.c.channel == channel.value)
+            )
+        return bool(result.rowcount)
+
+    async def frequency_caps(self) -> dict[Channel, FrequencyCap]:
+        async with self.db.reading() as db:
+            return await self.shaping.channel_caps(db)
+
+    async def cap_usage(
+        self, user_id: str, channel: Channel, scope: str = ""
+    ) -> list[tuple[datetime, int]]:
+        """(window start, deliveries counted) for a user's channel, oldest first."""
+        c = t.frequency_counters.c
+        async with self.db.reading() as db:
+            rows = await db.execute(
+                sa.select(c.window_start, c.used)
+                .where(c.user_id == user_id, c.channel == channel.value, c.scope == scope)
+                .order_by(c.window_start)
+            )
+        return [(r.window_start, r.used) for r in rows]
+
+    async def list_digests(self, user_id: str) -> list[dict[str, Any]]:
+        d = t.digests.c
+        async with self.db.reading() as db:
+            rows = await db.execute(
+                sa.select(t.digests).where(d.user_id == user_id).order_by(d.window_start)
+            )
+        return [dict(row._mapping) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)

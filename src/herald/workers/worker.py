@@ -2,7 +2,7 @@
 
 For a batch from `herald.deliveries.<channel>`, in chunks (a few claimed at a time):
 1. claim the chunk's deliveries with one atomic statement and a lease
-   (store.claim_deliveries); whatever is not claimable was handled already and is skipped,
+   (DeliveryRepository.claim); whatever is not claimable was handled already and is skipped,
    and push deliveries whose device was deleted are skipped before the claim;
 2. hand each claimed delivery to its provider (failover order, circuits, rate limits);
 3. record each outcome as it arrives: a recorder writes them, with their events, every
@@ -47,7 +47,8 @@ from herald.metrics import METRICS
 from herald.providers.base import OutboundMessage, Provider, WrongOutcomeCount
 from herald.providers.registry import ProviderSet
 from herald.roles import PRIORITY_BATCH_SIZE, consume_loop
-from herald.storage import DeliveryUpdate, Store
+from herald.storage import DeliveryUpdate
+from herald.storage.deliveries import DeliveryRepository
 from herald.workers.circuit import CircuitBreaker
 from herald.workers.ratelimit import TokenBucket
 
@@ -117,7 +118,7 @@ class ChannelWorker:
     def __init__(
         self,
         channel: Channel,
-        store: Store,
+        deliveries: DeliveryRepository,
         bus: Bus,
         providers: ProviderSet,
         clock: Clock,
@@ -125,7 +126,7 @@ class ChannelWorker:
         rng: random.Random | None = None,
     ) -> None:
         self.channel = channel
-        self.store = store
+        self.deliveries = deliveries
         self.bus = bus
         self.providers = providers
         self.clock = clock
@@ -160,7 +161,7 @@ class ChannelWorker:
 
     async def set_aside(self, message: Message, reason: str) -> None:
         """A delivery this worker cannot process: failed, with the reason in its log."""
-        await self.store.set_aside_deliveries(
+        await self.deliveries.set_aside(
             ids_in([message], "delivery_id"), f"could not be processed: {reason}"
         )
 
@@ -209,10 +210,10 @@ class ChannelWorker:
 
     async def _process_chunk(self, delivery_ids: Sequence[str], recorder: _Recorder) -> None:
         if self.channel == Channel.PUSH:
-            skipped = await self.store.skip_deliveries_without_device(delivery_ids)
+            skipped = await self.deliveries.skip_without_device(delivery_ids)
             if skipped:
                 log.info("skipped push deliveries whose device is gone", count=skipped)
-        claimed = await self.store.claim_deliveries(delivery_ids, self.settings.lease_seconds)
+        claimed = await self.deliveries.claim(delivery_ids, self.settings.lease_seconds)
         METRICS.claimed.labels(self.channel.value).inc(len(claimed))
         METRICS.claim_lost.labels(self.channel.value).inc(len(delivery_ids) - len(claimed))
         recorder.hold(claimed)
@@ -240,7 +241,7 @@ class ChannelWorker:
             if not held:
                 continue
             try:
-                await self.store.extend_leases(held, self.settings.lease_seconds)
+                await self.deliveries.extend_leases(held, self.settings.lease_seconds)
             except Exception as error:  # the database may be restarting: try again
                 log.warning("renewing leases failed", error=str(error), count=len(held))
 
@@ -251,7 +252,7 @@ class ChannelWorker:
         deadline = time.monotonic() + max(30.0, 10 * self.settings.lease_seconds)
         while True:
             try:
-                await self.store.record_outcomes(updates)
+                await self.deliveries.record_outcomes(updates)
                 return
             except Exception as error:
                 if time.monotonic() > deadline:
@@ -477,10 +478,10 @@ class ChannelWorker:
                 dead_devices[delivery.target_ref] = reason
             elif delivery.channel in (Channel.EMAIL, Channel.SMS):
                 why = "opt-out (STOP)" if update.detail.get("opt_out") else reason
-                await self.store.add_suppression(delivery.channel.value, delivery.target, why)
+                await self.deliveries.add_suppression(delivery.channel.value, delivery.target, why)
         if dead_devices:
             log.info("deactivating dead device tokens", count=len(dead_devices))
-            await self.store.deactivate_devices(dead_devices)
+            await self.deliveries.deactivate_devices(dead_devices)
 
 
 class _Recorder:

@@ -34,14 +34,14 @@ async def put_template(
             f"template does not compile: {error}",
             [{"field": error.where, "message": error.message}],
         ) from None
-    created = await rt.store.put_template(name, definition)
+    created = await rt.storage.directory.put_template(name, definition)
     response.status_code = 201 if created else 200
     return {"name": name, **definition}
 
 
 @router.get("/templates/{name}", dependencies=[require("read")])
 async def get_template(name: Name, rt: RuntimeDep) -> dict[str, Any]:
-    definition = await rt.store.get_template(name)
+    definition = await rt.storage.directory.get_template(name)
     if definition is None:
         raise not_found("template")
     return {"name": name, **definition}
@@ -49,7 +49,7 @@ async def get_template(name: Name, rt: RuntimeDep) -> dict[str, Any]:
 
 @router.delete("/templates/{name}", status_code=204, dependencies=[require("manage")])
 async def delete_template(name: Name, rt: RuntimeDep) -> Response:
-    if not await rt.store.delete_template(name):
+    if not await rt.storage.directory.delete_template(name):
         raise not_found("template")
     return Response(status_code=204)
 
@@ -57,7 +57,7 @@ async def delete_template(name: Name, rt: RuntimeDep) -> Response:
 @router.get("/templates", dependencies=[require("read")])
 async def list_templates(rt: RuntimeDep) -> dict[str, Any]:
     return {
-        "items": [{"name": n, **d} for n, d in await rt.store.list_templates()],
+        "items": [{"name": n, **d} for n, d in await rt.storage.directory.list_templates()],
         "next_cursor": None,
     }
 
@@ -67,14 +67,14 @@ async def put_category(
     name: Name, body: CategoryIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
     definition = body.model_dump(mode="json")
-    created = await rt.store.put_category(name, definition)
+    created = await rt.storage.directory.put_category(name, definition)
     response.status_code = 201 if created else 200
     return {"name": name, **definition}
 
 
 @router.get("/categories/{name}", dependencies=[require("read")])
 async def get_category(name: Name, rt: RuntimeDep) -> dict[str, Any]:
-    definition = await rt.store.get_category(name)
+    definition = await rt.storage.directory.get_category(name)
     if definition is None:
         raise not_found("category")
     return {"name": name, **definition}
@@ -83,14 +83,14 @@ async def get_category(name: Name, rt: RuntimeDep) -> dict[str, Any]:
 @router.get("/categories", dependencies=[require("read")])
 async def list_categories(rt: RuntimeDep) -> dict[str, Any]:
     return {
-        "items": [{"name": n, **d} for n, d in await rt.store.list_categories()],
+        "items": [{"name": n, **d} for n, d in await rt.storage.directory.list_categories()],
         "next_cursor": None,
     }
 
 
 @router.get("/frequency-caps", dependencies=[require("read")])
 async def list_frequency_caps(rt: RuntimeDep) -> dict[str, Any]:
-    caps = await rt.store.frequency_caps()
+    caps = await rt.storage.shaping.frequency_caps()
     return {
         "items": [
             {"channel": channel, "limit": cap.limit, "window_seconds": cap.window_seconds}
@@ -105,7 +105,7 @@ async def put_frequency_cap(
     channel: Channel, body: CapIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
     """Every user's non-critical deliveries on `channel`, across categories."""
-    created = await rt.store.put_frequency_cap(
+    created = await rt.storage.shaping.put_frequency_cap(
         channel, FrequencyCap(body.limit, body.window_seconds)
     )
     response.status_code = 201 if created else 200
@@ -114,7 +114,7 @@ async def put_frequency_cap(
 
 @router.delete("/frequency-caps/{channel}", status_code=204, dependencies=[require("manage")])
 async def delete_frequency_cap(channel: Channel, rt: RuntimeDep) -> Response:
-    if not await rt.store.delete_frequency_cap(channel):
+    if not await rt.storage.shaping.delete_frequency_cap(channel):
         raise not_found("frequency cap")
     return Response(status_code=204)
 
@@ -137,7 +137,7 @@ async def list_suppressions(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
-    page = await _paged(rt.store.list_suppressions(channel, address, limit, cursor))
+    page = await _paged(rt.storage.suppressions.page(channel, address, limit, cursor))
     return {"items": [_suppression(s) for s in page.items], "next_cursor": page.next_cursor}
 
 
@@ -145,14 +145,16 @@ async def list_suppressions(
 async def add_suppression(
     body: SuppressionIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    suppression, created = await rt.store.add_suppression(body.channel, body.address, body.reason)
+    suppression, created = await rt.storage.suppressions.add(
+        body.channel, body.address, body.reason
+    )
     response.status_code = 201 if created else 200
     return _suppression(suppression)
 
 
 @router.delete("/suppressions/{suppression_id}", status_code=204, dependencies=[require("manage")])
 async def delete_suppression(suppression_id: str, rt: RuntimeDep) -> Response:
-    if not await rt.store.delete_suppression(suppression_id):
+    if not await rt.storage.suppressions.delete(suppression_id):
         raise not_found("suppression")
     return Response(status_code=204)
 
@@ -160,7 +162,7 @@ async def delete_suppression(suppression_id: str, rt: RuntimeDep) -> Response:
 @router.post("/keys", status_code=201, dependencies=[require("admin")])
 async def create_key(body: KeyIn, rt: RuntimeDep) -> dict[str, Any]:
     key = generate_key()
-    record = await rt.store.create_api_key(
+    record = await rt.storage.keys.create_api_key(
         key.id, key.secret_hash, sorted(set(body.scopes)), body.name
     )
     return {
@@ -183,7 +185,7 @@ async def list_keys(rt: RuntimeDep) -> dict[str, Any]:
                 "created_at": k.created_at,
                 "revoked": k.revoked_at is not None,
             }
-            for k in await rt.store.list_api_keys()
+            for k in await rt.storage.keys.list_api_keys()
         ],
         "next_cursor": None,
     }
@@ -191,7 +193,7 @@ async def list_keys(rt: RuntimeDep) -> dict[str, Any]:
 
 @router.delete("/keys/{key_id}", status_code=204, dependencies=[require("admin")])
 async def revoke_key(key_id: str, rt: RuntimeDep) -> Response:
-    if not await rt.store.revoke_api_key(key_id):
+    if not await rt.storage.keys.revoke_api_key(key_id):
         raise not_found("active key")
     return Response(status_code=204)
 
@@ -204,7 +206,7 @@ async def sandbox_messages(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
-    page = await _paged(rt.store.list_sandbox_messages(channel, user_id, limit, cursor))
+    page = await _paged(rt.storage.sandbox.page(channel, user_id, limit, cursor))
     return {
         "items": [
             {

@@ -24,15 +24,15 @@ RequiredKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_l
 async def subscribe(
     user_id: UserId, topic: Name, rt: RuntimeDep, response: Response
 ) -> dict[str, str]:
-    if await rt.store.get_user(user_id) is None:
+    if await rt.storage.directory.get_user(user_id) is None:
         raise not_found("user")
-    response.status_code = 201 if await rt.store.subscribe(topic, user_id) else 200
+    response.status_code = 201 if await rt.storage.broadcasts.subscribe(topic, user_id) else 200
     return {"user_id": user_id, "topic": topic}
 
 
 @router.delete("/users/{user_id}/topics/{topic}", status_code=204, dependencies=[require("manage")])
 async def unsubscribe(user_id: UserId, topic: Name, rt: RuntimeDep) -> Response:
-    if not await rt.store.unsubscribe(topic, user_id):
+    if not await rt.storage.broadcasts.unsubscribe(topic, user_id):
         raise not_found("subscription")
     return Response(status_code=204)
 
@@ -40,7 +40,7 @@ async def unsubscribe(user_id: UserId, topic: Name, rt: RuntimeDep) -> Response:
 @router.get("/users/{user_id}/topics", dependencies=[require("read")])
 async def user_topics(user_id: UserId, rt: RuntimeDep) -> dict[str, Any]:
     return {
-        "items": [{"topic": t} for t in await rt.store.user_topics(user_id)],
+        "items": [{"topic": t} for t in await rt.storage.broadcasts.user_topics(user_id)],
         "next_cursor": None,
     }
 
@@ -52,7 +52,9 @@ async def subscribers(
     """Subscribers in user id order (this list is oldest-id first, not newest first)."""
     if not 1 <= limit <= 1000:
         raise ApiError(422, "invalid", "limit must be between 1 and 1000")
-    users = await rt.store.audience_page(topic=topic, broadcast_id=None, after=cursor, limit=limit)
+    users = await rt.storage.broadcasts.audience_page(
+        topic=topic, broadcast_id=None, after=cursor, limit=limit
+    )
     return {
         "items": [{"user_id": u} for u in users],
         "next_cursor": users[-1] if len(users) == limit else None,
@@ -76,7 +78,7 @@ async def create_broadcast(
         {"topic": body.topic, "user_ids": body.user_ids, "notification": content}
     )
     broadcast_id = new_id()
-    found, created, conflict = await rt.store.create_broadcast(
+    found, created, conflict = await rt.storage.broadcasts.create_broadcast(
         broadcast_id=broadcast_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -93,7 +95,7 @@ async def create_broadcast(
     if created and rt.relay is not None:
         rt.relay.wakeup.set()
     response.status_code = 202 if created else 200
-    broadcast = await rt.store.get_broadcast(found)
+    broadcast = await rt.storage.broadcasts.get_broadcast(found)
     assert broadcast is not None
     return {"id": found, "status": "accepted", "planned": broadcast["planned"]}
 
@@ -105,10 +107,10 @@ def _first_page(broadcast_id: str) -> tuple[str, str, bytes]:
 
 @router.get("/broadcasts/{broadcast_id}", dependencies=[require("read")])
 async def get_broadcast(broadcast_id: str, rt: RuntimeDep) -> dict[str, Any]:
-    broadcast = await rt.store.get_broadcast(broadcast_id)
+    broadcast = await rt.storage.broadcasts.get_broadcast(broadcast_id)
     if broadcast is None:
         raise not_found("broadcast")
-    progress = await rt.store.broadcast_progress(broadcast_id)
+    progress = await rt.storage.broadcasts.broadcast_progress(broadcast_id)
     return {
         "id": broadcast_id,
         "topic": broadcast["topic"],
@@ -122,8 +124,8 @@ async def get_broadcast(broadcast_id: str, rt: RuntimeDep) -> dict[str, Any]:
 @router.post("/broadcasts/{broadcast_id}/cancel", dependencies=[require("send")])
 async def cancel_broadcast(broadcast_id: str, rt: RuntimeDep) -> dict[str, Any]:
     """Stops the fan-out and everything not yet sent; what went out stays sent."""
-    if await rt.store.get_broadcast(broadcast_id) is None:
+    if await rt.storage.broadcasts.get_broadcast(broadcast_id) is None:
         raise not_found("broadcast")
-    await rt.store.set_broadcast_state(broadcast_id, "cancelled")
-    cancelled = await rt.store.cancel(broadcast_id=broadcast_id)
+    await rt.storage.broadcasts.set_broadcast_state(broadcast_id, "cancelled")
+    cancelled = await rt.storage.notifications.cancel(broadcast_id=broadcast_id)
     return {"id": broadcast_id, "state": "cancelled", "deliveries_cancelled": cancelled}

@@ -27,7 +27,7 @@ EXPIRED_EVENT = b'event: expired\ndata: {"reason": "inbox token expired"}\n\n'
 
 @router.post("/inbox-token", dependencies=[require("manage")])
 async def inbox_token(user_id: UserId, rt: RuntimeDep) -> dict[str, str]:
-    if await rt.store.get_user(user_id) is None:
+    if await rt.storage.directory.get_user(user_id) is None:
         raise not_found("user")
     token, expires_at = rt.signer.inbox_token(user_id, rt.clock.now(), INBOX_TOKEN_TTL)
     return {"token": token, "expires_at": expires_at.isoformat()}
@@ -42,7 +42,7 @@ async def list_inbox(
     unread_only: bool = False,
 ) -> dict[str, Any]:
     try:
-        page, unread = await rt.store.list_inbox(user_id, limit, cursor, unread_only)
+        page, unread = await rt.storage.inbox.page(user_id, limit, cursor, unread_only)
     except InvalidCursor as error:
         raise ApiError(400, "invalid_cursor", str(error)) from None
     return {
@@ -54,14 +54,14 @@ async def list_inbox(
 
 @router.post("/inbox/read-all", dependencies=[require_inbox_access("manage")])
 async def read_all(user_id: UserId, rt: RuntimeDep) -> dict[str, int]:
-    return {"marked": await rt.store.mark_inbox_read(user_id, None)}
+    return {"marked": await rt.storage.inbox.mark_read(user_id, None)}
 
 
 @router.post("/inbox/{item_id}/read", dependencies=[require_inbox_access("manage")])
 async def read_one(user_id: UserId, item_id: str, rt: RuntimeDep) -> Response:
-    if not await rt.store.inbox_item_exists(user_id, item_id):
+    if not await rt.storage.inbox.has_item(user_id, item_id):
         raise not_found("inbox item")
-    await rt.store.mark_inbox_read(user_id, item_id)
+    await rt.storage.inbox.mark_read(user_id, item_id)
     return Response(status_code=204)
 
 

@@ -75,7 +75,7 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
     not render for the user's locale. (Sizes: the schema bounds every part; each channel's
     own limit is the router's, for the channels a notification really goes out on.)"""
     errors: dict[int, ApiError] = {}
-    known = await rt.store.existing_user_ids(c.body.user_id for c in candidates)
+    known = await rt.storage.directory.existing_user_ids(c.body.user_id for c in candidates)
     templates: dict[str, Template | None] = {}
     now = rt.clock.now()
     for index, candidate in enumerate(candidates):
@@ -94,7 +94,7 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
         if body.template is None:
             continue
         if body.template not in templates:
-            raw = await rt.store.get_template(body.template)
+            raw = await rt.storage.directory.get_template(body.template)
             templates[body.template] = Template.from_json(raw) if raw else None
         template = templates[body.template]
         if template is None:
@@ -102,7 +102,7 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
                 422, "unknown_template", f"template {body.template!r} does not exist"
             )
             continue
-        user = await rt.store.get_user(body.user_id)
+        user = await rt.storage.directory.get_user(body.user_id)
         try:
             template.render_all(user.locale if user else template.default_locale, body.variables)
         except TemplateError as error:
@@ -120,7 +120,7 @@ def time_error(field: str, message: str) -> ApiError:
 
 
 async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptResult]:
-    results = await rt.store.accept_notifications([_new_notification(c) for c in candidates])
+    results = await rt.storage.notifications.accept([_new_notification(c) for c in candidates])
     created = sum(1 for r in results if r.created)
     METRICS.accepted.inc(created)
     METRICS.replayed.inc(len(results) - created)
@@ -203,10 +203,10 @@ async def post_batch(
 
 @router.get("/{notification_id}", response_model=NotificationOut, dependencies=[require("read")])
 async def get_notification(notification_id: str, rt: RuntimeDep) -> NotificationOut:
-    notification = await rt.store.get_notification(notification_id)
+    notification = await rt.storage.notifications.get(notification_id)
     if notification is None:
         raise not_found("notification")
-    deliveries = await rt.store.list_deliveries(notification_id)
+    deliveries = await rt.storage.notifications.deliveries_of(notification_id)
     return NotificationOut(
         id=notification.id,
         user_id=notification.user_id,
@@ -242,11 +242,11 @@ async def get_notification(notification_id: str, rt: RuntimeDep) -> Notification
 @router.post("/{notification_id}/cancel", dependencies=[require("send")])
 async def cancel_notification(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
     """Cancel what has not gone out yet (scheduled, deferred or still queued deliveries)."""
-    notification = await rt.store.get_notification(notification_id)
+    notification = await rt.storage.notifications.get(notification_id)
     if notification is None:
         raise not_found("notification")
-    cancelled = await rt.store.cancel([notification_id])
-    remaining = await rt.store.list_deliveries(notification_id)
+    cancelled = await rt.storage.notifications.cancel([notification_id])
+    remaining = await rt.storage.notifications.deliveries_of(notification_id)
     if not cancelled and notification.state.value != "accepted" and remaining:
         states = sorted({d.state.value for d in remaining})
         raise ApiError(
@@ -257,9 +257,9 @@ async def cancel_notification(notification_id: str, rt: RuntimeDep) -> dict[str,
 
 @router.get("/{notification_id}/events", dependencies=[require("read")])
 async def get_events(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
-    if await rt.store.get_notification(notification_id) is None:
+    if await rt.storage.notifications.get(notification_id) is None:
         raise not_found("notification")
-    events = await rt.store.list_events(notification_id)
+    events = await rt.storage.notifications.events_of(notification_id)
     return {
         "items": [
             EventOut(

@@ -25,7 +25,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", dependencies=[public()])
 async def readyz(rt: RuntimeDep) -> JSONResponse:
-    checks = {"database": await rt.store.ping(), "bus": await rt.bus.healthy()}
+    checks = {"database": await rt.storage.database.ping(), "bus": await rt.bus.healthy()}
     ready = all(checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},
@@ -44,11 +44,11 @@ async def _unsubscribe(rt: RuntimeDep, token: str) -> dict[str, str]:
     except TokenInvalid as error:
         raise ApiError(401, "unauthorized", str(error)) from None
     user_id, category = claims["sub"], str(claims.get("cat", "default"))
-    preferences = await rt.store.get_preferences(user_id)
+    preferences = await rt.storage.directory.get_preferences(user_id)
     if preferences is None:
         raise ApiError(404, "not_found", "user not found")
     preferences.categories.setdefault(category, {})[Channel.EMAIL] = False
-    await rt.store.put_preferences(user_id, preferences)
+    await rt.storage.directory.put_preferences(user_id, preferences)
     return {"status": "unsubscribed", "category": category, "channel": "email"}
 
 

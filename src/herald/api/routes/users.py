@@ -26,7 +26,7 @@ from herald.domain import (
     User,
     parse_wall_time,
 )
-from herald.storage.store import preferences_to_json
+from herald.storage.rows import preferences_to_json
 
 router = APIRouter(prefix="/v1/users", tags=["users"], route_class=HeraldRoute)
 
@@ -57,7 +57,7 @@ def device_out(device: Device) -> DeviceOut:
 
 @router.put("/{user_id}", response_model=UserOut, dependencies=[require("manage")])
 async def put_user(user_id: UserId, body: UserIn, rt: RuntimeDep, response: Response) -> UserOut:
-    user, created = await rt.store.upsert_user(
+    user, created = await rt.storage.directory.upsert_user(
         User(
             id=user_id,
             email=body.email,
@@ -72,7 +72,7 @@ async def put_user(user_id: UserId, body: UserIn, rt: RuntimeDep, response: Resp
 
 @router.get("/{user_id}", response_model=UserOut, dependencies=[require("read")])
 async def get_user(user_id: UserId, rt: RuntimeDep) -> UserOut:
-    user = await rt.store.get_user(user_id)
+    user = await rt.storage.directory.get_user(user_id)
     if user is None:
         raise not_found("user")
     return user_out(user)
@@ -80,7 +80,7 @@ async def get_user(user_id: UserId, rt: RuntimeDep) -> UserOut:
 
 @router.delete("/{user_id}", status_code=204, dependencies=[require("manage")])
 async def delete_user(user_id: UserId, rt: RuntimeDep) -> Response:
-    if not await rt.store.delete_user(user_id):
+    if not await rt.storage.directory.delete_user(user_id):
         raise not_found("user")
     return Response(status_code=204)
 
@@ -93,7 +93,7 @@ def preferences_out(preferences: Preferences) -> PreferencesOut:
 
 @router.get("/{user_id}/preferences", response_model=PreferencesOut, dependencies=[require("read")])
 async def get_preferences(user_id: UserId, rt: RuntimeDep) -> PreferencesOut:
-    preferences = await rt.store.get_preferences(user_id)
+    preferences = await rt.storage.directory.get_preferences(user_id)
     if preferences is None:
         raise not_found("user")
     return preferences_out(preferences)
@@ -111,7 +111,7 @@ async def put_preferences(user_id: UserId, body: PreferencesIn, rt: RuntimeDep) 
     preferences = Preferences(
         channels=dict(body.channels), categories=dict(body.categories), quiet_hours=quiet
     )
-    if not await rt.store.put_preferences(user_id, preferences):
+    if not await rt.storage.directory.put_preferences(user_id, preferences):
         raise not_found("user")
     return preferences_out(preferences)
 
@@ -120,7 +120,7 @@ async def put_preferences(user_id: UserId, body: PreferencesIn, rt: RuntimeDep) 
 async def add_device(
     user_id: UserId, body: DeviceIn, rt: RuntimeDep, response: Response
 ) -> DeviceOut:
-    if await rt.store.get_user(user_id) is None:
+    if await rt.storage.directory.get_user(user_id) is None:
         raise not_found("user")
     problem = validate_device(body)
     if problem:
@@ -135,7 +135,9 @@ async def add_device(
     subscription = body.subscription.model_dump(exclude_none=True) if body.subscription else None
     token = body.subscription.endpoint if body.subscription else body.token
     assert token is not None
-    device, created = await rt.store.register_device(user_id, body.platform, token, subscription)
+    device, created = await rt.storage.directory.register_device(
+        user_id, body.platform, token, subscription
+    )
     response.status_code = 201 if created else 200
     return device_out(device)
 
@@ -152,15 +154,15 @@ def validate_device(body: DeviceIn) -> str | None:
 
 @router.get("/{user_id}/devices", dependencies=[require("read")])
 async def list_devices(user_id: UserId, rt: RuntimeDep) -> dict[str, object]:
-    if await rt.store.get_user(user_id) is None:
+    if await rt.storage.directory.get_user(user_id) is None:
         raise not_found("user")
-    devices = await rt.store.list_devices(user_id)
+    devices = await rt.storage.directory.list_devices(user_id)
     return {"items": [device_out(d) for d in devices], "next_cursor": None}
 
 
 @router.delete("/{user_id}/devices/{device_id}", status_code=204, dependencies=[require("manage")])
 async def delete_device(user_id: UserId, device_id: Identifier, rt: RuntimeDep) -> Response:
-    if not await rt.store.delete_device(user_id, device_id):
+    if not await rt.storage.directory.delete_device(user_id, device_id):
         raise not_found("device")
     return Response(status_code=204)
 
@@ -169,9 +171,9 @@ async def delete_device(user_id: UserId, device_id: Identifier, rt: RuntimeDep) 
 async def list_digests(user_id: UserId, rt: RuntimeDep) -> dict[str, object]:
     """The user's digest windows: open ones collect items until `window_end`; a closed one
     names the notification it became."""
-    if await rt.store.get_user(user_id) is None:
+    if await rt.storage.directory.get_user(user_id) is None:
         raise not_found("user")
-    return {"items": await rt.store.list_digests(user_id), "next_cursor": None}
+    return {"items": await rt.storage.shaping.list_digests(user_id), "next_cursor": None}
 
 
 __all__ = ["Platform", "router"]

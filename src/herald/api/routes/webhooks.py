@@ -126,7 +126,7 @@ async def _receive(provider: str, request: Request, rt: RuntimeDep) -> dict[str,
     except BaseException:
         # Not applied: forget the ids so that the provider's retry is applied.
         for name, ids in fresh.claimed.items():
-            await rt.store.forget_webhook_events(name, ids)
+            await rt.storage.feedback.forget_webhook_events(name, ids)
         raise
     return {
         "received": len(events),
@@ -160,12 +160,16 @@ async def _claim_fresh(rt: Runtime, events: list[WebhookEvent]) -> _Fresh:
         # replay, so it is kept for years rather than for the event log's retention.
         lasting = event.kind in OPT_KINDS
         for position, event_id in enumerate(event.event_ids):
-            days = OPT_EVENT_ID_DAYS if lasting and position == 0 else rt.store.retention_days
+            days = (
+                OPT_EVENT_ID_DAYS
+                if lasting and position == 0
+                else rt.storage.database.retention_days
+            )
             until = now + timedelta(days=days)
             ids = keep.setdefault(event.provider, {})
             ids[_db_id(event_id)] = max(until, ids.get(_db_id(event_id), until))
     claimed = {
-        provider: await rt.store.claim_webhook_events(provider, ids)
+        provider: await rt.storage.feedback.claim_webhook_events(provider, ids)
         for provider, ids in keep.items()
     }
     fresh: list[WebhookEvent] = []
@@ -203,7 +207,7 @@ async def apply_events(rt: Runtime, provider: str, events: list[WebhookEvent]) -
         )
         for e in reportable
     ]
-    matched = await rt.store.record_provider_events(reports)
+    matched = await rt.storage.feedback.record_provider_events(reports)
     arrived_at = rt.clock.now()
     for event, delivery in zip(reportable, matched, strict=True):
         address = event.address or (delivery.target if delivery else None)
@@ -214,10 +218,10 @@ async def apply_events(rt: Runtime, provider: str, events: list[WebhookEvent]) -
         # none, so their arrival (each applied once, by its id) orders them.
         happened_at = event.occurred_at or arrived_at
         if address and event.kind == "opt_in":
-            await rt.store.lift_opt_outs(channel, address, happened_at)
+            await rt.storage.feedback.lift_opt_outs(channel, address, happened_at)
         elif address and event.permanent and event.kind in SUPPRESSING_KINDS:
             reason = "opt-out (STOP)" if event.kind == "opt_out" else f"{provider} {event.kind}"
-            await rt.store.add_suppression(channel, address, reason, event_at=happened_at)
+            await rt.storage.suppressions.add(channel, address, reason, event_at=happened_at)
     return sum(1 for d in matched if d is not None)
 
 

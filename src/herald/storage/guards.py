@@ -1,0 +1,84 @@
+"""The state guards of the SQL that moves deliveries, built from the domain's state machine.
+
+Each guarded UPDATE changes a delivery only from the states its guard names, so two
+processes racing on a row (a claim and a cancel, a late answer and the lease sweep) settle
+it by the database, and only along transitions `herald.domain.deliveries.TRANSITIONS`
+allows: tests/storage/test_guards.py holds every guard here against that table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from herald.domain.deliveries import (
+    CLAIMABLE_STATES,
+    LATE_ANSWER_STATES,
+    TRANSITIONS,
+    UNSENT_STATES,
+    WAITING_STATES,
+    WEBHOOK_TRANSITIONS,
+    DeliveryState,
+)
+
+S = DeliveryState
+
+
+@dataclass(frozen=True)
+class Guard:
+    """An UPDATE that moves deliveries from `sources` into one of `targets`."""
+
+    name: str
+    sources: frozenset[DeliveryState]
+    targets: frozenset[DeliveryState]
+
+    @property
+    def values(self) -> list[str]:
+        return sorted(s.value for s in self.sources)
+
+    def holds(self, state: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        """The SQL condition: the row's state is one of the sources."""
+        values = self.values
+        return state == values[0] if len(values) == 1 else state.in_(values)
+
+
+def _guard(name: str, sources: Iterable[S], targets: Iterable[S]) -> Guard:
+    return Guard(name, frozenset(sources), frozenset(targets))
+
+
+# A worker's claim (deferred ones only once due).
+CLAIM = _guard("claim", CLAIMABLE_STATES, {S.SENDING})
+# The provider's answer for a claimed delivery: any way out of sending.
+OUTCOME = _guard("record an outcome", {S.SENDING}, TRANSITIONS[S.SENDING])
+# The answer that arrives after the lease ran out on an at_most_once delivery.
+LATE_ANSWER = _guard("record a late answer", {S.UNKNOWN}, LATE_ANSWER_STATES)
+# A live worker renews the lease of what it is still sending.
+LEASE_RENEWAL = _guard("renew a lease", {S.SENDING}, {S.SENDING})
+CANCEL = _guard("cancel", WAITING_STATES, {S.SKIPPED})
+CANCEL_DIGESTED = _guard("cancel an item waiting in a digest", {S.DIGESTED}, {S.SKIPPED})
+DEVICE_GONE = _guard("skip: the device went away", WAITING_STATES, {S.SKIPPED})
+SET_ASIDE = _guard("set aside what no worker can process", UNSENT_STATES, {S.FAILED})
+RELEASE_DUE = _guard("release a due deferral", {S.DEFERRED}, {S.QUEUED})
+LEASE_EXPIRED_REQUEUE = _guard("lease expired (at_least_once)", {S.SENDING}, {S.QUEUED})
+LEASE_EXPIRED_UNKNOWN = _guard("lease expired (at_most_once)", {S.SENDING}, {S.UNKNOWN})
+WEBHOOK = {
+    source: _guard(f"provider report from {source}", {source}, targets)
+    for source, targets in WEBHOOK_TRANSITIONS.items()
+}
+
+ALL: tuple[Guard, ...] = (
+    CLAIM,
+    OUTCOME,
+    LATE_ANSWER,
+    LEASE_RENEWAL,
+    CANCEL,
+    CANCEL_DIGESTED,
+    DEVICE_GONE,
+    SET_ASIDE,
+    RELEASE_DUE,
+    LEASE_EXPIRED_REQUEUE,
+    LEASE_EXPIRED_UNKNOWN,
+    *WEBHOOK.values(),
+)

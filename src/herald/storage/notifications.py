@@ -1,0 +1,161 @@
+"""Notifications as the API takes them in: accept (idempotently, with the outbox row),
+read, cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from herald.domain import Delivery, DeliveryEvent, DeliveryState, Notification, NotificationState
+from herald.storage import schema as t
+from herald.storage.broadcasts import mark_broadcast_cancelled
+from herald.storage.guards import CANCEL, CANCEL_DIGESTED
+from herald.storage.records import AcceptResult, NewNotification
+from herald.storage.repository import Repository
+from herald.storage.rows import event_row, to_delivery, to_notification
+from herald.storage.shaping import Shaping
+from herald.storage.statements import insert_notifications, lock_accepted
+
+S = DeliveryState
+Row = sa.Row[Any]
+
+
+class NotificationRepository(Repository):
+    async def accept(self, items: Sequence[NewNotification]) -> list[AcceptResult]:
+        """Insert notifications and their outbox rows in one transaction.
+
+        Idempotency rests on the unique (api_key_id, idempotency_key): a key is one API
+        key's own. INSERT ... ON CONFLICT DO NOTHING, then the rows that did not go in are
+        compared by request hash (same body: a replay; another body: a conflict). No
+        read-then-write race. A key repeated inside one batch is judged against its first
+        occurrence.
+        """
+        firsts: dict[tuple[str, str], NewNotification] = {}
+        for item in items:
+            firsts.setdefault(item.idempotency_scope, item)
+        async with self.db.transaction() as db:
+            stored = await insert_notifications(
+                db, self.dialect, list(firsts.values()), self.clock.now()
+            )
+        results = []
+        for item in items:
+            notification_id, stored_hash, created = stored[item.idempotency_scope]
+            is_first = firsts[item.idempotency_scope] is item
+            results.append(
+                AcceptResult(
+                    notification_id,
+                    item.idempotency_key,
+                    created=created and is_first,
+                    conflict=item.request_hash != stored_hash,
+                )
+            )
+        return results
+
+    async def get(self, notification_id: str) -> Notification | None:
+        async with self.db.reading() as db:
+            row = (
+                await db.execute(
+                    sa.select(t.notifications).where(t.notifications.c.id == notification_id)
+                )
+            ).first()
+        return to_notification(row) if row else None
+
+    async def deliveries_of(self, notification_id: str) -> list[Delivery]:
+        async with self.db.reading() as db:
+            rows = await db.execute(
+                sa.select(t.deliveries)
+                .where(t.deliveries.c.notification_id == notification_id)
+                .order_by(t.deliveries.c.channel, t.deliveries.c.created_at, t.deliveries.c.id)
+            )
+        return [to_delivery(row) for row in rows]
+
+    async def events_of(self, notification_id: str) -> list[DeliveryEvent]:
+        async with self.db.reading() as db:
+            rows = await db.execute(
+                sa.select(t.delivery_events)
+                .where(t.delivery_events.c.notification_id == notification_id)
+                .order_by(t.delivery_events.c.created_at, t.delivery_events.c.id)
+            )
+        return [
+            DeliveryEvent(
+                delivery_id=row.delivery_id,
+                notification_id=row.notification_id,
+                state=S(row.state),
+                at=row.created_at,
+                detail=row.detail or {},
+                provider=row.provider,
+            )
+            for row in rows
+        ]
+
+    async def cancel(
+        self, notification_ids: Sequence[str] = (), broadcast_id: str | None = None
+    ) -> int:
+        """Stop what has not been sent: notifications not yet routed are cancelled, their
+        queued and deferred deliveries skipped, and what waits in an open digest taken out.
+        Races with a worker's claim are settled by the two atomic UPDATEs: a delivery is
+        either claimed or cancelled, never both. Returns how many deliveries were cancelled."""
+        n = t.notifications.c
+        which = n.broadcast_id == broadcast_id if broadcast_id else n.id.in_(notification_ids)
+        ids = sa.select(n.id).where(which).scalar_subquery()
+        now = self.clock.now()
+        async with self.db.transaction() as db:
+            if broadcast_id:  # first: a page being written finishes before this goes on
+                await mark_broadcast_cancelled(db, broadcast_id, now)
+            await db.execute(
+                t.notifications.update()
+                .where(
+                    n.id.in_(lock_accepted(which)),
+                    n.state == NotificationState.ACCEPTED.value,
+                )
+                .values(state=NotificationState.CANCELLED.value)
+            )
+            rows = list(
+                await db.execute(
+                    t.deliveries.update()
+                    .where(
+                        t.deliveries.c.notification_id.in_(ids),
+                        CANCEL.holds(t.deliveries.c.state),
+                    )
+                    .values(state=S.SKIPPED.value, last_error="cancelled", updated_at=now)
+                    .returning(t.deliveries.c.id, t.deliveries.c.notification_id)
+                )
+            )
+            rows += await self._skip_unfolded(
+                db, await Shaping(self.db).unfold(db, ids), now
+            )
+            await self.dialect.insert_events(
+                db,
+                [
+                    event_row(
+                        DeliveryEvent(
+                            r.id, r.notification_id, S.SKIPPED, now, {"reason": "cancelled"}
+                        )
+                    )
+                    for r in rows
+                ],
+            )
+        return len(rows)
+
+    async def _skip_unfolded(
+        self, db: AsyncConnection, removed: list[tuple[str, str]], now: datetime
+    ) -> list[Row]:
+        """The digested deliveries of items taken out of their digest become skipped."""
+        if not removed:
+            return []
+        d = t.deliveries.c
+        return list(
+            await db.execute(
+                t.deliveries.update()
+                .where(
+                    sa.tuple_(d.notification_id, d.channel).in_(removed),
+                    CANCEL_DIGESTED.holds(d.state),
+                )
+                .values(state=S.SKIPPED.value, last_error="cancelled", updated_at=now)
+                .returning(d.id, d.notification_id)
+            )
+        )

@@ -1,0 +1,260 @@
+"""The router's reads and writes: what a batch of notifications needs to be planned, and
+the deliveries the plan makes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from herald.domain import (
+    CapClaim,
+    CategorySettings,
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    Device,
+    DigestFold,
+    NotificationState,
+)
+from herald.storage import schema as t
+from herald.storage.database import Database
+from herald.storage.records import Released, RoutingInput
+from herald.storage.repository import Repository
+from herald.storage.rows import (
+    category_from_json,
+    delivery_row,
+    event_row,
+    preferences_from_json,
+    routing_detail,
+    to_device,
+    to_notification,
+    to_user,
+)
+from herald.storage.shaping import Shaping, ShapingChange
+from herald.storage.statements import lock_accepted
+from herald.util import chunks
+
+S = DeliveryState
+
+
+class RoutingRepository(Repository):
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.shaping = Shaping(database)
+
+    async def load(self, notification_ids: Sequence[str]) -> list[RoutingInput]:
+        """Everything the router needs for a batch, in a handful of statements."""
+        async with self.db.reading() as db:
+            notifications = [
+                to_notification(row)
+                for row in await db.execute(
+                    sa.select(t.notifications)
+                    .where(
+                        self.dialect.among(t.notifications.c.id, notification_ids),
+                        t.notifications.c.state == NotificationState.ACCEPTED.value,
+                    )
+                    .order_by(t.notifications.c.created_at, t.notifications.c.id)
+                )
+            ]
+            if not notifications:
+                return []
+            user_ids = list({n.user_id for n in notifications})
+            user_rows = {
+                row.id: row
+                for row in await db.execute(
+                    sa.select(t.users).where(self.dialect.among(t.users.c.id, user_ids))
+                )
+            }
+            devices: dict[str, list[Device]] = {}
+            for row in await db.execute(
+                sa.select(t.devices).where(
+                    self.dialect.among(t.devices.c.user_id, user_ids), t.devices.c.active.is_(True)
+                )
+            ):
+                devices.setdefault(row.user_id, []).append(to_device(row))
+            addresses = [
+                a for row in user_rows.values() for a in (row.email, row.phone) if a is not None
+            ]
+            suppressed = (
+                {
+                    (row.channel, row.address)
+                    for row in await db.execute(
+                        sa.select(t.suppressions.c.channel, t.suppressions.c.address).where(
+                            self.dialect.among(t.suppressions.c.address, addresses)
+                        )
+                    )
+                }
+                if addresses
+                else set()
+            )
+            categories = {
+                row.name: category_from_json(row.name, row.definition)
+                for row in await db.execute(
+                    sa.select(t.categories).where(
+                        t.categories.c.name.in_({n.category for n in notifications})
+                    )
+                )
+            }
+            template_names = {n.template for n in notifications if n.template}
+            templates = (
+                {
+                    row.name: dict(row.definition)
+                    for row in await db.execute(
+                        sa.select(t.templates).where(t.templates.c.name.in_(template_names))
+                    )
+                }
+                if template_names
+                else {}
+            )
+            channel_caps = await self.shaping.channel_caps(db)
+        inputs = []
+        for notification in notifications:
+            user_row = user_rows.get(notification.user_id)
+            inputs.append(
+                RoutingInput(
+                    notification=notification,
+                    user=to_user(user_row) if user_row else None,
+                    preferences=preferences_from_json(user_row.preferences if user_row else None),
+                    devices=devices.get(notification.user_id, []),
+                    category=categories.get(notification.category)
+                    or CategorySettings(notification.category),
+                    template=templates.get(notification.template)
+                    if notification.template
+                    else None,
+                    suppressed=suppressed,
+                    channel_caps=channel_caps,
+                )
+            )
+        return inputs
+
+    async def save(
+        self,
+        notification_ids: Sequence[str],
+        deliveries: Sequence[Delivery],
+        folds: Sequence[DigestFold] = (),
+        claims: Sequence[CapClaim] = (),
+    ) -> list[Released]:
+        """Write the deliveries (idempotently), fold and count them (digests, caps), write
+        their first events, and mark the notifications routed. Returns every queued delivery
+        of these notifications, so a rerun after a crash publishes what the first run wrote
+        but did not publish."""
+        now = self.clock.now()
+        async with self.db.transaction() as db:
+            # First, and conditionally: a notification cancelled since it was loaded stays
+            # cancelled and gets no deliveries (the rows stay locked until the commit, so a
+            # cancel running now waits for this and then skips what it wrote).
+            routed = await self._mark_routed(db, notification_ids, now)
+            if len(routed) < len(set(notification_ids)):
+                deliveries = [d for d in deliveries if d.notification_id in routed]
+                folds = [f for f in folds if f.notification_id in routed]
+                claims = [c for c in claims if c.notification_id in routed]
+            new_ids: set[str] = set()
+            for chunk in chunks(deliveries, self.db.batch_rows):
+                inserted = await db.execute(  # an executemany: see _insert_notifications
+                    self.dialect.insert(t.deliveries)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                    .returning(t.deliveries.c.id),
+                    [delivery_row(d, now) for d in chunk],
+                )
+                new_ids.update(row.id for row in inserted)
+            if folds or claims:
+                changes = await self.shaping.apply(db, folds, claims, new_ids)
+                deliveries = await self._record_shaping(db, deliveries, changes, now)
+            events = [
+                event_row(
+                    DeliveryEvent(d.id, d.notification_id, d.state, now, routing_detail(d), None)
+                )
+                for d in deliveries
+                if d.id in new_ids
+            ]
+            await self.dialect.insert_events(db, events)
+            # Of every notification in the batch, not only those routed now: a batch handed
+            # out again after a crash between this commit and the publish finds them routed
+            # already, and must still publish what the first run wrote. (A cancelled one
+            # has no queued delivery left.)
+            d = t.deliveries.c
+            rows = await db.execute(  # only what the publish needs: no payloads decoded
+                sa.select(d.id, d.user_id, d.channel, d.priority).where(
+                    self.dialect.among(d.notification_id, notification_ids),
+                    d.state == S.QUEUED.value,
+                )
+            )
+            return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
+
+    async def set_aside(self, notification_ids: Sequence[str], reason: str) -> int:
+        """Notifications the router cannot route become `failed`, with an event naming the
+        reason in their delivery log (its delivery id is the notification's own: there is no
+        delivery). Only accepted ones: one routed or cancelled meanwhile keeps its state."""
+        if not notification_ids:
+            return 0
+        n = t.notifications.c
+        now = self.clock.now()
+        async with self.db.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.notifications.update()
+                    .where(
+                        n.id.in_(lock_accepted(self.dialect.among(n.id, notification_ids))),
+                        n.state == NotificationState.ACCEPTED.value,
+                    )
+                    .values(state=NotificationState.FAILED.value)
+                    .returning(n.id)
+                )
+            )
+            detail = {"reason": reason, "set_aside": True}
+            await self.dialect.insert_events(
+                db,
+                [event_row(DeliveryEvent(r.id, r.id, S.FAILED, now, detail)) for r in rows],
+            )
+        return len(rows)
+
+    async def _mark_routed(
+        self, db: AsyncConnection, notification_ids: Sequence[str], now: datetime
+    ) -> set[str]:
+        """Mark routed those of these notifications that are still accepted; their ids."""
+        if not notification_ids:
+            return set()
+        n = t.notifications.c
+        still_accepted = lock_accepted(self.dialect.among(n.id, notification_ids))
+        result = await db.execute(
+            t.notifications.update()
+            .where(n.id.in_(still_accepted), n.state == NotificationState.ACCEPTED.value)
+            .values(state=NotificationState.ROUTED.value, routed_at=now)
+            .returning(n.id)
+        )
+        return {row.id for row in result}
+
+    async def _record_shaping(
+        self,
+        db: AsyncConnection,
+        deliveries: Sequence[Delivery],
+        changes: dict[str, ShapingChange],
+        now: datetime,
+    ) -> Sequence[Delivery]:
+        """Write what shaping changed; returns the deliveries as they now stand."""
+        if not changes:
+            return deliveries
+        await db.execute(
+            t.deliveries.update()
+            .where(t.deliveries.c.id == sa.bindparam("delivery"))
+            .values(
+                state=sa.bindparam("new_state"),
+                last_error=sa.bindparam("reason"),
+                due_at=sa.bindparam("due"),
+                updated_at=now,
+            ),
+            [
+                {"delivery": k, "new_state": c.state.value, "reason": c.reason, "due": c.due_at}
+                for k, c in changes.items()
+            ],
+        )
+        return [
+            replace(d, state=c.state, last_error=c.reason, due_at=c.due_at)
+            if (c := changes.get(d.id))
+            else d
+            for d in deliveries
+        ]

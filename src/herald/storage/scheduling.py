@@ -1,0 +1,180 @@
+"""The scheduler's sweeps: due deferrals, expired leases, lost messages, closing digests,
+housekeeping."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from herald.domain import DeliveryEvent, DeliveryPolicy, DeliveryState, NotificationState
+from herald.storage import schema as t
+from herald.storage.database import Database
+from herald.storage.guards import LEASE_EXPIRED_REQUEUE, LEASE_EXPIRED_UNKNOWN, RELEASE_DUE, Guard
+from herald.storage.records import Released
+from herald.storage.repository import Repository
+from herald.storage.rows import digest_notification, event_row
+from herald.storage.shaping import Shaping
+from herald.storage.statements import insert_notifications
+
+S = DeliveryState
+
+
+class SchedulingRepository(Repository):
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.shaping = Shaping(database)
+
+    async def release_due(self, limit: int) -> list[Released]:
+        """Deferred deliveries whose time has come go back to `queued`; the caller
+        publishes them. Each is released by one scheduler (a single UPDATE, and on
+        PostgreSQL SKIP LOCKED so schedulers do not queue behind each other)."""
+        now = self.clock.now()
+        due = self.dialect.lock_skip(
+            sa.select(t.deliveries.c.id)
+            .where(RELEASE_DUE.holds(t.deliveries.c.state), t.deliveries.c.due_at <= now)
+            .order_by(t.deliveries.c.due_at)
+            .limit(limit)
+        )
+        return await self._transition_returning(due, RELEASE_DUE, S.QUEUED, {"reason": "due"})
+
+    async def expire_leases(self, limit: int) -> tuple[list[Released], int]:
+        """Deliveries whose worker died mid-send. at_least_once goes back to the queue;
+        at_most_once becomes unknown and is never sent again."""
+        now = self.clock.now()
+        expired = (
+            LEASE_EXPIRED_REQUEUE.holds(t.deliveries.c.state),
+            t.deliveries.c.lease_until < now,
+        )
+
+        def select(policy: DeliveryPolicy) -> sa.Select[Any]:
+            return self.dialect.lock_skip(
+                sa.select(t.deliveries.c.id)
+                .where(*expired, t.deliveries.c.policy == policy.value)
+                .limit(limit)
+            )
+
+        requeued = await self._transition_returning(
+            select(DeliveryPolicy.AT_LEAST_ONCE),
+            LEASE_EXPIRED_REQUEUE,
+            S.QUEUED,
+            {"reason": "lease expired"},
+        )
+        unknown = await self._transition_returning(
+            select(DeliveryPolicy.AT_MOST_ONCE),
+            LEASE_EXPIRED_UNKNOWN,
+            S.UNKNOWN,
+            {"reason": "lease expired; at_most_once, not sent again"},
+        )
+        return requeued, len(unknown)
+
+    async def stale_queued(self, older_than: datetime, limit: int) -> list[Released]:
+        """Queued deliveries nobody has touched since `older_than`: their bus message was
+        lost (the in-process bus across a restart). Republishing is safe: the claim is
+        idempotent."""
+        async with self.db.transaction() as db:
+            rows = await db.execute(
+                t.deliveries.update()
+                .where(
+                    t.deliveries.c.id.in_(
+                        sa.select(t.deliveries.c.id)
+                        .where(
+                            t.deliveries.c.state == S.QUEUED.value,
+                            t.deliveries.c.updated_at <= older_than,
+                        )
+                        .limit(limit)
+                    )
+                )
+                .values(updated_at=self.clock.now())
+                .returning(
+                    t.deliveries.c.id,
+                    t.deliveries.c.user_id,
+                    t.deliveries.c.channel,
+                    t.deliveries.c.priority,
+                )
+            )
+            return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
+
+    async def stale_notifications(
+        self, older_than: datetime, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """Accepted notifications not routed since `older_than`: (id, user id, priority)."""
+        async with self.db.reading() as db:
+            rows = await db.execute(
+                sa.select(
+                    t.notifications.c.id, t.notifications.c.user_id, t.notifications.c.priority
+                )
+                .where(
+                    t.notifications.c.state == NotificationState.ACCEPTED.value,
+                    t.notifications.c.created_at <= older_than,
+                )
+                .limit(limit)
+            )
+            return [(r.id, r.user_id, r.priority) for r in rows]
+
+    async def _transition_returning(
+        self, ids: sa.Select[Any], guard: Guard, new: DeliveryState, detail: dict[str, Any]
+    ) -> list[Released]:
+        now = self.clock.now()
+        async with self.db.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.deliveries.update()
+                    .where(
+                        t.deliveries.c.id.in_(ids.scalar_subquery()),
+                        guard.holds(t.deliveries.c.state),
+                    )
+                    .values(state=new.value, lease_until=None, updated_at=now)
+                    .returning(
+                        t.deliveries.c.id,
+                        t.deliveries.c.user_id,
+                        t.deliveries.c.channel,
+                        t.deliveries.c.notification_id,
+                        t.deliveries.c.priority,
+                    )
+                )
+            )
+            await self.dialect.insert_events(
+                db,
+                [event_row(DeliveryEvent(r.id, r.notification_id, new, now, detail)) for r in rows],
+            )
+        return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
+
+    async def close_due_digests(self, limit: int = 500) -> int:
+        """Close the digest windows that have ended and turn each into a notification of
+        its own (through the outbox, in the same transaction). Returns how many closed."""
+        async with self.db.transaction() as db:
+            closed = await self.shaping.close_due_digests(db, limit)
+            live = [digest for digest in closed if digest.count]
+            stored = await insert_notifications(
+                db, self.dialect, [digest_notification(d) for d in live], self.clock.now()
+            )
+            await self.shaping.mark_digest_notifications(
+                db, {d.id: stored[("", f"digest:{d.id}")][0] for d in live}
+            )
+        return len(closed)
+
+    async def maintain(self) -> None:
+        """Periodic housekeeping: the delivery log keeps the retention period (PostgreSQL
+        creates the coming days' partitions and drops whole expired ones), expired shaping
+        state and webhook event ids are forgotten."""
+        now = self.clock.now()
+        days = self.db.retention_days
+        async with self.db.transaction() as db:
+            await self.dialect.drop_expired_events(db, now, days)
+            await self.shaping.forget_expired(db, now - timedelta(days=days))
+            await self._forget_old_webhook_events(db)
+
+    async def count_by_state(self) -> dict[str, int]:
+        async with self.db.reading() as db:
+            rows = await db.execute(
+                sa.select(t.deliveries.c.state, sa.func.count()).group_by(t.deliveries.c.state)
+            )
+            return {row[0]: int(row[1]) for row in rows}
+
+    async def _forget_old_webhook_events(self, db: AsyncConnection) -> None:
+        """Housekeeping (maintain): ids past their keep_until are forgotten."""
+        w = t.webhook_events
+        await db.execute(w.delete().where(w.c.keep_until < self.clock.now()))
