@@ -320,28 +320,39 @@ async def test_timeout_is_provider_down(
     assert "unreachable" in outcome.reason
 
 
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+
+
 @pytest.mark.parametrize(
-    ("scope", "granted"),
+    ("scope", "audience", "granted"),
     [
-        ("https://www.googleapis.com/auth/firebase.messaging", True),
-        # firebase-admin's scopes: FCM v1 accepts cloud-platform as well.
+        (SCOPE, None, True),
+        # firebase-admin (google-auth): cloud-platform, which FCM v1 accepts as well, and
+        # Google's canonical token URL as the audience, whatever the key file's token_uri.
         (
             "https://www.googleapis.com/auth/cloud-platform "
             "https://www.googleapis.com/auth/userinfo.email",
+            "https://oauth2.googleapis.com/token",
             True,
         ),
-        ("https://www.googleapis.com/auth/userinfo.email", False),
+        ("https://www.googleapis.com/auth/userinfo.email", None, False),
+        (SCOPE, "https://elsewhere.example/token", False),
     ],
 )
-async def test_token_endpoint_grants_either_fcm_scope(
-    fake: FakeFcm, local_tls: LocalTls, clock: FakeClock, scope: str, granted: bool
+async def test_token_endpoint_grants_either_fcm_scope_and_audience(
+    fake: FakeFcm,
+    local_tls: LocalTls,
+    clock: FakeClock,
+    scope: str,
+    audience: str | None,
+    granted: bool,
 ) -> None:
     info = fake.create_service_account()
     now = int(clock.time())
     assertion = jwt.encode(
         {
             "iss": info["client_email"],
-            "aud": fake.token_uri,
+            "aud": audience or fake.token_uri,
             "scope": scope,
             "iat": now,
             "exp": now + 3600,

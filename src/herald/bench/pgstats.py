@@ -8,7 +8,9 @@ own counters in the bench's (fresh, private) database.
   PGSTAT_MIN_INTERVAL, PGSTAT_IDLE_INTERVAL), so each snapshot waits until the counters
   are quiet and at least `STATS_SETTLE_S` passed since the last write it waits for.
 - Statements: `pg_stat_statements` (sum of `calls` deltas for the bench database's dbid,
-  each execution a call: one `executemany` of 200 rows is 200), when the server loads the
+  each execution a call: one `executemany` of 200 rows is 200), read as the window starts
+  and ends (it counts each statement as it ends, with no delay; so Herald's polling while
+  the window runs is in, and nothing of the settling), when the server loads the
   extension (`shared_preload_libraries`; scripts/services.sh configures it). Transaction
   control (BEGIN, COMMIT, ...) is counted apart. The harness's own statements carry the
   comment `/* herald-bench */` and are left out: pg_stat_statements keeps the text of an
@@ -36,7 +38,9 @@ class Snapshot:
     inserted: int
     updated: int
     deleted: int
-    calls: dict[int, tuple[str, int]] | None  # queryid -> (kind, calls)
+
+
+Calls = dict[int, tuple[str, int]]  # queryid -> (kind, calls)
 
 
 class PgCounters:
@@ -68,7 +72,9 @@ class PgCounters:
             )
             return
         try:
-            await self.connection.execute(MARK + "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await self.connection.execute(
+                MARK + "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
+            )
         except asyncpg.PostgresError as error:
             self.statements_note = f"statements per delivery: not counted ({error})"
 
@@ -80,38 +86,37 @@ class PgCounters:
             self._dbid,
         )
         assert row is not None
-        calls: dict[int, tuple[str, int]] | None = None
-        if self.statements_note is None:
-            rows = await self.connection.fetch(
-                MARK + "SELECT queryid, min(query) AS query, sum(calls) AS calls "
-                "FROM pg_stat_statements WHERE dbid = $1 AND query NOT LIKE $2 "
-                "GROUP BY queryid",
-                self._dbid,
-                MARK.strip() + "%",
-            )
-            calls = {int(r["queryid"]): (_kind(r["query"]), int(r["calls"])) for r in rows}
-        return Snapshot(int(row[0]), int(row[1]), int(row[2]), calls)
+        return Snapshot(int(row[0]), int(row[1]), int(row[2]))
+
+    async def calls(self) -> Calls | None:
+        """pg_stat_statements' calls per statement now (it counts as each statement ends,
+        with no delay), None when the extension is not there."""
+        if self.statements_note is not None:
+            return None
+        rows = await self.connection.fetch(
+            MARK + "SELECT queryid, min(query) AS query, sum(calls) AS calls "
+            "FROM pg_stat_statements WHERE dbid = $1 AND query NOT LIKE $2 "
+            "GROUP BY queryid",
+            self._dbid,
+            MARK.strip() + "%",
+        )
+        return {int(r["queryid"]): (_kind(r["query"]), int(r["calls"])) for r in rows}
 
     async def settled(self, since: float) -> Snapshot:
         """A snapshot once the row counters stopped moving and `STATS_SETTLE_S` passed
-        since `since` (a time.monotonic() when the writes of interest had ended); after
+        since `since` (a time.perf_counter() when the writes of interest had ended); after
         `STATS_GIVE_UP_S`, the last one, with a note."""
         last = await self._read()
         while True:
-            if time.monotonic() > since + STATS_GIVE_UP_S:
+            if time.perf_counter() > since + STATS_GIVE_UP_S:
                 self.notes.append(
                     f"rows written: PostgreSQL's counters still moved {STATS_GIVE_UP_S:.0f} s "
                     "after the writes measured; the figure includes what moved them"
                 )
                 return last
-            await asyncio.sleep(max(0.5, min(1.0, since + STATS_SETTLE_S - time.monotonic())))
+            await asyncio.sleep(max(0.5, min(1.0, since + STATS_SETTLE_S - time.perf_counter())))
             now = await self._read()
-            quiet = (now.inserted, now.updated, now.deleted) == (
-                last.inserted,
-                last.updated,
-                last.deleted,
-            )
-            if quiet and time.monotonic() >= since + STATS_SETTLE_S:
+            if now == last and time.perf_counter() >= since + STATS_SETTLE_S:
                 return now
             last = now
 
@@ -128,13 +133,13 @@ def _kind(query: str) -> str:
 
 def written(
     before: Snapshot, after: Snapshot, deliveries: int, notifications: int
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The report's `rows_written` and `statements` blocks."""
+) -> dict[str, Any]:
+    """The report's `rows_written` block."""
     inserted = after.inserted - before.inserted
     updated = after.updated - before.updated
     deleted = after.deleted - before.deleted
     total = inserted + updated + deleted
-    rows = {
+    return {
         "total": total,
         "inserted": inserted,
         "updated": updated,
@@ -143,20 +148,25 @@ def written(
         "per_notification": _ratio(total, notifications),
         "source": "pg_stat_database",
     }
-    if before.calls is None or after.calls is None:
-        return rows, None
+
+
+def statements(
+    before: Calls | None, after: Calls | None, deliveries: int, notifications: int
+) -> dict[str, Any] | None:
+    """The report's `statements` block (None without pg_stat_statements)."""
+    if before is None or after is None:
+        return None
     by_kind: dict[str, int] = {}
-    for queryid, (kind, calls) in after.calls.items():
-        # An entry evicted and created again in the window would count from 0: see dealloc.
-        spent = calls - before.calls.get(queryid, (kind, 0))[1]
+    for queryid, (kind, calls) in after.items():
+        spent = calls - before.get(queryid, (kind, 0))[1]
         if spent > 0:
             by_kind[kind] = by_kind.get(kind, 0) + spent
-    statements = sum(by_kind.values())
-    without_tx = statements - by_kind.get("transaction", 0)
-    return rows, {
-        "total": statements,
-        "per_delivery": _ratio(statements, deliveries),
-        "per_notification": _ratio(statements, notifications),
+    total = sum(by_kind.values())
+    without_tx = total - by_kind.get("transaction", 0)
+    return {
+        "total": total,
+        "per_delivery": _ratio(total, deliveries),
+        "per_notification": _ratio(total, notifications),
         "without_transaction_control": without_tx,
         "without_transaction_control_per_delivery": _ratio(without_tx, deliveries),
         "by_kind": dict(sorted(by_kind.items())),

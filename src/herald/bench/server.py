@@ -71,8 +71,8 @@ def children_of(parent: int) -> list[Stat]:
 
 def process_title(pid: int) -> str:
     with contextlib.suppress(OSError):
-        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace"
+        return (
+            (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         )
     return ""
 
@@ -90,10 +90,8 @@ def postmaster_of(backend_pid: int) -> int | None:
 def kafka_broker_pid(port: int) -> int | None:
     """The pid of the JVM running kafka.Kafka that listens on `port` (or, when listening
     sockets cannot be read, the only such JVM)."""
-    candidates = [
-        pid
-        for pid in psutil.pids()
-        if "kafka.Kafka " in process_title(pid) or process_title(pid).endswith("kafka.Kafka")
+    candidates: list[int] = [
+        int(pid) for pid in psutil.pids() if "kafka.Kafka" in process_title(pid).split()
     ]
     for pid in candidates:
         with contextlib.suppress(psutil.Error):
@@ -190,19 +188,50 @@ class ServerMeter:
     async def _sample(postgres: PostgresCpu) -> None:
         while True:
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(postgres.sample)
+            postgres.sample()  # a scan of /proc: a few ms, on the harness's loop
 
-    def spent(self, deliveries: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """The two report blocks (None for a server that was not measured)."""
+    def stop(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The CPU spent since start: the PostgreSQL and Kafka blocks (None for a server
+        that was not measured)."""
         if self._task is not None:
             self._task.cancel()
         postgres = self.postgres.spent() if self.postgres is not None else None
         kafka = self.kafka.spent() if self.kafka is not None else None
-        for block, keys in ((postgres, ("cpu_s", "bench_db_cpu_s")), (kafka, ("cpu_s",))):
-            if block is None:
-                continue
-            for key in keys:
-                per_delivery = block[key] / deliveries if deliveries else 0.0
-                block[key.replace("cpu_s", "cpu_s_per_1000")] = round(1000 * per_delivery, 4)
-                block[key.replace("cpu_s", "cpu_us_per_delivery")] = round(1e6 * per_delivery, 1)
         return postgres, kafka
+
+
+def with_rates(block: dict[str, Any] | None, deliveries: int) -> dict[str, Any] | None:
+    """Adds `<x>_per_1000` (s per 1,000 deliveries) and `<x>_us_per_delivery` for each
+    `<x>` of the block's CPU seconds (`cpu_s`, `bench_db_cpu_s`)."""
+    if block is None:
+        return None
+    rated = dict(block)
+    for key in ("cpu_s", "bench_db_cpu_s"):
+        if key not in block:
+            continue
+        per_delivery = block[key] / deliveries if deliveries else 0.0
+        stem = key.removesuffix("_s")
+        rated[f"{stem}_s_per_1000"] = round(1000 * per_delivery, 4)
+        rated[f"{stem}_us_per_delivery"] = round(1e6 * per_delivery, 1)
+    return rated
+
+
+def server_meter(
+    harness_backends: list[int], database: str, kafka_bootstrap: str, notes: list[str]
+) -> ServerMeter:
+    """Meters for the PostgreSQL server behind the harness's backends and the Kafka broker
+    on the bootstrap port, when they run on this machine (a note for each that does not)."""
+    postmaster = postmaster_of(harness_backends[0]) if harness_backends else None
+    postgres = None
+    if postmaster is None:
+        notes.append("PostgreSQL server CPU: not measured, the server is not a local process")
+    else:
+        postgres = PostgresCpu(postmaster, database, frozenset(harness_backends))
+    port = kafka_bootstrap.split(",")[0].rpartition(":")[2]
+    broker = kafka_broker_pid(int(port)) if port.isdigit() else None
+    kafka = None
+    if broker is None:
+        notes.append(f"Kafka broker CPU: not measured, no local kafka.Kafka on {kafka_bootstrap}")
+    else:
+        kafka = KafkaCpu(broker)
+    return ServerMeter(postgres, kafka)

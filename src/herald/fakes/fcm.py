@@ -34,6 +34,9 @@ TOKEN_PATH = "/token"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # FCM v1 `messages.send` takes either scope (firebase-admin asks for cloud-platform).
 FCM_SCOPES = frozenset({FCM_SCOPE, "https://www.googleapis.com/auth/cloud-platform"})
+# The assertion's audience: Google takes its token endpoint's canonical URL (google-auth
+# always sends it, whatever the key file's token_uri); Herald sends the token_uri.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _SEND_PATH_RE = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
 _TTL_RE = re.compile(r"^\d+(\.\d{1,9})?s$")
@@ -220,7 +223,7 @@ class FakeFcm(FakeServer):
                 assertion,
                 key.public_key,
                 algorithms=["RS256"],
-                audience=self.token_uri,
+                audience=[self.token_uri, GOOGLE_TOKEN_AUDIENCE],
                 # Time is checked below against the fake's clock, not the wall clock.
                 options={
                     "verify_exp": False,
