@@ -27,7 +27,9 @@ from typing import Any
 
 import asyncpg
 
-MARK = "/* herald-bench */ "
+from herald.bench.db import HARNESS_MARK
+
+MARK = HARNESS_MARK
 STATS_SETTLE_S = 11.0  # PostgreSQL 15's PGSTAT_IDLE_INTERVAL (10 s), and a second
 STATS_GIVE_UP_S = 40.0  # a periodic writer would keep the counters moving for ever
 TRANSACTION_CONTROL = ("begin", "commit", "rollback", "savepoint", "release", "start")
