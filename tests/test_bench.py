@@ -18,7 +18,7 @@ from herald.bench import REPORT_KEYS
 from herald.bench.memory import MemoryTimeline, slope_per_minute
 from herald.bench.peer import PeerResult, peer_block
 from herald.bench.pgstats import Snapshot, statements, written
-from herald.bench.server import read_stat
+from herald.bench.server import PostgresCpu, read_stat
 from herald.bench.sweep import markdown, parse_counts
 
 pytestmark = pytest.mark.slow
@@ -226,3 +226,36 @@ def test_memory_slope_and_sweep_counts() -> None:
     assert parse_counts("10000, 1e5") == [10_000, 100_000]
     with pytest.raises(ValueError, match="positive numbers"):
         parse_counts("0")
+
+
+# A stand-in postmaster: on a line from stdin it runs a child that burns CPU and exits, and
+# reaps it (as the postmaster reaps its backends), then says so.
+_PARENT = """
+import subprocess, sys
+sys.stdin.readline()
+burn = "import time\\nwhile time.process_time() < 0.3: pass"
+subprocess.run([sys.executable, "-c", burn, "benchdb"], check=True)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_server_cpu_counts_a_child_that_exits_within_the_window() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert parent.stdin is not None
+    assert parent.stdout is not None
+    try:
+        meter = PostgresCpu(parent.pid, "benchdb", frozenset())
+        meter.start()
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == b"done\n"
+        spent = meter.spent()
+    finally:
+        parent.stdin.close()
+        parent.wait(10)
+    # The child is gone: its 0.3 s of CPU reached the total through the parent's cutime.
+    assert spent["cpu_s"] >= 0.25
+    assert spent["pid"] == parent.pid
