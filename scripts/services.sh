@@ -82,6 +82,12 @@ max_wal_size = 1GB
 checkpoint_timeout = 30min
 # Loopback only: TLS would cost both ends CPU on every statement for nothing.
 ssl = off
+# herald bench counts statements per delivery from pg_stat_statements (loaded only at
+# server start: a running server picks this up at its next restart). Room for the test
+# suite's many databases, each with its own entries, so the bench's are not evicted.
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.max = 20000
+pg_stat_statements.track = top
 EOF
     if ! cmp -s "$conf_dir/conf.d/herald.conf.new" "$conf_dir/conf.d/herald.conf"; then
         mv "$conf_dir/conf.d/herald.conf.new" "$conf_dir/conf.d/herald.conf"

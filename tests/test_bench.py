@@ -16,6 +16,9 @@ import pytest
 
 from herald.bench import REPORT_KEYS
 from herald.bench.memory import MemoryTimeline, slope_per_minute
+from herald.bench.peer import PeerResult, peer_block
+from herald.bench.pgstats import Snapshot, statements, written
+from herald.bench.server import PostgresCpu, read_stat
 from herald.bench.sweep import markdown, parse_counts
 
 pytestmark = pytest.mark.slow
@@ -23,16 +26,21 @@ HERALD = str(Path(sys.executable).with_name("herald"))
 SMALL = ["--backend", "embedded", "--latency-ms", "1", "--sink-processes", "1"]
 
 
-def bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
-    """Runs `herald bench ... --json`; returns the report and stderr."""
+def bench(
+    tmp_path: Path, *args: str, production: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Runs `herald bench ... --json` (embedded, or production on the given database and
+    broker); returns the report and stderr."""
     env = {
         **os.environ,
         "HERALD_DATABASE_URL": "",
         "HERALD_KAFKA_BOOTSTRAP": "",
         "TMPDIR": str(tmp_path),
+        **(production or {}),
     }
+    backend = ["--backend", "production"] if production else []
     finished = subprocess.run(
-        [HERALD, "bench", *SMALL, *args, "--json"],
+        [HERALD, "bench", *SMALL, *backend, *args, "--json"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -49,7 +57,8 @@ def test_a_small_embedded_bench_reports_every_key_and_delivers_each_once(tmp_pat
     report, stderr = bench(
         tmp_path,
         *("--users", str(users), "--devices", str(devices)),
-        *("--notifications", str(notifications), "--baseline-seconds", "1"),
+        *("--notifications", str(notifications), "--baseline-seconds", "5"),
+        *("--peer", "firebase-admin", "--profile", str(tmp_path / "profiles")),
     )
     assert set(REPORT_KEYS) <= set(report)
     assert report["backend"] == "embedded"
@@ -65,6 +74,92 @@ def test_a_small_embedded_bench_reports_every_key_and_delivers_each_once(tmp_pat
     assert report["speedup"] > 0
     assert report["rate"]["offered_per_s"] is None
     assert "delivered" in stderr  # the progress bar
+    # No server, and no counter of SQLite's writes outside its process: null, not a guess.
+    for key in ("postgres", "kafka", "rows_written", "statements"):
+        assert report[key] is None
+    # firebase-admin on the same sink: every delivery once, counted at the sink.
+    peer = report["peers"]["firebase-admin"]
+    assert (peer["deliveries"], peer["failed"]) == (notifications * devices, 0)
+    assert (peer["lost"], peer["duplicates"]) == (0, 0)
+    assert peer["tokens_per_call"] == users * devices  # distinct tokens in each multicast
+    assert peer["calls"] == notifications * devices // (users * devices)
+    assert peer["cpu_s_per_1000"] > 0
+    assert peer["deliveries_per_s"] > 0
+    assert peer["speedup"] > 0
+    assert set(peer["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    # A py-spy profile of the one Herald process, where the report says.
+    profile = Path(report["profiles"]["serve"])
+    assert profile.parent == tmp_path / "profiles"
+    assert profile.read_text().startswith("<?xml")  # a flame graph SVG
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+def test_a_small_production_bench_reports_server_cpu_rows_and_statements(
+    tmp_path: Path, postgres_admin_url: str, kafka_bootstrap: str
+) -> None:
+    notifications = 120
+    report, _ = bench(
+        tmp_path,
+        *("--users", "30", "--notifications", str(notifications), "--no-baseline"),
+        production={
+            "HERALD_DATABASE_URL": postgres_admin_url,
+            "HERALD_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        },
+    )
+    assert (report["deliveries"], report["lost"], report["duplicates"]) == (notifications, 0, 0)
+    postgres, kafka = report["postgres"], report["kafka"]
+    assert postgres["cpu_s"] > 0  # Herald's statements ran on it
+    # The bench database's backends are part of the whole server.
+    assert 0 < postgres["bench_db_cpu_s"] <= postgres["cpu_s"] + 0.002
+    assert postgres["bench_db_backends"] >= 1
+    assert postgres["cpu_s_per_1000"] == pytest.approx(
+        1000 * postgres["cpu_s"] / notifications, abs=1e-3
+    )
+    assert kafka["cpu_s"] >= 0
+    assert isinstance(kafka["pid"], int)
+    rows = report["rows_written"]
+    assert rows["total"] == rows["inserted"] + rows["updated"] + rows["deleted"]
+    assert rows["inserted"] >= notifications  # at least each delivery's row
+    assert rows["per_delivery"] == pytest.approx(rows["total"] / notifications, abs=1e-3)
+    counted = report["statements"]
+    if counted is None:  # a server without pg_stat_statements in shared_preload_libraries
+        assert any("pg_stat_statements" in note for note in report["notes"])
+    else:
+        assert counted["total"] == sum(counted["by_kind"].values())
+        assert counted["per_delivery"] > 0
+        assert counted["by_kind"].get("insert", 0) + counted["by_kind"].get("copy", 0) > 0
+
+
+def test_rows_statements_and_peer_figures_from_counters_and_receipts() -> None:
+    rows = written(Snapshot(10, 5, 1), Snapshot(40, 25, 11), deliveries=10, notifications=5)
+    assert (rows["inserted"], rows["updated"], rows["deleted"], rows["total"]) == (30, 20, 10, 60)
+    assert (rows["per_delivery"], rows["per_notification"]) == (6.0, 12.0)
+    before = {1: ("insert", 5), 2: ("transaction", 10)}
+    after = {1: ("insert", 25), 2: ("transaction", 30), 3: ("select", 10)}
+    counted = statements(before, after, deliveries=10, notifications=10)
+    assert counted is not None
+    assert counted["by_kind"] == {"insert": 20, "select": 10, "transaction": 20}
+    assert (counted["total"], counted["without_transaction_control"]) == (50, 30)
+    assert statements(None, None, 10, 10) is None  # no pg_stat_statements
+    # The peer: each (call, token) pair once; a repeat is a duplicate, a missing one lost.
+    result = PeerResult("firebase-admin", deliveries=3, elapsed_s=1.0, cpu_s=0.5, multicast=2)
+    result.calls = {"peer-x-0": (1_000_000, 2), "peer-x-2": (2_000_000, 2)}
+    receipts = [
+        ("peer-x-0", "t0", 3_000_000),
+        ("peer-x-0", "t1", 4_000_000),
+        ("peer-x-0", "t1", 5_000_000),
+        ("peer-x-2", "t2", 6_000_000),
+        ("naive-1", "t0", 7_000_000),  # not the peer's
+    ]
+    block = peer_block(result, receipts)
+    assert (block["lost"], block["duplicates"], block["calls"]) == (1, 1, 2)
+    assert block["latency_ms"]["max"] == 4.0
+    assert block["cpu_s_per_1000"] == pytest.approx(1000 * 0.5 / 3, abs=1e-3)
+    me = read_stat(os.getpid())
+    assert me is not None
+    assert me.ppid == os.getppid()
+    assert me.self_s > 0
 
 
 def test_a_paced_run_reports_offered_and_achieved_rates_and_memory_over_time(
@@ -131,3 +226,36 @@ def test_memory_slope_and_sweep_counts() -> None:
     assert parse_counts("10000, 1e5") == [10_000, 100_000]
     with pytest.raises(ValueError, match="positive numbers"):
         parse_counts("0")
+
+
+# A stand-in postmaster: on a line from stdin it runs a child that burns CPU and exits, and
+# reaps it (as the postmaster reaps its backends), then says so.
+_PARENT = """
+import subprocess, sys
+sys.stdin.readline()
+burn = "import time\\nwhile time.process_time() < 0.3: pass"
+subprocess.run([sys.executable, "-c", burn, "benchdb"], check=True)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_server_cpu_counts_a_child_that_exits_within_the_window() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert parent.stdin is not None
+    assert parent.stdout is not None
+    try:
+        meter = PostgresCpu(parent.pid, "benchdb", frozenset())
+        meter.start()
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == b"done\n"
+        spent = meter.spent()
+    finally:
+        parent.stdin.close()
+        parent.wait(10)
+    # The child is gone: its 0.3 s of CPU reached the total through the parent's cutime.
+    assert spent["cpu_s"] >= 0.25
+    assert spent["pid"] == parent.pid

@@ -308,9 +308,38 @@ def fakes(directory: Path, herald_url: str, email_providers: tuple[str, ...]) ->
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    help="time budget of the naive baseline",
+    help="time budget of the naive baseline (and of each --peer)",
 )
 @click.option("--no-baseline", "no_baseline", is_flag=True, help="skip the naive baseline")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    type=click.Choice(["firebase-admin"]),
+    help="also run this client on the same sink, after Herald (repeatable): firebase-admin "
+    "is messaging.send_each_for_multicast (the `bench` extra)",
+)
+@click.option(
+    "--peer-multicast",
+    type=click.IntRange(min=1, max=500),
+    default=500,
+    show_default=True,
+    help="device tokens per send_each_for_multicast call",
+)
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="write a py-spy profile of every Herald process over the measured run into DIR",
+)
+@click.option(
+    "--profile-format",
+    type=click.Choice(["flamegraph", "speedscope", "raw"]),
+    default="flamegraph",
+    show_default=True,
+    help="flamegraph: SVG; speedscope: JSON for speedscope; raw: collapsed stacks",
+)
 @click.option(
     "--rate",
     type=click.FloatRange(min=0.1),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -18,10 +19,11 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.channels import Platform, Priority
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
-from herald.fakes.fcm import FakeFcm
+from herald.fakes.fcm import JWT_BEARER_GRANT, FakeFcm
 from herald.fakes.tls import LocalTls
 from herald.providers.base import OutboundMessage
 from herald.providers.fcm import FcmProvider, ServiceAccount
+from herald.providers.push_http import client_ssl_context
 from herald.providers.push_payloads import DELIVERY_ID_KEY
 from tests.providers.conftest import fcm_token, push_message, write_file
 
@@ -316,3 +318,57 @@ async def test_timeout_is_provider_down(
             await provider.close()
     assert isinstance(outcome, ProviderDown)
     assert "unreachable" in outcome.reason
+
+
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+
+
+@pytest.mark.parametrize(
+    ("scope", "audience", "granted"),
+    [
+        (SCOPE, None, True),
+        # firebase-admin (google-auth): cloud-platform, which FCM v1 accepts as well, and
+        # Google's canonical token URL as the audience, whatever the key file's token_uri.
+        (
+            "https://www.googleapis.com/auth/cloud-platform "
+            "https://www.googleapis.com/auth/userinfo.email",
+            "https://oauth2.googleapis.com/token",
+            True,
+        ),
+        ("https://www.googleapis.com/auth/userinfo.email", None, False),
+        (SCOPE, "https://elsewhere.example/token", False),
+    ],
+)
+async def test_token_endpoint_grants_either_fcm_scope_and_audience(
+    fake: FakeFcm,
+    local_tls: LocalTls,
+    clock: FakeClock,
+    scope: str,
+    audience: str | None,
+    granted: bool,
+) -> None:
+    info = fake.create_service_account()
+    now = int(clock.time())
+    assertion = jwt.encode(
+        {
+            "iss": info["client_email"],
+            "aud": audience or fake.token_uri,
+            "scope": scope,
+            "iat": now,
+            "exp": now + 3600,
+        },
+        info["private_key"],
+        algorithm="RS256",
+        headers={"kid": info["private_key_id"]},
+    )
+    form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+    connector = aiohttp.TCPConnector(ssl=client_ssl_context(local_tls.ca_file))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(fake.token_uri, data=form) as answer,
+    ):
+        body = await answer.json()
+    assert (answer.status == 200) is granted, body
+    assert ("access_token" in body) is granted
+    if not granted:
+        assert body["error"] == "invalid_grant"

@@ -28,6 +28,7 @@ from herald.bench.figures import Delivered, Receipts, delivered
 from herald.bench.harness import Audience, Bench, machine
 from herald.bench.memory import memory_lines
 from herald.bench.report import Progress, machine_line, percentiles, stage
+from herald.bench.server import with_rates
 from herald.bench.sink import SinkFleet
 
 TOPIC = "bench-news"
@@ -44,6 +45,9 @@ class Fanout:
     final_s: float  # from the POST until every broadcast delivery is final
     herald_cpu: dict[str, float]
     memory: dict[str, dict[str, Any]]
+    postgres: dict[str, Any] | None = None  # server CPU over the busy phase (production)
+    kafka: dict[str, Any] | None = None
+    profiles: dict[str, str] | None = None
 
 
 class BroadcastBench(Bench):
@@ -110,7 +114,11 @@ class BroadcastBench(Bench):
     ) -> Fanout:
         config = self.config
         base = await db.final_count()
+        profiler = self._profiler()
+        servers = self._server_meter(db)
         meter = self._cpu_meter(sink)
+        if servers is not None:
+            servers.start()
         self._start_timeline()
         stop = asyncio.Event()
         posted = time.perf_counter()
@@ -128,6 +136,11 @@ class BroadcastBench(Bench):
         expected = (planned + sent) * config.devices
         await self._wait_final(db, expected, Progress("all final", expected), base)
         herald_cpu = meter.spent()[0]
+        postgres, kafka = servers.stop() if servers is not None else (None, None)
+        profiles: dict[str, str] = {}
+        if profiler is not None:
+            profiles, notes = await profiler.stop()
+            self.notes += notes
         return Fanout(
             broadcast_id=broadcast_id,
             planned=planned,
@@ -136,6 +149,9 @@ class BroadcastBench(Bench):
             final_s=final_at - posted,
             herald_cpu=herald_cpu,
             memory=self._stop_timeline(),
+            postgres=postgres,
+            kafka=kafka,
+            profiles=profiles,
         )
 
     async def _post_broadcast(self, session: aiohttp.ClientSession) -> tuple[str, int]:
@@ -223,6 +239,10 @@ class BroadcastBench(Bench):
             "duplicates": bulk.duplicates + quiet.duplicates + busy.duplicates,
             "cpu_s": fanout.herald_cpu,
             "cpu_s_per_1000": round(1000 * total_cpu / handled, 4) if handled else 0.0,
+            # production only: the servers' CPU over the busy phase, per delivery handled
+            "postgres": with_rates(fanout.postgres, handled),
+            "kafka": with_rates(fanout.kafka, handled),
+            "profiles": fanout.profiles or {},
             "peak_rss_mb": {p.name: round(p.peak_rss / 2**20, 1) for p in self.processes},
             "memory": fanout.memory,
             "machine": machine(load_before),
@@ -271,6 +291,13 @@ def broadcast_table(report: dict[str, Any]) -> str:
             f"{latency['p99']:>9.1f}{latency['max']:>9.1f}{row['lost']:>6}{row['duplicates']:>5}"
         )
     lines += ["", f"Herald CPU s per 1,000 deliveries (busy phase): {report['cpu_s_per_1000']:.3f}"]
+    for name, label in (("postgres", "PostgreSQL server"), ("kafka", "Kafka broker")):
+        if report.get(name):
+            lines.append(
+                f"{label} CPU s per 1,000 (busy phase): {report[name]['cpu_s_per_1000']:.3f}"
+            )
+    for name, path in (report.get("profiles") or {}).items():
+        lines.append(f"profile of {name}: {path}")
     lines += memory_lines(report["memory"])
     if report.get("notes"):
         lines += ["", *report["notes"]]

@@ -48,11 +48,15 @@ import asyncpg
 import psutil
 
 from herald.bench.baseline import BaselineResult, run_baseline
-from herald.bench.db import BenchDb
+from herald.bench.db import BenchDb, PostgresBenchDb
 from herald.bench.errors import BenchError
 from herald.bench.figures import Delivered, Receipts, baseline_block, delivered
 from herald.bench.memory import MemoryTimeline
+from herald.bench.peer import FCM_MULTICAST_LIMIT, PeerResult, peer_block, run_peer
+from herald.bench.pgstats import STATS_SETTLE_S, Calls, PgCounters, Snapshot, statements, written
+from herald.bench.profile import Profiler
 from herald.bench.report import Progress, percentiles, stage
+from herald.bench.server import ServerMeter, server_meter, with_rates
 from herald.bench.sink import SinkFleet
 from herald.bench.submit import ItemFactory, Submitter
 from herald.security import generate_key
@@ -87,6 +91,10 @@ class BenchConfig:
     trickle_rate: float = 5.0  # broadcast: critical notifications per second
     trickle_seconds: float = 20.0  # broadcast: the trickle alone, before the broadcast
     priority_pool: bool = False  # production: a router and a push worker for the priority lane
+    peers: tuple[str, ...] = ()  # other clients on the same sink, e.g. "firebase-admin"
+    peer_multicast: int = FCM_MULTICAST_LIMIT  # tokens per send_each_for_multicast call
+    profile_dir: Path | None = None  # py-spy profiles of every Herald process
+    profile_format: str = "flamegraph"
 
     def resolved(self) -> BenchConfig:
         """Checks the options; `duration` with `rate` fixes the number of notifications."""
@@ -183,6 +191,8 @@ class Bench:
         self.topic_prefix = ""
         self.kafka_bootstrap = ""
         self.timeline: MemoryTimeline | None = None  # set while the load runs
+        self.work = Path()
+        self.pg: PgCounters | None = None  # production: PostgreSQL's counters
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -192,6 +202,7 @@ class Bench:
         made_dir = config.work_dir is None
         work = config.work_dir or Path(tempfile.mkdtemp(prefix="herald-bench-"))
         work.mkdir(parents=True, exist_ok=True)
+        self.work = work
         from herald.fakes.runner import FakeFleet
 
         # hypercorn resets its logger's level per server, so a filter (which it keeps).
@@ -500,22 +511,89 @@ class Bench:
         config = self.config
         db = await BenchDb.open(self.database_url)
         try:
+            counters = self.pg = await self._counters(db)
             async with self._session() as session:
                 await self._create_users(session, Audience("u", config.users))
                 await self._warm_up(session, db)
+                before = await self._settled(counters, time.perf_counter())
                 window = await self._load(session, db, sink)
             stage("counting receipts at the sink")
             await asyncio.sleep(sink.flush_delay())
             rows = await db.bench_deliveries(self._prefix)
             herald = delivered(rows, Receipts.read(sink.receipts()), window.expected)
             del rows
+            after = await self._settled(counters, window.ended)
             naive = await self._naive(db, fleet, sink) if config.baseline else None
+            peers = [await self._peer(name, fleet, sink, window.expected) for name in config.peers]
         finally:
             await db.close()
         # The sinks flush on a timer: stop them to read every receipt of the baseline too.
         await asyncio.to_thread(sink.stop)
         baseline = baseline_block(naive, sink.receipts() if naive else ())
-        return self._report(window, herald, baseline, load_before)
+        peer_blocks = {peer.name: peer_block(peer, sink.receipts()) for peer in peers}
+        storage = (
+            written(before, after, herald.deliveries, config.notifications)
+            if before is not None and after is not None
+            else None,
+            statements(*window.calls, herald.deliveries, config.notifications),
+        )
+        return self._report(window, herald, baseline, load_before, peer_blocks, storage)
+
+    async def _counters(self, db: BenchDb) -> PgCounters | None:
+        """PostgreSQL's write and statement counters of the bench database (production)."""
+        if not isinstance(db, PostgresBenchDb):
+            return None
+        counters = PgCounters(db.connection, self.database_url.rpartition("/")[2])
+        await counters.setup()
+        if counters.statements_note:
+            self.notes.append(counters.statements_note)
+        return counters
+
+    async def _settled(self, counters: PgCounters | None, since: float) -> Snapshot | None:
+        if counters is None:
+            return None
+        wait = max(0.0, since + STATS_SETTLE_S - time.perf_counter())
+        if wait > 1:
+            stage(f"waiting {wait:.0f} s for PostgreSQL's row counters to settle")
+        snapshot = await counters.settled(since)
+        self.notes += counters.notes
+        counters.notes.clear()
+        return snapshot
+
+    async def _peer(self, name: str, fleet: Any, sink: SinkFleet, deliveries: int) -> PeerResult:
+        config = self.config
+        stage(f"peer {name}: {deliveries:,} deliveries (at most {config.baseline_seconds:.0f} s)")
+        result = await run_peer(
+            name,
+            work=self.work,
+            credentials=fleet.files.fcm_credentials,
+            ca_file=fleet.tls.ca_file,
+            send_base_url=sink.base_url,
+            users=config.users,
+            devices=config.devices,
+            deliveries=deliveries,
+            multicast=config.peer_multicast,
+            max_seconds=config.baseline_seconds,
+            run_id=self.run_id,
+        )
+        await asyncio.sleep(sink.flush_delay())
+        return result
+
+    def _server_meter(self, db: BenchDb) -> ServerMeter | None:
+        if not isinstance(db, PostgresBenchDb):
+            return None
+        pid = db.connection.get_server_pid()
+        name = self.database_url.rpartition("/")[2]
+        return server_meter([pid], name, self.kafka_bootstrap, self.notes)
+
+    def _profiler(self) -> Profiler | None:
+        if self.config.profile_dir is None:
+            return None
+        profiler = Profiler(self.config.profile_dir, self.config.profile_format)
+        pids = {p.name: p.popen.pid for p in self.processes if p.popen is not None}
+        profiler.start(pids)
+        stage(f"profiling {', '.join(pids)} with py-spy into {self.config.profile_dir}")
+        return profiler
 
     @property
     def _prefix(self) -> str:
@@ -530,7 +608,12 @@ class Bench:
         stage(f"submitting {config.notifications:,} notifications ({expected:,} deliveries){paced}")
         submit_progress = Progress("accepted", config.notifications)
         deliver_progress = Progress("delivered (final)", expected)
+        profiler = self._profiler()
+        servers = self._server_meter(db)
         meter = self._cpu_meter(sink)
+        calls_before = await self.pg.calls() if self.pg is not None else None
+        if servers is not None:
+            servers.start()
         self._start_timeline()
         started = time.perf_counter()
         make = partial(self._item, self._prefix)
@@ -540,7 +623,15 @@ class Bench:
         ended = await self._wait_final(db, expected, deliver_progress, base)
         deliver_progress.finish()
         memory = self._stop_timeline()
-        return Window(expected, started, submitted, ended, *meter.spent(), memory)
+        window = Window(expected, started, submitted, ended, *meter.spent(), memory)
+        if servers is not None:
+            window.postgres, window.kafka = servers.stop()
+        if self.pg is not None:
+            window.calls = (calls_before, await self.pg.calls())
+        if profiler is not None:
+            window.profiles, notes = await profiler.stop()
+            self.notes += notes
+        return window
 
     async def _naive(self, db: BenchDb, fleet: Any, sink: SinkFleet) -> BaselineResult:
         config = self.config
@@ -567,6 +658,8 @@ class Bench:
         herald: Delivered,
         baseline: dict[str, Any],
         load_before: list[float],
+        peers: dict[str, dict[str, Any]] | None = None,
+        storage: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None),
     ) -> dict[str, Any]:
         config = self.config
         deliveries = herald.deliveries
@@ -599,6 +692,15 @@ class Bench:
             },
             "memory": window.memory,
             "memory_interval_s": config.rss_interval_s,
+            # Production only: null on the embedded backend, which has no server, and whose
+            # writes no counter outside SQLite's process sees (sqlite3's total_changes()
+            # counts one connection's). herald.bench.server and herald.bench.pgstats.
+            "postgres": with_rates(window.postgres, deliveries),
+            "kafka": with_rates(window.kafka, deliveries),
+            "rows_written": storage[0],
+            "statements": storage[1],
+            "peers": {name: _versus(block, rate) for name, block in (peers or {}).items()},
+            "profiles": window.profiles,
             **self._extras(window, deliveries, elapsed, rate, load_before),
             "states": dict(herald.states),
         }
@@ -655,6 +757,10 @@ class Window:
     fake_cpu: float
     own_cpu: float
     memory: dict[str, dict[str, Any]]
+    postgres: dict[str, Any] | None = None  # server CPU over the window (production)
+    kafka: dict[str, Any] | None = None  # broker CPU over the window (production)
+    profiles: dict[str, str] = field(default_factory=dict)  # process -> profile file
+    calls: tuple[Calls | None, Calls | None] = (None, None)  # pg_stat_statements, start / end
 
 
 class CpuMeter:
@@ -682,6 +788,11 @@ class CpuMeter:
             fake - self.before[1],
             own - self.before[2],
         )
+
+
+def _versus(block: dict[str, Any], herald_rate: float) -> dict[str, Any]:
+    rate = block["deliveries_per_s"]
+    return {**block, "speedup": round(herald_rate / rate, 2) if rate else 0.0}
 
 
 def machine(load_before: list[float]) -> dict[str, Any]:

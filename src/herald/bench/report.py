@@ -23,6 +23,12 @@ REPORT_KEYS = (
     "duplicates",
     "baseline",
     "speedup",
+    "postgres",
+    "kafka",
+    "rows_written",
+    "statements",
+    "peers",
+    "profiles",
 )
 
 
@@ -96,9 +102,102 @@ def machine_line(report: dict[str, Any]) -> str:
     )
 
 
+def _columns(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Herald, the naive baseline, then each peer: (heading, figures)."""
+    herald = {
+        key: report[key]
+        for key in ("deliveries", "deliveries_per_s", "cpu_s_per_1000", "latency_ms", "lost")
+    }
+    herald |= {"duplicates": report["duplicates"], "accepted_per_s": report["accepted_per_s"]}
+    columns = [("Herald", herald), ("naive baseline", report["baseline"])]
+    columns += list((report.get("peers") or {}).items())
+    return columns
+
+
+def _row(label: str, cells: list[str]) -> str:
+    return f"{label:34}" + "".join(f"{cell:>18}" for cell in cells)
+
+
+def _comparison(report: dict[str, Any]) -> list[str]:
+    columns = _columns(report)
+    figures = [column for _name, column in columns]
+
+    def pair(values: tuple[float, float]) -> str:
+        return f"{values[0]:.1f} / {values[1]:.1f}"
+
+    lines = [
+        _row("", [name for name, _ in columns]),
+        _row("deliveries", [f"{f['deliveries']:,}" for f in figures]),
+        _row("deliveries / s", [f"{f['deliveries_per_s']:,.0f}" for f in figures]),
+        _row(
+            "notifications accepted / s",
+            [f"{report['accepted_per_s']:,.0f}"] + ["-"] * (len(figures) - 1),
+        ),
+        _row("CPU s per 1,000 deliveries", [f"{f['cpu_s_per_1000']:.3f}" for f in figures]),
+        _row(
+            "latency p50 / p95 (ms)",
+            [pair((f["latency_ms"]["p50"], f["latency_ms"]["p95"])) for f in figures],
+        ),
+        _row(
+            "latency p99 / max (ms)",
+            [pair((f["latency_ms"]["p99"], f["latency_ms"]["max"])) for f in figures],
+        ),
+        _row("lost / duplicates", [f"{f['lost']} / {f['duplicates']}" for f in figures]),
+        _row(
+            "speedup (Herald / column)",
+            ["-", "-" if report["baseline"].get("skipped") else f"{report['speedup']:.1f}x"]
+            + [f"{f.get('speedup', 0.0):.1f}x" for f in figures[2:]],
+        ),
+    ]
+    for name, peer in (report.get("peers") or {}).items():
+        lines.append(
+            f"{name}: {peer['client']}, {peer['calls']:,} calls of {peer['tokens_per_call']} "
+            f"tokens, {peer['elapsed_s']} s, {peer['failed']} failed"
+        )
+    return lines
+
+
+def server_lines(report: dict[str, Any]) -> list[str]:
+    """PostgreSQL and Kafka CPU, rows written and statements (production only)."""
+    postgres, kafka = report.get("postgres"), report.get("kafka")
+    rows, statements = report.get("rows_written"), report.get("statements")
+    if report.get("backend") != "production":
+        return [
+            "PostgreSQL / Kafka CPU, rows written, statements: production only (the embedded "
+            "backend has no server, and nothing outside SQLite's process counts its writes)"
+        ]
+    lines = ["per delivery, on the servers (production):"]
+    if postgres is not None:
+        lines.append(
+            f"  PostgreSQL CPU        {postgres['cpu_s_per_1000']:.3f} s per 1,000 "
+            f"({postgres['cpu_us_per_delivery']:,.0f} us each; whole server, pid "
+            f"{postgres['pid']}); the bench database's {postgres['bench_db_backends']} "
+            f"backends {postgres['bench_db_cpu_s_per_1000']:.3f} s per 1,000"
+        )
+    if kafka is not None:
+        lines.append(
+            f"  Kafka broker CPU      {kafka['cpu_s_per_1000']:.3f} s per 1,000 "
+            f"({kafka['cpu_us_per_delivery']:,.0f} us each; pid {kafka['pid']})"
+        )
+    if rows is not None:
+        lines.append(
+            f"  rows written          {rows['per_delivery']:.2f} ({rows['total']:,}: inserted "
+            f"{rows['inserted']:,}, updated {rows['updated']:,}, deleted {rows['deleted']:,}; "
+            f"{rows['source']})"
+        )
+    if statements is not None:
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in statements["by_kind"].items())
+        lines.append(
+            f"  statements            {statements['per_delivery']:.2f} "
+            f"({statements['without_transaction_control_per_delivery']:.2f} without "
+            f"BEGIN/COMMIT; {statements['total']:,}: {kinds}; {statements['source']})"
+        )
+    else:
+        lines.append("  statements            not counted (pg_stat_statements not loaded)")
+    return lines
+
+
 def table(report: dict[str, Any]) -> str:
-    baseline = report["baseline"]
-    latency = report["latency_ms"]
     lines = [
         f"herald bench: {report['backend']} backend, {report['notifications']:,} notifications "
         f"to {report['users']:,} users x {report['devices']} android devices, "
@@ -106,20 +205,9 @@ def table(report: dict[str, Any]) -> str:
         f"{report['provider_latency_ms']} ms",
         machine_line(report),
         "",
-        f"{'':34}{'Herald':>14}{'naive baseline':>18}",
-        f"{'deliveries':34}{report['deliveries']:>14,}{baseline['deliveries']:>18,}",
-        f"{'deliveries / s':34}{report['deliveries_per_s']:>14,.0f}"
-        f"{baseline['deliveries_per_s']:>18,.0f}",
-        f"{'notifications accepted / s':34}{report['accepted_per_s']:>14,.0f}{'-':>18}",
-        f"{'CPU s per 1,000 deliveries':34}{report['cpu_s_per_1000']:>14.3f}"
-        f"{baseline['cpu_s_per_1000']:>18.3f}",
-        f"{'latency p50 / p95 (ms)':34}{latency['p50']:>7.1f} /{latency['p95']:>6.1f}"
-        f"{baseline['latency_ms']['p50']:>10.1f} /{baseline['latency_ms']['p95']:>6.1f}",
-        f"{'latency p99 / max (ms)':34}{latency['p99']:>7.1f} /{latency['max']:>6.1f}"
-        f"{baseline['latency_ms']['p99']:>10.1f} /{baseline['latency_ms']['max']:>6.1f}",
-        f"{'lost / duplicates':34}{report['lost']:>8} /{report['duplicates']:>4}"
-        f"{baseline['lost']:>12} /{baseline['duplicates']:>4}",
-        f"{'speedup (Herald / baseline)':34}{report['speedup']:>14.1f}x",
+        *_comparison(report),
+        "",
+        *server_lines(report),
         "",
         "peak RSS (MB) and CPU seconds per process:",
     ]
@@ -132,8 +220,11 @@ def table(report: dict[str, Any]) -> str:
     )
     lines.append(f"per channel deliveries / s: {report['deliveries_per_s_by_channel']}")
     lines += _rate_lines(report.get("rate"))
-    if baseline.get("skipped"):
+    if report["baseline"].get("skipped"):
         lines.append("naive baseline: not run (a paced run, or --no-baseline); its column is 0")
+    if report.get("profiles"):
+        lines.append("profiles (py-spy, measured run):")
+        lines += [f"  {name:20}{path}" for name, path in report["profiles"].items()]
     lines += memory_lines(report.get("memory") or {})
     if report.get("notes"):
         lines += ["", *report["notes"]]

@@ -55,6 +55,11 @@ def _row(report: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": report["latency_ms"],
         "lost": report["lost"],
         "duplicates": report["duplicates"],
+        # production only (null embedded): the servers' CPU and PostgreSQL's counters
+        "postgres_cpu_s_per_1000": (report.get("postgres") or {}).get("cpu_s_per_1000"),
+        "kafka_cpu_s_per_1000": (report.get("kafka") or {}).get("cpu_s_per_1000"),
+        "rows_written_per_delivery": (report.get("rows_written") or {}).get("per_delivery"),
+        "statements_per_delivery": (report.get("statements") or {}).get("per_delivery"),
         "load_before": report["machine"]["load_before"],
         "load_after": report["machine"]["load_after"],
     }

@@ -32,6 +32,11 @@ from herald.providers.push_payloads import FCM_MAX_PAYLOAD_BYTES, validate_fcm_t
 
 TOKEN_PATH = "/token"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+# FCM v1 `messages.send` takes either scope (firebase-admin asks for cloud-platform).
+FCM_SCOPES = frozenset({FCM_SCOPE, "https://www.googleapis.com/auth/cloud-platform"})
+# The assertion's audience: Google takes its token endpoint's canonical URL (google-auth
+# always sends it, whatever the key file's token_uri); Herald sends the token_uri.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _SEND_PATH_RE = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
 _TTL_RE = re.compile(r"^\d+(\.\d{1,9})?s$")
@@ -218,7 +223,7 @@ class FakeFcm(FakeServer):
                 assertion,
                 key.public_key,
                 algorithms=["RS256"],
-                audience=self.token_uri,
+                audience=[self.token_uri, GOOGLE_TOKEN_AUDIENCE],
                 # Time is checked below against the fake's clock, not the wall clock.
                 options={
                     "verify_exp": False,
@@ -237,8 +242,8 @@ class FakeFcm(FakeServer):
         now = self.clock.time()
         if claims["iss"] != key.client_email:
             return "Invalid JWT: iss does not match the key."
-        if FCM_SCOPE not in str(claims["scope"]).split():
-            return "Invalid JWT: scope lacks firebase.messaging."
+        if not FCM_SCOPES & set(str(claims["scope"]).split()):
+            return "Invalid JWT: scope lacks firebase.messaging or cloud-platform."
         iat, exp = float(claims["iat"]), float(claims["exp"])
         if exp - iat > 3600 or iat > now + 60 or exp <= now:
             return _SHORT_LIVED
