@@ -220,7 +220,7 @@ async def test_a_worker_killed_after_its_claim_is_recovered_by_the_lease(
     await router.route([accepted.json()["id"]])
     ids = [d["id"] for d in await deliveries(api, accepted.json()["id"])]
     assert (
-        len(await runtime.storage.deliveries.claim(ids, lease_seconds=0.2)) == 3
+        len((await runtime.storage.deliveries.claim(ids, lease_seconds=0.2)).claimed) == 3
     )  # the worker that died
     scheduler = runtime.scheduler()
     assert await scheduler.tick() == 0  # the lease still runs

@@ -131,7 +131,7 @@ async def test_a_failed_scheduler_pass_is_logged_and_the_next_pass_releases(
     notification = accepted.json()["id"]
     await runtime.router().route([notification])
     (delivery,) = await runtime.storage.notifications.deliveries_of(notification)
-    (claimed,) = await runtime.storage.deliveries.claim([delivery.id], 30)
+    (claimed,) = (await runtime.storage.deliveries.claim([delivery.id], 30)).claimed
     await runtime.storage.deliveries.record_outcomes(
         [
             DeliveryUpdate(

@@ -4,6 +4,7 @@ the roles' consume loop and start-up, the API's error handler, the live inbox hu
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from typing import Literal
 
@@ -38,6 +39,8 @@ def _outage_of(error: BaseException) -> Dependency | None:
     if isinstance(error, BusUnavailable):
         return "bus"
     if isinstance(error, OSError):  # refused, reset, unreachable, timed out (ConnectionError)
+        return "database"
+    if isinstance(error, sqlite3.OperationalError):  # "database is locked" (native statements)
         return "database"
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return "database"

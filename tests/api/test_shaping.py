@@ -74,7 +74,7 @@ async def test_cancelling_a_scheduled_notification(
     }
     deliveries = await runtime.storage.notifications.deliveries_of(notification_id)
     assert {(d.state, d.last_error) for d in deliveries} == {(DeliveryState.SKIPPED, "cancelled")}
-    assert await runtime.storage.deliveries.claim([d.id for d in deliveries], 30) == []
+    assert (await runtime.storage.deliveries.claim([d.id for d in deliveries], 30)).claimed == []
     again = await api.post(f"/v1/notifications/{notification_id}/cancel")
     assert again.status_code == 409
     assert (await api.post("/v1/notifications/nope/cancel")).status_code == 404

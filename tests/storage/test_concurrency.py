@@ -75,7 +75,9 @@ async def test_racing_claims_give_each_delivery_to_one_worker(
     ids = await make_deliveries(api, runtime, 200)
 
     async def claim(storage: Storage) -> list[str]:
-        return [d.id for d in await storage.deliveries.claim(ids[::-1][:150] + ids[:50], 30)]
+        return [
+            d.id for d in (await storage.deliveries.claim(ids[::-1][:150] + ids[:50], 30)).claimed
+        ]
 
     winners = await race(racers, claim)
     assert set(winners) == set(ids)
@@ -87,7 +89,7 @@ async def test_racing_schedulers_release_each_due_delivery_once(
 ) -> None:
     """release_due: deferred deliveries whose time has come, raced by six schedulers."""
     ids = await make_deliveries(api, runtime, 150)
-    claimed = await runtime.storage.deliveries.claim(ids, 30)
+    claimed = (await runtime.storage.deliveries.claim(ids, 30)).claimed
     past = runtime.clock.now() - timedelta(seconds=1)
     await runtime.storage.deliveries.record_outcomes(
         [DeliveryUpdate(d.id, d.notification_id, S.DEFERRED, due_at=past) for d in claimed]

@@ -17,7 +17,8 @@ STORAGE = Path(guards.__file__).parent
 
 @pytest.mark.parametrize("guard", ALL, ids=lambda g: g.name)
 def test_each_guard_allows_only_transitions_of_the_state_machine(guard: Guard) -> None:
-    assert guard.sources and guard.targets
+    assert guard.sources
+    assert guard.targets
     for source in guard.sources:
         for target in guard.targets:
             allowed = target in TRANSITIONS[source] or (guard is guards.LEASE_RENEWAL)

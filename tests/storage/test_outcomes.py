@@ -20,7 +20,7 @@ async def test_an_answer_changes_a_delivery_still_sending_or_settles_an_unknown_
 ) -> None:
     storage = runtime.storage
     ids = sorted(await make_deliveries(api, runtime, 5))
-    claimed = {d.id: d for d in await storage.deliveries.claim(ids, 30)}
+    claimed = {d.id: d for d in (await storage.deliveries.claim(ids, 30)).claimed}
     sending, answered, unknown_sent, unknown_retry, recovered = ids
     await storage.deliveries.record_outcomes([_update(claimed[answered], S.SENT, "first")])
     async with storage.database.transaction() as db:  # what lease recovery does to an expired claim

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from herald.clock import FakeClock
 from herald.domain import (
@@ -29,6 +30,7 @@ from herald.providers.base import OutboundMessage, Provider
 from herald.providers.registry import ProviderSet
 from herald.runtime import Runtime
 from herald.storage import DeliveryUpdate
+from herald.storage import schema as t
 from herald.workers.worker import ChannelWorker, WorkerSettings
 from tests.fixtures.herald import eventually
 
@@ -144,6 +146,40 @@ async def test_retry_honours_retry_after_then_dead_letters(
     assert delivery.state == S.FAILED
     assert delivery.last_error == "dead-lettered after 3 attempts: 503"
     assert len(provider.sent) == 3
+
+
+async def test_the_delivery_log_shows_each_attempt_with_its_claim_time(
+    api: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """A claim writes no log row (the delivery row keeps claimed_at), nor does a plain
+    `queued`: the log still lists queued, and sending before each attempt's outcome, at
+    the times they happened, with the attempt number."""
+    delivery_id = await route_one(api, runtime, ["email"])
+    made = clock.now()
+    clock.advance(5)
+    worker = worker_for(runtime, Channel.EMAIL, Scripted("email", Retry("busy", after=30)))
+    first_claim = clock.now()
+    await worker.process([delivery_id])
+    clock.advance(60)
+    second_claim = clock.now()
+    await worker.process([delivery_id])
+    (delivery,) = await runtime.storage.deliveries.get([delivery_id])
+    assert (delivery.state, delivery.attempts, delivery.claimed_at) == (S.SENT, 2, second_claim)
+    log = await runtime.storage.notifications.events_of(delivery.notification_id)
+    assert [(e.state, e.at, e.detail.get("attempt")) for e in log] == [
+        (S.QUEUED, made, None),
+        (S.SENDING, first_claim, 1),
+        (S.DEFERRED, first_claim, 1),
+        (S.SENDING, second_claim, 2),
+        (S.SENT, second_claim, 2),
+    ]
+    async with runtime.storage.database.reading() as db:
+        written = await db.scalar(
+            sa.select(sa.func.count())
+            .select_from(t.delivery_events)
+            .where(t.delivery_events.c.delivery_id == delivery_id)
+        )
+    assert written == 2  # one row per attempt outcome
 
 
 async def test_backoff_grows_exponentially_with_jitter() -> None:
@@ -605,7 +641,7 @@ async def test_a_delivery_whose_workers_keep_dying_is_dead_lettered(
     the lease expired): past the attempts, the next claim dead-letters it unsent."""
     delivery_id = await route_one(api, runtime, ["email"])
     for _ in range(3):
-        assert await runtime.storage.deliveries.claim([delivery_id], 30)  # ... and dies
+        assert (await runtime.storage.deliveries.claim([delivery_id], 30)).claimed  # ... and dies
         clock.advance(31)
         await runtime.scheduler().tick()  # the lease expired: queued again
     provider = Scripted("email")

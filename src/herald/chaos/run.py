@@ -540,9 +540,14 @@ class Chaos:
         events: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
         for row in await pg_fetch(
             url,
-            "SELECT delivery_id, state, detail->>'reason' AS reason, created_at "
+            "SELECT delivery_id, state, detail->>'reason' AS reason, created_at, "
+            "(detail->>'claimed_at')::timestamptz AS claimed_at "
             "FROM delivery_events ORDER BY id",
         ):
+            # A claim writes no event of its own: each attempt's end (outcome, expired lease)
+            # carries its claim time, which stands for the claim here.
+            if row["claimed_at"] is not None:
+                events[row["delivery_id"]].append((row["claimed_at"].timestamp(), "sending", ""))
             events[row["delivery_id"]].append(
                 (row["created_at"].timestamp(), row["state"], row["reason"] or "")
             )

@@ -119,6 +119,7 @@ class Delivery:
     lease_until: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    claimed_at: datetime | None = None  # when attempt number `attempts` was claimed
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from herald.clock import SYSTEM_CLOCK, Clock
+from herald.outages import is_outage
 from herald.storage.dialect import Dialect, dialect_for
+from herald.storage.native import Native
 
 
 class Database:
@@ -47,6 +49,20 @@ class Database:
     def reading(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection for reads only: on PostgreSQL every statement commits alone."""
         return self._read_engine.connect()
+
+    @asynccontextmanager
+    async def native(self) -> AsyncIterator[Native]:
+        """A pooled connection's driver, for the hot statements (herald.storage.native).
+        A connection that failed with an outage is invalidated, as SQLAlchemy does for its
+        own statements, so the pool does not hand it out again."""
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            try:
+                yield self.dialect.native(raw.driver_connection)
+            except Exception as error:
+                if is_outage(error):
+                    await connection.invalidate(error)
+                raise
 
     def point_at(self, engine: AsyncEngine) -> None:
         """Use another engine from now on (tests: one whose connections the server

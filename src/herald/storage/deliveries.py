@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
 
-from herald.domain import Channel, Delivery, DeliveryEvent, DeliveryState
+from herald.domain import Delivery, DeliveryEvent, DeliveryState
 from herald.storage import schema as t
 from herald.storage.database import Database
-from herald.storage.guards import CLAIM, DEVICE_GONE, LEASE_RENEWAL, SET_ASIDE
+from herald.storage.guards import LEASE_RENEWAL, SET_ASIDE
+from herald.storage.native import CLAIM_NEEDS_DEVICE_SQL, CLAIM_SQL
 from herald.storage.records import DeliveryUpdate
 from herald.storage.repository import Repository
 from herald.storage.rows import event_row, to_delivery
@@ -20,51 +22,67 @@ from herald.util import chunks
 S = DeliveryState
 
 
+DEVICE_GONE_REASON = "device deleted or deactivated before it could be sent"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a claim took (now `sending`, for this worker to send) and what it skipped
+    (push deliveries whose device went away)."""
+
+    claimed: list[Delivery]
+    skipped: list[Delivery]
+
+
 class DeliveryRepository(Repository):
     def __init__(self, database: Database) -> None:
         super().__init__(database)
         # Dead targets: an address a provider refused for good is suppressed.
         self.add_suppression = SuppressionRepository(database).add
 
-    async def claim(self, delivery_ids: Sequence[str], lease_seconds: float) -> list[Delivery]:
+    async def claim(
+        self, delivery_ids: Sequence[str], lease_seconds: float, *, needs_device: bool = False
+    ) -> Claim:
         """The only thing that makes a send happen: one atomic UPDATE ... RETURNING.
 
         A delivery is claimable when queued, or deferred and due. Two workers handed the
         same id (a redelivered message) race on this statement and exactly one wins; a
         delivery already sent is not claimable, so the duplicate message is a no-op.
+
+        With `needs_device` (push), the same statement skips instead of claiming a delivery
+        whose device was deleted or deactivated since it was planned (one statement, where
+        a check before the claim cost a transaction of its own per batch). The claim writes
+        no log event: the row keeps `claimed_at`, and the attempt's outcome event carries it.
         """
         if not delivery_ids:
-            return []
+            return Claim([], [])
         now = self.clock.now()
-        claimable = sa.and_(
-            CLAIM.holds(t.deliveries.c.state),
-            sa.or_(t.deliveries.c.state != S.DEFERRED.value, t.deliveries.c.due_at <= now),
-        )
-        async with self.db.transaction() as db:
-            rows = await db.execute(
-                t.deliveries.update()
-                .where(self.dialect.among(t.deliveries.c.id, delivery_ids), claimable)
-                .values(
-                    state=S.SENDING.value,
-                    lease_until=now + timedelta(seconds=lease_seconds),
-                    attempts=t.deliveries.c.attempts + 1,
-                    updated_at=now,
+        lease_until = now + timedelta(seconds=lease_seconds)
+        # One transaction, so that a row the code cannot read back (a bug, a bad value)
+        # undoes the claim of the whole batch rather than leaving it claimed and unsent:
+        # the worker then finds that row alone and sets it aside (roles.consume_loop).
+        async with self.db.native() as native, native.transaction():
+            if needs_device:
+                rows = await native.fetch(
+                    CLAIM_NEEDS_DEVICE_SQL,
+                    list(delivery_ids),
+                    native.at(lease_until),
+                    native.at(now),
+                    DEVICE_GONE_REASON,
                 )
-                .returning(*t.deliveries.c)
-            )
-            claimed = [to_delivery(row) for row in rows]
-            await self.dialect.insert_events(
-                db,
-                [
-                    event_row(
-                        DeliveryEvent(
-                            d.id, d.notification_id, S.SENDING, now, {"attempt": d.attempts}
-                        )
-                    )
-                    for d in claimed
-                ],
-            )
-        return claimed
+            else:
+                rows = await native.fetch(
+                    CLAIM_SQL, list(delivery_ids), native.at(lease_until), native.at(now)
+                )
+            found = [native.delivery(row) for row in rows]
+            skipped = [x for x in found if x.state == S.SKIPPED]
+            if skipped:  # rare: a device went away between planning and sending
+                detail = {"reason": DEVICE_GONE_REASON}
+                events = [
+                    DeliveryEvent(x.id, x.notification_id, S.SKIPPED, now, detail) for x in skipped
+                ]
+                await native.append_events([event_row(e) for e in events])
+        return Claim([x for x in found if x.state == S.SENDING], skipped)
 
     async def extend_leases(self, delivery_ids: Sequence[str], lease_seconds: float) -> int:
         """Renew the lease of deliveries a live worker is still sending (or recording), so
@@ -82,41 +100,6 @@ class DeliveryRepository(Repository):
                 .values(lease_until=now + timedelta(seconds=lease_seconds))
             )
         return int(result.rowcount)
-
-    async def skip_without_device(self, delivery_ids: Sequence[str]) -> int:
-        """Push deliveries still waiting (queued, or deferred) whose device was deleted or
-        deactivated since they were planned are skipped, with an event, so no worker
-        claims them (the push worker calls this right before its claim)."""
-        if not delivery_ids:
-            return 0
-        now = self.clock.now()
-        d, devices = t.deliveries.c, t.devices.c
-        live_device = sa.select(devices.id).where(devices.id == d.target_ref, devices.active)
-        reason = "device deleted or deactivated before it could be sent"
-        async with self.db.transaction() as db:
-            rows = list(
-                await db.execute(
-                    t.deliveries.update()
-                    .where(
-                        self.dialect.among(d.id, delivery_ids),
-                        d.channel == Channel.PUSH.value,
-                        DEVICE_GONE.holds(d.state),
-                        ~sa.exists(live_device),
-                    )
-                    .values(state=S.SKIPPED.value, last_error=reason, due_at=None, updated_at=now)
-                    .returning(d.id, d.notification_id)
-                )
-            )
-            await self.dialect.insert_events(
-                db,
-                [
-                    event_row(
-                        DeliveryEvent(r.id, r.notification_id, S.SKIPPED, now, {"reason": reason})
-                    )
-                    for r in rows
-                ],
-            )
-        return len(rows)
 
     async def record_outcomes(self, updates: Sequence[DeliveryUpdate]) -> int:
         """Record what happened to claimed deliveries, with their events, in one
@@ -136,6 +119,8 @@ class DeliveryRepository(Repository):
                         k: v
                         for k, v in {
                             **u.detail,
+                            "attempt": u.attempt,
+                            "claimed_at": u.claimed_at.isoformat() if u.claimed_at else None,
                             "error": u.last_error,
                             "provider_message_id": u.provider_message_id,
                         }.items()
@@ -146,9 +131,9 @@ class DeliveryRepository(Repository):
             )
             for u in updates
         ]
-        async with self.db.transaction() as db:
-            changed = await self.dialect.apply_outcomes(db, updates, now)
-            await self.dialect.insert_events(db, events)
+        async with self.db.native() as native, native.transaction():
+            changed = await native.record_outcomes(updates, now)
+            await native.append_events(events)
         return changed
 
     async def get(self, delivery_ids: Sequence[str]) -> list[Delivery]:

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from herald.storage import schema as t
 from herald.storage.guards import LATE_ANSWER, OUTCOME
+from herald.storage.native import AsyncpgNative, Native, SqliteNative
 from herald.storage.records import DeliveryUpdate
 from herald.util import json_dumps
 
@@ -33,6 +34,10 @@ EVENT_COLUMNS = ("delivery_id", "notification_id", "state", "provider", "detail"
 
 class Dialect(abc.ABC):
     name: str
+
+    @abc.abstractmethod
+    def native(self, driver_connection: Any) -> Native:
+        """The hot statements' view of a driver connection (herald.storage.native)."""
 
     @abc.abstractmethod
     def create_engine(self, url: str) -> AsyncEngine:
@@ -144,6 +149,9 @@ class SqliteDialect(Dialect):
         event.listen(engine.sync_engine, "connect", _pragmas)
         return engine
 
+    def native(self, driver_connection: Any) -> Native:
+        return SqliteNative(driver_connection)
+
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
@@ -178,6 +186,9 @@ class PostgresDialect(Dialect):
         # snapshot either way, and the BEGIN and ROLLBACK around a read were two of its
         # three round trips.
         return {"isolation_level": "AUTOCOMMIT"}
+
+    def native(self, driver_connection: Any) -> Native:
+        return AsyncpgNative(driver_connection)
 
     def insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table)

@@ -4,7 +4,7 @@ read, cancel."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -74,23 +74,38 @@ class NotificationRepository(Repository):
         return [to_delivery(row) for row in rows]
 
     async def events_of(self, notification_id: str) -> list[DeliveryEvent]:
+        """The notification's delivery log, oldest first: the events written, and the two
+        kinds of entry the delivery rows hold instead of writing them (see migration 0009):
+        `queued` when a delivery was made (unless its routing wrote an event: a plan that
+        said more than queued) and `sending` for each claim, at the claim time that each
+        attempt's outcome event (or the row, for the attempt in flight) carries."""
         async with self.db.reading() as db:
             rows = await db.execute(
                 sa.select(t.delivery_events)
                 .where(t.delivery_events.c.notification_id == notification_id)
                 .order_by(t.delivery_events.c.created_at, t.delivery_events.c.id)
             )
-        return [
-            DeliveryEvent(
-                delivery_id=row.delivery_id,
-                notification_id=row.notification_id,
-                state=S(row.state),
-                at=row.created_at,
-                detail=row.detail or {},
-                provider=row.provider,
+            written = [
+                DeliveryEvent(
+                    delivery_id=row.delivery_id,
+                    notification_id=row.notification_id,
+                    state=S(row.state),
+                    at=row.created_at,
+                    detail=row.detail or {},
+                    provider=row.provider,
+                )
+                for row in rows
+            ]
+            d = t.deliveries.c
+            deliveries = list(
+                await db.execute(
+                    sa.select(d.id, d.state, d.attempts, d.created_at, d.claimed_at).where(
+                        d.notification_id == notification_id
+                    )
+                )
             )
-            for row in rows
-        ]
+        kept_since = self.clock.now() - timedelta(days=self.db.retention_days)
+        return timeline(notification_id, written, deliveries, kept_since)
 
     async def cancel(
         self, notification_ids: Sequence[str] = (), broadcast_id: str | None = None
@@ -125,9 +140,7 @@ class NotificationRepository(Repository):
                     .returning(t.deliveries.c.id, t.deliveries.c.notification_id)
                 )
             )
-            rows += await self._skip_unfolded(
-                db, await Shaping(self.db).unfold(db, ids), now
-            )
+            rows += await self._skip_unfolded(db, await Shaping(self.db).unfold(db, ids), now)
             await self.dialect.insert_events(
                 db,
                 [
@@ -159,3 +172,54 @@ class NotificationRepository(Repository):
                 .returning(d.id, d.notification_id)
             )
         )
+
+
+def timeline(
+    notification_id: str,
+    written: Sequence[DeliveryEvent],
+    deliveries: Sequence[Any],
+    kept_since: datetime,
+) -> list[DeliveryEvent]:
+    """The log entries the delivery rows stand for, merged with those written, in time
+    order; only for deliveries made within the log's retention (`kept_since`), as the
+    written events are. At one instant (a test's frozen clock): queued, then sending,
+    then what was written."""
+    planned = {S.QUEUED, S.DEFERRED, S.SKIPPED, S.DIGESTED}
+    first: dict[str, DeliveryEvent] = {}
+    for event in written:
+        first.setdefault(event.delivery_id, event)
+    keyed: list[tuple[datetime, float, int, DeliveryEvent]] = []
+    claims: set[tuple[str, int]] = set()
+    for n, event in enumerate(written):
+        keyed.append((event.at, 1, n, event))
+        attempt, claimed_at = event.detail.get("attempt"), event.detail.get("claimed_at")
+        if isinstance(attempt, int) and isinstance(claimed_at, str):
+            claims.add((event.delivery_id, attempt))
+            sending = DeliveryEvent(
+                event.delivery_id,
+                notification_id,
+                S.SENDING,
+                datetime.fromisoformat(claimed_at),
+                {"attempt": attempt},
+            )
+            keyed.append((sending.at, 0.5, n, sending))
+    for row in deliveries:
+        if row.created_at < kept_since:
+            continue
+        made = first.get(row.id)
+        routed_with_event = (
+            made is not None
+            and made.at == row.created_at
+            and made.state in planned
+            and "attempt" not in made.detail
+        )
+        if not routed_with_event:
+            queued = DeliveryEvent(row.id, notification_id, S.QUEUED, row.created_at)
+            keyed.append((queued.at, 0, 0, queued))
+        in_flight = row.state == S.SENDING.value and (row.id, row.attempts) not in claims
+        if in_flight and row.claimed_at is not None:
+            sending = DeliveryEvent(
+                row.id, notification_id, S.SENDING, row.claimed_at, {"attempt": row.attempts}
+            )
+            keyed.append((sending.at, 0.5, len(written), sending))
+    return [event for *_, event in sorted(keyed, key=lambda item: item[:3])]

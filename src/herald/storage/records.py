@@ -78,6 +78,9 @@ class DeliveryUpdate:
     due_at: datetime | None = None
     attempts_refund: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
+    # The attempt this answers and when it was claimed (the log's `sending` entry).
+    attempt: int | None = None
+    claimed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,7 +169,9 @@ class RoutingRepository(Repository):
                     DeliveryEvent(d.id, d.notification_id, d.state, now, routing_detail(d), None)
                 )
                 for d in deliveries
-                if d.id in new_ids
+                # A plain `queued` says nothing the delivery row does not: the log shows it
+                # from the row's created_at (NotificationRepository.events_of).
+                if d.id in new_ids and (d.state != S.QUEUED or routing_detail(d))
             ]
             await self.dialect.insert_events(db, events)
             # Of every notification in the batch, not only those routed now: a batch handed

@@ -203,6 +203,7 @@ def to_delivery(row: Row) -> Delivery:
         lease_until=row.lease_until,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        claimed_at=row.claimed_at,
     )
 
 

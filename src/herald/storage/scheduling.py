@@ -133,12 +133,17 @@ class SchedulingRepository(Repository):
                         t.deliveries.c.channel,
                         t.deliveries.c.notification_id,
                         t.deliveries.c.priority,
+                        t.deliveries.c.attempts,
+                        t.deliveries.c.claimed_at,
                     )
                 )
             )
             await self.dialect.insert_events(
                 db,
-                [event_row(DeliveryEvent(r.id, r.notification_id, new, now, detail)) for r in rows],
+                [
+                    event_row(DeliveryEvent(r.id, r.notification_id, new, now, _attempt(r, detail)))
+                    for r in rows
+                ],
             )
         return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
 
@@ -178,3 +183,11 @@ class SchedulingRepository(Repository):
         """Housekeeping (maintain): ids past their keep_until are forgotten."""
         w = t.webhook_events
         await db.execute(w.delete().where(w.c.keep_until < self.clock.now()))
+
+
+def _attempt(row: Any, detail: dict[str, Any]) -> dict[str, Any]:
+    """An expired lease ends an attempt: its event names the attempt and its claim time,
+    as an outcome event does (the log's `sending` entry comes from them)."""
+    if row.claimed_at is None or detail.get("reason") == "due":
+        return detail
+    return {**detail, "attempt": row.attempts, "claimed_at": row.claimed_at.isoformat()}

@@ -175,6 +175,7 @@ deliveries = sa.Table(
     sa.Column("lease_until", UtcDateTime),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("claimed_at", UtcDateTime),  # the last claim (attempt number `attempts`)
     sa.Index("ix_deliveries_state_due", "state", "due_at"),
     sa.Index("ix_deliveries_state_lease", "state", "lease_until"),
     sa.Index("ix_deliveries_state_updated", "state", "updated_at"),

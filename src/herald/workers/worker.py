@@ -23,7 +23,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import structlog
@@ -209,13 +209,16 @@ class ChannelWorker:
         return list(self.providers.by_channel.get(self.channel, []))
 
     async def _process_chunk(self, delivery_ids: Sequence[str], recorder: _Recorder) -> None:
-        if self.channel == Channel.PUSH:
-            skipped = await self.deliveries.skip_without_device(delivery_ids)
-            if skipped:
-                log.info("skipped push deliveries whose device is gone", count=skipped)
-        claimed = await self.deliveries.claim(delivery_ids, self.settings.lease_seconds)
+        claim = await self.deliveries.claim(
+            delivery_ids, self.settings.lease_seconds, needs_device=self.channel == Channel.PUSH
+        )
+        claimed = claim.claimed
+        if claim.skipped:
+            log.info("skipped push deliveries whose device is gone", count=len(claim.skipped))
         METRICS.claimed.labels(self.channel.value).inc(len(claimed))
-        METRICS.claim_lost.labels(self.channel.value).inc(len(delivery_ids) - len(claimed))
+        METRICS.claim_lost.labels(self.channel.value).inc(
+            len(delivery_ids) - len(claimed) - len(claim.skipped)
+        )
         recorder.hold(claimed)
         now = self.clock.now()
         live: list[_Attempt] = []
@@ -457,6 +460,12 @@ class ChannelWorker:
         )
 
     async def _record(self, updates: list[DeliveryUpdate], by_id: dict[str, Delivery]) -> None:
+        updates = [  # the log's entry for the attempt carries when it was claimed
+            replace(u, attempt=d.attempts, claimed_at=d.claimed_at)
+            if (d := by_id.get(u.delivery_id))
+            else u
+            for u in updates
+        ]
         await self._record_outcomes(updates)
         dead = [
             dead_letter_record(
