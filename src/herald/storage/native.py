@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 from herald.domain import Channel, Delivery, DeliveryPolicy, DeliveryState, Priority
+from herald.storage import schema
 from herald.storage.guards import CLAIM, LATE_ANSWER, OUTCOME, Guard
 from herald.storage.records import DeliveryUpdate
 from herald.util import json_dumps
@@ -113,8 +115,64 @@ WHERE id = ?1 AND ({_in(OUTCOME)} OR ({_in(LATE_ANSWER)} AND ?2 IN ({
 """
 
 
+class Record:
+    """A row the driver returned, read by attribute like SQLAlchemy's rows (so rows.py maps
+    it to the domain), its values converted as the schema types its table's columns."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+_KINDS: dict[str, dict[str, str]] = {}
+
+
+def _column_kinds(table: sa.Table) -> dict[str, str]:
+    """Column name -> "datetime", "json" or "bool", for the columns a driver may return in
+    another form than SQLAlchemy would."""
+    kinds = _KINDS.get(table.name)
+    if kinds is None:
+        kinds = {}
+        for column in table.columns:
+            if isinstance(column.type, schema.UtcDateTime):
+                kinds[column.name] = "datetime"
+            elif isinstance(column.type, sa.JSON):
+                kinds[column.name] = "json"
+            elif isinstance(column.type, sa.Boolean):
+                kinds[column.name] = "bool"
+        _KINDS[table.name] = kinds
+    return kinds
+
+
 class Native(abc.ABC):
     """One driver connection, for the hot statements."""
+
+    async def records(self, table: sa.Table, sql: str, *args: Any) -> list[Record]:
+        """Rows of `table` (all or some of its columns), as `Record`s."""
+        kinds = _column_kinds(table)
+        convert: dict[str, Callable[[Any], Any]] = {
+            "datetime": self.read_at,
+            "json": self.read_json,
+            "bool": bool,
+        }
+        return [
+            Record(
+                {
+                    name: value
+                    if value is None or name not in kinds
+                    else convert[kinds[name]](value)
+                    for name, value in row.items()
+                }
+            )
+            for row in await self.fetch(sql, *args)
+        ]
 
     @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
@@ -334,3 +392,16 @@ class SqliteNative(Native):
 
     def read_json(self, value: Any) -> Any:
         return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+# The router's reads for a batch (RoutingRepository.load).
+ROUTING_NOTIFICATIONS_SQL = (
+    "SELECT * FROM notifications WHERE id = ANY($1::text[]) AND state = 'accepted' "
+    "ORDER BY created_at, id"
+)
+ROUTING_USERS_SQL = "SELECT * FROM users WHERE id = ANY($1::text[])"
+ROUTING_DEVICES_SQL = "SELECT * FROM devices WHERE user_id = ANY($1::text[]) AND active"
+ROUTING_SUPPRESSED_SQL = "SELECT channel, address FROM suppressions WHERE address = ANY($1::text[])"
+ROUTING_CATEGORIES_SQL = "SELECT name, definition FROM categories WHERE name = ANY($1::text[])"
+ROUTING_TEMPLATES_SQL = "SELECT name, definition FROM templates WHERE name = ANY($1::text[])"
+FREQUENCY_CAPS_SQL = "SELECT channel, cap_limit, window_seconds FROM frequency_caps"

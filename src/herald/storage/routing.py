@@ -13,15 +13,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from herald.domain import (
     CapClaim,
     CategorySettings,
+    Channel,
     Delivery,
     DeliveryEvent,
     DeliveryState,
     Device,
     DigestFold,
+    FrequencyCap,
     NotificationState,
 )
 from herald.storage import schema as t
 from herald.storage.database import Database
+from herald.storage.native import (
+    FREQUENCY_CAPS_SQL,
+    ROUTING_CATEGORIES_SQL,
+    ROUTING_DEVICES_SQL,
+    ROUTING_NOTIFICATIONS_SQL,
+    ROUTING_SUPPRESSED_SQL,
+    ROUTING_TEMPLATES_SQL,
+    ROUTING_USERS_SQL,
+)
 from herald.storage.records import Released, RoutingInput
 from herald.storage.repository import Repository
 from herald.storage.rows import (
@@ -47,34 +58,23 @@ class RoutingRepository(Repository):
         self.shaping = Shaping(database)
 
     async def load(self, notification_ids: Sequence[str]) -> list[RoutingInput]:
-        """Everything the router needs for a batch, in a handful of statements."""
-        async with self.db.reading() as db:
+        """Everything the router needs for a batch: a handful of reads on the driver
+        (herald.storage.native), without a transaction (each sees what is committed)."""
+        async with self.db.native() as native:
             notifications = [
                 to_notification(row)
-                for row in await db.execute(
-                    sa.select(t.notifications)
-                    .where(
-                        self.dialect.among(t.notifications.c.id, notification_ids),
-                        t.notifications.c.state == NotificationState.ACCEPTED.value,
-                    )
-                    .order_by(t.notifications.c.created_at, t.notifications.c.id)
+                for row in await native.records(
+                    t.notifications, ROUTING_NOTIFICATIONS_SQL, list(notification_ids)
                 )
             ]
             if not notifications:
                 return []
             user_ids = list({n.user_id for n in notifications})
             user_rows = {
-                row.id: row
-                for row in await db.execute(
-                    sa.select(t.users).where(self.dialect.among(t.users.c.id, user_ids))
-                )
+                row.id: row for row in await native.records(t.users, ROUTING_USERS_SQL, user_ids)
             }
             devices: dict[str, list[Device]] = {}
-            for row in await db.execute(
-                sa.select(t.devices).where(
-                    self.dialect.among(t.devices.c.user_id, user_ids), t.devices.c.active.is_(True)
-                )
-            ):
+            for row in await native.records(t.devices, ROUTING_DEVICES_SQL, user_ids):
                 devices.setdefault(row.user_id, []).append(to_device(row))
             addresses = [
                 a for row in user_rows.values() for a in (row.email, row.phone) if a is not None
@@ -82,10 +82,8 @@ class RoutingRepository(Repository):
             suppressed = (
                 {
                     (row.channel, row.address)
-                    for row in await db.execute(
-                        sa.select(t.suppressions.c.channel, t.suppressions.c.address).where(
-                            self.dialect.among(t.suppressions.c.address, addresses)
-                        )
+                    for row in await native.records(
+                        t.suppressions, ROUTING_SUPPRESSED_SQL, addresses
                     )
                 }
                 if addresses
@@ -93,24 +91,25 @@ class RoutingRepository(Repository):
             )
             categories = {
                 row.name: category_from_json(row.name, row.definition)
-                for row in await db.execute(
-                    sa.select(t.categories).where(
-                        t.categories.c.name.in_({n.category for n in notifications})
-                    )
+                for row in await native.records(
+                    t.categories, ROUTING_CATEGORIES_SQL, list({n.category for n in notifications})
                 )
             }
-            template_names = {n.template for n in notifications if n.template}
+            template_names = list({n.template for n in notifications if n.template})
             templates = (
                 {
                     row.name: dict(row.definition)
-                    for row in await db.execute(
-                        sa.select(t.templates).where(t.templates.c.name.in_(template_names))
+                    for row in await native.records(
+                        t.templates, ROUTING_TEMPLATES_SQL, template_names
                     )
                 }
                 if template_names
                 else {}
             )
-            channel_caps = await self.shaping.channel_caps(db)
+            channel_caps = {
+                Channel(r.channel): FrequencyCap(r.cap_limit, r.window_seconds)
+                for r in await native.records(t.frequency_caps, FREQUENCY_CAPS_SQL)
+            }
         inputs = []
         for notification in notifications:
             user_row = user_rows.get(notification.user_id)

@@ -41,7 +41,8 @@ from herald.storage.shaping import ClosedDigest
 
 S = DeliveryState
 T = TypeVar("T")
-Row = sa.Row[Any]
+# A SQLAlchemy row, or a native Record (herald.storage.native): both read by attribute.
+Row = Any
 
 
 def new_id() -> str:
