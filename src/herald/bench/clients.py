@@ -59,7 +59,8 @@ class Candidate:
 
 
 CANDIDATES: tuple[Candidate, ...] = (
-    Candidate("aiohttp", "fcm", "1.1", "aiohttp", "today's FCM transport"),
+    Candidate("aiohttp", "fcm", "1.1", "aiohttp", "FCM's transport before CurlSession"),
+    Candidate("herald-curl", "fcm", "1.1", "pycurl", "http_session.CurlSession: FCM's transport"),
     Candidate("httpx", "fcm", "1.1", "httpx"),
     Candidate("httpx", "fcm", "2", "h2", package="httpx"),
     Candidate("herald-h2", "fcm", "2", "h2", "providers/h2_client.py"),
@@ -73,7 +74,8 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("pycurl", "fcm", "2", "pycurl", "CurlMulti on the event loop"),
     Candidate("niquests", "fcm", "1.1", "niquests"),
     Candidate("niquests", "fcm", "2", "niquests"),
-    Candidate("herald-h2", "apns", "2", "h2", "today's APNs transport"),
+    Candidate("herald-h2", "apns", "2", "h2", "APNs' transport before CurlSession"),
+    Candidate("herald-curl", "apns", "2", "pycurl", "http_session.CurlSession: APNs' transport"),
     Candidate("httpx", "apns", "2", "h2", package="httpx"),
     Candidate("pyreqwest", "apns", "2", "pyreqwest"),
     Candidate("rnet", "apns", "2", "rnet"),
@@ -326,6 +328,27 @@ async def _curl_cffi(shape: Shape, provider: str, http: str, ca: Path, concurren
     return send, session.close
 
 
+async def _herald_curl(
+    shape: Shape, provider: str, http: str, ca: Path, concurrency: int
+) -> Client:
+    from herald.providers.http_session import CurlSession
+
+    session = CurlSession(connections=concurrency, timeout_s=10, ca_file=ca, http2_only=http == "2")
+    wanted = ("apns-id", "retry-after") if provider == "apns" else ("retry-after",)
+
+    async def send(index: int) -> Answer:
+        response = await session.request(
+            "POST",
+            shape.base_url + shape.paths[index],
+            shape.headers[index],
+            shape.bodies[index],
+            read_headers=wanted,
+        )
+        return response.status, _answer(provider, response.body, response.headers.get("apns-id"))
+
+    return send, session.close
+
+
 async def _pycurl(shape: Shape, provider: str, http: str, ca: Path, concurrency: int) -> Client:
     multi = _CurlMulti(ca, http == "2", concurrency)
 
@@ -371,6 +394,7 @@ FACTORIES: dict[str, Callable[[Shape, str, str, Path, int], Awaitable[Client]]] 
     "aiohttp": _aiohttp,
     "httpx": _httpx,
     "herald-h2": _herald_h2,
+    "herald-curl": _herald_curl,
     "pyreqwest": _pyreqwest,
     "rnet": _rnet,
     "curl-cffi": _curl_cffi,
