@@ -55,8 +55,7 @@ async def test_posts_and_reads_status_body_and_the_asked_headers(local_tls: Loca
         async with server(local_tls) as url:
             answers = await asyncio.gather(
                 *(
-                    session.request(
-                        "POST",
+                    session.post(
                         f"{url}/echo",
                         {"content-type": "application/json"},
                         f'{{"n": {i}}}'.encode(),
@@ -80,8 +79,8 @@ async def test_a_certificate_no_trusted_ca_signed_is_refused(
         session = CurlSession(connections=1, timeout_s=5, ca_file=ca_file)
         try:
             async with server(local_tls) as url:
-                with pytest.raises(NETWORK_ERRORS, match="SSL|certificate"):
-                    await session.request("POST", f"{url}/echo", {}, b"x")
+                with pytest.raises(NETWORK_ERRORS, match=r"SSL|certificate"):
+                    await session.post(f"{url}/echo", {}, b"x")
         finally:
             await session.close()
 
@@ -97,7 +96,7 @@ async def test_a_redirect_is_the_answer_and_is_not_followed() -> None:
     session = CurlSession(connections=1, timeout_s=5)
     try:
         async with server(None) as url:
-            answer = await session.request("POST", f"{url}/moved", {}, b"x")
+            answer = await session.post(f"{url}/moved", {}, b"x")
     finally:
         await session.close()
     assert answer.status == 302
@@ -108,13 +107,13 @@ async def test_timeout_then_cancel_then_the_session_still_works(local_tls: Local
     try:
         async with server(local_tls, delay=0.5) as url:
             with pytest.raises(TimeoutError):
-                await session.request("POST", f"{url}/echo", {}, b"slow", timeout_s=0.1)
-            pending = asyncio.ensure_future(session.request("POST", f"{url}/echo", {}, b"x"))
+                await session.post(f"{url}/echo", {}, b"slow", timeout_s=0.1)
+            pending = asyncio.ensure_future(session.post(f"{url}/echo", {}, b"x"))
             await asyncio.sleep(0.05)
             pending.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await pending
-            answer = await session.request("POST", f"{url}/echo", {}, b"after")
+            answer = await session.post(f"{url}/echo", {}, b"after")
     finally:
         await session.close()
     assert (answer.status, answer.body) == (200, b"after")
@@ -123,13 +122,13 @@ async def test_timeout_then_cancel_then_the_session_still_works(local_tls: Local
 async def test_closing_fails_the_requests_in_flight(local_tls: LocalTls) -> None:
     session = CurlSession(connections=2, timeout_s=5, ca_file=local_tls.ca_file)
     async with server(local_tls, delay=1.0) as url:
-        in_flight = asyncio.ensure_future(session.request("POST", f"{url}/echo", {}, b"x"))
+        in_flight = asyncio.ensure_future(session.post(f"{url}/echo", {}, b"x"))
         await asyncio.sleep(0.1)
         await session.close()
         with pytest.raises(ConnectionError, match="closed"):
             await in_flight
         with pytest.raises(ConnectionError, match="closed"):
-            await session.request("POST", f"{url}/echo", {}, b"x")
+            await session.post(f"{url}/echo", {}, b"x")
 
 
 async def test_an_http2_only_session_refuses_an_http1_server(local_tls: LocalTls) -> None:
@@ -137,6 +136,6 @@ async def test_an_http2_only_session_refuses_an_http1_server(local_tls: LocalTls
     try:
         async with server(local_tls) as url:
             with pytest.raises(ConnectionError, match="HTTP/2"):
-                await session.request("POST", f"{url}/echo", {}, b"x")
+                await session.post(f"{url}/echo", {}, b"x")
     finally:
         await session.close()

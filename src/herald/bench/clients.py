@@ -337,8 +337,7 @@ async def _herald_curl(
     wanted = ("apns-id", "retry-after") if provider == "apns" else ("retry-after",)
 
     async def send(index: int) -> Answer:
-        response = await session.request(
-            "POST",
+        response = await session.post(
             shape.base_url + shape.paths[index],
             shape.headers[index],
             shape.bodies[index],

@@ -301,8 +301,7 @@ class ApnsProvider(Provider):
             return ProviderDown(f"apns client cannot start: {error}")
         request_headers = {**headers, "authorization": f"bearer {token}"}
         try:
-            response = await connection.session.request(
-                "POST",
+            response = await connection.session.post(
                 self.connections.origin + path,
                 request_headers,
                 body,

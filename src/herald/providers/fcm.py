@@ -273,9 +273,7 @@ class FcmProvider(PooledProvider[CurlSession]):
         self, session: CurlSession, body: bytes, token: str
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-        response = await session.request(
-            "POST", self._send_url, headers, body, read_headers=("retry-after",)
-        )
+        response = await session.post(self._send_url, headers, body, read_headers=("retry-after",))
         return response.status, response.headers, _json_object(response.body)
 
 

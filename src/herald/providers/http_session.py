@@ -201,9 +201,8 @@ class CurlSession:
         self._pending: dict[Any, asyncio.Future[None]] = {}
         self.closed = False
 
-    async def request(
+    async def post(
         self,
-        method: str,
         url: str,
         headers: Mapping[str, str],
         body: bytes,
@@ -211,7 +210,8 @@ class CurlSession:
         timeout_s: float | None = None,
         read_headers: Sequence[str] = (),
     ) -> HttpAnswer:
-        """One request; raises one of NETWORK_ERRORS when no answer came."""
+        """One POST (all any of its providers sends); raises one of NETWORK_ERRORS when no
+        answer came. `read_headers`: the response headers to keep (lower-case names)."""
         if self.closed:
             raise ConnectionError("the HTTP session is closed")
         if self._loop is None:
@@ -228,10 +228,7 @@ class CurlSession:
 
         handle.setopt(pycurl.URL, url)
         handle.setopt(pycurl.HTTPHEADER, [*_NO_DEFAULT_HEADERS, *_header_lines(headers)])
-        if method == "POST":
-            handle.setopt(pycurl.POSTFIELDS, body)
-        else:
-            handle.setopt(pycurl.CUSTOMREQUEST, method)
+        handle.setopt(pycurl.POSTFIELDS, body)
         handle.setopt(pycurl.WRITEFUNCTION, chunks.append)
         handle.setopt(pycurl.HEADERFUNCTION, header_line)
         timeout_ms = self._timeout_ms if timeout_s is None else max(1, int(timeout_s * 1000))
@@ -262,7 +259,7 @@ class CurlSession:
     ) -> HttpAnswer:
         headers = {"content-type": "application/x-www-form-urlencoded"}
         body = urlencode(form).encode()
-        return await self.request("POST", url, headers, body, read_headers=read_headers)
+        return await self.post(url, headers, body, read_headers=read_headers)
 
     async def close(self) -> None:
         self.shutdown()
