@@ -133,10 +133,8 @@ class Http2Connections:
 
     def __init__(self, base_url: str, ca_file: Path | None, timeout: float) -> None:
         parts = urlsplit(base_url)
-        host = parts.hostname or "api.push.apple.com"
-        self.origin = (
-            f"https://{host}" if parts.port in (None, 443) else f"https://{host}:{parts.port}"
-        )
+        # Apple's hosts, or a fake's `host:port` ([v6]:port included); TLS either way.
+        self.origin = f"https://{parts.netloc or 'api.push.apple.com'}"
         self._ca_file = ca_file
         self._timeout = timeout
         self._current: _Connection | None = None

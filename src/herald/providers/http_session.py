@@ -194,6 +194,9 @@ class CurlSession:
         if http2_only:
             self._multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
             self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, 1)
+            # libcurl's own cap (default 100); the server's SETTINGS_MAX_CONCURRENT_STREAMS
+            # still applies when lower (Apple: 1000 once a request authenticated).
+            self._multi.setopt(pycurl.M_MAX_CONCURRENT_STREAMS, 1000)
         elif connections:
             self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, connections)
             self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, connections)
@@ -221,19 +224,12 @@ class CurlSession:
             self._loop = asyncio.get_running_loop()
         handle = self._idle.pop() if self._idle else self._new_handle()
         chunks: list[bytes] = []
-        wanted = {name.lower().encode() for name in read_headers}
-        kept: dict[str, str] = {}
-
-        def header_line(line: bytes) -> None:
-            name, colon, value = line.partition(b":")
-            if colon and name.lower() in wanted:
-                kept[name.decode().lower()] = value.strip().decode("latin-1")
-
+        lines: list[bytes] = []
         handle.setopt(pycurl.URL, url)
         handle.setopt(pycurl.HTTPHEADER, [*_NO_DEFAULT_HEADERS, *_header_lines(headers)])
         handle.setopt(pycurl.POSTFIELDS, body)
         handle.setopt(pycurl.WRITEFUNCTION, chunks.append)
-        handle.setopt(pycurl.HEADERFUNCTION, header_line)
+        handle.setopt(pycurl.HEADERFUNCTION, lines.append)
         timeout_ms = self._timeout_ms if timeout_s is None else max(1, int(timeout_s * 1000))
         handle.setopt(pycurl.TIMEOUT_MS, timeout_ms)
         done = self._loop.create_future()
@@ -255,7 +251,7 @@ class CurlSession:
                 self._idle.append(handle)
             else:
                 handle.close()
-        return HttpAnswer(status, kept, b"".join(chunks))
+        return HttpAnswer(status, _kept_headers(lines, read_headers), b"".join(chunks))
 
     async def post_form(
         self, url: str, form: Mapping[str, str], *, read_headers: Sequence[str] = ()
@@ -399,6 +395,19 @@ _BUNDLES: dict[tuple[str, bytes], str] = {}
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def _kept_headers(lines: list[bytes], names: Sequence[str]) -> dict[str, str]:
+    """The headers called `names` (lower-case) among the response's header lines."""
+    kept: dict[str, str] = {}
+    if names:
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            if colon:
+                key = name.decode("latin-1").lower()
+                if key in names:
+                    kept[key] = value.strip().decode("latin-1")
+    return kept
 
 
 def _header_lines(headers: Mapping[str, str]) -> list[str]:
