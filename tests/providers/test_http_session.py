@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from herald.fakes.tls import LocalTls, generate_local_tls
-from herald.providers.http_session import NETWORK_ERRORS, CurlSession
+from herald.providers.http_session import NETWORK_ERRORS, CurlSession, _trust_bundle
 from tests.providers.conftest import free_tcp_port
 
 
@@ -38,8 +39,6 @@ async def server(tls: LocalTls | None, delay: float = 0.0) -> AsyncIterator[str]
     port = free_tcp_port()
     context = None
     if tls is not None:
-        import ssl
-
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls.cert_file, tls.key_file)
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
@@ -83,6 +82,18 @@ async def test_a_certificate_no_trusted_ca_signed_is_refused(
                     await session.post(f"{url}/echo", {}, b"x")
         finally:
             await session.close()
+
+
+def test_the_ca_file_is_trusted_in_addition_to_the_system_roots(local_tls: LocalTls) -> None:
+    system = ssl.get_default_verify_paths().cafile
+    bundle = _trust_bundle(local_tls.ca_file)
+    assert bundle is not None
+    trusted = Path(bundle).read_bytes()
+    assert local_tls.ca_file.read_bytes() in trusted
+    if system and Path(system).is_file():
+        assert Path(system).read_bytes() in trusted
+    assert _trust_bundle(local_tls.ca_file) == bundle  # written once per process
+    assert _trust_bundle(None) == (system if system and Path(system).is_file() else None)
 
 
 def test_a_ca_file_without_a_certificate_is_refused(tmp_path: Path) -> None:
