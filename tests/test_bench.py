@@ -259,3 +259,33 @@ def test_server_cpu_counts_a_child_that_exits_within_the_window() -> None:
     # The child is gone: its 0.3 s of CPU reached the total through the parent's cutime.
     assert spent["cpu_s"] >= 0.25
     assert spent["pid"] == parent.pid
+
+
+def test_bench_clients_sends_real_fcm_and_apns_requests_through_each_client(
+    tmp_path: Path,
+) -> None:
+    """`herald bench-clients` on a few requests: every client gets an answer to each FCM
+    (HTTP/1.1 and HTTP/2) and APNs (HTTP/2) request from the sink, none is an error."""
+    only = ["--only", "aiohttp", "--only", "herald-h2", "--only", "herald-curl"]
+    finished = subprocess.run(
+        [HERALD, "bench-clients", "--requests", "30", "--repeats", "1", *only, "--json"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        timeout=300,
+        start_new_session=True,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    report = json.loads(finished.stdout)
+    runs = {c["candidate"]: c["runs"] for c in report["candidates"]}
+    assert set(runs) == {
+        "fcm:aiohttp:h1.1",
+        "fcm:herald-curl:h1.1",
+        "fcm:herald-h2:h2",
+        "apns:herald-h2:h2",
+        "apns:herald-curl:h2",
+    }
+    for key, [run] in runs.items():
+        assert (run["ok"], run["errors"]) == (30, 0), (key, run)
+        assert run["cpu_us_per_request"] > 0
+    assert report["skipped"] == {}

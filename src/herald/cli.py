@@ -464,6 +464,63 @@ def _bench_output(report: dict[str, Any], as_json: bool) -> str:
     return table(report)
 
 
+@main.command("bench-clients")
+@click.option("--requests", type=click.IntRange(min=1, max=20_000), default=5000, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1, max=10), default=3, show_default=True)
+@click.option(
+    "--fcm-concurrency",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="FCM requests in flight (the FCM provider's limit)",
+)
+@click.option(
+    "--apns-concurrency",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="APNs streams in flight (a worker batch)",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="the sink's answer delay",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    help="a client name (aiohttp, pyreqwest, ...) or key (fcm:pyreqwest:h2); repeatable",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+def bench_clients(
+    requests: int,
+    repeats: int,
+    fcm_concurrency: int,
+    apns_concurrency: int,
+    latency_ms: float,
+    only: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Client CPU per FCM and APNs request of every installed HTTP client candidate,
+    against the benchmark sink (each candidate in its own process, rounds interleaved)."""
+    import orjson
+
+    from herald.bench.clients import ClientsConfig, markdown, run_clients
+
+    config = ClientsConfig(
+        requests=requests,
+        repeats=repeats,
+        fcm_concurrency=fcm_concurrency,
+        apns_concurrency=apns_concurrency,
+        latency_ms=latency_ms,
+        only=only,
+    )
+    report = run_clients(config, lambda line: click.echo(line, err=True))
+    click.echo(orjson.dumps(report).decode() if as_json else markdown(report))
+
+
 @main.command()
 @click.option("--duration", default=60.0, show_default=True, help="seconds of traffic (and faults)")
 @click.option("--rate", default=25.0, show_default=True, help="notifications per second")

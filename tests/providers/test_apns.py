@@ -353,3 +353,21 @@ async def test_one_stream_at_a_time_until_a_request_authenticates(
     assert peak_while_refused == 1
     assert all(isinstance(o, Accepted) for o in ok)
     assert fake.peak_in_flight > 1
+
+
+async def test_fan_out_uses_the_servers_stream_limit_beyond_100(
+    local_tls: LocalTls, clock: FakeClock, tmp_path: Path
+) -> None:
+    """libcurl caps streams per connection at 100 unless told otherwise; Apple allows 1000,
+    and a worker's batch of 500 should not queue behind the client's own cap."""
+    async with FakeApns(
+        tls=local_tls, clock=clock, max_concurrent_streams=1000, latency=0.3
+    ) as fake:
+        provider = make_provider(fake, local_tls, clock, tmp_path)
+        try:
+            outcomes = await provider.send([ios() for _ in range(300)])
+        finally:
+            await provider.close()
+    assert all(isinstance(o, Accepted) for o in outcomes)
+    assert fake.peak_in_flight > 100
+    assert provider.connections.opened == 1

@@ -21,6 +21,7 @@ import psutil
 from herald.bench.db import BenchDb
 from herald.clock import SYSTEM_CLOCK
 from herald.providers.fcm import AccessTokens, ServiceAccount
+from herald.providers.http_session import CurlSession
 from herald.providers.push_payloads import fcm_message
 
 NAIVE_PREFIX = "naive-"
@@ -60,8 +61,12 @@ async def run_baseline(
     await db.naive_setup()
     me = psutil.Process()
     connector = aiohttp.TCPConnector(limit=1, ssl=tls)  # one HTTP/1.1 connection
+    token_session = CurlSession(connections=1, timeout_s=10, ca_file=ca_file)
+    try:
+        access_token = await AccessTokens(account, SYSTEM_CLOCK).get(token_session)
+    finally:
+        await token_session.close()
     async with aiohttp.ClientSession(connector=connector) as session:
-        access_token = await AccessTokens(account, SYSTEM_CLOCK).get(session)
         headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
         cpu_before = sum(me.cpu_times()[:2])
         started = time.perf_counter()

@@ -1,11 +1,13 @@
 """APNs with token-based auth: HTTP/2 over TLS, one stream per notification.
 
-Transport: our own small h2 connection (providers/h2_client.py), one long-lived connection
-that follows the server's SETTINGS_MAX_CONCURRENT_STREAMS and is replaced after GOAWAY, loss,
-IdleTimeout or a 5xx. Measured against the fake APNs (loopback, TLS, 2 cores, 4000 pushes in
-batches of 500): httpx over HTTP/2 cost 4.6 ms of client CPU per push, this client 0.8 ms.
-aioapns (also h2-based) was not taken: a new dependency with its own token clock, retry
-policy and outcome mapping, all of which Herald keeps elsewhere.
+Transport: libcurl over HTTP/2 (http_session.CurlSession), one long-lived connection that
+follows the server's SETTINGS_MAX_CONCURRENT_STREAMS (libcurl queues the streams beyond it)
+and is replaced after a network error, IdleTimeout or a 5xx; after GOAWAY libcurl itself
+moves new streams to a new connection. `herald bench-clients` (docs/benchmarks.md,
+"Provider HTTP clients") measured it at about a quarter of the client CPU per push of our
+pure-Python h2 connection (providers/h2_client.py, which it replaced) and of every other
+candidate that installs here. aioapns (h2-based) was not taken: a new dependency with its
+own token clock, retry policy and outcome mapping, all of which Herald keeps elsewhere.
 
 The provider JWT (ES256) is reused and rotated after 50 minutes: Apple refuses tokens older
 than an hour and throttles tokens changed more often than every 20 minutes.
@@ -32,8 +34,8 @@ from herald.config import Settings
 from herald.domain.channels import Channel, Priority
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.providers.base import OutboundMessage, Provider
-from herald.providers.h2_client import H2_NETWORK_ERRORS, H2ClientConnection
-from herald.providers.push_http import client_ssl_context, parse_retry_after
+from herald.providers.http_session import NETWORK_ERRORS, CurlSession
+from herald.providers.push_http import parse_retry_after
 from herald.providers.push_payloads import (
     APNS_MAX_COLLAPSE_ID_BYTES,
     APNS_MAX_PAYLOAD_BYTES,
@@ -57,6 +59,7 @@ PROVIDER_DOWN_REASONS = frozenset(
         "Forbidden",
     }
 )
+_READ_HEADERS = ("apns-id", "retry-after")
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
@@ -115,10 +118,10 @@ class ProviderTokens:
 
 
 class _Connection:
-    """One HTTP/2 connection and how many requests are using it."""
+    """One HTTP/2 connection (a libcurl pool of one) and how many requests are using it."""
 
-    def __init__(self, h2: H2ClientConnection) -> None:
-        self.h2 = h2
+    def __init__(self, session: CurlSession) -> None:
+        self.session = session
         self.users = 0
         self.retired = False
 
@@ -126,30 +129,37 @@ class _Connection:
 class Http2Connections:
     """The current HTTP/2 connection to APNs, opened on first use and kept open (Apple
     treats rapid reconnects as an attack). `replace` retires it once its in-flight streams
-    end, so one bad answer does not cut the other streams off; a connection that received
-    GOAWAY or dropped is replaced on the next `acquire`."""
+    end, so one bad answer does not cut the other streams off."""
 
     def __init__(self, base_url: str, ca_file: Path | None, timeout: float) -> None:
         parts = urlsplit(base_url)
-        self._host = parts.hostname or "api.push.apple.com"
-        self._port = parts.port or 443
-        self._ssl = client_ssl_context(ca_file)
+        # Apple's hosts, or a fake's `host:port` ([v6]:port included); TLS either way.
+        self.origin = f"https://{parts.netloc or 'api.push.apple.com'}"
+        self._ca_file = ca_file
         self._timeout = timeout
         self._current: _Connection | None = None
-        self._opening = asyncio.Lock()
         self.opened = 0
 
-    async def acquire(self) -> _Connection:
+    def acquire(self) -> _Connection:
         current = self._current
-        if current is None or not current.h2.usable:
-            current = await self._open()
+        if current is None or current.session.closed:
+            current = self._current = _Connection(
+                CurlSession(
+                    connections=1,
+                    timeout_s=self._timeout,
+                    ca_file=self._ca_file,
+                    http2_only=True,
+                    keepalive_s=3600,  # Apple: keep the connection open
+                )
+            )
+            self.opened += 1
         current.users += 1
         return current
 
     def release(self, connection: _Connection) -> None:
         connection.users -= 1
         if connection.retired and connection.users == 0:
-            connection.h2.close()
+            connection.session.shutdown()
 
     def replace(self, connection: _Connection) -> None:
         if connection is self._current:
@@ -157,24 +167,12 @@ class Http2Connections:
         if not connection.retired:
             connection.retired = True
             if connection.users == 0:
-                connection.h2.close()
+                connection.session.shutdown()
 
     def close(self) -> None:
         if self._current is not None:
-            self._current.h2.close()
+            self._current.session.shutdown()
             self._current = None
-
-    async def _open(self) -> _Connection:
-        async with self._opening:
-            current = self._current
-            if current is not None and current.h2.usable:
-                return current
-            if current is not None:
-                self.replace(current)
-            h2 = await H2ClientConnection.open(self._host, self._port, self._ssl, self._timeout)
-            self._current = _Connection(h2)
-            self.opened += 1
-            return self._current
 
 
 class ApnsProvider(Provider):
@@ -294,17 +292,21 @@ class ApnsProvider(Provider):
     async def _post(
         self, path: str, headers: dict[str, str], body: bytes, token: str
     ) -> ApnsAnswer | ProviderDown:
-        # No answer (refused, reset, DNS, TLS, timeout): APNs is down for now.
+        # No answer (refused, reset, DNS, TLS, GOAWAY, timeout): APNs is down for now.
         try:
-            connection = await self.connections.acquire()
-        except H2_NETWORK_ERRORS as error:
-            return ProviderDown(f"apns unreachable: {type(error).__name__}: {error}")
+            connection = self.connections.acquire()
+        except (OSError, ValueError) as error:  # e.g. an unreadable HERALD_CA_FILE
+            return ProviderDown(f"apns client cannot start: {error}")
         request_headers = {**headers, "authorization": f"bearer {token}"}
         try:
-            response = await connection.h2.request(
-                "POST", path, request_headers, body, self.timeout
+            response = await connection.session.post(
+                self.connections.origin + path,
+                request_headers,
+                body,
+                timeout_s=self.timeout,
+                read_headers=_READ_HEADERS,
             )
-        except H2_NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             self.connections.replace(connection)
             return ProviderDown(f"apns unreachable: {type(error).__name__}: {error}")
         finally:

@@ -1,8 +1,10 @@
 """FCM HTTP v1: one `messages:send` request per device token, many in flight at once.
 
-Transport: aiohttp over HTTP/1.1 with kept-alive connections. Measured against the fake
-(loopback, TLS, 2 cores): aiohttp 0.67 ms of client CPU per request, httpx over HTTP/2
-3.5 ms, httpx over HTTP/1.1 6.3 ms. FCM accepts HTTP/1.1, so the cheaper client wins.
+Transport: pyreqwest (http_session.CurlSession) over HTTP/1.1 with up to 50 kept-alive
+connections. `herald bench-clients` (docs/benchmarks.md, "Provider HTTP clients") measured
+the client CPU per request of every candidate against the benchmark sink; pyreqwest over
+HTTP/1.1 was the cheapest that installs here, HTTP/2 to the same sink cost it more, and
+FCM accepts both.
 
 Auth: an OAuth2 access token obtained with a service-account JWT assertion (RS256), cached
 and refreshed a few minutes before it expires; a 401 without an FcmError refreshes it once.
@@ -16,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import aiohttp
 import jwt
 import orjson
 from cryptography.hazmat.primitives import serialization
@@ -27,8 +28,13 @@ from herald.config import Settings
 from herald.domain.channels import Channel
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.providers.base import OutboundMessage
-from herald.providers.http_session import NETWORK_ERRORS, HttpProvider, new_session, unreachable
-from herald.providers.push_http import HIGH_PRIORITIES, client_ssl_context, parse_retry_after
+from herald.providers.http_session import (
+    NETWORK_ERRORS,
+    CurlSession,
+    PooledProvider,
+    unreachable,
+)
+from herald.providers.push_http import HIGH_PRIORITIES, parse_retry_after
 from herald.providers.push_payloads import (
     FCM_MAX_PAYLOAD_BYTES,
     fcm_content,
@@ -108,7 +114,7 @@ class AccessTokens:
         self._lock = asyncio.Lock()
         self.refreshes = 0
 
-    async def get(self, session: aiohttp.ClientSession) -> str:
+    async def get(self, session: CurlSession) -> str:
         if self._is_fresh():
             assert self._token is not None
             return self._token
@@ -133,17 +139,17 @@ class AccessTokens:
     def _is_fresh(self) -> bool:
         return self._token is not None and self._clock.time() < self._expires_at - self._margin
 
-    async def _refresh(self, session: aiohttp.ClientSession) -> None:
+    async def _refresh(self, session: CurlSession) -> None:
         now = self._clock.time()
         form = {"grant_type": JWT_BEARER_GRANT, "assertion": self._account.assertion(now)}
         try:
-            async with session.post(
-                self._account.token_uri, data=form, allow_redirects=False
-            ) as response:
-                body = await response.read()
-                if response.status != 200:
-                    outcome = _token_failure(response.status, body, response.headers, now)
-                    raise _OutcomeError(outcome)
+            response = await session.post_form(
+                self._account.token_uri, form, read_headers=("retry-after",)
+            )
+            body = response.body
+            if response.status != 200:
+                outcome = _token_failure(response.status, body, response.headers, now)
+                raise _OutcomeError(outcome)
             answer = orjson.loads(body)
             token, lifetime = str(answer["access_token"]), float(answer.get("expires_in", 3600))
         except _OutcomeError as error:
@@ -164,16 +170,16 @@ class AccessTokens:
         self._failure, self._failed_at = outcome, now
 
 
-def _token_failure(status: int, body: bytes, headers: Any, now: float) -> Outcome:
+def _token_failure(status: int, body: bytes, headers: dict[str, str], now: float) -> Outcome:
     if status == 429 or status >= 500:
         return Retry(
-            f"oauth2 token endpoint {status}", parse_retry_after(headers.get("Retry-After"), now)
+            f"oauth2 token endpoint {status}", parse_retry_after(headers.get("retry-after"), now)
         )
     # 400 invalid_grant / 401 invalid_client: the service account key is wrong or revoked.
     return ProviderDown(f"oauth2 token refused ({status}): {body[:200].decode('utf-8', 'replace')}")
 
 
-class FcmProvider(HttpProvider):
+class FcmProvider(PooledProvider[CurlSession]):
     name = "fcm"
     channel = Channel.PUSH
     batch_size = 500
@@ -198,7 +204,7 @@ class FcmProvider(HttpProvider):
         self._send_url = f"{self.base_url}/v1/projects/{account.project_id}/messages:send"
         self._in_flight = asyncio.Semaphore(max_connections)
         self.tokens = AccessTokens(account, clock)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: CurlSession | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Self | None:
@@ -214,15 +220,15 @@ class FcmProvider(HttpProvider):
     def describe(self) -> str:
         return f"fcm project={self.account.project_id} base={self.base_url}"
 
-    def _new_session(self) -> aiohttp.ClientSession:
-        return new_session(
+    def _new_session(self) -> CurlSession:
+        return CurlSession(
             connections=self._max_connections,
             timeout_s=self._timeout,
-            tls=client_ssl_context(self._ca_file),
+            ca_file=self._ca_file,
             keepalive_s=60,
         )
 
-    async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
+    async def _send_one(self, session: CurlSession, message: OutboundMessage) -> Outcome:
         body = self._body(message)
         if isinstance(body, Rejected):
             return body
@@ -252,7 +258,7 @@ class FcmProvider(HttpProvider):
         )
         return json_bytes(document)
 
-    async def _post_with_refresh(self, session: aiohttp.ClientSession, body: bytes) -> Outcome:
+    async def _post_with_refresh(self, session: CurlSession, body: bytes) -> Outcome:
         token = await self.tokens.get(session)
         status, headers, answer = await self._post(session, body, token)
         if _is_stale_access_token(status, answer):
@@ -261,17 +267,14 @@ class FcmProvider(HttpProvider):
             status, headers, answer = await self._post(session, body, token)
             if _is_stale_access_token(status, answer):
                 return ProviderDown("fcm refused a freshly issued access token (401)")
-        return classify_fcm_response(status, answer, headers.get("Retry-After"), self.clock.time())
+        return classify_fcm_response(status, answer, headers.get("retry-after"), self.clock.time())
 
     async def _post(
-        self, session: aiohttp.ClientSession, body: bytes, token: str
-    ) -> tuple[int, Any, dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        async with session.post(
-            self._send_url, data=body, headers=headers, allow_redirects=False
-        ) as response:
-            raw = await response.read()
-            return response.status, response.headers, _json_object(raw)
+        self, session: CurlSession, body: bytes, token: str
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+        response = await session.post(self._send_url, headers, body, read_headers=("retry-after",))
+        return response.status, response.headers, _json_object(response.body)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
