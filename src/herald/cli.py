@@ -406,6 +406,13 @@ def fakes(directory: Path, herald_url: str, email_providers: tuple[str, ...]) ->
     show_default=True,
     help="values of N (1e6 takes about 40 minutes per worker count at 400/s)",
 )
+@click.option(
+    "--herald-src",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="run Herald's processes from this source dir (e.g. `git archive <commit>` + /src): "
+    "paired runs of two commits with the same harness",
+)
 @click.option("--keep", is_flag=True, help="keep the run's files, database and topics")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
 def bench(

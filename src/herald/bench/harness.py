@@ -95,6 +95,9 @@ class BenchConfig:
     peer_multicast: int = FCM_MULTICAST_LIMIT  # tokens per send_each_for_multicast call
     profile_dir: Path | None = None  # py-spy profiles of every Herald process
     profile_format: str = "flamegraph"
+    # Run the Herald processes from this source tree (a `git archive` of another commit)
+    # while the harness stays this one: two commits measured the same way, in pairs.
+    herald_src: Path | None = None
 
     def resolved(self) -> BenchConfig:
         """Checks the options; `duration` with `rate` fixes the number of notifications."""
@@ -247,6 +250,8 @@ class Bench:
             "HERALD_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.config.herald_src is not None:  # its `herald migrate` too
+            env["PYTHONPATH"] = str(self.config.herald_src.resolve())
         if self.config.backend == "embedded":
             env |= {
                 "HERALD_DATA_DIR": str(work / "data"),
