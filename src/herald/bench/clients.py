@@ -63,7 +63,7 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("herald-curl", "fcm", "1.1", "pycurl", "http_session.CurlSession: FCM's transport"),
     Candidate("httpx", "fcm", "1.1", "httpx"),
     Candidate("httpx", "fcm", "2", "h2", package="httpx"),
-    Candidate("herald-h2", "fcm", "2", "h2", "providers/h2_client.py"),
+    Candidate("herald-h2", "fcm", "2", "h2", "bench/h2_client.py"),
     Candidate("pyreqwest", "fcm", "1.1", "pyreqwest"),
     Candidate("pyreqwest", "fcm", "2", "pyreqwest"),
     Candidate("rnet", "fcm", "1.1", "rnet"),
@@ -228,7 +228,7 @@ async def _httpx(shape: Shape, provider: str, http: str, ca: Path, concurrency: 
 async def _herald_h2(shape: Shape, provider: str, http: str, ca: Path, concurrency: int) -> Client:
     from urllib.parse import urlsplit
 
-    from herald.providers.h2_client import H2ClientConnection
+    from herald.bench.h2_client import H2ClientConnection
     from herald.providers.push_http import client_ssl_context
 
     parts = urlsplit(shape.base_url)

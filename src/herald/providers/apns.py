@@ -5,7 +5,7 @@ follows the server's SETTINGS_MAX_CONCURRENT_STREAMS (libcurl queues the streams
 and is replaced after a network error, IdleTimeout or a 5xx; after GOAWAY libcurl itself
 moves new streams to a new connection. `herald bench-clients` (docs/benchmarks.md,
 "Provider HTTP clients") measured it at about a quarter of the client CPU per push of our
-pure-Python h2 connection (providers/h2_client.py, which it replaced) and of every other
+pure-Python h2 connection (bench/h2_client.py, which it replaced) and of every other
 candidate that installs here. aioapns (h2-based) was not taken: a new dependency with its
 own token clock, retry policy and outcome mapping, all of which Herald keeps elsewhere.
 

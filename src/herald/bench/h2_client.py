@@ -1,6 +1,7 @@
 """A small HTTP/2 client connection on asyncio + h2: APNs' transport until CurlSession
-(http_session.py) replaced it. No provider uses it now; `herald bench-clients` keeps it as
-the reference it measures the other clients against ("herald-h2").
+(providers/http_session.py) replaced it. No provider uses it: it lives here, with the
+benchmark, as the reference `herald bench-clients` measures the other clients against
+("herald-h2").
 
 Why not httpx: measured against the fake APNs on this machine, httpx's HTTP/2 path cost
 about 4.6 ms of client CPU per push; this connection costs a fraction of that (see apns.py).
