@@ -8,6 +8,10 @@
 - a sweep for work whose bus message was lost (the in-process bus across a restart):
   notifications accepted but never routed, deliveries queued but never claimed.
 Several schedulers may run: every step is one atomic statement (SKIP LOCKED on PostgreSQL).
+
+With a `probe` (herald.due), a pass first asks one cheap question, "is anything due?", and
+runs its statements only when something is: an idle scheduler costs one read per interval.
+Digests closed into notifications wake the relay (`on_outbox`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import structlog
 from herald.bus.interface import Bus
 from herald.bus.messages import delivery_record, notification_record
 from herald.clock import Clock
+from herald.due import DueProbe
 from herald.metrics import METRICS
 from herald.roles import wait_for_event
 from herald.storage import Released, Store
+from herald.wakeups import Wake
 
 log = structlog.get_logger()
 
@@ -39,6 +45,8 @@ class Scheduler:
         sweep_every_seconds: float = 30.0,
         maintain_every_seconds: float = 3600.0,
         batch: int = 1000,
+        probe: DueProbe | None = None,
+        on_outbox: Wake | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -48,9 +56,13 @@ class Scheduler:
         self.sweep_every = sweep_every_seconds
         self.maintain_every = maintain_every_seconds
         self.batch = batch
+        self.probe = probe
+        self.on_outbox = on_outbox
 
     async def tick(self) -> int:
         """One pass over due and expired work; returns how many deliveries it released."""
+        if self.probe is not None and not await self.probe.anything_due(self.clock.now()):
+            return 0
         released = 0
         while True:
             due = await self.store.release_due(self.batch)
@@ -64,6 +76,8 @@ class Scheduler:
             digests = await self.store.close_due_digests(self.batch)
             if digests:
                 METRICS.digests_closed.inc(digests)
+                if self.on_outbox is not None:
+                    self.on_outbox()
             released += len(due) + len(requeued)
             if max(len(due), len(requeued), digests) < self.batch:
                 return released

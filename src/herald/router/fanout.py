@@ -27,6 +27,7 @@ from herald.bus.messages import ids_in
 from herald.domain import Channel, Notification, Priority
 from herald.roles import consume_loop
 from herald.storage import NewNotification, Store
+from herald.wakeups import Wake
 
 log = structlog.get_logger()
 PAGE_SIZE = 1000
@@ -84,10 +85,13 @@ def _parse_time(value: str | None) -> Any:
 class BroadcastFanout:
     group = "herald.fanout"
 
-    def __init__(self, store: Store, bus: Bus, page_size: int = PAGE_SIZE) -> None:
+    def __init__(
+        self, store: Store, bus: Bus, page_size: int = PAGE_SIZE, on_outbox: Wake | None = None
+    ) -> None:
         self.store = store
         self.bus = bus
         self.page_size = page_size
+        self.on_outbox = on_outbox  # a page's notifications are in the outbox: wake the relay
 
     async def handle(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -110,6 +114,8 @@ class BroadcastFanout:
             broadcast_id, [recipient_notification(broadcast, u) for u in users]
         ):
             return 0  # cancelled since it was read: the page is not written
+        if users and self.on_outbox is not None:
+            self.on_outbox()
         if len(users) == self.page_size:
             await self.bus.publish([page_record(broadcast_id, users[-1])])
         else:

@@ -29,6 +29,7 @@ from herald.roles import PRIORITY_BATCH_SIZE, consume_loop
 from herald.router.fanout import BroadcastFanout
 from herald.router.planner import RoutingPlan, UnsubscribeUrl, plan_routing
 from herald.storage import Store
+from herald.wakeups import Wake
 
 log = structlog.get_logger()
 
@@ -42,11 +43,13 @@ class Router:
         bus: Bus,
         clock: Clock,
         unsubscribe_url: UnsubscribeUrl | None = None,
+        on_outbox: Wake | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.clock = clock
         self.unsubscribe_url = unsubscribe_url
+        self.on_outbox = on_outbox
 
     async def handle(self, messages: Sequence[Message]) -> None:
         await self.route(ids_in(messages, "notification_id"))
@@ -96,4 +99,6 @@ class Router:
                     )
                 )
             if Lane.BULK in lanes:
-                group.create_task(BroadcastFanout(self.store, self.bus).run(stop))
+                group.create_task(
+                    BroadcastFanout(self.store, self.bus, on_outbox=self.on_outbox).run(stop)
+                )
