@@ -202,6 +202,24 @@ async def _stop_api_on(stop: asyncio.Event, server: uvicorn.Server | None) -> No
     await stop.wait()
     if server is not None:
         server.should_exit = True
+        if isinstance(server, _ApiServer):
+            server.exiting.set()
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn's main loop wakes ten times a second to see whether it should exit; this
+    one once a second (the resolution of the Date header it refreshes), and at once when
+    `exiting` is set."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.exiting = asyncio.Event()
+
+    async def main_loop(self) -> None:
+        counter = 0  # on_tick refreshes the Date header when counter % 10 == 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864_000
+            await wait_for_event(self.exiting, 1.0)
 
 
 def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
@@ -217,7 +235,7 @@ def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
         timeout_graceful_shutdown=5,
         timeout_keep_alive=runtime.settings.http_keepalive_seconds,
     )
-    return uvicorn.Server(config)
+    return _ApiServer(config)
 
 
 def _banner(runtime: Runtime, plan: Plan) -> None:

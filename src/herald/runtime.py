@@ -11,7 +11,7 @@ from herald.bus.interface import Bus
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.domain.retry import RetryPolicy
-from herald.due import DueProbe
+from herald.due import CoreDueProbe, DueProbe, PgDueProbe, SqliteDueProbe
 from herald.live import LiveHub, LocalHub, PostgresHub
 from herald.providers.registry import ProviderSet, build_providers
 from herald.providers.webhooks import WebhookConfig
@@ -54,6 +54,7 @@ class Runtime:
     limits: TenantLimits | None = None
     # Wakes the relays of other processes (PostgreSQL): herald.wakeups.
     outbox_bell: PgDoorbell | None = None
+    due_probe: DueProbe | None = None  # the schedulers' "is anything due" (herald.due)
 
     def __post_init__(self) -> None:
         if self.limits is None:
@@ -129,9 +130,19 @@ class Runtime:
             self.bus,
             self.clock,
             stale_after_seconds=self.settings.sweep_stale_after_seconds,
-            probe=DueProbe(self.store.engine),
+            probe=self._due_probe(),
             on_outbox=self.wake_relay,
         )
+
+    def _due_probe(self) -> DueProbe:
+        if self.due_probe is None:
+            if self.settings.uses_postgres:
+                self.due_probe = PgDueProbe(_asyncpg_dsn(self.settings.effective_database_url))
+            elif self.store.engine.dialect.name == "sqlite" and self.store.engine.url.database:
+                self.due_probe = SqliteDueProbe(self.store.engine.url.database)
+            else:
+                self.due_probe = CoreDueProbe(self.store.engine)
+        return self.due_probe
 
     def make_relay(self) -> Relay:
         if self.relay is None:
@@ -156,6 +167,8 @@ class Runtime:
         await self.hub.close()
         if self.outbox_bell is not None:
             await self.outbox_bell.close()
+        if self.due_probe is not None:
+            await self.due_probe.close()
         await self.store.close()
 
 
