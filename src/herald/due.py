@@ -83,12 +83,19 @@ class SqliteDueProbe:
         self.asked = 0
         self._connection: sqlite3.Connection | None = None
         self._sql = ANYTHING_DUE_PG.replace("$1", ":now")
-        self._format = sa.DateTime().bind_processor(sqlite.dialect())
+        dialect = sqlite.dialect()
+        # SQLAlchemy's own format for SQLite datetimes (text, always with microseconds),
+        # so that the comparison is the one the store's statements make.
+        self._format = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
 
     async def anything_due(self, now: datetime) -> bool:
         self.asked += 1
         moment = now.astimezone(UTC).replace(tzinfo=None)  # as UtcDateTime stores it
-        value = self._format(moment) if self._format is not None else moment.isoformat(" ")
+        value = (
+            self._format(moment)
+            if self._format is not None
+            else moment.isoformat(" ", timespec="microseconds")
+        )
         try:
             if self._connection is None:
                 self._connection = sqlite3.connect(
