@@ -101,11 +101,13 @@ class SqliteDueProbe:
                 self._connection = sqlite3.connect(
                     self.path, timeout=0, isolation_level=None, check_same_thread=False
                 )
-            row = self._connection.execute(self._sql, {"now": value}).fetchone()
+            # fetchall: the statement runs to its end, so no read snapshot stays open
+            # (an open one would hold back the WAL's checkpoints).
+            rows = self._connection.execute(self._sql, {"now": value}).fetchall()
         except sqlite3.Error:
             await self.close()
             return True
-        return bool(row and row[0])
+        return bool(rows and rows[0][0])
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
