@@ -8,6 +8,7 @@ import asyncio
 import signal
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -214,8 +215,16 @@ class _ApiServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.exiting = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """uvicorn's signal handler (it holds SIGTERM and SIGINT while it serves)."""
+        super().handle_exit(sig, frame)
+        if self._loop is not None:  # a signal handler: hand the wake-up to the loop
+            self._loop.call_soon_threadsafe(self.exiting.set)
 
     async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
         counter = 0  # on_tick refreshes the Date header when counter % 10 == 0
         while not await self.on_tick(counter):
             counter = (counter + 10) % 864_000
