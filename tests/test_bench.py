@@ -289,3 +289,25 @@ def test_bench_clients_sends_real_fcm_and_apns_requests_through_each_client(
         assert (run["ok"], run["errors"]) == (30, 0), (key, run)
         assert run["cpu_us_per_request"] > 0
     assert report["skipped"] == {}
+
+
+def test_an_idle_run_reports_every_process_cpu_over_the_window(tmp_path: Path) -> None:
+    report, stderr = bench(tmp_path, "--idle", "1")
+    assert report["scenario"] == "idle"
+    assert report["backend"] == "embedded"
+    assert set(report["cpu_pct_of_one_core"]) == {"serve"}
+    assert set(report["cpu_pct_precise"]) == {"serve"}
+    assert report["cpu_pct_precise_total"] >= 0
+    assert report["window_s"] >= 1
+    assert "measuring 1 s idle" in stderr
+
+
+def test_cpu_is_read_from_proc_and_a_gone_process_reads_as_none() -> None:
+    from herald.bench.idle import cpu_seconds, run_seconds
+
+    sum(range(2_000_000))  # spend some CPU
+    assert (cpu_seconds(os.getpid()) or 0) > 0
+    assert (run_seconds(os.getpid()) or 0) > 0
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert cpu_seconds(gone.pid) is None

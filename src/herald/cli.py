@@ -415,9 +415,18 @@ def fakes(directory: Path, herald_url: str, email_providers: tuple[str, ...]) ->
 )
 @click.option("--keep", is_flag=True, help="keep the run's files, database and topics")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout")
+@click.option(
+    "--idle",
+    "idle_seconds",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="measure the CPU of an idle fleet (every role, nothing to send) over this many "
+    "seconds instead (herald.bench.idle)",
+)
 def bench(
     as_json: bool,
     no_baseline: bool,
+    idle_seconds: float | None,
     sweep: bool,
     sweep_workers: str,
     sweep_notifications: str,
@@ -427,6 +436,9 @@ def bench(
     from herald.bench import BenchConfig, BenchError
 
     config = BenchConfig(baseline=not no_baseline, **options)
+    if idle_seconds is not None:
+        _bench_idle(config, idle_seconds, as_json)
+        return
     holder: list[dict[str, Any]] = []
 
     async def measure() -> None:
@@ -441,6 +453,25 @@ def bench(
     click.echo(_bench_output(report, as_json))
     if report["lost"] or report["duplicates"]:
         sys.exit(1)
+
+
+def _bench_idle(config: Any, seconds: float, as_json: bool) -> None:
+    import orjson
+
+    from herald.bench import BenchError
+    from herald.bench.idle import IdleConfig, idle_table, run_idle
+
+    holder: list[dict[str, Any]] = []
+
+    async def measure() -> None:
+        holder.append(await run_idle(config, IdleConfig(seconds=seconds)))
+
+    try:
+        _run(measure())
+    except BenchError as error:
+        click.echo(f"herald bench: {error}", err=True)
+        sys.exit(2)
+    click.echo(orjson.dumps(holder[0]).decode() if as_json else idle_table(holder[0]))
 
 
 async def _bench_run(

@@ -8,6 +8,7 @@ import asyncio
 import signal
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -202,6 +203,32 @@ async def _stop_api_on(stop: asyncio.Event, server: uvicorn.Server | None) -> No
     await stop.wait()
     if server is not None:
         server.should_exit = True
+        if isinstance(server, _ApiServer):
+            server.exiting.set()
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn's main loop wakes ten times a second to see whether it should exit; this
+    one once a second (the resolution of the Date header it refreshes), and at once when
+    `exiting` is set."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.exiting = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """uvicorn's signal handler (it holds SIGTERM and SIGINT while it serves)."""
+        super().handle_exit(sig, frame)
+        if self._loop is not None:  # a signal handler: hand the wake-up to the loop
+            self._loop.call_soon_threadsafe(self.exiting.set)
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        counter = 0  # on_tick refreshes the Date header when counter % 10 == 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864_000
+            await wait_for_event(self.exiting, 1.0)
 
 
 def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
@@ -217,7 +244,7 @@ def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
         timeout_graceful_shutdown=5,
         timeout_keep_alive=runtime.settings.http_keepalive_seconds,
     )
-    return uvicorn.Server(config)
+    return _ApiServer(config)
 
 
 def _banner(runtime: Runtime, plan: Plan) -> None:

@@ -4,6 +4,11 @@ first, each lane in the order written.
 Rows are taken under a lock (SKIP LOCKED on PostgreSQL, so many relays share the work),
 published, and deleted in the same transaction. A crash after publishing and before the
 delete publishes them again: a duplicate notification message, which routing absorbs.
+
+An idle relay does not poll: it waits for its `wakeup` event, set by the writers of outbox
+rows in this process and by `wake_source` (LISTEN, herald.wakeups) for those elsewhere.
+A pass that finds nothing doubles the wait of the fallback pass (from `idle_poll_seconds`
+up to `idle_poll_max_seconds`), which only matters for a wake-up that was lost.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from herald.bus.interface import Bus, BusUnavailable, Record
 from herald.metrics import METRICS
 from herald.roles import wait_for_event
 from herald.storage.outbox import OutboxRepository
+from herald.wakeups import WakeSource
 
 log = structlog.get_logger()
 
@@ -28,6 +34,8 @@ class Relay:
         *,
         batch: int = 1000,
         idle_poll_seconds: float = 0.05,
+        idle_poll_max_seconds: float = 2.0,
+        wake_source: WakeSource | None = None,
         # Five batches: enough to keep the consumers busy. The in-process bus's messages
         # are the embedded backend's only memory that follows the backlog; 20,000 of them
         # put serve at 186 MB at N = 10^5 against 160 MB at 10^4 (docs/benchmarks.md).
@@ -37,10 +45,14 @@ class Relay:
         self.bus = bus
         self.batch = batch
         self.idle_poll = idle_poll_seconds
+        self.idle_poll_max = max(idle_poll_seconds, idle_poll_max_seconds)
+        self.wake_source = wake_source
+        self.passes = 0  # outbox passes made (diagnostics, tests)
         self.max_in_memory = max_in_memory
         self.wakeup = asyncio.Event()
 
     async def relay_once(self) -> int:
+        self.passes += 1
         async with self.outbox.take(self.batch) as rows:
             if rows:
                 await self.bus.publish(
@@ -50,19 +62,43 @@ class Relay:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.wake_source is not None:
+            await self.wake_source.start(self.wakeup.set)
+        # A stop ends the wait for work too.
+        stopping = asyncio.create_task(_set_when(stop, self.wakeup))
+        try:
+            await self._run(stop)
+        finally:
+            stopping.cancel()
+            if self.wake_source is not None:
+                await self.wake_source.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        fallback = self.idle_poll
         while not stop.is_set():
             if self.bus.held_in_memory() >= self.max_in_memory:
                 # Backpressure (in-process bus): the backlog waits in the outbox, on disk.
                 await wait_for_event(stop, self.idle_poll)
                 continue
+            # Cleared before the pass: a row committed after the pass read the outbox sets
+            # it again, so the wait below returns at once instead of missing that row.
+            self.wakeup.clear()
             try:
                 if await self.relay_once():
+                    fallback = self.idle_poll
                     continue
             except BusUnavailable as error:
                 log.warning("bus unavailable; outbox rows wait", error=str(error))
-                await asyncio.sleep(1.0)
+                await wait_for_event(stop, 1.0)
+                continue
             except Exception:
                 log.exception("relay pass failed; rows stay in the outbox")
-                await asyncio.sleep(1.0)
-            self.wakeup.clear()
-            await wait_for_event(self.wakeup, self.idle_poll)
+                await wait_for_event(stop, 1.0)
+                continue
+            await wait_for_event(self.wakeup, fallback)
+            fallback = min(fallback * 2, self.idle_poll_max)
+
+
+async def _set_when(stop: asyncio.Event, event: asyncio.Event) -> None:
+    await stop.wait()
+    event.set()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from herald.bus.interface import Bus, Message
+from herald.bus.interface import Bus, Consumer, Message
 from herald.bus.messages import named_ids, set_aside_record
 from herald.outages import is_outage
 
@@ -30,6 +30,9 @@ Handler = Callable[[Sequence[Message]], Awaitable[None]]
 SetAside = Callable[[Message, str], Awaitable[None]]
 # Batches on the priority lane stay small, so an urgent message never waits behind many.
 PRIORITY_BATCH_SIZE = 50
+# How long one poll waits for a first message. A poll returns as soon as one arrives, and a
+# stop ends it at once, so this only sets how often an idle consumer loop wakes.
+POLL_SECONDS = 5.0
 
 
 @dataclass
@@ -81,7 +84,7 @@ async def consume_loop(
         consumer = bus.consumer(topics, group)
         try:
             while not stop.is_set():
-                messages = await consumer.poll(batch_size, timeout=0.5)
+                messages = await _poll(consumer, batch_size, stop)
                 if not messages:
                     continue
                 await _handle_isolating(bus, group, name, handle, messages, set_aside)
@@ -110,6 +113,21 @@ async def consume_loop(
                 await consumer.close()
             except Exception as error:  # the bus may be down: the broker forgets us anyway
                 log.warning("closing the consumer failed", role=name, error=describe_error(error))
+
+
+async def _poll(consumer: Consumer, batch_size: int, stop: asyncio.Event) -> list[Message]:
+    """The next batch, or nothing once `stop` is set: the poll is then given up (what it
+    may have fetched is not committed, so the group hands it out again)."""
+    poll = asyncio.ensure_future(consumer.poll(batch_size, timeout=POLL_SECONDS))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((poll, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not poll.done():
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
+    return [] if poll.cancelled() else poll.result()
 
 
 async def _handle_isolating(

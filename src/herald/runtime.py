@@ -19,6 +19,7 @@ from herald.router.router import Router
 from herald.scheduler import Scheduler
 from herald.security import Signer
 from herald.storage import Storage, open_storage
+from herald.wakeups import PgDoorbell, PgListener
 from herald.workers.worker import WorkerSettings
 
 UNSUBSCRIBE_TTL = timedelta(days=60)
@@ -50,6 +51,8 @@ class Runtime:
     relay: Relay | None = None
     webhook_config: WebhookConfig | None = None
     limits: TenantLimits | None = None
+    # Wakes the relays of other processes (PostgreSQL): herald.wakeups.
+    outbox_bell: PgDoorbell | None = None
 
     def __post_init__(self) -> None:
         if self.limits is None:
@@ -67,7 +70,19 @@ class Runtime:
             if settings.uses_postgres
             else LocalHub()
         )
-        return cls(settings=settings, storage=storage, bus=make_bus(settings), hub=hub, clock=clock)
+        bell = (
+            PgDoorbell(_asyncpg_dsn(settings.effective_database_url))
+            if settings.uses_postgres
+            else None
+        )
+        return cls(
+            settings=settings,
+            storage=storage,
+            bus=make_bus(settings),
+            hub=hub,
+            clock=clock,
+            outbox_bell=bell,
+        )
 
     async def start(self, *, migrate: bool = True) -> None:
         """Connect to the database and the bus (and create the schema when asked)."""
@@ -109,6 +124,7 @@ class Runtime:
             self.bus,
             self.clock,
             self.unsubscribe_url,
+            on_outbox=self.wake_relay,
         )
 
     def scheduler(self) -> Scheduler:
@@ -117,18 +133,32 @@ class Runtime:
             self.bus,
             self.clock,
             stale_after_seconds=self.settings.sweep_stale_after_seconds,
+            on_outbox=self.wake_relay,
         )
 
     def make_relay(self) -> Relay:
         if self.relay is None:
-            self.relay = Relay(self.storage.outbox, self.bus)
+            listener = None
+            if self.settings.uses_postgres:
+                listener = PgListener(_asyncpg_dsn(self.settings.effective_database_url))
+            self.relay = Relay(self.storage.outbox, self.bus, wake_source=listener)
         return self.relay
+
+    def wake_relay(self) -> None:
+        """Outbox rows were committed: wake the relay in this process, or (PostgreSQL)
+        the relays of the others."""
+        if self.relay is not None:
+            self.relay.wakeup.set()
+        elif self.outbox_bell is not None:
+            self.outbox_bell.ring()
 
     async def close(self) -> None:
         if self.providers is not None:
             await self.providers.close()
         await self.bus.close()
         await self.hub.close()
+        if self.outbox_bell is not None:
+            await self.outbox_bell.close()
         await self.storage.database.close()
 
 

@@ -8,6 +8,10 @@
 - a sweep for work whose bus message was lost (the in-process bus across a restart):
   notifications accepted but never routed, deliveries queued but never claimed.
 Several schedulers may run: every step is one atomic statement (SKIP LOCKED on PostgreSQL).
+
+A pass first asks one cheap question (SchedulingRepository.anything_due), and runs its
+statements only when something is due: an idle scheduler costs one read per interval.
+Digests closed into notifications wake the relay (`on_outbox`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from herald.metrics import METRICS
 from herald.roles import wait_for_event
 from herald.storage import Released
 from herald.storage.scheduling import SchedulingRepository
+from herald.wakeups import Wake
 
 log = structlog.get_logger()
 
@@ -40,6 +45,7 @@ class Scheduler:
         sweep_every_seconds: float = 30.0,
         maintain_every_seconds: float = 3600.0,
         batch: int = 1000,
+        on_outbox: Wake | None = None,
     ) -> None:
         self.scheduling = scheduling
         self.bus = bus
@@ -49,9 +55,12 @@ class Scheduler:
         self.sweep_every = sweep_every_seconds
         self.maintain_every = maintain_every_seconds
         self.batch = batch
+        self.on_outbox = on_outbox
 
     async def tick(self) -> int:
         """One pass over due and expired work; returns how many deliveries it released."""
+        if not await self.scheduling.anything_due():
+            return 0
         released = 0
         while True:
             due = await self.scheduling.release_due(self.batch)
@@ -65,6 +74,8 @@ class Scheduler:
             digests = await self.scheduling.close_due_digests(self.batch)
             if digests:
                 METRICS.digests_closed.inc(digests)
+                if self.on_outbox is not None:
+                    self.on_outbox()
             released += len(due) + len(requeued)
             if max(len(due), len(requeued), digests) < self.batch:
                 return released

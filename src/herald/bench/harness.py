@@ -305,17 +305,7 @@ class Bench:
     async def _herald(self, env: dict[str, str], work: Path) -> AsyncIterator[None]:
         port = _free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        http = ["--port", str(port)]
-        if self.config.backend == "embedded":
-            roles: list[tuple[str, list[str]]] = [("serve", ["serve", *http])]
-        else:
-            roles = [("api", ["api", *http]), ("relay", ["relay"]), ("router", ["router"])]
-            roles += [
-                (f"worker-{i + 1}", ["worker", "--channel", "push"])
-                for i in range(self.config.workers)
-            ]
-            roles += self._priority_pool()
-            roles.append(("scheduler", ["scheduler"]))
+        roles = self._roles(["--port", str(port)])
         # Only the process serving the API seeds HERALD_API_KEY: roles starting at once
         # would race on inserting it (process._seed_admin_key reads, then inserts).
         keyless = {k: v for k, v in env.items() if k != "HERALD_API_KEY"}
@@ -331,6 +321,18 @@ class Bench:
             sampler.cancel()
             for process in self.processes:
                 await asyncio.to_thread(process.stop)
+
+    def _roles(self, http: list[str]) -> list[tuple[str, list[str]]]:
+        """(name, argv) of every Herald process to start."""
+        if self.config.backend == "embedded":
+            return [("serve", ["serve", *http])]
+        roles = [("api", ["api", *http]), ("relay", ["relay"]), ("router", ["router"])]
+        roles += [
+            (f"worker-{i + 1}", ["worker", "--channel", "push"]) for i in range(self.config.workers)
+        ]
+        roles += self._priority_pool()
+        roles.append(("scheduler", ["scheduler"]))
+        return roles
 
     def _priority_pool(self) -> list[tuple[str, list[str]]]:
         """A dedicated pool for critical and high traffic (README: priority lanes)."""

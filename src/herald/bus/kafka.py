@@ -42,6 +42,9 @@ _REBALANCE_ERRORS = frozenset(
 )
 
 
+# A poll with a long timeout waits in slices of this on the consumer's thread (see _fetch).
+FETCH_SLICE_SECONDS = 0.5
+
 # Reported about once a second while a broker is unreachable; BusUnavailable and healthy()
 # tell the caller, so these stay out of the warnings.
 _CONNECTION_ERRORS = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
@@ -98,7 +101,14 @@ class KafkaBus:
         topic_prefix: str = "",
         client_id: str = "herald",
         session_timeout_ms: int = 6000,
-        heartbeat_interval_ms: int = 500,
+        # A third of the session timeout, as Kafka advises: each heartbeat is a request to
+        # the broker, and at 500 ms the heartbeats of an idle fleet's dozen consumers were
+        # most of what it cost (docs/benchmarks.md, "Idle fleet"). A member learns of a
+        # rebalance at its next heartbeat, so within 2 s.
+        heartbeat_interval_ms: int = 2000,
+        # How long the broker holds a fetch that finds nothing: it answers as soon as a
+        # message arrives, so this costs no latency, only how often an idle consumer asks.
+        fetch_wait_max_ms: int = 2000,
         connect_timeout: float = 5.0,
         delivery_timeout: float = 30.0,
         leader_timeout: float = 60.0,
@@ -116,6 +126,7 @@ class KafkaBus:
         self.client_id = client_id
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.fetch_wait_max_ms = fetch_wait_max_ms
         self.connect_timeout = connect_timeout
         self.delivery_timeout = delivery_timeout
         self.leader_timeout = leader_timeout
@@ -124,6 +135,7 @@ class KafkaBus:
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._publishing = threading.Event()  # wakes the idle delivery-report poller
         self._known_topics: set[str] = set()
         self._topics_lock = asyncio.Lock()
         self._consumers: set[KafkaConsumer] = set()
@@ -183,12 +195,19 @@ class KafkaBus:
         return Producer(self._polled_client_config(config))
 
     def _serve_deliveries(self) -> None:
+        """Serve delivery reports while messages are in flight; with none, wait for the
+        next publish (or close), serving logs and errors once a second."""
         while not self._stopping.is_set():
             producer = self._producer
             if producer is None:
                 return
             try:
-                producer.poll(0.1)
+                if len(producer):
+                    producer.poll(0.1)  # returns as soon as a report is served
+                else:
+                    self._publishing.wait(1.0)
+                    self._publishing.clear()
+                    producer.poll(0)
             except Exception:  # an error raised by a callback must not stop the reports
                 log.exception("kafka: serving delivery reports failed")
 
@@ -196,6 +215,7 @@ class KafkaBus:
         for consumer in list(self._consumers):
             await consumer.close()
         self._stopping.set()
+        self._publishing.set()
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join)
             self._poller = None
@@ -282,6 +302,7 @@ class KafkaBus:
         acks = _Acks(asyncio.get_running_loop(), len(records))
         for record in records:
             await self._produce(producer, record, acks)
+        self._publishing.set()
         try:
             # librdkafka reports a timeout itself after message.timeout.ms; this is a backstop.
             await asyncio.wait_for(asyncio.shield(acks.future), self.delivery_timeout + 10)
@@ -302,6 +323,7 @@ class KafkaBus:
                 return
             except BufferError:
                 # The local queue is full: let the poller thread drain delivery reports.
+                self._publishing.set()
                 await asyncio.sleep(0.01)
 
     # -- consuming ------------------------------------------------------------------------
@@ -330,6 +352,7 @@ class KafkaBus:
             "max.partition.fetch.bytes": 262_144,
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
         }
         return self._polled_client_config(config)
 
@@ -347,6 +370,7 @@ class KafkaConsumer:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{group}")
         self._subscribed = False
         self._closed = False
+        self._closing = threading.Event()  # ends a long fetch early (close)
         self._in_flight: asyncio.Future[list[Message]] | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -379,8 +403,16 @@ class KafkaConsumer:
 
     def _fetch(self, max_messages: int, timeout: float) -> list[Message]:
         # consume() would wait out the whole timeout for a full batch; poll() returns on the
-        # first message, then consume(timeout=0) takes what is already fetched.
-        first = self._consumer.poll(timeout)
+        # first message, then consume(timeout=0) takes what is already fetched. A long
+        # timeout is waited in slices, so that close() (queued behind this on the
+        # consumer's thread) never waits for more than one.
+        deadline = time.monotonic() + timeout
+        first = None
+        while first is None and not self._closing.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            first = self._consumer.poll(min(remaining, FETCH_SLICE_SECONDS))
         if first is None:
             return []
         batch = [first]
@@ -438,6 +470,7 @@ class KafkaConsumer:
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         self._bus._forget(self)
         try:
             await self._call(self._consumer.close)

@@ -28,6 +28,7 @@ from herald.domain import Channel, Notification, Priority
 from herald.roles import consume_loop
 from herald.storage import NewNotification
 from herald.storage.broadcasts import BroadcastRepository
+from herald.wakeups import Wake
 
 log = structlog.get_logger()
 PAGE_SIZE = 1000
@@ -86,11 +87,16 @@ class BroadcastFanout:
     group = "herald.fanout"
 
     def __init__(
-        self, broadcasts: BroadcastRepository, bus: Bus, page_size: int = PAGE_SIZE
+        self,
+        broadcasts: BroadcastRepository,
+        bus: Bus,
+        page_size: int = PAGE_SIZE,
+        on_outbox: Wake | None = None,
     ) -> None:
         self.broadcasts = broadcasts
         self.bus = bus
         self.page_size = page_size
+        self.on_outbox = on_outbox  # a page's notifications are in the outbox: wake the relay
 
     async def handle(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -113,6 +119,8 @@ class BroadcastFanout:
             broadcast_id, [recipient_notification(broadcast, u) for u in users]
         ):
             return 0  # cancelled since it was read: the page is not written
+        if users and self.on_outbox is not None:
+            self.on_outbox()
         if len(users) == self.page_size:
             await self.bus.publish([page_record(broadcast_id, users[-1])])
         else:

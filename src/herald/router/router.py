@@ -30,6 +30,7 @@ from herald.router.fanout import BroadcastFanout
 from herald.router.planner import RoutingPlan, UnsubscribeUrl, plan_routing
 from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.routing import RoutingRepository
+from herald.wakeups import Wake
 
 log = structlog.get_logger()
 
@@ -44,12 +45,14 @@ class Router:
         bus: Bus,
         clock: Clock,
         unsubscribe_url: UnsubscribeUrl | None = None,
+        on_outbox: Wake | None = None,
     ) -> None:
         self.routing = routing
         self.broadcasts = broadcasts
         self.bus = bus
         self.clock = clock
         self.unsubscribe_url = unsubscribe_url
+        self.on_outbox = on_outbox
 
     async def handle(self, messages: Sequence[Message]) -> None:
         await self.route(ids_in(messages, "notification_id"))
@@ -97,4 +100,6 @@ class Router:
                     )
                 )
             if Lane.BULK in lanes:
-                group.create_task(BroadcastFanout(self.broadcasts, self.bus).run(stop))
+                group.create_task(
+                    BroadcastFanout(self.broadcasts, self.bus, on_outbox=self.on_outbox).run(stop)
+                )

@@ -29,7 +29,14 @@ import sqlalchemy as sa
 
 from herald.domain import Channel, Delivery, DeliveryPolicy, DeliveryState, Priority
 from herald.storage import schema
-from herald.storage.guards import CLAIM, LATE_ANSWER, OUTCOME, Guard
+from herald.storage.guards import (
+    CLAIM,
+    LATE_ANSWER,
+    LEASE_EXPIRED_REQUEUE,
+    OUTCOME,
+    RELEASE_DUE,
+    Guard,
+)
 from herald.storage.records import DeliveryUpdate
 from herald.util import json_dumps
 
@@ -405,3 +412,13 @@ ROUTING_SUPPRESSED_SQL = "SELECT channel, address FROM suppressions WHERE addres
 ROUTING_CATEGORIES_SQL = "SELECT name, definition FROM categories WHERE name = ANY($1::text[])"
 ROUTING_TEMPLATES_SQL = "SELECT name, definition FROM templates WHERE name = ANY($1::text[])"
 FREQUENCY_CAPS_SQL = "SELECT channel, cap_limit, window_seconds FROM frequency_caps"
+
+# The scheduler's question before its pass (SchedulingRepository.anything_due): the pass's
+# own conditions, over ix_deliveries_state_due, ix_deliveries_state_lease and
+# ix_digests_state_end.
+ANYTHING_DUE_SQL = f"""
+SELECT (EXISTS (SELECT 1 FROM deliveries WHERE {_in(RELEASE_DUE)} AND due_at <= $1)
+     OR EXISTS (SELECT 1 FROM deliveries WHERE {_in(LEASE_EXPIRED_REQUEUE)}
+                                          AND lease_until < $1)
+     OR EXISTS (SELECT 1 FROM digests WHERE state = 'open' AND window_end <= $1)) AS due
+"""

@@ -10,9 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.domain import DeliveryEvent, DeliveryPolicy, DeliveryState, NotificationState
+from herald.outages import is_outage
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.guards import LEASE_EXPIRED_REQUEUE, LEASE_EXPIRED_UNKNOWN, RELEASE_DUE, Guard
+from herald.storage.native import ANYTHING_DUE_SQL
 from herald.storage.records import Released
 from herald.storage.repository import Repository
 from herald.storage.rows import digest_notification, event_row
@@ -26,6 +28,20 @@ class SchedulingRepository(Repository):
     def __init__(self, database: Database) -> None:
         super().__init__(database)
         self.shaping = Shaping(database)
+
+    async def anything_due(self) -> bool:
+        """Would a pass change anything? One read, on the driver, with the pass's own
+        conditions: a quiet fleet's scheduler asks this four times a second instead of
+        running the pass's three to five transactions. An outage answers yes, so the pass
+        runs and meets it as it always has (logged, tried again next interval)."""
+        try:
+            async with self.db.native() as native:
+                rows = await native.fetch(ANYTHING_DUE_SQL, native.at(self.clock.now()))
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            return True
+        return bool(rows and rows[0]["due"])
 
     async def release_due(self, limit: int) -> list[Released]:
         """Deferred deliveries whose time has come go back to `queued`; the caller

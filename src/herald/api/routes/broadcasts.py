@@ -92,8 +92,8 @@ async def create_broadcast(
         raise ApiError(
             409, "idempotency_conflict", "this Idempotency-Key was used with another body"
         )
-    if created and rt.relay is not None:
-        rt.relay.wakeup.set()
+    if created:
+        rt.wake_relay()
     response.status_code = 202 if created else 200
     broadcast = await rt.storage.broadcasts.get_broadcast(found)
     assert broadcast is not None

@@ -124,8 +124,8 @@ async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptR
     created = sum(1 for r in results if r.created)
     METRICS.accepted.inc(created)
     METRICS.replayed.inc(len(results) - created)
-    if created and rt.relay is not None:
-        rt.relay.wakeup.set()
+    if created:
+        rt.wake_relay()
     return results
 
 
