@@ -19,9 +19,10 @@ each shaped by the role that uses it; a role is handed only its own:
 | `deliveries` | workers: the claim, outcomes, dead targets | deliveries.py |
 | `scheduling` | scheduler | scheduling.py |
 
-What differs between the two databases lives in `dialect.py`; row <-> domain mapping in
-`rows.py`; the state guards of the SQL in `guards.py`, built from the domain's state
-machine."""
+What differs between the two databases lives in `dialect.py`; the hot statements (the
+claim, outcomes, the router's reads, the scheduler's probe) run on the driver itself, in
+`native.py`; row <-> domain mapping is in `rows.py`; the state guards of the SQL in
+`guards.py`, built from the domain's state machine."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """What differs between SQLite and PostgreSQL, and nothing else.
 
-Every repository writes its statements once, in SQLAlchemy Core, and asks the dialect for
-the few things the two databases do differently: the INSERT that knows ON CONFLICT, how a
-list of ids is bound, row locks that skip what another process holds, bulk loading of the
-delivery log (COPY), its partitions, and how the engine is opened. No other module checks
-which database it is talking to.
+Every repository writes its statements once, in SQLAlchemy Core (or, for the hot ones, as
+one SQL text in herald.storage.native), and asks the dialect for the few things the two
+databases do differently: the INSERT that knows ON CONFLICT, how a list of ids is bound,
+row locks that skip what another process holds, bulk loading of the delivery log (COPY),
+its partitions, how the engine is opened, and the driver connection the hot statements run
+on. No other module checks which database it is talking to.
 """
 
 from __future__ import annotations
@@ -24,12 +25,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from herald.storage import schema as t
-from herald.storage.guards import LATE_ANSWER, OUTCOME
 from herald.storage.native import AsyncpgNative, Native, SqliteNative
-from herald.storage.records import DeliveryUpdate
 from herald.util import json_dumps
-
-EVENT_COLUMNS = ("delivery_id", "notification_id", "state", "provider", "detail", "created_at")
 
 
 class Dialect(abc.ABC):
@@ -67,57 +64,6 @@ class Dialect(abc.ABC):
         """Append rows to the delivery log."""
         if events:
             await db.execute(t.delivery_events.insert(), list(events))
-
-    async def apply_outcomes(
-        self, db: AsyncConnection, updates: Sequence[DeliveryUpdate], now: datetime
-    ) -> int:
-        """The state change of recording outcomes: an executemany of one guarded UPDATE.
-        A batch names each delivery once (one answer per claim)."""
-        d = t.deliveries.c
-        state: sa.BindParameter[str] = sa.bindparam("b_state")
-        statement = (
-            t.deliveries.update()
-            .where(
-                d.id == sa.bindparam("b_id"),
-                sa.or_(
-                    OUTCOME.holds(d.state),
-                    # A late answer for an at_most_once delivery whose lease ran out while
-                    # its worker was slow: it was not sent again, so the answer is the truth.
-                    # (Equalities, not IN: an IN over a parameter cannot be executemany'd.)
-                    sa.and_(
-                        LATE_ANSWER.holds(d.state),
-                        sa.or_(*(state == s.value for s in sorted(LATE_ANSWER.targets))),
-                    ),
-                ),
-            )
-            .values(
-                state=state,
-                provider=sa.func.coalesce(sa.bindparam("b_provider"), d.provider),
-                provider_message_id=sa.func.coalesce(
-                    sa.bindparam("b_message_id"), d.provider_message_id
-                ),
-                last_error=sa.bindparam("b_error"),
-                due_at=sa.bindparam("b_due", type_=t.UtcDateTime()),
-                lease_until=None,
-                attempts=d.attempts - sa.bindparam("b_refund", type_=sa.Integer()),
-                updated_at=sa.bindparam("b_now", type_=t.UtcDateTime()),
-            )
-        )
-        params = [
-            {
-                "b_id": u.delivery_id,
-                "b_state": u.state.value,
-                "b_provider": u.provider,
-                "b_message_id": u.provider_message_id,
-                "b_error": u.last_error,
-                "b_due": u.due_at,
-                "b_refund": 1 if u.attempts_refund else 0,
-                "b_now": now,
-            }
-            for u in updates
-        ]
-        result = await db.execute(statement, params)
-        return int(result.rowcount)
 
     async def drop_expired_events(self, db: AsyncConnection, now: datetime, days: int) -> None:
         """Housekeeping: the delivery log keeps `days` days."""
@@ -221,44 +167,7 @@ class PostgresDialect(Dialect):
             # would commit on its own, outside the caller's transaction.
             await super().insert_events(db, events)
             return
-        await driver.copy_records_to_table(
-            t.delivery_events.name,
-            columns=EVENT_COLUMNS,
-            records=[
-                (
-                    e["delivery_id"],
-                    e["notification_id"],
-                    e["state"],
-                    e["provider"],
-                    json_dumps(e["detail"]),
-                    e["created_at"],
-                )
-                for e in events
-            ],
-        )
-
-    async def apply_outcomes(
-        self, db: AsyncConnection, updates: Sequence[DeliveryUpdate], now: datetime
-    ) -> int:
-        """One UPDATE joined to the batch as arrays, where the executemany ran the statement
-        once per delivery."""
-        result = await db.execute(
-            _APPLY_OUTCOMES,
-            {
-                "ids": [u.delivery_id for u in updates],
-                "states": [u.state.value for u in updates],
-                "providers": [u.provider for u in updates],
-                "message_ids": [u.provider_message_id for u in updates],
-                "errors": [u.last_error for u in updates],
-                "dues": [u.due_at for u in updates],
-                "refunds": [1 if u.attempts_refund else 0 for u in updates],
-                "now": now,
-                "outcome_from": OUTCOME.values,
-                "late_from": LATE_ANSWER.values,
-                "late_answers": sorted(s.value for s in LATE_ANSWER.targets),
-            },
-        )
-        return int(result.rowcount)
+        await AsyncpgNative(driver).append_events(events)
 
     async def drop_expired_events(self, db: AsyncConnection, now: datetime, days: int) -> None:
         """Create the coming days' partitions of the delivery log; drop expired ones."""
@@ -291,39 +200,6 @@ async def event_partitions(db: AsyncConnection) -> list[str]:
         )
     )
     return [row[0] for row in rows]
-
-
-# The guards are those of Dialect.apply_outcomes, bound as arrays.
-_APPLY_OUTCOMES = sa.text(
-    """
-    UPDATE deliveries AS d SET
-        state = u.state,
-        provider = coalesce(u.provider, d.provider),
-        provider_message_id = coalesce(u.message_id, d.provider_message_id),
-        last_error = u.error,
-        due_at = u.due,
-        lease_until = NULL,
-        attempts = d.attempts - u.refund,
-        updated_at = :now
-    FROM unnest(:ids, :states, :providers, :message_ids, :errors, :dues, :refunds)
-        AS u(id, state, provider, message_id, error, due, refund)
-    WHERE d.id = u.id
-      AND (d.state = ANY(:outcome_from)
-           OR (d.state = ANY(:late_from) AND u.state = ANY(:late_answers)))
-    """
-).bindparams(
-    sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)),
-    sa.bindparam("states", type_=postgresql.ARRAY(sa.String)),
-    sa.bindparam("providers", type_=postgresql.ARRAY(sa.String)),
-    sa.bindparam("message_ids", type_=postgresql.ARRAY(sa.String)),
-    sa.bindparam("errors", type_=postgresql.ARRAY(sa.Text)),
-    sa.bindparam("dues", type_=postgresql.ARRAY(sa.DateTime(timezone=True))),
-    sa.bindparam("refunds", type_=postgresql.ARRAY(sa.Integer)),
-    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
-    sa.bindparam("outcome_from", type_=postgresql.ARRAY(sa.String)),
-    sa.bindparam("late_from", type_=postgresql.ARRAY(sa.String)),
-    sa.bindparam("late_answers", type_=postgresql.ARRAY(sa.String)),
-)
 
 
 def _partition_name(day: date) -> str:
