@@ -63,7 +63,8 @@ class DeliveryRepository(Repository):
         # the worker then finds that row alone and sets it aside (roles.consume_loop).
         async with self.db.native() as native, native.transaction():
             if needs_device:
-                rows = await native.fetch(
+                rows = await native.records(
+                    t.deliveries,
                     CLAIM_NEEDS_DEVICE_SQL,
                     list(delivery_ids),
                     native.at(lease_until),
@@ -71,10 +72,14 @@ class DeliveryRepository(Repository):
                     DEVICE_GONE_REASON,
                 )
             else:
-                rows = await native.fetch(
-                    CLAIM_SQL, list(delivery_ids), native.at(lease_until), native.at(now)
+                rows = await native.records(
+                    t.deliveries,
+                    CLAIM_SQL,
+                    list(delivery_ids),
+                    native.at(lease_until),
+                    native.at(now),
                 )
-            found = [native.delivery(row) for row in rows]
+            found = [to_delivery(row) for row in rows]
             skipped = [x for x in found if x.state == S.SKIPPED]
             if skipped:  # rare: a device went away between planning and sending
                 detail = {"reason": DEVICE_GONE_REASON}

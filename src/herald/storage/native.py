@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from herald.domain import Channel, Delivery, DeliveryPolicy, DeliveryState, Priority
+from herald.domain import DeliveryState
 from herald.storage import schema
 from herald.storage.guards import (
     CLAIM,
@@ -207,33 +207,6 @@ class Native(abc.ABC):
 
     def read_json(self, value: Any) -> Any:
         return value
-
-    def delivery(self, row: Mapping[str, Any]) -> Delivery:
-        at = self.read_at
-        return Delivery(
-            id=row["id"],
-            notification_id=row["notification_id"],
-            user_id=row["user_id"],
-            channel=Channel(row["channel"]),
-            target=row["target"],
-            target_ref=row["target_ref"],
-            state=S(row["state"]),
-            policy=DeliveryPolicy(row["policy"]),
-            priority=Priority(row["priority"]),
-            category=row["category"],
-            payload=self.read_json(row["payload"]),
-            attempts=row["attempts"],
-            provider=row["provider"],
-            platform=row["platform"],
-            provider_message_id=row["provider_message_id"],
-            last_error=row["last_error"],
-            due_at=at(row["due_at"]),
-            expires_at=at(row["expires_at"]),
-            lease_until=at(row["lease_until"]),
-            created_at=at(row["created_at"]),
-            updated_at=at(row["updated_at"]),
-            claimed_at=at(row["claimed_at"]),
-        )
 
 
 class AsyncpgNative(Native):

@@ -13,13 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from herald.domain import (
     CapClaim,
     CategorySettings,
-    Channel,
     Delivery,
     DeliveryEvent,
     DeliveryState,
     Device,
     DigestFold,
-    FrequencyCap,
     NotificationState,
 )
 from herald.storage import schema as t
@@ -45,7 +43,7 @@ from herald.storage.rows import (
     to_notification,
     to_user,
 )
-from herald.storage.shaping import Shaping, ShapingChange
+from herald.storage.shaping import Shaping, ShapingChange, caps_by_channel
 from herald.storage.statements import lock_accepted
 from herald.util import chunks
 
@@ -106,10 +104,9 @@ class RoutingRepository(Repository):
                 if template_names
                 else {}
             )
-            channel_caps = {
-                Channel(r.channel): FrequencyCap(r.cap_limit, r.window_seconds)
-                for r in await native.records(t.frequency_caps, FREQUENCY_CAPS_SQL)
-            }
+            channel_caps = caps_by_channel(
+                await native.records(t.frequency_caps, FREQUENCY_CAPS_SQL)
+            )
         inputs = []
         for notification in notifications:
             user_row = user_rows.get(notification.user_id)

@@ -16,7 +16,7 @@ Work is done in user order so that concurrent routers lock rows in the same orde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -70,6 +70,11 @@ class ClosedDigest:
     count: int
 
 
+def caps_by_channel(rows: Iterable[Any]) -> dict[Channel, FrequencyCap]:
+    """The channel-wide caps, from rows of frequency_caps (SQLAlchemy's or native)."""
+    return {Channel(r.channel): FrequencyCap(r.cap_limit, r.window_seconds) for r in rows}
+
+
 class Shaping:
     """The shaping statements run inside other repositories' transactions: applied while
     routing, undone by a cancel, closed by the scheduler."""
@@ -83,8 +88,7 @@ class Shaping:
         return self.db.clock
 
     async def channel_caps(self, db: AsyncConnection) -> dict[Channel, FrequencyCap]:
-        rows = await db.execute(sa.select(t.frequency_caps))
-        return {Channel(r.channel): FrequencyCap(r.cap_limit, r.window_seconds) for r in rows}
+        return caps_by_channel(await db.execute(sa.select(t.frequency_caps)))
 
     async def apply(
         self,
@@ -345,9 +349,9 @@ class Shaping:
 class ShapingRepository(Repository):
     """Channel-wide caps (configuration), cap usage and a user's digests, for the API."""
 
-    @property
-    def shaping(self) -> Shaping:
-        return Shaping(self.db)
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.shaping = Shaping(database)
 
     async def put_frequency_cap(self, channel: Channel, cap: FrequencyCap) -> bool:
         """Set the cap for every non-critical delivery on a channel; True when new."""
