@@ -572,7 +572,7 @@ def bench_clients(
     default=None,
     help="logs and broker data (default: a new temporary directory)",
 )
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object (API.md)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (docs/api.md)")
 def chaos(
     duration: float,
     rate: float,

@@ -344,8 +344,7 @@ class KafkaBus:
             # Prefetch a few batches, not librdkafka's default of up to 100,000 messages or
             # 64 MB, and fetch at most 1 MB at a time (default: 1 MB per partition, 50 MB
             # per fetch, on top of the prefetch bound): memory must not grow with the
-            # backlog. At N = 10^6 the router peaked at 134 MB, against 177 MB with a
-            # 10,000 / 8 MB prefetch and 233 MB with the defaults (docs/benchmarks.md).
+            # backlog (docs/benchmarks.md, "Figures behind code choices").
             "queued.min.messages": 2_000,
             "queued.max.messages.kbytes": 2048,
             "fetch.max.bytes": 1_048_576,
