@@ -120,8 +120,9 @@ class PostgresDialect(Dialect):
             max_overflow=self.pool_size,
             # No pool_pre_ping: it cost a round trip and CPU on every transaction
             # (docs/benchmarks.md, "Figures behind code choices"). A connection that died
-            # with the server fails its statement instead; SQLAlchemy then invalidates the pool, the role retries its
-            # batch and the API answers 503 with Retry-After (safe to repeat).
+            # with the server fails its statement instead; SQLAlchemy then invalidates the
+            # pool, the role retries its batch and the API answers 503 with Retry-After
+            # (safe to repeat).
             pool_recycle=3600,
             json_serializer=json_dumps,
             json_deserializer=orjson.loads,
