@@ -83,6 +83,13 @@ host_option = click.option(
 port_option = click.option(
     "--port", default=None, type=int, help="port (HERALD_PORT, default 8080)"
 )
+metrics_port_option = click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="serve /metrics, /healthz and /readyz of this process on this port "
+    "(HERALD_METRICS_PORT; docs/operations.md)",
+)
 lane_option = click.option(
     "--lane",
     "lanes",
@@ -108,7 +115,8 @@ def main() -> None:
 @main.command()
 @host_option
 @port_option
-def serve(host: str | None, port: int | None) -> None:
+@metrics_port_option
+def serve(host: str | None, port: int | None, metrics_port: int | None) -> None:
     """Every role in one process (embedded SQLite + in-process bus unless configured)."""
     settings = _settings()
     _start(
@@ -116,6 +124,7 @@ def serve(host: str | None, port: int | None) -> None:
             roles=("api", "relay", "router", "worker", "scheduler"),
             host=host or settings.host,
             port=port or settings.port,
+            metrics_port=metrics_port,
         ),
         settings,
     )
@@ -124,28 +133,35 @@ def serve(host: str | None, port: int | None) -> None:
 @main.command()
 @host_option
 @port_option
-def api(host: str | None, port: int | None) -> None:
+@metrics_port_option
+def api(host: str | None, port: int | None, metrics_port: int | None) -> None:
     """The HTTP API alone."""
     settings = _settings()
     _start(
         _plan(
-            roles=("api",), host=host or settings.host, port=port or settings.port, migrate=False
+            roles=("api",),
+            host=host or settings.host,
+            port=port or settings.port,
+            migrate=False,
+            metrics_port=metrics_port,
         ),
         settings,
     )
 
 
 @main.command()
-def relay() -> None:
+@metrics_port_option
+def relay(metrics_port: int | None) -> None:
     """The outbox relay alone."""
-    _start(_plan(roles=("relay",), migrate=False))
+    _start(_plan(roles=("relay",), migrate=False, metrics_port=metrics_port))
 
 
 @main.command()
 @lane_option
-def router(lanes: tuple[str, ...]) -> None:
+@metrics_port_option
+def router(lanes: tuple[str, ...], metrics_port: int | None) -> None:
     """The router alone (broadcast fan-out runs with the bulk lane)."""
-    _start(_plan(roles=("router",), lanes=_lanes(lanes), migrate=False))
+    _start(_plan(roles=("router",), lanes=_lanes(lanes), migrate=False, metrics_port=metrics_port))
 
 
 @main.command()
@@ -158,7 +174,8 @@ def router(lanes: tuple[str, ...]) -> None:
     help="channel to work on (repeatable)",
 )
 @lane_option
-def worker(channels: tuple[str, ...], lanes: tuple[str, ...]) -> None:
+@metrics_port_option
+def worker(channels: tuple[str, ...], lanes: tuple[str, ...], metrics_port: int | None) -> None:
     """A channel worker alone."""
     _start(
         _plan(
@@ -166,14 +183,16 @@ def worker(channels: tuple[str, ...], lanes: tuple[str, ...]) -> None:
             channels=[Channel(c) for c in channels],
             lanes=_lanes(lanes),
             migrate=False,
+            metrics_port=metrics_port,
         )
     )
 
 
 @main.command()
-def scheduler() -> None:
+@metrics_port_option
+def scheduler(metrics_port: int | None) -> None:
     """The scheduler alone."""
-    _start(_plan(roles=("scheduler",), migrate=False))
+    _start(_plan(roles=("scheduler",), migrate=False, metrics_port=metrics_port))
 
 
 @main.command()

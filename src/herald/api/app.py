@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from herald import __version__
 from herald.api import errors
+from herald.api.access import AccessLog
 from herald.api.routes import admin, broadcasts, inbox, notifications, ops, users, webhooks
 from herald.api.routing import scope_rule
 from herald.runtime import Runtime
@@ -182,6 +183,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit)
     app.add_middleware(InFlightLimit, limit=runtime.settings.api_max_in_flight)
+    app.add_middleware(AccessLog)  # outermost: it sees every answer
     return app
 
 

@@ -371,6 +371,7 @@ class KafkaConsumer:
         self._closed = False
         self._closing = threading.Event()  # ends a long fetch early (close)
         self._in_flight: asyncio.Future[list[Message]] | None = None
+        self._lag: dict[str, int] = dict.fromkeys(topics, 0)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -413,11 +414,26 @@ class KafkaConsumer:
                 break
             first = self._consumer.poll(min(remaining, FETCH_SLICE_SECONDS))
         if first is None:
+            self._measure_lag()
             return []
         batch = [first]
         if max_messages > 1:
             batch += self._consumer.consume(max_messages - 1, 0)
+        self._measure_lag()
         return [message for raw in batch if (message := self._convert(raw)) is not None]
+
+    def _measure_lag(self) -> None:
+        """From the high watermarks the last fetches brought (cached: no request)."""
+        behind = dict.fromkeys(self.topics, 0)
+        for tp in self._consumer.position(self._consumer.assignment()):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                topic = tp.topic[self._prefix_len :]
+                behind[topic] = behind.get(topic, 0) + max(0, high - tp.offset)
+        self._lag = behind
+
+    def lag(self) -> dict[str, int]:
+        return dict(self._lag)
 
     def _convert(self, raw: RawMessage) -> Message | None:
         error = raw.error()

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from herald.api.deps import RuntimeDep, public
 from herald.api.errors import ApiError
 from herald.api.routing import HeraldRoute
 from herald.domain import Channel
-from herald.metrics import METRICS
+from herald.ops_server import readiness, render_metrics
 from herald.security import TokenInvalid
 
 router = APIRouter(tags=["operations"], route_class=HeraldRoute)
@@ -25,17 +25,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", dependencies=[public()])
 async def readyz(rt: RuntimeDep) -> JSONResponse:
-    checks = {"database": await rt.storage.database.ping(), "bus": await rt.bus.healthy()}
-    ready = all(checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    ready, body = await readiness(rt)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", dependencies=[public()], response_class=PlainTextResponse)
-async def metrics() -> Response:
-    return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(rt: RuntimeDep) -> Response:
+    return Response(await render_metrics(rt), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _unsubscribe(rt: RuntimeDep, token: str) -> dict[str, str]:
