@@ -1,5 +1,6 @@
 """What an operator watches: the backlog (outbox, deliveries waiting in each state and the
-age of the oldest), read at scrape time by the metrics endpoint and by `herald status`.
+age of the oldest), read at scrape time by the metrics endpoint and by `herald status`;
+and the delivery log as it is written, for `herald tail`.
 Each figure is one indexed lookup: ix_deliveries_state_updated and ix_deliveries_state_due
 answer the counts and the oldest rows without a scan of the finished deliveries."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -33,7 +35,64 @@ class Backlog:
     scheduler_lag_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class TailFilter:
+    notification_id: str | None = None
+    user_id: str | None = None
+    channel: str | None = None
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One entry of the delivery log with what its delivery says about it."""
+
+    id: int
+    at: datetime
+    notification_id: str
+    delivery_id: str
+    user_id: str
+    channel: str
+    state: str
+    provider: str | None
+    detail: dict[str, Any]
+
+
 class OperationsRepository(Repository):
+    async def events_after(
+        self, after_id: int | None, where: TailFilter, limit: int = 500
+    ) -> list[LoggedEvent]:
+        """Log entries after `after_id` in id order; with None, the last `limit` ones."""
+        e, d = t.delivery_events, t.deliveries
+        query = sa.select(
+            e.c.id,
+            e.c.created_at,
+            e.c.notification_id,
+            e.c.delivery_id,
+            d.c.user_id,
+            d.c.channel,
+            e.c.state,
+            e.c.provider,
+            e.c.detail,
+        ).join(d, d.c.id == e.c.delivery_id)
+        conditions = {
+            e.c.notification_id: where.notification_id,
+            d.c.user_id: where.user_id,
+            d.c.channel: where.channel,
+            e.c.state: where.state,
+        }
+        for column, wanted in conditions.items():
+            if wanted is not None:
+                query = query.where(column == wanted)
+        if after_id is None:
+            query = query.order_by(e.c.id.desc()).limit(limit)
+        else:
+            query = query.where(e.c.id > after_id).order_by(e.c.id).limit(limit)
+        async with self.db.reading() as db:
+            rows = list(await db.execute(query))
+        events = [LoggedEvent(*row) for row in rows]
+        return sorted(events, key=lambda event: event.id)
+
     async def backlog(self) -> Backlog:
         now = self.clock.now()
         async with self.db.reading() as db:
