@@ -123,3 +123,12 @@ async def test_docs_and_redoc_load_their_assets_from_herald(api: httpx.AsyncClie
 def test_docs_api_md_names_the_document() -> None:
     guide = Path(__file__).resolve().parents[2] / "docs" / "api.md"
     assert "/openapi.json" in guide.read_text()
+
+
+def test_examples_come_from_the_models_and_their_fields(document: dict[str, Any]) -> None:
+    put_user = dict(operations(document))["PUT /v1/users/{user_id}"]
+    request = put_user["requestBody"]["content"]["application/json"]["example"]
+    assert request["timezone"] == "Europe/Berlin"  # UserIn's own example
+    created = put_user["responses"]["201"]["content"]["application/json"]["example"]
+    assert created["email"] == "ada@example.com"  # built from the field's name
+    assert created["created_at"].endswith("Z")

@@ -45,6 +45,33 @@ ERROR_DESCRIPTIONS = {
     "`Retry-After` (with the same Idempotency-Key, a retried POST is safe)",
 }
 EXAMPLE_TIME = "2026-12-01T09:30:00Z"
+EXAMPLE_ID = "0f6c7a0e-6f7b-4b44-9a8e-3b5d0d7f1c2a"
+# What a string field of this name looks like, where its model gives no example.
+NAMED_EXAMPLES: dict[str, Any] = {
+    "user_id": "42",
+    "email": "ada@example.com",
+    "phone": "+14155550100",
+    "timezone": "Europe/Berlin",
+    "locale": "en",
+    "channel": "push",
+    "platform": "ios",
+    "provider": "apns",
+    "category": "billing",
+    "priority": "normal",
+    "title": "Payment received",
+    "body": "€12.00, thank you",
+    "target": "ab…ab",
+    "status": "sent",
+    "state": "sent",
+    "template": "welcome",
+    "topic": "release-notes",
+    "name": "welcome",
+    "address": "ada@example.com",
+    "reason": "bounce: permanent",
+    "provider_message_id": "projects/acme/messages/0:1701423000",
+    "last_error": None,
+    "token": "hk_7b1a6b046a3e1a91_…",
+}
 
 
 class ErrorDetail(BaseModel):
@@ -190,7 +217,7 @@ def example_of(schema: dict[str, Any], schemas: dict[str, Any], depth: int = 0) 
     kind = schema.get("type")
     if kind == "object" or "properties" in schema:
         return {
-            name: example_of(part, schemas, depth + 1)
+            name: _field_example(name, part, schemas, depth)
             for name, part in schema.get("properties", {}).items()
         }
     if kind == "array":
@@ -198,6 +225,16 @@ def example_of(schema: dict[str, Any], schemas: dict[str, Any], depth: int = 0) 
     if "enum" in schema:
         return schema["enum"][0]
     return _scalar_example(schema)
+
+
+def _field_example(name: str, schema: dict[str, Any], schemas: dict[str, Any], depth: int) -> Any:
+    own = example_of(schema, schemas, depth + 1)
+    if own == "string" or (own is None and name in NAMED_EXAMPLES):
+        if name in NAMED_EXAMPLES:
+            return NAMED_EXAMPLES[name]
+        if name == "id" or name.endswith("_id"):
+            return EXAMPLE_ID
+    return own
 
 
 def _scalar_example(schema: dict[str, Any]) -> Any:
