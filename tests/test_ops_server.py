@@ -30,6 +30,11 @@ def value(text: str, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples(text).items() if n == name and wanted <= ls)
 
 
+def sample(text: str, name: str, **labels: str) -> float:
+    """The one sample with exactly these labels (it must be there)."""
+    return samples(text)[(name, frozenset(labels.items()))]
+
+
 async def scrape(port: int) -> str:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
@@ -79,10 +84,9 @@ async def test_serve_metrics_port_shows_the_delivery(launch_herald: HeraldLaunch
     assert ("herald_outbox_depth", frozenset()) in samples(text)
     assert value(text, "herald_deliveries_waiting", state="queued") == 0
     assert ("herald_scheduler_lag_seconds", frozenset()) in samples(text)
-    lag = value(
-        text, "herald_consumer_lag", topic="herald.notifications", group="herald.router.bulk"
-    )
-    assert lag == 0
+    router_lag = ("herald.notifications", "herald.router.bulk")
+    assert sample(text, "herald_consumer_lag", topic=router_lag[0], group=router_lag[1]) == 0
+    assert sample(text, "herald_provider_circuit_open", provider="inbox") == 0
     assert_no_created_series(text)
 
 
@@ -118,15 +122,9 @@ async def test_each_role_of_a_fleet_serves_its_own_metrics(
     assert value(texts["relay"], "herald_outbox_relayed_total") >= 1
     assert value(texts["router"], "herald_notifications_routed_total") == 1
     assert value(texts["worker"], "herald_accept_to_provider_seconds_count") == 1
-    assert (
-        value(
-            texts["worker"],
-            "herald_consumer_lag",
-            topic="herald.deliveries.in_app",
-            group="herald.worker.in_app.bulk",
-        )
-        == 0
-    )
+    worker_lag = ("herald.deliveries.in_app", "herald.worker.in_app.bulk")
+    lag = sample(texts["worker"], "herald_consumer_lag", topic=worker_lag[0], group=worker_lag[1])
+    assert lag == 0
     # The backlog describes the database: the scheduler's process reports it, once.
     assert ("herald_outbox_depth", frozenset()) in samples(texts["scheduler"])
     assert ("herald_outbox_depth", frozenset()) not in samples(texts["worker"])

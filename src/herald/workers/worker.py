@@ -135,6 +135,8 @@ class ChannelWorker:
         self.circuits = CircuitBreaker(clock, self.settings.circuit_cooldown_seconds)
         self.rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
+        for provider in self._channel_providers():  # a closed circuit shows as 0, not absent
+            METRICS.circuit_open.labels(provider.name).set(0)
 
     @property
     def group(self) -> str:
