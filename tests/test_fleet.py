@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.fixtures.herald import _truncate, eventually
+from tests.fixtures.herald import eventually
 from tests.fixtures.sends import assert_sent_once
 from tests.fixtures.serve import HeraldLauncher, HeraldProcess, free_port
 
@@ -29,21 +28,6 @@ PER_USER = 8  # 2,000 notifications
 
 def android_token(user: int) -> str:
     return f"fleet{user:05d}:APA91b" + "x" * 140
-
-
-@pytest.fixture
-async def fleet_env(
-    postgres_test_url: str, kafka_bootstrap: str, herald_env: dict[str, str]
-) -> dict[str, str]:
-    await _truncate(postgres_test_url)
-    herald_env.update(
-        HERALD_DATABASE_URL=postgres_test_url,
-        HERALD_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        HERALD_KAFKA_TOPIC_PREFIX=f"fleet{uuid.uuid4().hex[:8]}.",
-        HERALD_KAFKA_PARTITIONS="4",
-        HERALD_LEASE_SECONDS="3",
-    )
-    return herald_env
 
 
 async def create_users(client: httpx.AsyncClient, count: int) -> None:

@@ -83,6 +83,13 @@ host_option = click.option(
 port_option = click.option(
     "--port", default=None, type=int, help="port (HERALD_PORT, default 8080)"
 )
+metrics_port_option = click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="serve /metrics, /healthz and /readyz of this process on this port "
+    "(HERALD_METRICS_PORT; docs/operations.md)",
+)
 lane_option = click.option(
     "--lane",
     "lanes",
@@ -108,7 +115,8 @@ def main() -> None:
 @main.command()
 @host_option
 @port_option
-def serve(host: str | None, port: int | None) -> None:
+@metrics_port_option
+def serve(host: str | None, port: int | None, metrics_port: int | None) -> None:
     """Every role in one process (embedded SQLite + in-process bus unless configured)."""
     settings = _settings()
     _start(
@@ -116,6 +124,7 @@ def serve(host: str | None, port: int | None) -> None:
             roles=("api", "relay", "router", "worker", "scheduler"),
             host=host or settings.host,
             port=port or settings.port,
+            metrics_port=metrics_port,
         ),
         settings,
     )
@@ -124,28 +133,35 @@ def serve(host: str | None, port: int | None) -> None:
 @main.command()
 @host_option
 @port_option
-def api(host: str | None, port: int | None) -> None:
+@metrics_port_option
+def api(host: str | None, port: int | None, metrics_port: int | None) -> None:
     """The HTTP API alone."""
     settings = _settings()
     _start(
         _plan(
-            roles=("api",), host=host or settings.host, port=port or settings.port, migrate=False
+            roles=("api",),
+            host=host or settings.host,
+            port=port or settings.port,
+            migrate=False,
+            metrics_port=metrics_port,
         ),
         settings,
     )
 
 
 @main.command()
-def relay() -> None:
+@metrics_port_option
+def relay(metrics_port: int | None) -> None:
     """The outbox relay alone."""
-    _start(_plan(roles=("relay",), migrate=False))
+    _start(_plan(roles=("relay",), migrate=False, metrics_port=metrics_port))
 
 
 @main.command()
 @lane_option
-def router(lanes: tuple[str, ...]) -> None:
+@metrics_port_option
+def router(lanes: tuple[str, ...], metrics_port: int | None) -> None:
     """The router alone (broadcast fan-out runs with the bulk lane)."""
-    _start(_plan(roles=("router",), lanes=_lanes(lanes), migrate=False))
+    _start(_plan(roles=("router",), lanes=_lanes(lanes), migrate=False, metrics_port=metrics_port))
 
 
 @main.command()
@@ -158,7 +174,8 @@ def router(lanes: tuple[str, ...]) -> None:
     help="channel to work on (repeatable)",
 )
 @lane_option
-def worker(channels: tuple[str, ...], lanes: tuple[str, ...]) -> None:
+@metrics_port_option
+def worker(channels: tuple[str, ...], lanes: tuple[str, ...], metrics_port: int | None) -> None:
     """A channel worker alone."""
     _start(
         _plan(
@@ -166,14 +183,16 @@ def worker(channels: tuple[str, ...], lanes: tuple[str, ...]) -> None:
             channels=[Channel(c) for c in channels],
             lanes=_lanes(lanes),
             migrate=False,
+            metrics_port=metrics_port,
         )
     )
 
 
 @main.command()
-def scheduler() -> None:
+@metrics_port_option
+def scheduler(metrics_port: int | None) -> None:
     """The scheduler alone."""
-    _start(_plan(roles=("scheduler",), migrate=False))
+    _start(_plan(roles=("scheduler",), migrate=False, metrics_port=metrics_port))
 
 
 @main.command()
@@ -191,7 +210,9 @@ def migrate() -> None:
         finally:
             await storage.database.close()
 
-    _run(upgrade())
+    from herald.cli_ops import run_command
+
+    run_command("migrate", upgrade)
     click.echo(f"schema up to date: {settings.effective_database_url.split('@')[-1]}")
 
 
@@ -226,13 +247,149 @@ def keys_create(scopes: tuple[str, ...], name: str | None) -> None:
         finally:
             await storage.database.close()
 
-    holder: list[str] = []
+    from herald.cli_ops import run_command
 
-    async def keep() -> None:
-        holder.append(await create())
+    click.echo(run_command("keys create", create))
 
-    _run(keep())
-    click.echo(holder[0])
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON array on stdout")
+def keys_list(as_json: bool) -> None:
+    """The API keys: id, name, scopes, created, revoked (never a secret)."""
+    from herald import cli_ops
+
+    settings = _settings()
+    found = cli_ops.run_command("keys list", lambda: cli_ops.list_keys(settings))
+    click.echo(orjson_text(found) if as_json else cli_ops.keys_table(found))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key at once (its id, as `herald keys list` shows it)."""
+    from herald import cli_ops
+
+    settings = _settings()
+    cli_ops.run_command("keys revoke", lambda: cli_ops.revoke_key(settings, key_id))
+    click.echo(f"revoked {key_id}")
+
+
+@main.command()
+@click.option("--user", "user_id", required=True, help="the user to notify")
+@click.option("--title", default="Test notification from herald send", show_default=True)
+@click.option("--body", default="", help="the message body")
+@click.option("--category", default="default", show_default=True)
+@click.option(
+    "--channel",
+    "channels",
+    multiple=True,
+    type=click.Choice([c.value for c in Channel]),
+    help="only this channel (repeatable; default: the user's channels)",
+)
+@click.option(
+    "--priority", type=click.Choice(["critical", "high", "normal", "low"]), default="normal"
+)
+@click.option("--url", default=None, help="the API (default HERALD_PUBLIC_URL or host:port)")
+@click.option("--key", default=None, help="an API key with the send scope (HERALD_API_KEY)")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the notification as JSON")
+def send(
+    user_id: str,
+    title: str,
+    body: str,
+    category: str,
+    channels: tuple[str, ...],
+    priority: str,
+    url: str | None,
+    key: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Send a test notification through the running API and follow its deliveries until
+    each is final; exits 1 when one failed, or when time runs out."""
+    from herald import cli_ops
+
+    settings = _settings()
+    notification = {
+        "user_id": user_id,
+        "title": title,
+        "body": body,
+        "category": category,
+        "priority": priority,
+        **({"channels": list(channels)} if channels else {}),
+    }
+
+    async def go() -> dict[str, Any]:
+        async with cli_ops.api_client(
+            url or settings.effective_public_url, key or settings.api_key
+        ) as client:
+            return await cli_ops.send_and_follow(client, notification, timeout)
+
+    result = cli_ops.run_command("send", go)
+    click.echo(orjson_text(result) if as_json else cli_ops.deliveries_table(result))
+    if cli_ops.any_failed(result):
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--metrics",
+    "scrape",
+    multiple=True,
+    help="a process's /metrics URL to read circuits and consumer lag from (repeatable)",
+)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+def status(scrape: tuple[str, ...], as_json: bool) -> None:
+    """The backends and whether they answer, the providers, the backlog; with --metrics,
+    each process's circuits and consumer lag. Exits 1 when something does not answer."""
+    from herald import cli_ops
+
+    settings = _settings()
+    with cli_ops.waiting("asking the database, the bus and the processes"):
+        report = cli_ops.run_command("status", lambda: cli_ops.collect_status(settings, scrape))
+    click.echo(orjson_text(report) if as_json else cli_ops.status_text(report))
+    if cli_ops.unhealthy(report):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--notification", "notification_id", default=None)
+@click.option("--user", "user_id", default=None)
+@click.option("--channel", type=click.Choice([c.value for c in Channel]), default=None)
+@click.option("--state", default=None, help="only entries of this state (sent, failed, ...)")
+@click.option("--last", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--no-follow", "no_follow", is_flag=True, help="print the last entries and exit")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def tail(
+    notification_id: str | None,
+    user_id: str | None,
+    channel: str | None,
+    state: str | None,
+    last: int,
+    no_follow: bool,
+    as_json: bool,
+) -> None:
+    """Follow the delivery log as it is written (the last --last entries first)."""
+    from herald import cli_ops
+    from herald.storage.operations import TailFilter
+
+    settings = _settings()
+    where = TailFilter(notification_id, user_id, channel, state)
+    render = cli_ops.event_json if as_json else cli_ops.event_line
+
+    def emit(event: Any) -> None:
+        click.echo(render(event))
+
+    cli_ops.run_command(
+        "tail",
+        lambda: cli_ops.follow_log(settings, where, emit, last=last, follow=not no_follow),
+    )
+
+
+def orjson_text(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
 @main.command()
@@ -572,7 +729,7 @@ def bench_clients(
     default=None,
     help="logs and broker data (default: a new temporary directory)",
 )
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object (API.md)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (docs/api.md)")
 def chaos(
     duration: float,
     rate: float,

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     token_secret_file: Path | None = None
     log_level: str = "INFO"
     log_format: str = "auto"  # auto (JSON unless a terminal), json, console
+    # /metrics, /healthz, /readyz of a role process on a port of its own (unset: none; the
+    # API serves them on its own port either way).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # Delivery behaviour
     lease_seconds: float = 30.0

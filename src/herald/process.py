@@ -18,6 +18,7 @@ from herald.bus.interface import LANES, BusUnavailable, Lane
 from herald.bus.memory import MemoryBus
 from herald.config import Settings
 from herald.domain import Channel
+from herald.ops_server import BacklogGauges, ops_app
 from herald.outages import is_outage
 from herald.roles import Backoff, describe_error, wait_for_event
 from herald.runtime import Runtime
@@ -46,6 +47,7 @@ class Plan:
     host: str = "127.0.0.1"
     port: int = 8080
     migrate: bool = True
+    metrics_port: int | None = None  # this process's /metrics, /healthz, /readyz
 
 
 async def start_runtime(settings: Settings, *, migrate: bool) -> Runtime:
@@ -173,6 +175,7 @@ async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
     if "router" in plan.roles:
         roles.append(runtime.router().run(stop, plan.lanes))
     if "scheduler" in plan.roles:
+        runtime.backlog_gauges = BacklogGauges(runtime.storage.operations)
         scheduler = runtime.scheduler()
         if isinstance(runtime.bus, MemoryBus):
             # In-process messages died with the previous process: republish its work.
@@ -181,19 +184,24 @@ async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
     if "api" in plan.roles:
         server = _api_server(runtime, plan)
         roles.append(server.serve())
+    metrics_server = _metrics_server(runtime, plan)
+    if metrics_server is not None:
+        roles.append(metrics_server.serve())
     _banner(runtime, plan)
     async with asyncio.TaskGroup() as group:
         for role in roles:
             group.create_task(role)
         group.create_task(_stop_api_on(stop, server))
-        await _announce_ready(server, stop)
+        group.create_task(_stop_api_on(stop, metrics_server))
+        await _announce_ready([server, metrics_server], stop)
         await stop.wait()
         log.info("stopping: finishing in-flight batches")
 
 
-async def _announce_ready(server: uvicorn.Server | None, stop: asyncio.Event) -> None:
-    """Log `ready` once the API listens (uvicorn exposes no event for it, so poll)."""
-    while server is not None and not server.started:
+async def _announce_ready(servers: Sequence[uvicorn.Server | None], stop: asyncio.Event) -> None:
+    """Log `ready` once the API and the metrics port listen (uvicorn exposes no event for
+    it, so poll)."""
+    while any(server is not None and not server.started for server in servers):
         if await wait_for_event(stop, 0.02):
             return
     log.info("ready")
@@ -247,13 +255,39 @@ def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
     return _ApiServer(config)
 
 
+def _metrics_server(runtime: Runtime, plan: Plan) -> uvicorn.Server | None:
+    port = _metrics_port(runtime, plan)
+    if port is None:
+        return None
+    config = uvicorn.Config(
+        ops_app(runtime),
+        host=runtime.settings.metrics_host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
+    return _ApiServer(config)
+
+
 def _banner(runtime: Runtime, plan: Plan) -> None:
     providers = runtime.providers.describe() if runtime.providers else {}
     log.info(
         "herald starting",
         roles=list(plan.roles),
         listen=f"http://{plan.host}:{plan.port}" if "api" in plan.roles else None,
+        metrics=_metrics_url(runtime, plan),
         database=runtime.storage.database.describe(),
         bus=runtime.bus.describe(),
         providers=providers or None,
     )
+
+
+def _metrics_port(runtime: Runtime, plan: Plan) -> int | None:
+    return plan.metrics_port if plan.metrics_port is not None else runtime.settings.metrics_port
+
+
+def _metrics_url(runtime: Runtime, plan: Plan) -> str | None:
+    port = _metrics_port(runtime, plan)
+    return f"http://{runtime.settings.metrics_host}:{port}/metrics" if port is not None else None

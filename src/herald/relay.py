@@ -37,8 +37,8 @@ class Relay:
         idle_poll_max_seconds: float = 2.0,
         wake_source: WakeSource | None = None,
         # Five batches: enough to keep the consumers busy. The in-process bus's messages
-        # are the embedded backend's only memory that follows the backlog; 20,000 of them
-        # put serve at 186 MB at N = 10^5 against 160 MB at 10^4 (docs/benchmarks.md).
+        # are the embedded backend's only memory that follows the backlog (docs/benchmarks.md,
+        # "Figures behind code choices").
         max_in_memory: int = 5_000,
     ) -> None:
         self.outbox = outbox

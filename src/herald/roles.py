@@ -21,6 +21,7 @@ import structlog
 
 from herald.bus.interface import Bus, Consumer, Message
 from herald.bus.messages import named_ids, set_aside_record
+from herald.metrics import METRICS
 from herald.outages import is_outage
 
 log = structlog.get_logger()
@@ -85,6 +86,7 @@ async def consume_loop(
         try:
             while not stop.is_set():
                 messages = await _poll(consumer, batch_size, stop)
+                _report_lag(consumer, group)
                 if not messages:
                     continue
                 await _handle_isolating(bus, group, name, handle, messages, set_aside)
@@ -113,6 +115,11 @@ async def consume_loop(
                 await consumer.close()
             except Exception as error:  # the bus may be down: the broker forgets us anyway
                 log.warning("closing the consumer failed", role=name, error=describe_error(error))
+
+
+def _report_lag(consumer: Consumer, group: str) -> None:
+    for topic, behind in consumer.lag().items():
+        METRICS.consumer_lag.labels(topic, group).set(behind)
 
 
 async def _poll(consumer: Consumer, batch_size: int, stop: asyncio.Event) -> list[Message]:

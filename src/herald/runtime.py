@@ -12,6 +12,7 @@ from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.domain.retry import RetryPolicy
 from herald.live import LiveHub, LocalHub, PostgresHub
+from herald.ops_server import BacklogGauges
 from herald.providers.registry import ProviderSet, build_providers
 from herald.providers.webhooks import WebhookConfig
 from herald.relay import Relay
@@ -53,6 +54,8 @@ class Runtime:
     limits: TenantLimits | None = None
     # Wakes the relays of other processes (PostgreSQL): herald.wakeups.
     outbox_bell: PgDoorbell | None = None
+    # Set in the processes that report the backlog at /metrics (herald.ops_server).
+    backlog_gauges: BacklogGauges | None = None
 
     def __post_init__(self) -> None:
         if self.limits is None:

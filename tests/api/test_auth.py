@@ -27,7 +27,7 @@ import structlog
 import structlog.testing
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 import herald.security
 from herald.api.app import ROUTE_MODULES, create_app, route_scopes
@@ -268,10 +268,10 @@ def test_route_scopes_sees_every_route_of_the_app() -> None:
         for method in operations
     }
     assert documented == set(EXPECTED_RULES)
-    # Besides the included routers, only FastAPI's own documentation routes are served.
-    own = {r.path for r in app.routes if isinstance(r, Route | APIRoute)}
-    assert own == {"/openapi.json", "/docs", "/docs/oauth2-redirect"}
-    included = [r for r in app.routes if not isinstance(r, Route | APIRoute)]
+    # Besides the included routers, only the documentation pages and their assets.
+    own = {r.path for r in app.routes if isinstance(r, Route | APIRoute | Mount)}
+    assert own == {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs/assets"}
+    included = [r for r in app.routes if not isinstance(r, Route | APIRoute | Mount)]
     assert len(included) == len(ROUTE_MODULES)
 
 

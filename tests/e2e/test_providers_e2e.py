@@ -419,7 +419,7 @@ async def test_webhooks_close_the_loop(fleet: FakeFleet, launch_herald: HeraldLa
 
 async def sending_paused_ses() -> tuple[web.AppRunner, str, list[str]]:
     """An SES endpoint whose account has sending paused: every SendEmail is refused with
-    SendingPausedException (provider_down per PROVIDERS.md)."""
+    SendingPausedException (provider_down per docs/providers.md)."""
     calls: list[str] = []
 
     async def refuse(request: web.Request) -> web.Response:

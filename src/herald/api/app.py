@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from herald import __version__
-from herald.api import errors
+from herald.api import errors, openapi
+from herald.api.access import AccessLog
 from herald.api.routes import admin, broadcasts, inbox, notifications, ops, users, webhooks
 from herald.api.routing import scope_rule
 from herald.runtime import Runtime
@@ -18,6 +20,11 @@ ROUTE_MODULES = (users, notifications, broadcasts, inbox, admin, ops, webhooks)
 DEFAULT_BODY_LIMIT = 1 * 1024 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 BROADCAST_BODY_LIMIT = 48 * 1024 * 1024
+DESCRIPTION = """Multi-channel notifications: push, email, SMS and in-app.
+
+Authenticate with `Authorization: Bearer <API key>` (`herald keys create --scope admin`
+prints one; the Authorize button keeps it for "Try it out"). Errors are always
+`{"error": {"code", "message", "details"}}`. docs/api.md is the guide."""
 
 
 class BodyLimit:
@@ -167,30 +174,37 @@ async def _send_json(
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from packaged assets: no CDN
         title="Herald",
         version=__version__,
-        description="Multi-channel notifications: push, email, SMS and in-app.",
+        description=DESCRIPTION,
         openapi_url="/openapi.json",
         docs_url="/docs",
-        redoc_url=None,
+        redoc_url="/redoc",
+        static_url="/docs/assets",
+        generate_unique_id_function=openapi.operation_id,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.runtime = runtime
     errors.install(app)
     for module in ROUTE_MODULES:
         app.include_router(module.router)
+    openapi.install(app, api_routes())
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit)
     app.add_middleware(InFlightLimit, limit=runtime.settings.api_max_in_flight)
+    app.add_middleware(AccessLog)  # outermost: it sees every answer
     return app
+
+
+def api_routes() -> list[APIRoute]:
+    return [r for module in ROUTE_MODULES for r in module.router.routes if isinstance(r, APIRoute)]
 
 
 def route_scopes() -> dict[tuple[str, str], str]:
     """(method, path) -> the auth rule guarding it, for the auth table test."""
     table: dict[tuple[str, str], str] = {}
-    for route in (r for module in ROUTE_MODULES for r in module.router.routes):
-        if not isinstance(route, APIRoute):
-            continue
+    for route in api_routes():
         rule = scope_rule(route.dependant) or "none"
         for method in route.methods or ():
             table[(method, route.path)] = rule

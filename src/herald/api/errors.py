@@ -137,23 +137,22 @@ def install(app: FastAPI) -> None:
 
 
 async def _unexpected_or_outage(request: Request, error: Exception) -> JSONResponse:
+    return unexpected_response(error, request.method, request.url.path)
+
+
+def unexpected_response(error: Exception, method: str, path: str) -> JSONResponse:
     what = outage(error)
     if what is not None:
         # Down, restarting or saturated: nothing was accepted, and the caller may retry
         # (with the same Idempotency-Key, a retried POST is safe).
-        log.warning(
-            f"{what} unavailable",
-            path=request.url.path,
-            method=request.method,
-            error=type(error).__name__,
-        )
+        log.warning(f"{what} unavailable", path=path, method=method, error=type(error).__name__)
         return error_response(
             503,
             "unavailable",
             f"the {what} is unavailable; retry shortly",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
-    log.exception("unhandled error", path=request.url.path, method=request.method)
+    log.error("unhandled error", path=path, method=method, exc_info=error)
     return error_response(500, "internal", "internal error; it has been logged")
 
 

@@ -23,6 +23,7 @@ from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from herald.api.access import name_route
 from herald.api.deps import authenticate
 from herald.api.errors import ApiError, HttpApiError
 
@@ -193,8 +194,10 @@ class HeraldRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
         rule = scope_rule(self.dependant)
+        template = self.path
 
         async def guarded(request: Request) -> Response:
+            name_route(request.scope, template)
             if rule is not None and rule != "public":
                 await authenticate(request, rule)  # before the body is read
             refuse_unstorable_parameters(request)

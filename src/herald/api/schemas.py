@@ -149,6 +149,19 @@ class Strict(BaseModel):
 
 
 class UserIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "ada@example.com",
+                    "phone": "+14155550100",
+                    "timezone": "Europe/Berlin",
+                    "locale": "en",
+                }
+            ]
+        }
+    )
+
     email: EmailStr | None = None
     phone: Annotated[str, AfterValidator(check_phone)] | None = None
     timezone: Annotated[str, AfterValidator(check_timezone)] = "UTC"
@@ -177,6 +190,18 @@ class QuietHoursIn(Strict):
 
 
 class PreferencesIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "channels": {"sms": False},
+                    "categories": {"marketing": {"email": False}},
+                    "quiet_hours": {"start": "22:00", "end": "07:00"},
+                }
+            ]
+        }
+    )
+
     channels: dict[ChannelIn, bool] = Field(default_factory=dict)
     categories: dict[Name, dict[ChannelIn, bool]] = Field(default_factory=dict, max_length=500)
     quiet_hours: QuietHoursIn | None = None
@@ -203,6 +228,10 @@ class WebSubscription(Strict):
 
 
 class DeviceIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"platform": "ios", "token": "ab" * 32}]}
+    )
+
     platform: PlatformIn
     token: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
     subscription: WebSubscription | None = None
@@ -289,6 +318,19 @@ def schedule_problem(content: NotificationContent, now: datetime) -> tuple[str, 
 
 
 class NotificationIn(NotificationContent):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "42",
+                    "category": "billing",
+                    "title": "Payment received",
+                    "body": "€12.00, thank you",
+                }
+            ]
+        }
+    )
+
     user_id: UserId
 
 

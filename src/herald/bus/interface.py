@@ -97,6 +97,11 @@ class Consumer(Protocol):
         """Leave the group; uncommitted messages go to the remaining members."""
         ...
 
+    def lag(self) -> dict[str, int]:
+        """Per topic, the messages of the partitions this member holds that it has not
+        consumed yet, as of its last poll (no request to the broker)."""
+        ...
+
 
 class Bus(Protocol):
     async def start(self) -> None:

@@ -344,8 +344,7 @@ class KafkaBus:
             # Prefetch a few batches, not librdkafka's default of up to 100,000 messages or
             # 64 MB, and fetch at most 1 MB at a time (default: 1 MB per partition, 50 MB
             # per fetch, on top of the prefetch bound): memory must not grow with the
-            # backlog. At N = 10^6 the router peaked at 134 MB, against 177 MB with a
-            # 10,000 / 8 MB prefetch and 233 MB with the defaults (docs/benchmarks.md).
+            # backlog (docs/benchmarks.md, "Figures behind code choices").
             "queued.min.messages": 2_000,
             "queued.max.messages.kbytes": 2048,
             "fetch.max.bytes": 1_048_576,
@@ -372,6 +371,7 @@ class KafkaConsumer:
         self._closed = False
         self._closing = threading.Event()  # ends a long fetch early (close)
         self._in_flight: asyncio.Future[list[Message]] | None = None
+        self._lag: dict[str, int] = dict.fromkeys(topics, 0)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -414,11 +414,26 @@ class KafkaConsumer:
                 break
             first = self._consumer.poll(min(remaining, FETCH_SLICE_SECONDS))
         if first is None:
+            self._measure_lag()
             return []
         batch = [first]
         if max_messages > 1:
             batch += self._consumer.consume(max_messages - 1, 0)
+        self._measure_lag()
         return [message for raw in batch if (message := self._convert(raw)) is not None]
+
+    def _measure_lag(self) -> None:
+        """From the high watermarks the last fetches brought (cached: no request)."""
+        behind = dict.fromkeys(self.topics, 0)
+        for tp in self._consumer.position(self._consumer.assignment()):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                topic = tp.topic[self._prefix_len :]
+                behind[topic] = behind.get(topic, 0) + max(0, high - tp.offset)
+        self._lag = behind
+
+    def lag(self) -> dict[str, int]:
+        return dict(self._lag)
 
     def _convert(self, raw: RawMessage) -> Message | None:
         error = raw.error()

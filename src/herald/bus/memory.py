@@ -191,3 +191,9 @@ class MemoryConsumer:
         if not self.closed:
             self.closed = True
             self.bus._leave(self)
+
+    def lag(self) -> dict[str, int]:
+        behind = dict.fromkeys(self.topics, 0)
+        for (topic, number), position in self.assignment.items():
+            behind[topic] += max(0, self.bus._topic(topic)[number].end_offset - position)
+        return behind

@@ -29,7 +29,7 @@ from herald.providers.push_payloads import (
     validate_apns_token,
 )
 
-# Apple's reasons and their statuses (PROVIDERS.md, APNs table; BadPath/MethodNotAllowed from
+# Apple's reasons and their statuses (docs/providers.md, APNs table; BadPath/MethodNotAllowed from
 # Apple's documentation of the same table).
 APNS_REASONS: dict[str, int] = {
     "BadCollapseId": 400,

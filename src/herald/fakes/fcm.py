@@ -55,7 +55,7 @@ class FcmErrorRow:
     message: str
 
 
-# The fault kinds a test may script for a device token (PROVIDERS.md, FCM table).
+# The fault kinds a test may script for a device token (docs/providers.md, FCM table).
 FCM_ERRORS: dict[str, FcmErrorRow] = {
     "INVALID_ARGUMENT": FcmErrorRow(
         400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "Request contains an invalid argument."

@@ -4,8 +4,8 @@ Transport: libcurl over HTTP/2 (http_session.CurlSession), one long-lived connec
 follows the server's SETTINGS_MAX_CONCURRENT_STREAMS (libcurl queues the streams beyond it)
 and is replaced after a network error, IdleTimeout or a 5xx; after GOAWAY libcurl itself
 moves new streams to a new connection. `herald bench-clients` (docs/benchmarks.md,
-"Provider HTTP clients") measured it at about a quarter of the client CPU per push of our
-pure-Python h2 connection (bench/h2_client.py, which it replaced) and of every other
+"Provider HTTP clients") measured it as the cheapest client per push, against our
+pure-Python h2 connection (bench/h2_client.py, which it replaced) and every other
 candidate that installs here. aioapns (h2-based) was not taken: a new dependency with its
 own token clock, retry policy and outcome mapping, all of which Herald keeps elsewhere.
 
@@ -318,7 +318,7 @@ class ApnsProvider(Provider):
 
 
 def classify_apns_response(answer: ApnsAnswer, now: float) -> Outcome:
-    """Map one APNs answer onto an outcome (PROVIDERS.md, APNs table)."""
+    """Map one APNs answer onto an outcome (docs/providers.md, APNs table)."""
     if answer.status == 200:
         return Accepted(provider_message_id=answer.headers.get("apns-id"))
     reason = answer.reason

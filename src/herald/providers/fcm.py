@@ -48,7 +48,7 @@ ASSERTION_LIFETIME = 3600
 # Refresh this long before the access token expires, so no request races its expiry.
 REFRESH_MARGIN = 300.0
 FAILURE_HOLD = 5.0  # seconds a failed token refresh answers for the requests queued behind it
-QUOTA_DEFAULT_BACKOFF = 60.0  # PROVIDERS.md: without Retry-After, back off at least a minute
+QUOTA_DEFAULT_BACKOFF = 60.0  # docs/providers.md: without Retry-After, back off at least a minute
 _FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 _BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 
@@ -324,7 +324,7 @@ def _error_message(status: int, answer: dict[str, Any]) -> str:
 def classify_fcm_response(
     status: int, answer: dict[str, Any], retry_after: str | None, now: float
 ) -> Outcome:
-    """Map one `messages:send` answer onto an outcome (PROVIDERS.md, FCM table)."""
+    """Map one `messages:send` answer onto an outcome (docs/providers.md, FCM table)."""
     if status == 200:
         return Accepted(provider_message_id=answer.get("name"))
     code = fcm_error_code(answer)

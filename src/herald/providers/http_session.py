@@ -45,7 +45,8 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 
 
 # aiohttp adds these to every request unless told not to; no provider API needs them, and
-# building them cost ~18 µs of the ~160 µs of client CPU per FCM request (measured).
+# building them is a measurable share of the client CPU per request (docs/benchmarks.md,
+# "Figures behind code choices").
 SKIPPED_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding")
 
 

@@ -1,7 +1,7 @@
 """Email through SendGrid v3 (POST /v3/mail/send, Bearer key), one request per message.
 
 202 + X-Message-Id is accepted; 400/413 rejected; 401/403 provider_down; 429 retry at
-X-RateLimit-Reset; 5xx retry (PROVIDERS.md). The delivery id travels in custom_args so
+X-RateLimit-Reset; 5xx retry (docs/providers.md). The delivery id travels in custom_args so
 event webhooks name it.
 """
 

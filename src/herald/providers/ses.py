@@ -1,6 +1,6 @@
 """Email through Amazon SES v2 (aiobotocore `sesv2` SendEmail with Content.Raw).
 
-Error codes (x-amzn-ErrorType, which botocore surfaces as Error.Code) per PROVIDERS.md.
+Error codes (x-amzn-ErrorType, which botocore surfaces as Error.Code) per docs/providers.md.
 botocore's own retries are off: retrying is the worker's decision.
 """
 

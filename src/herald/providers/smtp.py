@@ -1,6 +1,6 @@
 """Email over SMTP (aiosmtplib): STARTTLS or implicit TLS, AUTH, one connection per batch.
 
-Reply codes (PROVIDERS.md): 2xx accepted, 4xx retry, 5xx rejected, and 550/551/553 on a
+Reply codes (docs/providers.md): 2xx accepted, 4xx retry, 5xx rejected, and 550/551/553 on a
 recipient invalid_target. A failed AUTH, or 530 "authentication required", is a
 configuration problem: provider_down.
 """

@@ -1,6 +1,6 @@
 """SMS through Twilio Programmable Messaging (POST .../Messages.json, HTTP Basic).
 
-Error codes per PROVIDERS.md; 21610 (the recipient texted STOP) is an invalid target that
+Error codes per docs/providers.md; 21610 (the recipient texted STOP) is an invalid target that
 is also an opt-out. Delivery reports come back on the status callback
 (`{public url}/v1/webhooks/twilio`, parsed by herald.providers.webhooks).
 """
@@ -151,7 +151,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
 def classify_error_code(
     code: int | None, reason: str, *, retry_after: float | None = None
 ) -> Outcome | None:
-    """The outcome the PROVIDERS.md table gives a Twilio error code, None if not listed."""
+    """The outcome the docs/providers.md table gives a Twilio error code, None if not listed."""
     if code == OPT_OUT_CODE:
         return InvalidTarget(reason, opt_out=True)
     if code in INVALID_TARGET_CODES:

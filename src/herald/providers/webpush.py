@@ -284,7 +284,7 @@ def _b64(value: str) -> bytes:
 
 
 def classify_webpush_response(status: int, headers: Any, now: float) -> Outcome:
-    """Map a push service's answer onto an outcome (PROVIDERS.md, Web Push table). Each is
+    """Map a push service's answer onto an outcome (docs/providers.md, Web Push table). Each is
     about this endpoint only: a 401/403 (a subscription made for another VAPID key, or an
     endpoint that is no push service at all) fails this message and opens no circuit."""
     if 200 <= status < 300:

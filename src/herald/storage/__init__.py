@@ -18,6 +18,7 @@ each shaped by the role that uses it; a role is handed only its own:
 | `routing` | router | routing.py |
 | `deliveries` | workers: the claim, outcomes, dead targets | deliveries.py |
 | `scheduling` | scheduler | scheduling.py |
+| `operations` | metrics and `herald status`: the backlog | operations.py |
 
 What differs between the two databases lives in `dialect.py`; the hot statements (the
 claim, outcomes, the router's reads, the scheduler's probe) run on the driver itself, in
@@ -37,6 +38,7 @@ from herald.storage.feedback import FeedbackRepository
 from herald.storage.inbox import InboxRepository
 from herald.storage.keys import KeyRepository
 from herald.storage.notifications import NotificationRepository
+from herald.storage.operations import OperationsRepository
 from herald.storage.outbox import OutboxRepository
 from herald.storage.records import (
     AcceptResult,
@@ -77,6 +79,7 @@ class Storage:
     routing: RoutingRepository
     deliveries: DeliveryRepository
     scheduling: SchedulingRepository
+    operations: OperationsRepository
 
     @classmethod
     def over(cls, database: Database) -> Storage:
@@ -95,6 +98,7 @@ class Storage:
             routing=RoutingRepository(database),
             deliveries=DeliveryRepository(database),
             scheduling=SchedulingRepository(database),
+            operations=OperationsRepository(database),
         )
 
 

@@ -118,10 +118,11 @@ class PostgresDialect(Dialect):
             f"postgresql+asyncpg://{url.split('://', 1)[1]}",
             pool_size=self.pool_size,
             max_overflow=self.pool_size,
-            # No pool_pre_ping: it cost a round trip and ~300 µs of CPU on every
-            # transaction (measured). A connection that died with the server fails its
-            # statement instead; SQLAlchemy then invalidates the pool, the role retries its
-            # batch and the API answers 503 with Retry-After (safe to repeat).
+            # No pool_pre_ping: it cost a round trip and CPU on every transaction
+            # (docs/benchmarks.md, "Figures behind code choices"). A connection that died
+            # with the server fails its statement instead; SQLAlchemy then invalidates the
+            # pool, the role retries its batch and the API answers 503 with Retry-After
+            # (safe to repeat).
             pool_recycle=3600,
             json_serializer=json_dumps,
             json_deserializer=orjson.loads,
@@ -141,7 +142,7 @@ class PostgresDialect(Dialect):
 
     def among(self, column: sa.ColumnElement[Any], values: Iterable[Any]) -> Any:
         """`column = ANY(:array)`: one bound array, where an IN list of 500 ids was
-        re-rendered on every batch (2.2 → 0.6 ms CPU a query, measured)."""
+        re-rendered on every batch (docs/benchmarks.md, "Figures behind code choices")."""
         array = sa.bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
         return column == sa.any_(array)
 
@@ -157,8 +158,8 @@ class PostgresDialect(Dialect):
 
     async def insert_events(self, db: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
         """COPY instead of a multi-row INSERT: the delivery log is append-only and its
-        hottest table. 500 rows: 3.5 → 1.3 ms of client CPU and 23 → 8-11 ms wall
-        (measured on the benchmark machine)."""
+        hottest table; COPY costs a fraction of the client CPU and wall time
+        (docs/benchmarks.md, "Figures behind code choices")."""
         if not events:
             return
         driver = (await db.get_raw_connection()).driver_connection

@@ -2,10 +2,10 @@
 
 A worker's claim and its outcome writes run once per batch of deliveries, and at a light
 load a batch is one or two deliveries: there the cost of the statement, not of the rows,
-is what a delivery pays. Through SQLAlchemy Core one statement cost ~230 µs of client
-CPU (compilation cache lookup, parameter and result processing, the TypeDecorators of
-every datetime column) and a transaction around it ~650 µs; as an asyncpg prepared
-statement ~85-110 µs (measured for issue 13). So these statements are written once as
+is what a delivery pays. Through SQLAlchemy Core a statement costs several times the
+client CPU of an asyncpg prepared statement (compilation cache lookup, parameter and
+result processing, the TypeDecorators of every datetime column; docs/benchmarks.md,
+"Figures behind code choices"). So these statements are written once as
 SQL text, in PostgreSQL's syntax, and run on the driver: asyncpg (which prepares and
 caches them per connection) or sqlite3 through aiosqlite, on the same pooled connection
 SQLAlchemy uses (SQLite: the one connection that serialises the process's writes).
@@ -236,8 +236,8 @@ class AsyncpgNative(Native):
         return int(status.rsplit(" ", 1)[-1])
 
     async def append_events(self, events: Sequence[dict[str, Any]]) -> None:
-        """COPY: the delivery log is append-only. 500 rows: 3.5 → 1.3 ms of client CPU
-        against a multi-row INSERT (measured)."""
+        """COPY: the delivery log is append-only, and COPY is cheaper than a multi-row
+        INSERT (docs/benchmarks.md, "Figures behind code choices")."""
         if events:
             await self.connection.copy_records_to_table(
                 "delivery_events",

@@ -51,6 +51,7 @@ from herald.storage import DeliveryUpdate
 from herald.storage.deliveries import DeliveryRepository
 from herald.workers.circuit import CircuitBreaker
 from herald.workers.ratelimit import TokenBucket
+from herald.workers.reporting import report_outcomes
 
 log = structlog.get_logger()
 S = DeliveryState
@@ -134,6 +135,8 @@ class ChannelWorker:
         self.circuits = CircuitBreaker(clock, self.settings.circuit_cooldown_seconds)
         self.rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
+        for provider in self._channel_providers():  # a closed circuit shows as 0, not absent
+            METRICS.circuit_open.labels(provider.name).set(0)
 
     @property
     def group(self) -> str:
@@ -335,7 +338,10 @@ class ChannelWorker:
         failed_over: list[_Attempt] = []
 
         def verdict(attempt: _Attempt, outcome: Outcome) -> None:
-            METRICS.outcomes.labels(self.channel.value, provider.name, outcome_name(outcome)).inc()
+            kind = outcome_name(outcome)
+            METRICS.outcomes.labels(self.channel.value, provider.name, kind).inc()
+            if kind != "accepted":
+                METRICS.provider_errors.labels(self.channel.value, provider.name, kind).inc()
             update = self._verdict(provider, attempt, outcome)
             if update is None:
                 failed_over.append(attempt)
@@ -380,6 +386,7 @@ class ChannelWorker:
             missing = Retry(WrongOutcomeCount.reason)
         except Exception as error:  # a provider bug must not lose the batch
             log.exception("provider raised instead of answering", provider=provider.name)
+            METRICS.provider_errors.labels(self.channel.value, provider.name, "exception").inc()
             missing = Retry(f"provider error: {type(error).__name__}: {error}")
         METRICS.send_seconds.labels(provider.name).observe(time.perf_counter() - started)
         unanswered = [i for i in range(len(chunk)) if i not in answered]
@@ -467,6 +474,7 @@ class ChannelWorker:
             for u in updates
         ]
         await self._record_outcomes(updates)
+        report_outcomes(self.channel, updates, by_id, self.clock.now())
         dead = [
             dead_letter_record(
                 u.delivery_id, by_id[u.delivery_id].user_id, self.channel, u.last_error or ""
@@ -475,7 +483,12 @@ class ChannelWorker:
             if u.detail.get("dead_lettered")
         ]
         if dead:
-            log.warning("deliveries dead-lettered", channel=self.channel.value, count=len(dead))
+            log.warning(
+                "deliveries dead-lettered",
+                channel=self.channel.value,
+                count=len(dead),
+                delivery_ids=[u.delivery_id for u in updates if u.detail.get("dead_lettered")],
+            )
             await self.bus.publish(dead)
         dead_devices: dict[str, str] = {}
         for update in updates:

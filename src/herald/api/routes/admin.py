@@ -8,6 +8,17 @@ from fastapi import APIRouter, Query, Response
 
 from herald.api.deps import RuntimeDep, require
 from herald.api.errors import ApiError, not_found
+from herald.api.openapi import updated
+from herald.api.responses import (
+    CapOut,
+    CategoryOut,
+    CreatedKeyOut,
+    KeyOut,
+    ListOut,
+    SandboxMessageOut,
+    SuppressionOut,
+    TemplateOut,
+)
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import CapIn, CategoryIn, KeyIn, Name, SuppressionIn, TemplateIn
 from herald.domain import Channel, FrequencyCap
@@ -20,7 +31,13 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=500)]
 
 
-@router.put("/templates/{name}", dependencies=[require("manage")])
+@router.put(
+    "/templates/{name}",
+    response_model=TemplateOut,
+    status_code=201,
+    responses=updated(TemplateOut),
+    dependencies=[require("manage")],
+)
 async def put_template(
     name: Name, body: TemplateIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
@@ -39,7 +56,7 @@ async def put_template(
     return {"name": name, **definition}
 
 
-@router.get("/templates/{name}", dependencies=[require("read")])
+@router.get("/templates/{name}", response_model=TemplateOut, dependencies=[require("read")])
 async def get_template(name: Name, rt: RuntimeDep) -> dict[str, Any]:
     definition = await rt.storage.directory.get_template(name)
     if definition is None:
@@ -54,7 +71,7 @@ async def delete_template(name: Name, rt: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/templates", dependencies=[require("read")])
+@router.get("/templates", response_model=ListOut[TemplateOut], dependencies=[require("read")])
 async def list_templates(rt: RuntimeDep) -> dict[str, Any]:
     return {
         "items": [{"name": n, **d} for n, d in await rt.storage.directory.list_templates()],
@@ -62,7 +79,7 @@ async def list_templates(rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.put("/categories/{name}", dependencies=[require("manage")])
+@router.put("/categories/{name}", response_model=CategoryOut, dependencies=[require("manage")])
 async def put_category(
     name: Name, body: CategoryIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
@@ -72,7 +89,7 @@ async def put_category(
     return {"name": name, **definition}
 
 
-@router.get("/categories/{name}", dependencies=[require("read")])
+@router.get("/categories/{name}", response_model=CategoryOut, dependencies=[require("read")])
 async def get_category(name: Name, rt: RuntimeDep) -> dict[str, Any]:
     definition = await rt.storage.directory.get_category(name)
     if definition is None:
@@ -80,7 +97,7 @@ async def get_category(name: Name, rt: RuntimeDep) -> dict[str, Any]:
     return {"name": name, **definition}
 
 
-@router.get("/categories", dependencies=[require("read")])
+@router.get("/categories", response_model=ListOut[CategoryOut], dependencies=[require("read")])
 async def list_categories(rt: RuntimeDep) -> dict[str, Any]:
     return {
         "items": [{"name": n, **d} for n, d in await rt.storage.directory.list_categories()],
@@ -88,7 +105,7 @@ async def list_categories(rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.get("/frequency-caps", dependencies=[require("read")])
+@router.get("/frequency-caps", response_model=ListOut[CapOut], dependencies=[require("read")])
 async def list_frequency_caps(rt: RuntimeDep) -> dict[str, Any]:
     caps = await rt.storage.shaping.frequency_caps()
     return {
@@ -100,7 +117,7 @@ async def list_frequency_caps(rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.put("/frequency-caps/{channel}", dependencies=[require("manage")])
+@router.put("/frequency-caps/{channel}", response_model=CapOut, dependencies=[require("manage")])
 async def put_frequency_cap(
     channel: Channel, body: CapIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
@@ -129,7 +146,7 @@ def _suppression(s: Suppression) -> dict[str, Any]:
     }
 
 
-@router.get("/suppressions", dependencies=[require("read")])
+@router.get("/suppressions", response_model=ListOut[SuppressionOut], dependencies=[require("read")])
 async def list_suppressions(
     rt: RuntimeDep,
     channel: Annotated[str | None, Query(pattern="^(email|sms)$")] = None,
@@ -141,7 +158,13 @@ async def list_suppressions(
     return {"items": [_suppression(s) for s in page.items], "next_cursor": page.next_cursor}
 
 
-@router.post("/suppressions", dependencies=[require("manage")])
+@router.post(
+    "/suppressions",
+    response_model=SuppressionOut,
+    status_code=201,
+    responses=updated(SuppressionOut, "the address was already suppressed"),
+    dependencies=[require("manage")],
+)
 async def add_suppression(
     body: SuppressionIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
@@ -159,7 +182,9 @@ async def delete_suppression(suppression_id: str, rt: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/keys", status_code=201, dependencies=[require("admin")])
+@router.post(
+    "/keys", status_code=201, response_model=CreatedKeyOut, dependencies=[require("admin")]
+)
 async def create_key(body: KeyIn, rt: RuntimeDep) -> dict[str, Any]:
     key = generate_key()
     record = await rt.storage.keys.create_api_key(
@@ -174,7 +199,7 @@ async def create_key(body: KeyIn, rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.get("/keys", dependencies=[require("admin")])
+@router.get("/keys", response_model=ListOut[KeyOut], dependencies=[require("admin")])
 async def list_keys(rt: RuntimeDep) -> dict[str, Any]:
     return {
         "items": [
@@ -198,7 +223,11 @@ async def revoke_key(key_id: str, rt: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/sandbox/messages", dependencies=[require("read")])
+@router.get(
+    "/sandbox/messages",
+    response_model=ListOut[SandboxMessageOut],
+    dependencies=[require("read")],
+)
 async def sandbox_messages(
     rt: RuntimeDep,
     channel: Annotated[str | None, Query(pattern="^(push|email|sms|in_app)$")] = None,

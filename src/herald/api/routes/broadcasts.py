@@ -9,6 +9,16 @@ from fastapi import APIRouter, Header, Response
 
 from herald.api.deps import Caller, RuntimeDep, require
 from herald.api.errors import ApiError, not_found
+from herald.api.openapi import errors, updated
+from herald.api.responses import (
+    BroadcastAcceptedOut,
+    BroadcastCancelledOut,
+    BroadcastOut,
+    ListOut,
+    SubscriberOut,
+    SubscriptionOut,
+    TopicOut,
+)
 from herald.api.routes.notifications import time_error
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import BroadcastIn, Name, UserId, schedule_problem
@@ -20,7 +30,11 @@ router = APIRouter(prefix="/v1", tags=["broadcasts"], route_class=HeraldRoute)
 RequiredKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 
 
-@router.put("/users/{user_id}/topics/{topic}", dependencies=[require("manage")])
+@router.put(
+    "/users/{user_id}/topics/{topic}",
+    response_model=SubscriptionOut,
+    dependencies=[require("manage")],
+)
 async def subscribe(
     user_id: UserId, topic: Name, rt: RuntimeDep, response: Response
 ) -> dict[str, str]:
@@ -37,7 +51,9 @@ async def unsubscribe(user_id: UserId, topic: Name, rt: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/users/{user_id}/topics", dependencies=[require("read")])
+@router.get(
+    "/users/{user_id}/topics", response_model=ListOut[TopicOut], dependencies=[require("read")]
+)
 async def user_topics(user_id: UserId, rt: RuntimeDep) -> dict[str, Any]:
     return {
         "items": [{"topic": t} for t in await rt.storage.broadcasts.user_topics(user_id)],
@@ -45,7 +61,11 @@ async def user_topics(user_id: UserId, rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.get("/topics/{topic}/subscribers", dependencies=[require("read")])
+@router.get(
+    "/topics/{topic}/subscribers",
+    response_model=ListOut[SubscriberOut],
+    dependencies=[require("read")],
+)
 async def subscribers(
     topic: Name, rt: RuntimeDep, limit: int = 100, cursor: str | None = None
 ) -> dict[str, Any]:
@@ -61,7 +81,15 @@ async def subscribers(
     }
 
 
-@router.post("/broadcasts", status_code=202)
+@router.post(
+    "/broadcasts",
+    status_code=202,
+    response_model=BroadcastAcceptedOut,
+    responses={
+        **updated(BroadcastAcceptedOut, "the same Idempotency-Key and body again"),
+        **errors(409),
+    },
+)
 async def create_broadcast(
     body: BroadcastIn,
     rt: RuntimeDep,
@@ -105,7 +133,9 @@ def _first_page(broadcast_id: str) -> tuple[str, str, bytes]:
     return record.topic, record.key, record.value
 
 
-@router.get("/broadcasts/{broadcast_id}", dependencies=[require("read")])
+@router.get(
+    "/broadcasts/{broadcast_id}", response_model=BroadcastOut, dependencies=[require("read")]
+)
 async def get_broadcast(broadcast_id: str, rt: RuntimeDep) -> dict[str, Any]:
     broadcast = await rt.storage.broadcasts.get_broadcast(broadcast_id)
     if broadcast is None:
@@ -121,7 +151,11 @@ async def get_broadcast(broadcast_id: str, rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.post("/broadcasts/{broadcast_id}/cancel", dependencies=[require("send")])
+@router.post(
+    "/broadcasts/{broadcast_id}/cancel",
+    response_model=BroadcastCancelledOut,
+    dependencies=[require("send")],
+)
 async def cancel_broadcast(broadcast_id: str, rt: RuntimeDep) -> dict[str, Any]:
     """Stops the fan-out and everything not yet sent; what went out stays sent."""
     if await rt.storage.broadcasts.get_broadcast(broadcast_id) is None:

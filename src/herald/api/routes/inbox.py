@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from herald.api.deps import Caller, RuntimeDep, require, require_inbox_access
 from herald.api.errors import ApiError, not_found
+from herald.api.responses import InboxOut, InboxTokenOut, MarkedOut
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import UserId
 from herald.metrics import METRICS
@@ -25,7 +26,7 @@ KEEPALIVE_SECONDS = 15.0
 EXPIRED_EVENT = b'event: expired\ndata: {"reason": "inbox token expired"}\n\n'
 
 
-@router.post("/inbox-token", dependencies=[require("manage")])
+@router.post("/inbox-token", response_model=InboxTokenOut, dependencies=[require("manage")])
 async def inbox_token(user_id: UserId, rt: RuntimeDep) -> dict[str, str]:
     if await rt.storage.directory.get_user(user_id) is None:
         raise not_found("user")
@@ -33,7 +34,7 @@ async def inbox_token(user_id: UserId, rt: RuntimeDep) -> dict[str, str]:
     return {"token": token, "expires_at": expires_at.isoformat()}
 
 
-@router.get("/inbox", dependencies=[require_inbox_access("read")])
+@router.get("/inbox", response_model=InboxOut, dependencies=[require_inbox_access("read")])
 async def list_inbox(
     user_id: UserId,
     rt: RuntimeDep,
@@ -52,12 +53,16 @@ async def list_inbox(
     }
 
 
-@router.post("/inbox/read-all", dependencies=[require_inbox_access("manage")])
+@router.post(
+    "/inbox/read-all", response_model=MarkedOut, dependencies=[require_inbox_access("manage")]
+)
 async def read_all(user_id: UserId, rt: RuntimeDep) -> dict[str, int]:
     return {"marked": await rt.storage.inbox.mark_read(user_id, None)}
 
 
-@router.post("/inbox/{item_id}/read", dependencies=[require_inbox_access("manage")])
+@router.post(
+    "/inbox/{item_id}/read", status_code=204, dependencies=[require_inbox_access("manage")]
+)
 async def read_one(user_id: UserId, item_id: str, rt: RuntimeDep) -> Response:
     if not await rt.storage.inbox.has_item(user_id, item_id):
         raise not_found("inbox item")
@@ -68,7 +73,7 @@ async def read_one(user_id: UserId, item_id: str, rt: RuntimeDep) -> Response:
 @router.get(
     "/inbox/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 async def stream(
     user_id: UserId,

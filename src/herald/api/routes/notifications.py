@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from herald.api.deps import Caller, RuntimeDep, require
 from herald.api.errors import ApiError, not_found, validation_details
+from herald.api.openapi import errors, updated
+from herald.api.responses import BatchOut, CancelledOut, EventsOut
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import (
     AcceptedOut,
@@ -129,7 +131,15 @@ async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptR
     return results
 
 
-@router.post("", status_code=202, response_model=AcceptedOut)
+@router.post(
+    "",
+    status_code=202,
+    response_model=AcceptedOut,
+    responses={
+        **updated(AcceptedOut, "the same Idempotency-Key and body again: the first answer"),
+        **errors(409),
+    },
+)
 async def post_notification(
     body: NotificationIn,
     rt: RuntimeDep,
@@ -152,7 +162,7 @@ async def post_notification(
     return AcceptedOut(id=result.id)
 
 
-@router.post("/batch")
+@router.post("/batch", response_model=BatchOut)
 async def post_batch(
     body: BatchIn, rt: RuntimeDep, caller: Annotated[Caller, require("send")]
 ) -> dict[str, Any]:
@@ -239,7 +249,9 @@ async def get_notification(notification_id: str, rt: RuntimeDep) -> Notification
     )
 
 
-@router.post("/{notification_id}/cancel", dependencies=[require("send")])
+@router.post(
+    "/{notification_id}/cancel", response_model=CancelledOut, dependencies=[require("send")]
+)
 async def cancel_notification(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
     """Cancel what has not gone out yet (scheduled, deferred or still queued deliveries)."""
     notification = await rt.storage.notifications.get(notification_id)
@@ -255,7 +267,7 @@ async def cancel_notification(notification_id: str, rt: RuntimeDep) -> dict[str,
     return {"id": notification_id, "status": "cancelled", "deliveries_cancelled": cancelled}
 
 
-@router.get("/{notification_id}/events", dependencies=[require("read")])
+@router.get("/{notification_id}/events", response_model=EventsOut, dependencies=[require("read")])
 async def get_events(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
     if await rt.storage.notifications.get(notification_id) is None:
         raise not_found("notification")

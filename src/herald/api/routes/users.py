@@ -6,6 +6,8 @@ from fastapi import APIRouter, Response
 
 from herald.api.deps import RuntimeDep, require
 from herald.api.errors import ApiError, not_found
+from herald.api.openapi import updated
+from herald.api.responses import DevicesOut, DigestOut, ListOut
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import (
     DeviceIn,
@@ -55,7 +57,13 @@ def device_out(device: Device) -> DeviceOut:
     )
 
 
-@router.put("/{user_id}", response_model=UserOut, dependencies=[require("manage")])
+@router.put(
+    "/{user_id}",
+    response_model=UserOut,
+    status_code=201,
+    responses=updated(UserOut),
+    dependencies=[require("manage")],
+)
 async def put_user(user_id: UserId, body: UserIn, rt: RuntimeDep, response: Response) -> UserOut:
     user, created = await rt.storage.directory.upsert_user(
         User(
@@ -116,7 +124,13 @@ async def put_preferences(user_id: UserId, body: PreferencesIn, rt: RuntimeDep) 
     return preferences_out(preferences)
 
 
-@router.post("/{user_id}/devices", response_model=DeviceOut, dependencies=[require("manage")])
+@router.post(
+    "/{user_id}/devices",
+    response_model=DeviceOut,
+    status_code=201,
+    responses=updated(DeviceOut, "the same token again: the device already registered"),
+    dependencies=[require("manage")],
+)
 async def add_device(
     user_id: UserId, body: DeviceIn, rt: RuntimeDep, response: Response
 ) -> DeviceOut:
@@ -152,7 +166,7 @@ def validate_device(body: DeviceIn) -> str | None:
     return validate_push_device(body.platform.value, body.token, subscription)
 
 
-@router.get("/{user_id}/devices", dependencies=[require("read")])
+@router.get("/{user_id}/devices", response_model=DevicesOut, dependencies=[require("read")])
 async def list_devices(user_id: UserId, rt: RuntimeDep) -> dict[str, object]:
     if await rt.storage.directory.get_user(user_id) is None:
         raise not_found("user")
@@ -167,7 +181,7 @@ async def delete_device(user_id: UserId, device_id: Identifier, rt: RuntimeDep) 
     return Response(status_code=204)
 
 
-@router.get("/{user_id}/digests", dependencies=[require("read")])
+@router.get("/{user_id}/digests", response_model=ListOut[DigestOut], dependencies=[require("read")])
 async def list_digests(user_id: UserId, rt: RuntimeDep) -> dict[str, object]:
     """The user's digest windows: open ones collect items until `window_end`; a closed one
     names the notification it became."""

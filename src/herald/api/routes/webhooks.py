@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 
 from herald.api.deps import RuntimeDep, public
 from herald.api.errors import ApiError
+from herald.api.responses import WebhookOut
 from herald.domain import DeliveryState
 from herald.providers.webhooks import (
     UnknownWebhookProvider,
@@ -81,19 +82,19 @@ _SNS_BODY = {
 }
 
 
-@router.post("/ses", dependencies=[public()], openapi_extra=_SNS_BODY)
+@router.post("/ses", response_model=WebhookOut, dependencies=[public()], openapi_extra=_SNS_BODY)
 async def ses_webhook(request: Request, rt: RuntimeDep) -> dict[str, Any]:
     """Amazon SES events through an SNS HTTPS subscription (signature verified)."""
     return await _receive("ses", request, rt)
 
 
-@router.post("/sns", dependencies=[public()], openapi_extra=_SNS_BODY)
+@router.post("/sns", response_model=WebhookOut, dependencies=[public()], openapi_extra=_SNS_BODY)
 async def sns_webhook(request: Request, rt: RuntimeDep) -> dict[str, Any]:
     """The same as /v1/webhooks/ses (an SNS subscription's other usual name)."""
     return await _receive("sns", request, rt)
 
 
-@router.post("/{provider}", dependencies=[public()])
+@router.post("/{provider}", response_model=WebhookOut, dependencies=[public()])
 async def provider_webhook(provider: str, request: Request, rt: RuntimeDep) -> dict[str, Any]:
     return await _receive(provider, request, rt)
 
