@@ -29,7 +29,8 @@ from aiohttp import web
 
 import tests.fixtures.serve as serve_fixture
 from herald.fakes.runner import SENDER_ADDRESS, FakeFleet, free_tcp_port
-from herald.providers.webhooks import SENDGRID_SIGNATURE_HEADER, twilio_signature
+from herald.providers.sendgrid.webhook import SENDGRID_SIGNATURE_HEADER
+from herald.providers.twilio.webhook import twilio_signature
 from tests.fixtures.herald import eventually
 from tests.fixtures.serve import HeraldLauncher, HeraldProcess
 from tests.providers.conftest import fcm_token

@@ -20,9 +20,9 @@ from herald.domain.channels import Platform, Priority
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.fakes.apns import APNS_REASONS, FakeApns
 from herald.fakes.tls import LocalTls
-from herald.providers.apns import ApnsProvider
+from herald.providers.apns.client import ApnsProvider
 from herald.providers.base import OutboundMessage
-from herald.providers.push_payloads import DELIVERY_ID_KEY
+from herald.providers.push_http import DELIVERY_ID_KEY
 from tests.providers.conftest import apns_token, push_message, write_file
 
 TOPIC = "com.example.herald"

@@ -22,9 +22,8 @@ from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDow
 from herald.fakes.fcm import JWT_BEARER_GRANT, FakeFcm
 from herald.fakes.tls import LocalTls
 from herald.providers.base import OutboundMessage
-from herald.providers.fcm import FcmProvider, ServiceAccount
-from herald.providers.push_http import client_ssl_context
-from herald.providers.push_payloads import DELIVERY_ID_KEY
+from herald.providers.fcm.client import FcmProvider, ServiceAccount
+from herald.providers.push_http import DELIVERY_ID_KEY, client_ssl_context
 from tests.providers.conftest import fcm_token, push_message, write_file
 
 

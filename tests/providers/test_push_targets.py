@@ -24,7 +24,7 @@ from herald.fakes.tls import LocalTls
 from herald.fakes.webpush import FakeWebPush
 from herald.providers.http_session import new_session, refused_target
 from herald.providers.targets import REFUSED, TargetPolicy, address_problem
-from herald.providers.webpush import VapidKey, WebPushProvider
+from herald.providers.webpush.client import VapidKey, WebPushProvider
 from tests.providers.conftest import b64url, push_message
 
 REFUSED_OUTCOME = InvalidTarget(f"web push {REFUSED}")

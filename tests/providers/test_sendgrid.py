@@ -12,7 +12,7 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.fakes.sendgrid import FakeSendGrid
-from herald.providers.sendgrid import SendGridProvider
+from herald.providers.sendgrid.client import SendGridProvider
 from tests.providers.conftest import email_message, free_tcp_port
 
 

@@ -19,7 +19,7 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.fakes.tls import LocalTls
-from herald.providers.smtp import SmtpProvider
+from herald.providers.smtp.client import SmtpProvider
 from tests.providers.conftest import email_message, free_tcp_port
 
 USERNAME, PASSWORD = "herald", "s3cret"

@@ -24,7 +24,7 @@ from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, Rejected, R
 from herald.fakes.tls import LocalTls
 from herald.fakes.webpush import FakeWebPush
 from herald.providers.base import OutboundMessage
-from herald.providers.webpush import VapidKey, WebPushProvider, encrypt_payload
+from herald.providers.webpush.client import VapidKey, WebPushProvider, encrypt_payload
 from tests.providers.conftest import b64url, push_message, write_file
 
 SUBJECT = "mailto:ops@example.com"

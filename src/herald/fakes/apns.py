@@ -23,7 +23,7 @@ from herald.fakes.common import (
     json_response,
     retry_after_headers,
 )
-from herald.providers.push_payloads import (
+from herald.providers.apns.payload import (
     APNS_MAX_COLLAPSE_ID_BYTES,
     APNS_MAX_PAYLOAD_BYTES,
     validate_apns_token,

@@ -28,7 +28,7 @@ from herald.fakes.common import (
     json_response,
     retry_after_headers,
 )
-from herald.providers.push_payloads import FCM_MAX_PAYLOAD_BYTES, validate_fcm_token
+from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES, validate_fcm_token
 
 TOKEN_PATH = "/token"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"

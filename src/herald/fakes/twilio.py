@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from herald.fakes.common import FakeServer, Fault, Request, Response, json_response
-from herald.providers.webhooks import twilio_signature
+from herald.providers.twilio.webhook import twilio_signature
 from herald.sms_text import count_segments, normalize_phone
 
 API_VERSION = "2010-04-01"

@@ -15,13 +15,12 @@ from fastapi import APIRouter, Request
 from herald.api.deps import RuntimeDep, public
 from herald.api.errors import ApiError
 from herald.domain import DeliveryState
-from herald.providers.webhooks import (
+from herald.providers.callbacks import WebhookConfig, parse_webhook
+from herald.providers.events import (
     UnknownWebhookProvider,
-    WebhookConfig,
     WebhookEvent,
     WebhookNotAllowed,
     WebhookRejected,
-    parse_webhook,
 )
 from herald.runtime import Runtime
 from herald.storage import ProviderReport

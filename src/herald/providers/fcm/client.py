@@ -28,19 +28,14 @@ from herald.config import Settings
 from herald.domain.channels import Channel
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.providers.base import OutboundMessage
+from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES, fcm_content, fcm_message
 from herald.providers.http_session import (
     NETWORK_ERRORS,
     CurlSession,
     PooledProvider,
     unreachable,
 )
-from herald.providers.push_http import HIGH_PRIORITIES, parse_retry_after
-from herald.providers.push_payloads import (
-    FCM_MAX_PAYLOAD_BYTES,
-    fcm_content,
-    fcm_message,
-    json_bytes,
-)
+from herald.providers.push_http import HIGH_PRIORITIES, json_bytes, parse_retry_after
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
