@@ -137,6 +137,22 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
 
+    # Chat: Slack's bot token for addresses that name a channel id (incoming-webhook URLs
+    # need none); the base URL points tests at the fake.
+    slack_bot_token: str | None = None
+    slack_base_url: str = "https://slack.com"
+    # WhatsApp through Twilio's Messages API (the account above): the sender (an E.164
+    # number enabled for WhatsApp) and the approved Content template (HX...) sent when a
+    # free-form message is refused outside the 24-hour window; its {{1}} is the text.
+    twilio_whatsapp_from: str | None = None
+    twilio_whatsapp_content_sid: str | None = None
+
+    # HTML email: the default layout's branding.
+    email_brand_name: str = "Herald"
+    email_brand_logo_url: str | None = None
+    email_brand_color: str = "#1a56db"
+    email_brand_background: str = "#f4f5f7"
+
     # SES events through SNS: the topics this deployment subscribed. Required to take SNS
     # webhooks at all (anyone can publish validly signed messages on a topic of their own).
     sns_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)

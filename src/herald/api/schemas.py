@@ -231,6 +231,33 @@ class DeviceOut(BaseModel):
     created_at: datetime | None = None
 
 
+# -- channel addresses (webhook, chat, WhatsApp) ---------------------------------------------
+
+HttpsUrl = Annotated[str, StringConstraints(min_length=8, max_length=2048)]
+
+
+class ChannelAddressIn(Strict):
+    """One of: `url` (webhook endpoint; Slack, Teams or Discord incoming webhook), `channel`
+    (a Slack channel id, with the deployment's bot token), `phone` (WhatsApp). `secret`
+    (webhook only): your own Standard Webhooks secret; Herald makes one when absent."""
+
+    url: HttpsUrl | None = None
+    channel: Annotated[str, StringConstraints(pattern=r"^[CGD][A-Z0-9]{6,20}$")] | None = None
+    phone: Annotated[str, AfterValidator(check_phone)] | None = None
+    secret: Annotated[str, StringConstraints(min_length=10, max_length=200)] | None = None
+
+
+class ChannelAddressOut(BaseModel):
+    kind: str
+    channel: str
+    target: str  # a URL shows its scheme and host only: the rest is often the credential
+    active: bool
+    deactivated_reason: str | None = None
+    secret: str | None = None  # only in the answer to PUT: the webhook signing secret
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
 # -- notifications -------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from herald.domain import (
+    ADDRESS_CHANNELS,
     CapClaim,
     CapRule,
     Channel,
@@ -42,8 +43,9 @@ UnsubscribeUrl = Callable[[str, str], str]  # (user id, category) -> URL
 class _Target:
     target: str
     ref: str
-    platform: str | None = None
+    platform: str | None = None  # push: the device's platform; chat: slack, teams, discord
     subscription: dict[str, Any] | None = None
+    address: dict[str, Any] | None = None  # a channel address's config (webhook secret, ...)
 
 
 @dataclass(slots=True)
@@ -117,6 +119,8 @@ def _channel_deliveries(
         if skip_reason is None and not payload:
             skip_reason = f"nothing to send on {channel}"
     targets = _targets(routing, channel)
+    if channel in ADDRESS_CHANNELS and not targets:
+        return []  # a channel the user was given no address on is not theirs: no delivery
     if skip_reason is None and not targets:
         skip_reason = _no_target_reason(channel)
     if (
@@ -188,6 +192,8 @@ def _delivery(
     body = dict(payload)
     if target.subscription is not None:
         body["_subscription"] = target.subscription
+    if target.address is not None:
+        body["_address"] = target.address
     if notification.collapse_key:
         body["_collapse_key"] = notification.collapse_key
     return Delivery(
@@ -222,6 +228,12 @@ def _targets(routing: RoutingInput, channel: Channel) -> list[_Target]:
         return [_Target(user.email, user.email)] if user.email else []
     if channel == Channel.SMS:
         return [_Target(user.phone, user.phone)] if user.phone else []
+    if channel in ADDRESS_CHANNELS:
+        return [
+            _Target(a.target, a.id, a.kind.value, address=a.config)
+            for a in routing.addresses
+            if a.active and a.kind.channel == channel
+        ]
     return [_Target(user.id, user.id)]
 
 
@@ -231,7 +243,7 @@ def _no_target_reason(channel: Channel) -> str:
         Channel.EMAIL: "no email address",
         Channel.SMS: "no phone number",
         Channel.IN_APP: "no user",
-    }[channel]
+    }.get(channel, f"no {channel} address")
 
 
 def _content(routing: RoutingInput, channel: Channel) -> dict[str, Any]:
@@ -257,6 +269,9 @@ def _content(routing: RoutingInput, channel: Channel) -> dict[str, Any]:
     if channel == Channel.SMS:
         text = body or title
         return {"body": text} if text else {}
+    if channel == Channel.WHATSAPP:
+        text = body or title
+        return {"body": text, "data": data} if text and data else {"body": text} if text else {}
     if not (title or body or data):
         return {}
     return {k: v for k, v in {"title": title, "body": body, "data": data}.items() if v}

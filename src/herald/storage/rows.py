@@ -13,8 +13,10 @@ import sqlalchemy as sa
 
 from herald.bus.interface import Lane, lane_for
 from herald.domain import (
+    AddressKind,
     CategorySettings,
     Channel,
+    ChannelAddress,
     Delivery,
     DeliveryEvent,
     DeliveryPolicy,
@@ -128,6 +130,20 @@ def _digest_rule(raw: dict[str, Any]) -> DigestRule:
         window_seconds=raw.get("window_seconds"),
         at_local=parse_wall_time(at_local) if at_local else None,
         template=raw.get("template"),
+    )
+
+
+def to_channel_address(row: Row) -> ChannelAddress:
+    return ChannelAddress(
+        id=row.id,
+        user_id=row.user_id,
+        kind=AddressKind(row.kind),
+        target=row.target,
+        config=dict(row.config or {}),
+        active=row.active,
+        deactivated_reason=row.deactivated_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
