@@ -145,3 +145,33 @@ def sms_message(
         payload={"body": body},
         expires_at=expires_at,
     )
+
+
+# --- webhook, chat and WhatsApp helpers (tests/providers/test_{webhook,slack,...}.py) ---
+
+
+def address_message(
+    channel: Channel,
+    target: str,
+    *,
+    title: str | None = "Payment received",
+    body: str | None = "€12.00, thank you",
+    data: dict[str, Any] | None = None,
+    platform: str | None = None,
+    address: dict[str, Any] | None = None,
+) -> OutboundMessage:
+    """A delivery to a channel address (webhook URL, chat service, WhatsApp number)."""
+    payload: dict[str, Any] = {k: v for k, v in {"title": title, "body": body}.items() if v}
+    if data:
+        payload["data"] = data
+    return OutboundMessage(
+        delivery_id=str(uuid.uuid4()),
+        notification_id=str(uuid.uuid4()),
+        user_id="user-1",
+        channel=channel,
+        target=target,
+        payload=payload,
+        category="billing",
+        platform=platform,
+        address=address,
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 import orjson
 import structlog
 
@@ -66,8 +67,10 @@ class CallerUrlProvider(HttpProvider):
         ca_file: Path | None = None,
         timeout: float = 10.0,
         connections: int = 100,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         self.targets = targets
+        self._resolver = resolver  # tests script DNS answers with it
         self._ca_file = ca_file
         self._timeout = timeout
         self._connections = connections
@@ -80,6 +83,7 @@ class CallerUrlProvider(HttpProvider):
             timeout_s=self._timeout,
             tls=client_ssl_context(self._ca_file),
             targets=self.targets,
+            resolver=self._resolver,
         )
 
     async def post(
