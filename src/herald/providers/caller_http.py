@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
 import orjson
 import structlog
+from aiohttp.abc import AbstractResolver
 
 from herald.config import Settings
 from herald.domain.outcomes import InvalidTarget, Outcome, Retry
