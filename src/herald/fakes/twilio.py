@@ -189,9 +189,11 @@ class FakeTwilio(FakeServer):
         error = self._validate(form)
         if error is not None:
             return error
-        fault = self.faults.take(form["To"])
+        fault = self.faults.take(form["To"].removeprefix(WHATSAPP))
         if fault is not None:
             return twilio_error(int(fault.kind), retry_after=fault.retry_after)
+        if self._outside_whatsapp_window(form):
+            return twilio_error(63016)
         sms = self._record(form)
         if self.auto_callbacks and sms.status_callback:
             self._spawn(self._report_fate(sms))
@@ -201,6 +203,11 @@ class FakeTwilio(FakeServer):
         """The user wrote to the business: free-form messages pass for 24 hours."""
         self.whatsapp_sessions.add(number.removeprefix(WHATSAPP))
 
+    def _outside_whatsapp_window(self, form: dict[str, str]) -> bool:
+        to = form["To"]
+        free_form = to.startswith(WHATSAPP) and "ContentSid" not in form
+        return free_form and to.removeprefix(WHATSAPP) not in self.whatsapp_sessions
+
     def _validate_whatsapp(self, form: dict[str, str]) -> Response | None:
         to = form.get("To", "").removeprefix(WHATSAPP)
         if not form.get("From", "").startswith(WHATSAPP):
@@ -209,9 +216,7 @@ class FakeTwilio(FakeServer):
             return twilio_error(21211)
         content_sid = form.get("ContentSid")
         if content_sid is None:
-            if not form.get("Body"):
-                return twilio_error(21602)
-            return None if to in self.whatsapp_sessions else twilio_error(63016)
+            return None if form.get("Body") else twilio_error(21602)
         if not CONTENT_SID.match(content_sid):
             return twilio_error(21655)
         try:

@@ -8,7 +8,6 @@ send time by the provider's connector."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Response
 
@@ -17,13 +16,11 @@ from herald.api.errors import ApiError, not_found
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import ChannelAddressIn, ChannelAddressOut, UserId
 from herald.config import Settings
-from herald.domain import AddressKind, ChannelAddress
+from herald.domain import AddressKind, ChannelAddress, mask_target
 from herald.providers.caller_http import caller_url_policy
 from herald.providers.webhook import signing
 
 router = APIRouter(prefix="/v1/users", tags=["channels"], route_class=HeraldRoute)
-
-URL_KINDS = frozenset({AddressKind.WEBHOOK, AddressKind.TEAMS, AddressKind.DISCORD})
 
 
 def invalid(field: str, message: str) -> ApiError:
@@ -32,18 +29,11 @@ def invalid(field: str, message: str) -> ApiError:
     )
 
 
-def shown_target(address: ChannelAddress) -> str:
-    if address.target.startswith("https://"):
-        parts = urlsplit(address.target)
-        return f"{parts.scheme}://{parts.netloc}/…"
-    return address.target
-
-
 def address_out(address: ChannelAddress, *, secret: str | None = None) -> ChannelAddressOut:
     return ChannelAddressOut(
         kind=address.kind.value,
         channel=address.kind.channel.value,
-        target=shown_target(address),
+        target=mask_target(address.kind.channel, address.target),
         active=address.active,
         deactivated_reason=address.deactivated_reason,
         secret=secret,
