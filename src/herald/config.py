@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 MIN_SECRET_LENGTH = 16
+HEX_COLOUR = r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"
 PREFIX = "HERALD_"
 # HERALD_* variables that are not settings: the config file's name, and those read by
 # scripts/services.sh, scripts/test and the test suite.
@@ -148,10 +149,10 @@ class Settings(BaseSettings):
     twilio_whatsapp_content_sid: str | None = None
 
     # HTML email: the default layout's branding.
-    email_brand_name: str = "Herald"
-    email_brand_logo_url: str | None = None
-    email_brand_color: str = "#1a56db"
-    email_brand_background: str = "#f4f5f7"
+    email_brand_name: str = Field(default="Herald", min_length=1, max_length=100)
+    email_brand_logo_url: str | None = Field(default=None, pattern=r"^https://\S+$")
+    email_brand_color: str = Field(default="#1a56db", pattern=HEX_COLOUR)
+    email_brand_background: str = Field(default="#f4f5f7", pattern=HEX_COLOUR)
 
     # SES events through SNS: the topics this deployment subscribed. Required to take SNS
     # webhooks at all (anyone can publish validly signed messages on a topic of their own).

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.message import EmailMessage
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -291,13 +292,10 @@ async def test_templated_email_and_sms(
         body = first.body
         assert first.recipients == ["jonas@example.com"]
         assert body["subject"] == "Beleg über 12,00 €"
-        assert body["content"] == [
-            {"type": "text/plain", "value": "Hallo Jonas, wir haben 12,00 € erhalten."},
-            {
-                "type": "text/html",
-                "value": "<p>Hallo Jonas, wir haben <b>12,00 €</b> erhalten.</p>",
-            },
-        ]
+        text_part, html_part = body["content"]
+        assert text_part["value"] == "Hallo Jonas, wir haben 12,00 € erhalten."
+        assert html_part["type"] == "text/html"
+        html = html_part["value"]
         assert first.custom_args == {"herald_delivery_id": email_delivery["id"]}
         assert email_delivery["provider_message_id"] == first.message_id
         headers = body["headers"]
@@ -311,7 +309,7 @@ async def test_templated_email_and_sms(
         assert first_mime["Subject"] == "Beleg über 12,00 €"
         text, html = text_and_html(first_mime)
         assert text.strip() == "Hallo Jonas, wir haben 12,00 € erhalten."
-        assert html.strip() == "<p>Hallo Jonas, wir haben <b>12,00 €</b> erhalten.</p>"
+
         assert first_mime["Message-ID"] == f"<{email_delivery['id']}@herald>"
         unsubscribe = str(first_mime["List-Unsubscribe"])
         assert first_mime["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -322,6 +320,10 @@ async def test_templated_email_and_sms(
             assert fleet.ses is not None
             assert email_delivery["provider_message_id"] == fleet.ses.received[0].id
     assert unsubscribe.startswith(f"<{herald.url}/v1/unsubscribe?token=")
+    # The template's html fragment inside the deployment's layout, with the footer's link.
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<p>Hallo Jonas, wir haben <b>12,00 €</b> erhalten.</p>" in html
+    assert f'href="{escape(unsubscribe.strip("<>"))}"' in html
 
     [sms] = fleet.twilio.received
     assert sms.to == "+4915123456789"

@@ -404,6 +404,9 @@ class TemplateIn(Strict):
         Annotated[str, AfterValidator(check_locale)], dict[ChannelIn, dict[Name, TemplatePart]]
     ] = Field(min_length=1, max_length=100)
     default_locale: Annotated[str, AfterValidator(check_locale)]
+    # Whether the email's html goes into the deployment's layout (header, footer with the
+    # unsubscribe and preference links). Unset: a fragment does, a whole <html> does not.
+    email_layout: bool | None = None
 
 
 WindowSeconds = Annotated[int, Field(ge=60, le=MAX_SHAPING_WINDOW)]

@@ -265,7 +265,13 @@ def _content(routing: RoutingInput, channel: Channel) -> dict[str, Any]:
             "text": (rendered or {}).get("text") or body,
             "html": (rendered or {}).get("html"),
         }
-        return {k: v for k, v in parts.items() if v} if parts["subject"] or parts["text"] else {}
+        if not (parts["subject"] or parts["text"]):
+            return {}
+        email: dict[str, Any] = {k: v for k, v in parts.items() if v}
+        layout = (routing.template or {}).get("email_layout")
+        if isinstance(layout, bool):
+            email["layout"] = layout
+        return email
     if channel == Channel.SMS:
         text = body or title
         return {"body": text} if text else {}
