@@ -60,7 +60,7 @@ def test_fcm_message_converts_data_and_maps_options() -> None:
 
 def test_apns_payload_cannot_be_overridden_by_custom_aps_key() -> None:
     payload = apns_payload(
-        "T", "B", {"aps": "evil", "k": 1}, delivery_id="d", badge=3, sound="ding"
+        "T", "B", {"aps": "evil", "k": 1}, delivery_id="d", rich={"badge": 3, "sound": "ding"}
     )
     assert payload == {
         "k": 1,

@@ -261,6 +261,31 @@ class ChannelAddressOut(BaseModel):
 # -- notifications -------------------------------------------------------------------------
 
 
+HttpsImage = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://\S+$")]
+
+
+class PushActionIn(Strict):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class PushIn(Strict):
+    """Rich push, mapped per platform (FCM, APNs, Web Push): an image, action buttons, the
+    app's action category, a thread (grouping), APNs' interruption level and relevance
+    score, a badge count, a sound."""
+
+    image: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://\S+$")] | None = (
+        None
+    )
+    actions: list[PushActionIn] | None = Field(default=None, min_length=1, max_length=3)
+    action_category: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    thread_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    interruption_level: Literal["passive", "active", "time-sensitive", "critical"] | None = None
+    relevance_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    badge: Annotated[int, Field(ge=0, le=99_999)] | None = None
+    sound: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
 class NotificationContent(Strict):
     """What a notification says and how it travels, without its recipient."""
 
@@ -278,6 +303,7 @@ class NotificationContent(Strict):
     )
     collapse_key: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     deliver_at_local: Annotated[str, AfterValidator(check_wall_time)] | None = None
+    push: PushIn | None = None
 
     @field_validator("send_at")
     @classmethod

@@ -157,8 +157,6 @@ def apns_shape(base_url: str, ca_pem: bytes, count: int) -> Shape:
             "€12.00, thank you",
             {"order": str(index)},
             delivery_id=delivery_id,
-            badge=None,
-            sound=None,
         )
         bodies.append(json_bytes(payload))
     return Shape(base_url, ca_pem, paths, headers, bodies)

@@ -43,16 +43,23 @@ def platform_kind(platform: str) -> str | None:
 
 
 def check_push_size(
-    platform: str, title: str | None, body: str | None, data: Mapping[str, Any] | None
+    platform: str,
+    title: str | None,
+    body: str | None,
+    data: Mapping[str, Any] | None,
+    rich: Mapping[str, Any] | None = None,
 ) -> int | None:
     """How many bytes the platform's body is over its limit, None when it fits."""
     kind = platform_kind(platform)
     if kind is None:
         raise ValueError(f"unknown push platform {platform!r}")
     size, limit = {
-        FCM: lambda: (fcm_payload_size(title, body, data), FCM_MAX_PAYLOAD_BYTES),
-        APNS: lambda: (apns_payload_size(title, body, data), APNS_MAX_PAYLOAD_BYTES),
-        WEBPUSH: lambda: (webpush_payload_size(title, body, data), WEBPUSH_MAX_PLAINTEXT_BYTES),
+        FCM: lambda: (fcm_payload_size(title, body, data, rich), FCM_MAX_PAYLOAD_BYTES),
+        APNS: lambda: (apns_payload_size(title, body, data, rich), APNS_MAX_PAYLOAD_BYTES),
+        WEBPUSH: lambda: (
+            webpush_payload_size(title, body, data, rich),
+            WEBPUSH_MAX_PLAINTEXT_BYTES,
+        ),
     }[kind]()
     return size - limit if size > limit else None
 

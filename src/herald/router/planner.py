@@ -156,7 +156,11 @@ def _size_problem(channel: Channel, target: _Target, payload: dict[str, Any]) ->
     if channel == Channel.PUSH and target.platform is not None:
         try:
             over = check_push_size(
-                target.platform, payload.get("title"), payload.get("body"), payload.get("data")
+                target.platform,
+                payload.get("title"),
+                payload.get("body"),
+                payload.get("data"),
+                payload.get("push"),
             )
         except ValueError:  # an unknown platform: the provider answers for it
             return None
@@ -280,7 +284,11 @@ def _content(routing: RoutingInput, channel: Channel) -> dict[str, Any]:
         return {"body": text, "data": data} if text and data else {"body": text} if text else {}
     if not (title or body or data):
         return {}
-    return {k: v for k, v in {"title": title, "body": body, "data": data}.items() if v}
+    content = {k: v for k, v in {"title": title, "body": body, "data": data}.items() if v}
+    rich = {k: v for k, v in notification.push.items() if v is not None}
+    if channel == Channel.PUSH and rich:
+        content["push"] = rich
+    return content
 
 
 def _zone(name: str) -> ZoneInfo:

@@ -188,6 +188,7 @@ def to_notification(row: Row) -> Notification:
         template=content.get("template"),
         variables=content.get("variables") or {},
         collapse_key=content.get("collapse_key"),
+        push=content.get("push") or {},
         idempotency_key=row.idempotency_key,
         state=NotificationState(row.state),
         created_at=row.created_at,

@@ -255,8 +255,7 @@ class ApnsProvider(Provider):
             payload.get("body"),
             payload.get("data"),
             delivery_id=message.delivery_id,
-            badge=payload.get("badge"),
-            sound=payload.get("sound"),
+            rich=payload.get("push"),
         )
 
     def _headers(self, message: OutboundMessage) -> dict[str, str]:

@@ -238,7 +238,8 @@ class FcmProvider(PooledProvider[CurlSession]):
     def _body(self, message: OutboundMessage) -> bytes | Rejected:
         payload = message.payload
         title, text, data = payload.get("title"), payload.get("body"), payload.get("data")
-        size = len(json_bytes(fcm_content(title, text, data, message.delivery_id)))
+        rich = payload.get("push")
+        size = len(json_bytes(fcm_content(title, text, data, message.delivery_id, rich)))
         if size > FCM_MAX_PAYLOAD_BYTES:
             return Rejected(f"fcm payload is {size - FCM_MAX_PAYLOAD_BYTES} bytes over 4096")
         document = fcm_message(
@@ -250,6 +251,7 @@ class FcmProvider(PooledProvider[CurlSession]):
             ttl_seconds=message.ttl_seconds(self.clock.now()),
             collapse_key=message.collapse_key,
             high_priority=message.priority in HIGH_PRIORITIES,
+            rich=rich,
         )
         return json_bytes(document)
 

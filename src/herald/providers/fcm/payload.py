@@ -16,6 +16,7 @@ from herald.providers.push_http import (
 )
 
 FCM_MAX_PAYLOAD_BYTES = 4096
+ACTIONS_KEY = "herald_actions"
 # FCM registration tokens are opaque; Google documents neither alphabet nor length. Observed
 # tokens are about 140-170 characters of [A-Za-z0-9_-] with one ':'. The bounds below are
 # deliberately loose (unconfirmed) so a future longer token is not refused.
@@ -36,15 +37,41 @@ def _as_string(value: Any) -> str:
 
 
 def fcm_content(
-    title: str | None, body: str | None, data: Mapping[str, Any] | None, delivery_id: str
+    title: str | None,
+    body: str | None,
+    data: Mapping[str, Any] | None,
+    delivery_id: str,
+    rich: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `notification` and `data` members: what FCM's 4096-byte limit is about."""
+    """The `notification` and `data` members: what FCM's 4096-byte limit is about. A rich
+    push's image is `notification.image`; its action buttons, which FCM has no member for,
+    travel in data (`herald_actions`) for the app to draw."""
+    rich = rich or {}
     content: dict[str, Any] = {}
     notification = title_body(title, body)
+    if notification and rich.get("image"):
+        notification["image"] = rich["image"]
     if notification:
         content["notification"] = notification
     content["data"] = fcm_data(data, delivery_id)
+    if rich.get("actions"):
+        content["data"][ACTIONS_KEY] = _as_string(rich["actions"])
     return content
+
+
+def android_notification(rich: Mapping[str, Any]) -> dict[str, Any]:
+    """`android.notification`: thread -> tag (a newer one replaces it in the tray), the
+    action category -> click_action, badge -> notification_count, sound."""
+    found: dict[str, Any] = {}
+    for key, member in (
+        ("thread_id", "tag"),
+        ("action_category", "click_action"),
+        ("badge", "notification_count"),
+        ("sound", "sound"),
+    ):
+        if rich.get(key) is not None:
+            found[member] = rich[key]
+    return found
 
 
 def fcm_message(
@@ -57,6 +84,7 @@ def fcm_message(
     ttl_seconds: int,
     collapse_key: str | None = None,
     high_priority: bool = False,
+    rich: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The request body of `messages:send`."""
     android: dict[str, Any] = {
@@ -65,14 +93,22 @@ def fcm_message(
     }
     if collapse_key:
         android["collapse_key"] = collapse_key
-    message = {"token": token, **fcm_content(title, body, data, delivery_id), "android": android}
+    content = fcm_content(title, body, data, delivery_id, rich)
+    if "notification" in content and (extra := android_notification(rich or {})):
+        android["notification"] = extra
+    message = {"token": token, **content, "android": android}
     return {"message": message}
 
 
-def fcm_payload_size(title: str | None, body: str | None, data: Mapping[str, Any] | None) -> int:
+def fcm_payload_size(
+    title: str | None,
+    body: str | None,
+    data: Mapping[str, Any] | None,
+    rich: Mapping[str, Any] | None = None,
+) -> int:
     # Which bytes FCM counts is not documented precisely (unconfirmed): we count the JSON of
     # `notification` + `data`, the same rule the fake enforces.
-    return len(json_bytes(fcm_content(title, body, data, PLACEHOLDER_DELIVERY_ID)))
+    return len(json_bytes(fcm_content(title, body, data, PLACEHOLDER_DELIVERY_ID, rich)))
 
 
 def validate_fcm_token(token: str) -> str | None:

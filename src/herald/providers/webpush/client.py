@@ -233,6 +233,7 @@ class WebPushProvider(HttpProvider):
             payload.get("body"),
             payload.get("data"),
             delivery_id=message.delivery_id,
+            rich=payload.get("push"),
         )
         if len(plaintext) > WEBPUSH_MAX_PLAINTEXT_BYTES:
             over = len(plaintext) - WEBPUSH_MAX_PLAINTEXT_BYTES

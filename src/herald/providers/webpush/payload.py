@@ -23,19 +23,39 @@ _WEB_ENDPOINT_MAX_CHARS = 2048
 
 
 def webpush_plaintext(
-    title: str | None, body: str | None, data: Mapping[str, Any] | None, *, delivery_id: str
+    title: str | None,
+    body: str | None,
+    data: Mapping[str, Any] | None,
+    *,
+    delivery_id: str,
+    rich: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """What the service worker receives (before encryption): JSON of the notification."""
+    """What the service worker receives (before encryption): JSON of the notification,
+    with a rich push's members named as `showNotification` options take them (image,
+    actions [{action, title}], tag), so the worker passes them on as they are."""
+    rich = rich or {}
     document: dict[str, Any] = title_body(title, body)
     document["data"] = dict(data or {})
     document["delivery_id"] = delivery_id
+    if rich.get("image"):
+        document["image"] = rich["image"]
+    if rich.get("actions"):
+        document["actions"] = [{"action": a["id"], "title": a["title"]} for a in rich["actions"]]
+    if rich.get("thread_id"):
+        document["tag"] = rich["thread_id"]
+    if rich.get("interruption_level") in ("time-sensitive", "critical"):
+        document["requireInteraction"] = True
     return json_bytes(document)
 
 
 def webpush_payload_size(
-    title: str | None, body: str | None, data: Mapping[str, Any] | None
+    title: str | None,
+    body: str | None,
+    data: Mapping[str, Any] | None,
+    rich: Mapping[str, Any] | None = None,
 ) -> int:
-    return len(webpush_plaintext(title, body, data, delivery_id=PLACEHOLDER_DELIVERY_ID))
+    plaintext = webpush_plaintext(title, body, data, delivery_id=PLACEHOLDER_DELIVERY_ID, rich=rich)
+    return len(plaintext)
 
 
 def validate_web_subscription(subscription: Mapping[str, Any] | None) -> str | None:
