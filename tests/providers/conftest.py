@@ -52,8 +52,11 @@ def push_message(
     ttl: float | None = None,
     clock: FakeClock | None = None,
     subscription: dict[str, Any] | None = None,
+    rich: dict[str, Any] | None = None,
 ) -> OutboundMessage:
     payload: dict[str, Any] = {"data": data or {}}
+    if rich is not None:
+        payload["push"] = rich
     if title is not None:
         payload["title"] = title
     if body is not None:
@@ -74,6 +77,18 @@ def push_message(
         collapse_key=collapse_key,
         expires_at=expires_at,
     )
+
+
+RICH_PUSH: dict[str, Any] = {
+    "image": "https://cdn.example.com/receipt.png",
+    "actions": [{"id": "view", "title": "View"}, {"id": "dismiss", "title": "Dismiss"}],
+    "action_category": "RECEIPT",
+    "thread_id": "order-42",
+    "interruption_level": "time-sensitive",
+    "relevance_score": 0.75,
+    "badge": 3,
+    "sound": "chime.caf",
+}
 
 
 def write_file(directory: Path, name: str, content: str | bytes) -> Path:

@@ -102,6 +102,24 @@ class ApnsReceived:
     provider_token: str
 
 
+INTERRUPTION_LEVELS = frozenset({"passive", "active", "time-sensitive", "critical"})
+
+
+def _aps_is_valid(aps: dict[str, Any]) -> bool:
+    """The aps members Herald sends, as Apple's payload reference types them."""
+    checks = {
+        "badge": lambda v: isinstance(v, int) and v >= 0,
+        "sound": lambda v: isinstance(v, str | dict),
+        "thread-id": lambda v: isinstance(v, str),
+        "category": lambda v: isinstance(v, str),
+        "mutable-content": lambda v: v == 1,
+        "content-available": lambda v: v == 1,
+        "interruption-level": lambda v: v in INTERRUPTION_LEVELS,
+        "relevance-score": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
+    }
+    return all(check(aps[key]) for key, check in checks.items() if key in aps)
+
+
 class _Refusal(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -235,6 +253,8 @@ class FakeApns(FakeServer):
             raise _Refusal("BadPayload") from error
         if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
             raise _Refusal("BadPayload")
+        if not _aps_is_valid(payload["aps"]):
+            raise _Refusal("BadPayload")  # Apple names no reason for a bad aps member
         return payload
 
     def _check_headers(self, request: Request) -> None:
