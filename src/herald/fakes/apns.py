@@ -105,19 +105,25 @@ class ApnsReceived:
 INTERRUPTION_LEVELS = frozenset({"passive", "active", "time-sensitive", "critical"})
 
 
+def _aps_member_is_valid(key: str, value: Any) -> bool:
+    if key == "badge":
+        return isinstance(value, int) and value >= 0
+    if key == "sound":
+        return isinstance(value, str | dict)
+    if key in ("thread-id", "category"):
+        return isinstance(value, str)
+    if key in ("mutable-content", "content-available"):
+        return bool(value == 1)
+    if key == "interruption-level":
+        return value in INTERRUPTION_LEVELS
+    if key == "relevance-score":
+        return isinstance(value, int | float) and 0 <= value <= 1
+    return True
+
+
 def _aps_is_valid(aps: dict[str, Any]) -> bool:
     """The aps members Herald sends, as Apple's payload reference types them."""
-    checks = {
-        "badge": lambda v: isinstance(v, int) and v >= 0,
-        "sound": lambda v: isinstance(v, str | dict),
-        "thread-id": lambda v: isinstance(v, str),
-        "category": lambda v: isinstance(v, str),
-        "mutable-content": lambda v: v == 1,
-        "content-available": lambda v: v == 1,
-        "interruption-level": lambda v: v in INTERRUPTION_LEVELS,
-        "relevance-score": lambda v: isinstance(v, int | float) and 0 <= v <= 1,
-    }
-    return all(check(aps[key]) for key, check in checks.items() if key in aps)
+    return all(_aps_member_is_valid(key, value) for key, value in aps.items())
 
 
 class _Refusal(Exception):
