@@ -27,6 +27,7 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
+from standardwebhooks.webhooks import Webhook
 
 import tests.fixtures.serve as serve_fixture
 from herald.fakes.runner import SENDER_ADDRESS, FakeFleet, free_tcp_port
@@ -552,3 +553,44 @@ def test_herald_fakes_command_prints_exports_and_stops_on_sigterm(tmp_path: Path
     service_account = orjson.loads(Path(env["HERALD_FCM_CREDENTIALS"]).read_bytes())
     assert service_account["token_uri"] == env["HERALD_FCM_BASE_URL"] + "/token"
     assert b"fakes stopped" in stderr
+
+
+# --------------------------------------------------------------------------- chat, webhook
+
+
+async def test_a_new_user_reaches_slack_webhook_and_whatsapp_through_herald_serve(
+    fleet: FakeFleet, launch_herald: HeraldLauncher
+) -> None:
+    """What a newcomer does with `herald fakes` and `herald serve`: give a user a Slack and
+    a webhook address (and WhatsApp), notify, see each fake receive it."""
+    herald = await launch(launch_herald, fleet.env)
+    hook_url, secret = fleet.webhooks.endpoint()
+    channel = fleet.slack.create_channel()
+    fleet.twilio.open_whatsapp_session("+14155550100")
+    async with api_client(herald) as api:
+        await ok(api.put("/v1/users/ada", json={"email": "ada@example.com"}))
+        for kind, body in (
+            ("slack", {"channel": channel}),
+            ("webhook", {"url": hook_url, "secret": secret}),
+            ("whatsapp", {"phone": "+14155550100"}),
+        ):
+            await ok(api.put(f"/v1/users/ada/channels/{kind}", json=body))
+        notification_id = await notify(
+            api,
+            user_id="ada",
+            title="Welcome",
+            body="Glad you're here",
+            channels=["chat", "webhook", "whatsapp", "email"],
+        )
+        deliveries = await settled(api, notification_id, expected=4)
+    assert {d["status"] for d in deliveries.values()} == {"sent"}
+    [post] = fleet.slack.received
+    assert (post.channel, post.via) == (channel, "api")
+    assert post.body["blocks"][0]["text"]["text"] == "Welcome"
+    [hook] = fleet.webhooks.received
+    assert (
+        Webhook(secret).verify(hook.body, hook.headers)["data"]["notification_id"]
+        == notification_id
+    )
+    [whatsapp] = fleet.twilio.received
+    assert (whatsapp.to, whatsapp.body) == ("whatsapp:+14155550100", "Glad you're here")
