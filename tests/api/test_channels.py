@@ -66,6 +66,7 @@ def settings_factory(
             "ca_file": fakes.ca_file,
             "slack_bot_token": fakes.slack.bot_token,
             "slack_base_url": fakes.slack.base_url,
+            "retry_base_seconds": 0.05,  # a retried webhook comes back at once
         }
         return settings_factory(**{**chat, **overrides})
 
@@ -207,3 +208,24 @@ async def test_preferences_cover_chat_and_a_gone_webhook_is_deactivated(
     assert by_channel["webhook"]["status"] == "undeliverable"
     assert by_channel["chat"]["status"] == "skipped"  # the user turned chat off
     assert fakes.slack.received == []
+
+
+async def test_a_failing_endpoint_is_retried_with_the_same_webhook_id(
+    api: httpx.AsyncClient, pipeline: Pipeline, fakes: ChatFakes, user: str
+) -> None:
+    hook_url, secret = fakes.webhooks.endpoint()
+    fakes.webhooks.answer(hook_url, 503, times=2)
+    await api.put(f"/v1/users/{user}/channels/webhook", json={"url": hook_url, "secret": secret})
+    accepted = await api.post("/v1/notifications", json={"user_id": user, "title": "Hi"})
+    notification_id = accepted.json()["id"]
+
+    async def delivered() -> dict[str, Any] | None:
+        found = (await api.get(f"/v1/notifications/{notification_id}")).json()["deliveries"]
+        hook = next((d for d in found if d["channel"] == "webhook"), None)
+        return hook if hook and hook["status"] == "sent" else None
+
+    delivery = await eventually(delivered)
+    assert delivery["attempts"] == 3
+    assert [webhook_id for _, webhook_id in fakes.webhooks.attempts] == [delivery["id"]] * 3
+    [received] = fakes.webhooks.received
+    Webhook(secret).verify(received.body, received.headers)

@@ -62,6 +62,7 @@ class FakeWebhookReceiver(FakeServer):
         self.secrets: dict[str, str] = {}  # path -> secret
         self.received: list[ReceivedWebhook] = []
         self.refused: list[tuple[str, str]] = []  # (path, why)
+        self.attempts: list[tuple[str, str | None]] = []  # (path, webhook-id) of every POST
 
     def endpoint(self, secret: str | None = None) -> tuple[str, str]:
         """A new endpoint's URL and its secret."""
@@ -83,6 +84,7 @@ class FakeWebhookReceiver(FakeServer):
         secret = self.secrets.get(request.path)
         if request.method != "POST" or secret is None:
             return Response(404, b"no such endpoint")
+        self.attempts.append((request.path, request.header("webhook-id")))
         fault = self.faults.take(request.path)
         if fault is not None:
             headers = (("retry-after", str(int(fault.retry_after))),) if fault.retry_after else ()
