@@ -1,7 +1,7 @@
 """An Adaptive Card (schema 1.4, what Teams renders from incoming webhooks and Workflows)
 in the message envelope both accept: title (bold TextBlock), body (wrapped TextBlock) and
-data (a FactSet). TextBlock text is plain: Teams renders a subset of Markdown in it, so
-Markdown's link and emphasis characters in user text are escaped."""
+data (a FactSet). Teams renders a subset of Markdown in TextBlock text, so its emphasis,
+link and code characters in user text are escaped."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_VERSION = "1.4"
 FACTS_MAX = 20
 TEXT_MAX = 4000
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
+# The characters of the Markdown subset Teams renders in a TextBlock (emphasis, links,
+# code); list markers are left alone, a backslash before them would show.
+_MARKDOWN = re.compile(r"([\\`*_\[\]()~])")
 
 
 def escape(text: str) -> str:
