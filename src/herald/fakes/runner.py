@@ -53,6 +53,7 @@ SENDER_ADDRESS = "alerts@herald.example"
 SENDER = f"Herald Demo <{SENDER_ADDRESS}>"
 TWILIO_FROM = "+15005550006"  # Twilio's test-credential "valid From" number
 WHATSAPP_FROM = "+14155238886"  # Twilio's WhatsApp sandbox number
+WHATSAPP_TEMPLATE = "HX" + "0" * 32
 APNS_TOPIC = "com.example.herald"
 APNS_TEAM_ID = "TEAM123456"
 SES_REGION = "us-east-1"
@@ -397,6 +398,8 @@ class FakeFleet:
             "HERALD_TWILIO_FROM": TWILIO_FROM,
             "HERALD_TWILIO_BASE_URL": self.twilio.base_url,
             "HERALD_TWILIO_WHATSAPP_FROM": WHATSAPP_FROM,
+            # Any HX... SID is an approved template to the fake (outside the 24-hour window).
+            "HERALD_TWILIO_WHATSAPP_CONTENT_SID": WHATSAPP_TEMPLATE,
             "HERALD_SLACK_BOT_TOKEN": self.slack.bot_token,
             "HERALD_SLACK_BASE_URL": self.slack.base_url,
             # SES events reach Herald through SNS; FakeSns publishes on this topic.
