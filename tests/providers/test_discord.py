@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from herald.domain.channels import Channel
-from herald.domain.outcomes import Accepted, InvalidTarget, Retry
+from herald.domain.outcomes import Accepted, InvalidTarget, Rejected, Retry
 from herald.fakes.discord import FakeDiscord
 from herald.fakes.tls import LocalTls
+from herald.providers.caller_http import Answer
 from herald.providers.discord import DiscordProvider
+from herald.providers.discord.client import classify
 from herald.providers.targets import TargetPolicy
 from tests.providers.conftest import address_message
 
@@ -71,3 +73,21 @@ async def test_429_retries_after_retry_after_and_a_deleted_webhook_is_gone(
     assert later.after == 2.5
     assert gone == InvalidTarget("discord 404 10015 Unknown Webhook")
     assert bad_token == InvalidTarget("discord 401 50027 Invalid Webhook Token")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (204, b"", Accepted),
+        (400, b'{"message": "Cannot send an empty message", "code": 50006}', Rejected),
+        (400, b'{"message": "Invalid Form Body", "code": 50035}', Rejected),
+        (403, b'{"message": "Missing Access", "code": 50001}', InvalidTarget),
+        (429, b'{"retry_after": 1.25, "global": true}', Retry),
+        (500, b"", Retry),
+    ],
+)
+def test_every_answer_class_maps_to_its_outcome(status: int, body: bytes, kind: type) -> None:
+    outcome = classify(Answer(status, {}, body))
+    assert isinstance(outcome, kind)
+    if status == 429:
+        assert outcome == Retry("discord 429", after=1.25)

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from herald.domain.channels import Channel
-from herald.domain.outcomes import Accepted, InvalidTarget, Retry
+from herald.domain.outcomes import Accepted, InvalidTarget, Rejected, Retry
 from herald.fakes.teams import FakeTeams
 from herald.fakes.tls import LocalTls
+from herald.providers.caller_http import Answer
 from herald.providers.targets import TargetPolicy
 from herald.providers.teams import TeamsProvider
+from herald.providers.teams.client import classify
 from tests.providers.conftest import address_message
 
 
@@ -66,3 +68,20 @@ async def test_a_removed_webhook_is_an_invalid_target_and_429_retries(
     assert isinstance(gone, InvalidTarget)
     assert isinstance(later, Retry)
     assert later.after == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (202, b"", Accepted),
+        (200, b"1", Accepted),
+        (200, b"Microsoft Teams endpoint returned HTTP error 429", Retry),
+        (400, b"Bad payload", Rejected),
+        (413, b"too large", Rejected),
+        (404, b"Not Found", InvalidTarget),
+        (410, b"Gone", InvalidTarget),
+        (502, b"", Retry),
+    ],
+)
+def test_every_answer_class_maps_to_its_outcome(status: int, body: bytes, kind: type) -> None:
+    assert isinstance(classify(Answer(status, {}, body)), kind)

@@ -11,7 +11,7 @@ import pytest
 from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.channels import Channel
-from herald.domain.outcomes import Accepted, InvalidTarget, Rejected
+from herald.domain.outcomes import Accepted, InvalidTarget, ProviderDown, Rejected
 from herald.fakes.twilio import FakeTwilio
 from herald.providers.base import OutboundMessage
 from herald.providers.whatsapp import WhatsAppProvider
@@ -100,3 +100,15 @@ async def test_outside_the_window_without_a_template_is_rejected(
     assert isinstance(outcome, Rejected)
     assert "63016" in outcome.reason
     assert isinstance(bad, InvalidTarget)  # 21211 through Twilio's error table
+
+
+async def test_refused_credentials_are_provider_down(fake: FakeTwilio, clock: FakeClock) -> None:
+    fake.open_whatsapp_session(NUMBER)
+    fake.auth_token = "rotated"
+    provider = provider_for(fake, clock, TEMPLATE)
+    fake.auth_token = "rotated-again"
+    try:
+        [outcome] = await provider.send([to(NUMBER)])
+    finally:
+        await provider.close()
+    assert isinstance(outcome, ProviderDown)
