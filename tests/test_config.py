@@ -163,3 +163,44 @@ def test_refuse_sandbox_names_the_channels_that_would_use_it(runtime: Runtime) -
     with pytest.raises(ConfigurationError, match=r"push \(android\).*email") as refused:
         build_providers(settings, runtime.storage, runtime.hub)
     assert "sms" not in str(refused.value)
+
+
+def test_the_new_channels_are_served_without_credentials_of_ours(runtime: Runtime) -> None:
+    providers = build_providers(Settings(), runtime.storage, runtime.hub)
+    assert [p.name for p in providers.by_channel[Channel.WEBHOOK]] == ["webhook"]
+    assert {k: [p.name for p in v] for k, v in providers.chat_by_service.items()} == {
+        "slack": ["slack"],
+        "teams": ["teams"],
+        "discord": ["discord"],
+    }
+    assert [p.name for p in providers.by_channel[Channel.WHATSAPP]] == ["sandbox"]
+    configured = build_providers(
+        Settings(twilio_whatsapp_from="+14155238886", **TWILIO), runtime.storage, runtime.hub
+    )
+    assert [p.name for p in configured.by_channel[Channel.WHATSAPP]] == ["whatsapp"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("email_brand_color", "red; background: url(x)"),
+        ("email_brand_background", "#12345"),
+        ("email_brand_logo_url", "http://cdn.example.com/logo.png"),
+        ("email_brand_name", ""),
+    ],
+)
+def test_email_branding_is_checked(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Settings(**{name: value})
+
+
+def test_the_new_settings_are_known_variables() -> None:
+    environ = {
+        "HERALD_SLACK_BOT_TOKEN": "xoxb-1",
+        "HERALD_TWILIO_WHATSAPP_FROM": "+14155238886",
+        "HERALD_EMAIL_BRAND_NAME": "Acme",
+        "HERALD_SLACK_BOT_TOKN": "typo",
+    }
+    assert Settings().startup_warnings(environ) == [
+        "unknown variables, ignored: HERALD_SLACK_BOT_TOKN (did you mean HERALD_SLACK_BOT_TOKEN?)"
+    ]

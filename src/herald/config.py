@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 MIN_SECRET_LENGTH = 16
+HEX_COLOUR = r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$"
 PREFIX = "HERALD_"
 # HERALD_* variables that are not settings: the config file's name, and those read by
 # scripts/services.sh, scripts/test and the test suite.
@@ -140,6 +141,22 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = None
     twilio_from: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
+
+    # Chat: Slack's bot token for addresses that name a channel id (incoming-webhook URLs
+    # need none); the base URL points tests at the fake.
+    slack_bot_token: str | None = None
+    slack_base_url: str = "https://slack.com"
+    # WhatsApp through Twilio's Messages API (the account above): the sender (an E.164
+    # number enabled for WhatsApp) and the approved Content template (HX...) sent when a
+    # free-form message is refused outside the 24-hour window; its {{1}} is the text.
+    twilio_whatsapp_from: str | None = None
+    twilio_whatsapp_content_sid: str | None = None
+
+    # HTML email: the default layout's branding.
+    email_brand_name: str = Field(default="Herald", min_length=1, max_length=100)
+    email_brand_logo_url: str | None = Field(default=None, pattern=r"^https://\S+$")
+    email_brand_color: str = Field(default="#1a56db", pattern=HEX_COLOUR)
+    email_brand_background: str = Field(default="#f4f5f7", pattern=HEX_COLOUR)
 
     # SES events through SNS: the topics this deployment subscribed. Required to take SNS
     # webhooks at all (anyone can publish validly signed messages on a topic of their own).

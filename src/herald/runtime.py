@@ -13,8 +13,8 @@ from herald.config import Settings
 from herald.domain.retry import RetryPolicy
 from herald.live import LiveHub, LocalHub, PostgresHub
 from herald.ops_server import BacklogGauges
+from herald.providers.callbacks import WebhookConfig
 from herald.providers.registry import ProviderSet, build_providers
-from herald.providers.webhooks import WebhookConfig
 from herald.relay import Relay
 from herald.router.router import Router
 from herald.scheduler import Scheduler

@@ -38,6 +38,9 @@ CHANNEL_FIELDS: dict[Channel, tuple[str, ...]] = {
     Channel.EMAIL: ("subject", "text", "html"),
     Channel.SMS: ("body",),
     Channel.IN_APP: ("title", "body"),
+    Channel.WEBHOOK: ("title", "body"),
+    Channel.CHAT: ("title", "body"),
+    Channel.WHATSAPP: ("body",),
 }
 MAX_SOURCE_CHARS = 20_000
 MAX_OUTPUT_CHARS = 100_000  # a rendered part, and any one value a template builds

@@ -50,13 +50,21 @@ async def test_bad_user_fields_say_what_is_wrong(
 async def test_preferences_round_trip(api: httpx.AsyncClient) -> None:
     await api.put("/v1/users/42", json=USER)
     prefs = {
-        "channels": {"sms": False},
+        "channels": {"sms": False, "chat": False},
         "categories": {"marketing": {"email": False}},
         "quiet_hours": {"start": "22:00", "end": "07:00"},
     }
     assert (await api.put("/v1/users/42/preferences", json=prefs)).status_code == 200
     stored = (await api.get("/v1/users/42/preferences")).json()
-    assert stored["channels"] == {"push": True, "email": True, "sms": False, "in_app": True}
+    assert stored["channels"] == {
+        "push": True,
+        "email": True,
+        "sms": False,
+        "in_app": True,
+        "webhook": True,
+        "chat": False,
+        "whatsapp": True,
+    }
     assert stored["categories"] == {"marketing": {"email": False}}
     assert stored["quiet_hours"] == {"start": "22:00", "end": "07:00"}
 

@@ -17,16 +17,13 @@ import orjson
 import pytest
 import structlog.testing
 
-import herald.providers.webhooks
+import herald.providers.ses.webhook
 from herald.clock import FakeClock
 from herald.fakes.sendgrid import FakeSendGrid, SentMail
 from herald.fakes.sns import FakeSns
-from herald.providers.webhooks import (
-    SENDGRID_SIGNATURE_HEADER,
-    TWILIO_SIGNATURE_HEADER,
-    WebhookConfig,
-    twilio_signature,
-)
+from herald.providers.callbacks import WebhookConfig
+from herald.providers.sendgrid.webhook import SENDGRID_SIGNATURE_HEADER
+from herald.providers.twilio.webhook import TWILIO_SIGNATURE_HEADER, twilio_signature
 from herald.runtime import Runtime
 from tests.fixtures.herald import Pipeline, eventually
 
@@ -541,7 +538,7 @@ async def test_the_sns_signing_certificate_is_fetched_once_across_requests(
     certificate GET goes to FakeSns instead of the network."""
     runtime.webhook_config = None
     runtime.settings.sns_topic_arns = [sns.topic_arn]
-    monkeypatch.setattr(herald.providers.webhooks, "fetch_over_https", sns.fetch_certificate)
+    monkeypatch.setattr(herald.providers.ses.webhook, "fetch_over_https", sns.fetch_certificate)
 
     for _ in range(3):
         assert (await sns_post(hooks, sns.subscription_confirmation())).status_code == 200

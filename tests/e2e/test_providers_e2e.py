@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.message import EmailMessage
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
+from standardwebhooks.webhooks import Webhook
 
 import tests.fixtures.serve as serve_fixture
 from herald.fakes.runner import SENDER_ADDRESS, FakeFleet, free_tcp_port
-from herald.providers.webhooks import SENDGRID_SIGNATURE_HEADER, twilio_signature
+from herald.providers.sendgrid.webhook import SENDGRID_SIGNATURE_HEADER
+from herald.providers.twilio.webhook import twilio_signature
 from tests.fixtures.herald import eventually
 from tests.fixtures.serve import HeraldLauncher, HeraldProcess
 from tests.providers.conftest import fcm_token
@@ -290,13 +293,10 @@ async def test_templated_email_and_sms(
         body = first.body
         assert first.recipients == ["jonas@example.com"]
         assert body["subject"] == "Beleg über 12,00 €"
-        assert body["content"] == [
-            {"type": "text/plain", "value": "Hallo Jonas, wir haben 12,00 € erhalten."},
-            {
-                "type": "text/html",
-                "value": "<p>Hallo Jonas, wir haben <b>12,00 €</b> erhalten.</p>",
-            },
-        ]
+        text_part, html_part = body["content"]
+        assert text_part["value"] == "Hallo Jonas, wir haben 12,00 € erhalten."
+        assert html_part["type"] == "text/html"
+        html = html_part["value"]
         assert first.custom_args == {"herald_delivery_id": email_delivery["id"]}
         assert email_delivery["provider_message_id"] == first.message_id
         headers = body["headers"]
@@ -310,7 +310,7 @@ async def test_templated_email_and_sms(
         assert first_mime["Subject"] == "Beleg über 12,00 €"
         text, html = text_and_html(first_mime)
         assert text.strip() == "Hallo Jonas, wir haben 12,00 € erhalten."
-        assert html.strip() == "<p>Hallo Jonas, wir haben <b>12,00 €</b> erhalten.</p>"
+
         assert first_mime["Message-ID"] == f"<{email_delivery['id']}@herald>"
         unsubscribe = str(first_mime["List-Unsubscribe"])
         assert first_mime["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -321,6 +321,10 @@ async def test_templated_email_and_sms(
             assert fleet.ses is not None
             assert email_delivery["provider_message_id"] == fleet.ses.received[0].id
     assert unsubscribe.startswith(f"<{herald.url}/v1/unsubscribe?token=")
+    # The template's html fragment inside the deployment's layout, with the footer's link.
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<p>Hallo Jonas, wir haben <b>12,00 €</b> erhalten.</p>" in html
+    assert f'href="{escape(unsubscribe.strip("<>"))}"' in html
 
     [sms] = fleet.twilio.received
     assert sms.to == "+4915123456789"
@@ -549,3 +553,44 @@ def test_herald_fakes_command_prints_exports_and_stops_on_sigterm(tmp_path: Path
     service_account = orjson.loads(Path(env["HERALD_FCM_CREDENTIALS"]).read_bytes())
     assert service_account["token_uri"] == env["HERALD_FCM_BASE_URL"] + "/token"
     assert b"fakes stopped" in stderr
+
+
+# --------------------------------------------------------------------------- chat, webhook
+
+
+async def test_a_new_user_reaches_slack_webhook_and_whatsapp_through_herald_serve(
+    fleet: FakeFleet, launch_herald: HeraldLauncher
+) -> None:
+    """What a newcomer does with `herald fakes` and `herald serve`: give a user a Slack and
+    a webhook address (and WhatsApp), notify, see each fake receive it."""
+    herald = await launch(launch_herald, fleet.env)
+    hook_url, secret = fleet.webhooks.endpoint()
+    channel = fleet.slack.create_channel()
+    fleet.twilio.open_whatsapp_session("+14155550100")
+    async with api_client(herald) as api:
+        await ok(api.put("/v1/users/ada", json={"email": "ada@example.com"}))
+        for kind, body in (
+            ("slack", {"channel": channel}),
+            ("webhook", {"url": hook_url, "secret": secret}),
+            ("whatsapp", {"phone": "+14155550100"}),
+        ):
+            await ok(api.put(f"/v1/users/ada/channels/{kind}", json=body))
+        notification_id = await notify(
+            api,
+            user_id="ada",
+            title="Welcome",
+            body="Glad you're here",
+            channels=["chat", "webhook", "whatsapp", "email"],
+        )
+        deliveries = await settled(api, notification_id, expected=4)
+    assert {d["status"] for d in deliveries.values()} == {"sent"}
+    [post] = fleet.slack.received
+    assert (post.channel, post.via) == (channel, "api")
+    assert post.body["blocks"][0]["text"]["text"] == "Welcome"
+    [hook] = fleet.webhooks.received
+    assert (
+        Webhook(secret).verify(hook.body, hook.headers)["data"]["notification_id"]
+        == notification_id
+    )
+    [whatsapp] = fleet.twilio.received
+    assert (whatsapp.to, whatsapp.body) == ("whatsapp:+14155550100", "Glad you're here")

@@ -52,8 +52,11 @@ def push_message(
     ttl: float | None = None,
     clock: FakeClock | None = None,
     subscription: dict[str, Any] | None = None,
+    rich: dict[str, Any] | None = None,
 ) -> OutboundMessage:
     payload: dict[str, Any] = {"data": data or {}}
+    if rich is not None:
+        payload["push"] = rich
     if title is not None:
         payload["title"] = title
     if body is not None:
@@ -74,6 +77,18 @@ def push_message(
         collapse_key=collapse_key,
         expires_at=expires_at,
     )
+
+
+RICH_PUSH: dict[str, Any] = {
+    "image": "https://cdn.example.com/receipt.png",
+    "actions": [{"id": "view", "title": "View"}, {"id": "dismiss", "title": "Dismiss"}],
+    "action_category": "RECEIPT",
+    "thread_id": "order-42",
+    "interruption_level": "time-sensitive",
+    "relevance_score": 0.75,
+    "badge": 3,
+    "sound": "chime.caf",
+}
 
 
 def write_file(directory: Path, name: str, content: str | bytes) -> Path:
@@ -144,4 +159,34 @@ def sms_message(
         target=target,
         payload={"body": body},
         expires_at=expires_at,
+    )
+
+
+# --- webhook, chat and WhatsApp helpers (tests/providers/test_{webhook,slack,...}.py) ---
+
+
+def address_message(
+    channel: Channel,
+    target: str,
+    *,
+    title: str | None = "Payment received",
+    body: str | None = "€12.00, thank you",
+    data: dict[str, Any] | None = None,
+    platform: str | None = None,
+    address: dict[str, Any] | None = None,
+) -> OutboundMessage:
+    """A delivery to a channel address (webhook URL, chat service, WhatsApp number)."""
+    payload: dict[str, Any] = {k: v for k, v in {"title": title, "body": body}.items() if v}
+    if data:
+        payload["data"] = data
+    return OutboundMessage(
+        delivery_id=str(uuid.uuid4()),
+        notification_id=str(uuid.uuid4()),
+        user_id="user-1",
+        channel=channel,
+        target=target,
+        payload=payload,
+        category="billing",
+        platform=platform,
+        address=address,
     )

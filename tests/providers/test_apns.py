@@ -20,10 +20,10 @@ from herald.domain.channels import Platform, Priority
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.fakes.apns import APNS_REASONS, FakeApns
 from herald.fakes.tls import LocalTls
-from herald.providers.apns import ApnsProvider
+from herald.providers.apns.client import ApnsProvider
 from herald.providers.base import OutboundMessage
-from herald.providers.push_payloads import DELIVERY_ID_KEY
-from tests.providers.conftest import apns_token, push_message, write_file
+from herald.providers.push_http import DELIVERY_ID_KEY
+from tests.providers.conftest import RICH_PUSH, apns_token, push_message, write_file
 
 TOPIC = "com.example.herald"
 TEAM = "TEAM123456"
@@ -95,6 +95,27 @@ async def test_alert_success_headers_and_body(
         DELIVERY_ID_KEY: message.delivery_id,
     }
     assert fake.http_versions == {"2"}
+
+
+async def test_rich_push_fields_arrive_in_aps(fake: FakeApns, provider: ApnsProvider) -> None:
+    message = ios(data={"order": 42}, rich=RICH_PUSH)
+
+    [outcome] = await provider.send([message])
+
+    assert isinstance(outcome, Accepted)
+    payload = fake.received[0].payload
+    assert payload["aps"] == {
+        "alert": {"title": "Hello", "body": "World"},
+        "badge": 3,
+        "sound": "chime.caf",
+        "thread-id": "order-42",
+        "category": "RECEIPT",
+        "interruption-level": "time-sensitive",
+        "relevance-score": 0.75,
+        "mutable-content": 1,
+    }
+    assert payload["herald_image_url"] == RICH_PUSH["image"]
+    assert payload["herald_actions"] == RICH_PUSH["actions"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -22,10 +23,9 @@ from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDow
 from herald.fakes.fcm import JWT_BEARER_GRANT, FakeFcm
 from herald.fakes.tls import LocalTls
 from herald.providers.base import OutboundMessage
-from herald.providers.fcm import FcmProvider, ServiceAccount
-from herald.providers.push_http import client_ssl_context
-from herald.providers.push_payloads import DELIVERY_ID_KEY
-from tests.providers.conftest import fcm_token, push_message, write_file
+from herald.providers.fcm.client import FcmProvider, ServiceAccount
+from herald.providers.push_http import DELIVERY_ID_KEY, client_ssl_context
+from tests.providers.conftest import RICH_PUSH, fcm_token, push_message, write_file
 
 
 @pytest.fixture
@@ -94,6 +94,24 @@ async def test_success_sends_the_documented_body(
         DELIVERY_ID_KEY: message.delivery_id,
     }
     assert sent["android"] == {"ttl": "600s", "priority": "high", "collapse_key": "orders"}
+
+
+async def test_rich_push_fields_arrive_where_fcm_takes_them(
+    fake: FakeFcm, provider: FcmProvider
+) -> None:
+    message = push_message(fcm_token(), platform=Platform.ANDROID, rich=RICH_PUSH)
+    [outcome] = await provider.send([message])
+
+    assert isinstance(outcome, Accepted)
+    sent = fake.received[0].message
+    assert sent["notification"]["image"] == RICH_PUSH["image"]
+    assert sent["android"]["notification"] == {
+        "tag": "order-42",
+        "click_action": "RECEIPT",
+        "notification_count": 3,
+        "sound": "chime.caf",
+    }
+    assert orjson.loads(sent["data"]["herald_actions"]) == RICH_PUSH["actions"]
 
 
 async def test_data_only_message_has_no_notification(fake: FakeFcm, provider: FcmProvider) -> None:

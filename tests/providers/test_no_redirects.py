@@ -13,8 +13,8 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.outcomes import Accepted
 from herald.providers.base import Provider
-from herald.providers.sendgrid import SendGridProvider
-from herald.providers.twilio import TwilioProvider
+from herald.providers.sendgrid.client import SendGridProvider
+from herald.providers.twilio.client import TwilioProvider
 from tests.providers.conftest import email_message, free_tcp_port, sms_message
 
 

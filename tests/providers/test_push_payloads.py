@@ -9,19 +9,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from herald.providers.push_payloads import (
-    APNS_MAX_PAYLOAD_BYTES,
-    DELIVERY_ID_KEY,
-    FCM_MAX_PAYLOAD_BYTES,
-    WEBPUSH_MAX_PLAINTEXT_BYTES,
-    apns_payload,
-    apns_payload_size,
-    check_push_size,
-    fcm_message,
-    fcm_payload_size,
-    validate_push_device,
-    webpush_payload_size,
-)
+from herald.providers.apns.payload import APNS_MAX_PAYLOAD_BYTES, apns_payload, apns_payload_size
+from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES, fcm_message, fcm_payload_size
+from herald.providers.push_http import DELIVERY_ID_KEY
+from herald.providers.push_payloads import check_push_size, validate_push_device
+from herald.providers.webpush.payload import WEBPUSH_MAX_PLAINTEXT_BYTES, webpush_payload_size
 from tests.providers.conftest import apns_token, b64url, fcm_token
 
 SizeOf = Callable[[str | None, str | None, Mapping[str, Any] | None], int]
@@ -68,7 +60,7 @@ def test_fcm_message_converts_data_and_maps_options() -> None:
 
 def test_apns_payload_cannot_be_overridden_by_custom_aps_key() -> None:
     payload = apns_payload(
-        "T", "B", {"aps": "evil", "k": 1}, delivery_id="d", badge=3, sound="ding"
+        "T", "B", {"aps": "evil", "k": 1}, delivery_id="d", rich={"badge": 3, "sound": "ding"}
     )
     assert payload == {
         "k": 1,

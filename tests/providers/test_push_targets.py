@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import httpx
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -24,7 +23,8 @@ from herald.fakes.tls import LocalTls
 from herald.fakes.webpush import FakeWebPush
 from herald.providers.http_session import new_session, refused_target
 from herald.providers.targets import REFUSED, TargetPolicy, address_problem
-from herald.providers.webpush import VapidKey, WebPushProvider
+from herald.providers.webpush.client import VapidKey, WebPushProvider
+from tests.fixtures.dns import ScriptedDns
 from tests.providers.conftest import b64url, push_message
 
 REFUSED_OUTCOME = InvalidTarget(f"web push {REFUSED}")
@@ -91,32 +91,6 @@ def test_allowed_hosts_restrict_endpoints_to_known_push_services() -> None:
 
 
 # --------------------------------------------------------------------------- the provider
-
-
-class ScriptedDns(AbstractResolver):
-    """Answers every name with `address` (a rebinding name that now points inside)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.lookups: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.lookups.append(host)
-        return [
-            {
-                "hostname": host,
-                "host": self.address,
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.fakes.sendgrid import FakeSendGrid
-from herald.providers.sendgrid import SendGridProvider
+from herald.providers.sendgrid.client import SendGridProvider
 from tests.providers.conftest import email_message, free_tcp_port
 
 
@@ -61,10 +61,11 @@ async def test_success_sends_the_documented_body(
     assert mail.body["personalizations"] == [{"to": [{"email": "bob@example.com"}]}]
     assert mail.body["from"] == {"email": "alerts@herald.example", "name": "Herald Alerts"}
     assert mail.body["subject"] == "Grüße"
-    assert mail.body["content"] == [
-        {"type": "text/plain", "value": "plain"},
-        {"type": "text/html", "value": "<p>html</p>"},
-    ]
+    text, html = mail.body["content"]
+    assert text == {"type": "text/plain", "value": "plain"}
+    assert html["type"] == "text/html"
+    assert "<p>html</p>" in html["value"]  # the fragment, inside the layout
+    assert 'href="https://herald.example/u/1"' in html["value"]
     assert mail.custom_args == {"herald_delivery_id": message.delivery_id}
     assert mail.body["headers"]["List-Unsubscribe"] == "<https://herald.example/u/1>"
     assert mail.body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

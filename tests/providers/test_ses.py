@@ -20,7 +20,7 @@ from moto.ses.models import ses_backends
 from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
-from herald.providers.ses import SesProvider
+from herald.providers.ses.client import SesProvider
 from tests.providers.conftest import email_message, free_tcp_port
 
 REGION = "us-east-1"

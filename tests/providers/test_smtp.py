@@ -19,7 +19,7 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.fakes.tls import LocalTls
-from herald.providers.smtp import SmtpProvider
+from herald.providers.smtp.client import SmtpProvider
 from tests.providers.conftest import email_message, free_tcp_port
 
 USERNAME, PASSWORD = "herald", "s3cret"
@@ -135,15 +135,21 @@ async def test_sends_multipart_with_headers(
     assert "<b>10 €</b>" in html_part.get_content()
 
 
-async def test_text_only_without_unsubscribe(
+async def test_text_only_payload_gets_the_layout_as_its_html_part(
     plain_server: int, handler: RecordingHandler, clock: FakeClock
 ) -> None:
-    [outcome] = await plain_provider(plain_server, clock).send([email_message()])
+    message = email_message(subject="Your <receipt>", text="Paid & done.\n\nThanks")
+    [outcome] = await plain_provider(plain_server, clock).send([message])
 
     assert isinstance(outcome, Accepted)
     [(_, mail)] = handler.messages
-    assert mail.get_content_type() == "text/plain"
+    assert mail.get_content_type() == "multipart/alternative"
+    text, html = (part.get_content() for part in mail.iter_parts())
+    assert text.replace("\r\n", "\n").strip() == "Paid & done.\n\nThanks"
+    assert "<h1>Your &lt;receipt&gt;</h1>" in html
+    assert '<p style="margin:0 0 16px">Paid &amp; done.</p>' in html
     assert "List-Unsubscribe" not in mail
+    assert "Unsubscribe</a>" not in html  # no link to show
 
 
 async def test_batch_reuses_one_connection_past_failures(

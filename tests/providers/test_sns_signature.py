@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from herald.providers.webhooks import SnsCertificates, WebhookRejected, parse_ses, verify_sns
+from herald.providers.events import WebhookRejected
+from herald.providers.ses.webhook import SnsCertificates, parse_ses, verify_sns
 
 CERT_URL = (
     "https://sns.us-east-2.amazonaws.com/"

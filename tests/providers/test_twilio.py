@@ -13,8 +13,9 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.fakes.twilio import FakeTwilio
-from herald.providers.twilio import TwilioProvider
-from herald.providers.webhooks import WebhookEvent, parse_twilio
+from herald.providers.events import WebhookEvent
+from herald.providers.twilio.client import TwilioProvider
+from herald.providers.twilio.webhook import parse_twilio
 from tests.providers.conftest import free_tcp_port, sms_message
 
 SENDER = "+15005550006"

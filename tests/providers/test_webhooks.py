@@ -17,21 +17,15 @@ from herald.clock import FakeClock
 from herald.config import Settings
 from herald.fakes.sendgrid import FakeSendGrid, SentMail
 from herald.fakes.sns import FakeSns, default_topic_arn
-from herald.providers.webhooks import (
-    SnsCertificates,
-    UnknownWebhookProvider,
-    WebhookConfig,
-    WebhookNotAllowed,
-    WebhookRejected,
-    is_sns_url,
+from herald.providers.callbacks import WebhookConfig, parse_webhook
+from herald.providers.events import UnknownWebhookProvider, WebhookNotAllowed, WebhookRejected
+from herald.providers.sendgrid.webhook import (
     load_sendgrid_public_key,
     parse_sendgrid,
-    parse_ses,
-    parse_twilio,
-    parse_webhook,
-    twilio_signature,
     verify_sendgrid,
 )
+from herald.providers.ses.webhook import SnsCertificates, is_sns_url, parse_ses
+from herald.providers.twilio.webhook import parse_twilio, twilio_signature
 
 # --------------------------------------------------------------------------- Twilio
 

@@ -24,8 +24,8 @@ from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, Rejected, R
 from herald.fakes.tls import LocalTls
 from herald.fakes.webpush import FakeWebPush
 from herald.providers.base import OutboundMessage
-from herald.providers.webpush import VapidKey, WebPushProvider, encrypt_payload
-from tests.providers.conftest import b64url, push_message, write_file
+from herald.providers.webpush.client import VapidKey, WebPushProvider, encrypt_payload
+from tests.providers.conftest import RICH_PUSH, b64url, push_message, write_file
 
 SUBJECT = "mailto:ops@example.com"
 
@@ -70,6 +70,23 @@ def web(subscription: dict[str, Any], **kwargs: Any) -> OutboundMessage:
         subscription=subscription,
         **kwargs,
     )
+
+
+async def test_rich_push_fields_arrive_as_show_notification_options(
+    fake: FakeWebPush, provider: WebPushProvider
+) -> None:
+    subscription = fake.subscribe(application_server_key=provider.key.public_key_b64)
+    [outcome] = await provider.send([web(subscription, rich=RICH_PUSH)])
+
+    assert isinstance(outcome, Accepted)
+    shown = orjson.loads(fake.received[0].plaintext)
+    assert shown["image"] == RICH_PUSH["image"]
+    assert shown["actions"] == [
+        {"action": "view", "title": "View"},
+        {"action": "dismiss", "title": "Dismiss"},
+    ]
+    assert shown["tag"] == "order-42"
+    assert shown["requireInteraction"] is True  # time-sensitive
 
 
 def test_from_settings_needs_key_and_subject() -> None:

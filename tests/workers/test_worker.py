@@ -403,8 +403,8 @@ async def test_an_unreachable_provider_fails_over_in_the_same_attempt(
     the same attempt, instead of SES being retried until its attempts run out."""
     from herald.config import Settings
     from herald.fakes.sendgrid import FakeSendGrid
-    from herald.providers.sendgrid import SendGridProvider
-    from herald.providers.ses import SesProvider
+    from herald.providers.sendgrid.client import SendGridProvider
+    from herald.providers.ses.client import SesProvider
     from tests.providers.conftest import free_tcp_port
 
     for name, value in {
@@ -464,7 +464,7 @@ async def test_a_hostile_web_push_endpoint_fails_alone_and_opens_no_circuit(
 
     from herald.fakes.webpush import FakeWebPush
     from herald.providers.targets import TargetPolicy
-    from herald.providers.webpush import VapidKey, WebPushProvider
+    from herald.providers.webpush.client import VapidKey, WebPushProvider
 
     async with FakeWebPush(tls=web_tls, clock=clock) as fake:
         ids = {}

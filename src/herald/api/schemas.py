@@ -260,7 +260,59 @@ class DeviceOut(BaseModel):
     created_at: datetime | None = None
 
 
+# -- channel addresses (webhook, chat, WhatsApp) ---------------------------------------------
+
+HttpsUrl = Annotated[str, StringConstraints(min_length=8, max_length=2048)]
+
+
+class ChannelAddressIn(Strict):
+    """One of: `url` (webhook endpoint; Slack, Teams or Discord incoming webhook), `channel`
+    (a Slack channel id, with the deployment's bot token), `phone` (WhatsApp). `secret`
+    (webhook only): your own Standard Webhooks secret; Herald makes one when absent."""
+
+    url: HttpsUrl | None = None
+    channel: Annotated[str, StringConstraints(pattern=r"^[CGD][A-Z0-9]{6,20}$")] | None = None
+    phone: Annotated[str, AfterValidator(check_phone)] | None = None
+    secret: Annotated[str, StringConstraints(min_length=10, max_length=200)] | None = None
+
+
+class ChannelAddressOut(BaseModel):
+    kind: str
+    channel: str
+    target: str  # a URL shows its scheme and host only: the rest is often the credential
+    active: bool
+    deactivated_reason: str | None = None
+    secret: str | None = None  # only in the answer to PUT: the webhook signing secret
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
 # -- notifications -------------------------------------------------------------------------
+
+
+HttpsImage = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://\S+$")]
+
+
+class PushActionIn(Strict):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class PushIn(Strict):
+    """Rich push, mapped per platform (FCM, APNs, Web Push): an image, action buttons, the
+    app's action category, a thread (grouping), APNs' interruption level and relevance
+    score, a badge count, a sound."""
+
+    image: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://\S+$")] | None = (
+        None
+    )
+    actions: list[PushActionIn] | None = Field(default=None, min_length=1, max_length=3)
+    action_category: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    thread_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    interruption_level: Literal["passive", "active", "time-sensitive", "critical"] | None = None
+    relevance_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    badge: Annotated[int, Field(ge=0, le=99_999)] | None = None
+    sound: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
 class NotificationContent(Strict):
@@ -280,6 +332,7 @@ class NotificationContent(Strict):
     )
     collapse_key: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     deliver_at_local: Annotated[str, AfterValidator(check_wall_time)] | None = None
+    push: PushIn | None = None
 
     @field_validator("send_at")
     @classmethod
@@ -419,6 +472,9 @@ class TemplateIn(Strict):
         Annotated[str, AfterValidator(check_locale)], dict[ChannelIn, dict[Name, TemplatePart]]
     ] = Field(min_length=1, max_length=100)
     default_locale: Annotated[str, AfterValidator(check_locale)]
+    # Whether the email's html goes into the deployment's layout (header, footer with the
+    # unsubscribe and preference links). Unset: a fragment does, a whole <html> does not.
+    email_layout: bool | None = None
 
 
 WindowSeconds = Annotated[int, Field(ge=60, le=MAX_SHAPING_WINDOW)]

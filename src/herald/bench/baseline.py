@@ -20,9 +20,9 @@ import psutil
 
 from herald.bench.db import BenchDb
 from herald.clock import SYSTEM_CLOCK
-from herald.providers.fcm import AccessTokens, ServiceAccount
+from herald.providers.fcm.client import AccessTokens, ServiceAccount
+from herald.providers.fcm.payload import fcm_message
 from herald.providers.http_session import CurlSession
-from herald.providers.push_payloads import fcm_message
 
 NAIVE_PREFIX = "naive-"
 

@@ -100,7 +100,8 @@ class Shape:
 
 
 def fcm_shape(base_url: str, ca_pem: bytes, count: int) -> Shape:
-    from herald.providers.push_payloads import fcm_message, json_bytes
+    from herald.providers.fcm.payload import fcm_message
+    from herald.providers.push_http import json_bytes
 
     access_token = "ya29." + "a" * 160  # the shape of a Google OAuth2 access token
     path = f"/v1/projects/{PROJECT}/messages:send"
@@ -126,7 +127,8 @@ def apns_shape(base_url: str, ca_pem: bytes, count: int) -> Shape:
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from herald.providers.push_payloads import apns_payload, json_bytes
+    from herald.providers.apns.payload import apns_payload
+    from herald.providers.push_http import json_bytes
 
     key = ec.generate_private_key(ec.SECP256R1())
     provider_token = jwt.encode(
@@ -155,8 +157,6 @@ def apns_shape(base_url: str, ca_pem: bytes, count: int) -> Shape:
             "€12.00, thank you",
             {"order": str(index)},
             delivery_id=delivery_id,
-            badge=None,
-            sound=None,
         )
         bodies.append(json_bytes(payload))
     return Shape(base_url, ca_pem, paths, headers, bodies)

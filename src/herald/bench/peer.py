@@ -163,7 +163,7 @@ def _send_firebase_admin(args: argparse.Namespace) -> dict[str, Any]:
     from firebase_admin import _http_client, credentials, messaging
 
     from herald.bench.harness import android_token
-    from herald.providers.push_payloads import DELIVERY_ID_KEY
+    from herald.providers.push_http import DELIVERY_ID_KEY
 
     base = args.base_url.rstrip("/")
     messaging._MessagingService.FCM_URL = base + "/v1/projects/{0}/messages:send"

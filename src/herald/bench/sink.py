@@ -44,11 +44,9 @@ import h2.exceptions
 import h2.settings
 import orjson
 
-from herald.providers.push_payloads import (
-    DELIVERY_ID_KEY,
-    validate_apns_token,
-    validate_fcm_token,
-)
+from herald.providers.apns.payload import validate_apns_token
+from herald.providers.fcm.payload import validate_fcm_token
+from herald.providers.push_http import DELIVERY_ID_KEY
 
 _SEND_SUFFIX = b"/messages:send"
 _OK_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=UTF-8\r\n"

@@ -58,7 +58,7 @@ from herald.chaos.infra import (
     wait_healthy,
 )
 from herald.domain import Channel, delivery_id
-from herald.providers.push_payloads import DELIVERY_ID_KEY
+from herald.providers.push_http import DELIVERY_ID_KEY
 from herald.security import generate_key
 
 CHANNEL_SETS = (

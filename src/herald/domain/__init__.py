@@ -1,8 +1,10 @@
 """Herald's domain: plain typed code, no framework imports."""
 
 from herald.domain.channels import (
+    ADDRESS_CHANNELS,
     ALL_CHANNELS,
     DEFAULT_POLICY,
+    AddressKind,
     Channel,
     DeliveryPolicy,
     Platform,
@@ -45,18 +47,21 @@ from herald.domain.shaping import (
     fixed_window,
     folded_reason,
 )
-from herald.domain.users import Device, User
+from herald.domain.users import ChannelAddress, Device, User
 
 __all__ = [
+    "ADDRESS_CHANNELS",
     "ALL_CHANNELS",
     "CLAIMABLE_STATES",
     "DEFAULT_POLICY",
     "FINAL_STATES",
     "Accepted",
+    "AddressKind",
     "CapClaim",
     "CapRule",
     "CategorySettings",
     "Channel",
+    "ChannelAddress",
     "ChannelDecision",
     "Delivery",
     "DeliveryEvent",

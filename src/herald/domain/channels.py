@@ -10,6 +10,10 @@ class Channel(StrEnum):
     EMAIL = "email"
     SMS = "sms"
     IN_APP = "in_app"
+    # Addresses a user is given through PUT /v1/users/{id}/channels/{kind} (ChannelAddress).
+    WEBHOOK = "webhook"
+    CHAT = "chat"  # Slack, Microsoft Teams, Discord
+    WHATSAPP = "whatsapp"
 
 
 ALL_CHANNELS: tuple[Channel, ...] = tuple(Channel)
@@ -44,6 +48,11 @@ DEFAULT_POLICY: dict[Channel, DeliveryPolicy] = {
     Channel.IN_APP: DeliveryPolicy.AT_LEAST_ONCE,
     Channel.EMAIL: DeliveryPolicy.AT_LEAST_ONCE,
     Channel.SMS: DeliveryPolicy.AT_MOST_ONCE,
+    # A webhook repeat carries the same webhook-id, which receivers deduplicate on.
+    Channel.WEBHOOK: DeliveryPolicy.AT_LEAST_ONCE,
+    # A chat post or a WhatsApp message cannot be folded: a repeat is seen (and paid) twice.
+    Channel.CHAT: DeliveryPolicy.AT_MOST_ONCE,
+    Channel.WHATSAPP: DeliveryPolicy.AT_MOST_ONCE,
 }
 
 
@@ -51,3 +60,27 @@ class QuietHoursAction(StrEnum):
     DEFER = "defer"
     DROP = "drop"
     IGNORE = "ignore"
+
+
+class AddressKind(StrEnum):
+    """What a user's channel address is: the path segment of /v1/users/{id}/channels/{kind}."""
+
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    TEAMS = "teams"
+    DISCORD = "discord"
+    WHATSAPP = "whatsapp"
+
+    @property
+    def channel(self) -> Channel:
+        return ADDRESS_CHANNEL[self]
+
+
+ADDRESS_CHANNEL: dict[AddressKind, Channel] = {
+    AddressKind.WEBHOOK: Channel.WEBHOOK,
+    AddressKind.SLACK: Channel.CHAT,
+    AddressKind.TEAMS: Channel.CHAT,
+    AddressKind.DISCORD: Channel.CHAT,
+    AddressKind.WHATSAPP: Channel.WHATSAPP,
+}
+ADDRESS_CHANNELS = frozenset(ADDRESS_CHANNEL.values())

@@ -139,8 +139,12 @@ def mask_target(channel: Channel, target: str) -> str:
     if channel == Channel.EMAIL and "@" in target:
         local, _, domain = target.partition("@")
         return f"{local[:1]}***@{domain}"
-    if channel == Channel.SMS:
+    if channel in (Channel.SMS, Channel.WHATSAPP):
         return f"{target[:3]}***{target[-2:]}"
+    if channel in (Channel.WEBHOOK, Channel.CHAT) and target.startswith("https://"):
+        # A webhook URL's path is often its credential (Slack, Teams, Discord): host only.
+        host = target.removeprefix("https://").split("/", 1)[0]
+        return f"https://{host}/…"
     if channel == Channel.PUSH:
         return f"{target[:6]}…{target[-4:]}" if len(target) > 12 else "***"
     return target

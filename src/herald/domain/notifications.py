@@ -32,6 +32,7 @@ class Notification:
     template: str | None = None
     variables: dict[str, Any] = field(default_factory=dict)
     collapse_key: str | None = None
+    push: dict[str, Any] = field(default_factory=dict)  # rich push options (API PushIn)
     deliver_at_local: str | None = None  # "HH:MM" in the recipient's time zone
     broadcast_id: str | None = None
     digest_id: str | None = None  # set on a digest's own notification: never folded again

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from herald.domain.channels import Platform
+from herald.domain.channels import AddressKind, Platform
 
 
 @dataclass(slots=True)
@@ -30,3 +30,23 @@ class Device:
     subscription: dict[str, Any] | None = None
     deactivated_reason: str | None = None
     created_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class ChannelAddress:
+    """Where a user is reached on a webhook, chat or WhatsApp channel (one per kind).
+
+    target: the URL (webhook, incoming webhooks), the Slack channel id (bot token), or the
+    E.164 number (WhatsApp). config: what the provider needs besides (the webhook's signing
+    secret, a WhatsApp content template).
+    """
+
+    id: str
+    user_id: str
+    kind: AddressKind
+    target: str
+    config: dict[str, Any]
+    active: bool = True
+    deactivated_reason: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

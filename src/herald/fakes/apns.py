@@ -23,7 +23,7 @@ from herald.fakes.common import (
     json_response,
     retry_after_headers,
 )
-from herald.providers.push_payloads import (
+from herald.providers.apns.payload import (
     APNS_MAX_COLLAPSE_ID_BYTES,
     APNS_MAX_PAYLOAD_BYTES,
     validate_apns_token,
@@ -100,6 +100,30 @@ class ApnsReceived:
     headers: dict[str, str]
     payload: dict[str, Any]
     provider_token: str
+
+
+INTERRUPTION_LEVELS = frozenset({"passive", "active", "time-sensitive", "critical"})
+
+
+def _aps_member_is_valid(key: str, value: Any) -> bool:
+    if key == "badge":
+        return isinstance(value, int) and value >= 0
+    if key == "sound":
+        return isinstance(value, str | dict)
+    if key in ("thread-id", "category"):
+        return isinstance(value, str)
+    if key in ("mutable-content", "content-available"):
+        return bool(value == 1)
+    if key == "interruption-level":
+        return value in INTERRUPTION_LEVELS
+    if key == "relevance-score":
+        return isinstance(value, int | float) and 0 <= value <= 1
+    return True
+
+
+def _aps_is_valid(aps: dict[str, Any]) -> bool:
+    """The aps members Herald sends, as Apple's payload reference types them."""
+    return all(_aps_member_is_valid(key, value) for key, value in aps.items())
 
 
 class _Refusal(Exception):
@@ -235,6 +259,8 @@ class FakeApns(FakeServer):
             raise _Refusal("BadPayload") from error
         if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
             raise _Refusal("BadPayload")
+        if not _aps_is_valid(payload["aps"]):
+            raise _Refusal("BadPayload")  # Apple names no reason for a bad aps member
         return payload
 
     def _check_headers(self, request: Request) -> None:

@@ -43,6 +43,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     http_version: str
+    query: str = ""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -249,4 +250,5 @@ async def _read_request(scope: Scope, receive: Receive) -> Request:
         headers=headers,
         body=b"".join(chunks),
         http_version=scope.get("http_version", "1.1"),
+        query=scope.get("query_string", b"").decode("latin-1"),
     )

@@ -28,7 +28,7 @@ from herald.fakes.common import (
     json_response,
     retry_after_headers,
 )
-from herald.providers.push_payloads import FCM_MAX_PAYLOAD_BYTES, validate_fcm_token
+from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES, validate_fcm_token
 
 TOKEN_PATH = "/token"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -334,7 +334,30 @@ def _android_violations(android: Any) -> list[_Violation]:
         problems.append(_Violation("message.android.ttl", "Invalid duration"))
     if android.get("priority", "normal") not in {"normal", "high", "NORMAL", "HIGH"}:
         problems.append(_Violation("message.android.priority", "Invalid enum value"))
-    return problems
+    return problems + _android_notification_violations(android.get("notification"))
+
+
+# AndroidNotification members Herald may send, and their JSON types (FCM v1 reference).
+_ANDROID_NOTIFICATION = {
+    "tag": str,
+    "click_action": str,
+    "sound": str,
+    "notification_count": int,
+    "image": str,
+    "channel_id": str,
+}
+
+
+def _android_notification_violations(notification: Any) -> list[_Violation]:
+    if notification is None:
+        return []
+    if not isinstance(notification, dict):
+        return [_Violation("message.android.notification", "must be an object")]
+    return [
+        _Violation(f"message.android.notification.{key}", "Unknown name or invalid value")
+        for key, value in notification.items()
+        if key not in _ANDROID_NOTIFICATION or not isinstance(value, _ANDROID_NOTIFICATION[key])
+    ]
 
 
 def _invalid(violations: list[_Violation]) -> Response:

@@ -37,17 +37,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from herald.fakes.apns import FakeApns
 from herald.fakes.common import b64url_encode
+from herald.fakes.discord import FakeDiscord
 from herald.fakes.fcm import FakeFcm
 from herald.fakes.sendgrid import FakeSendGrid
+from herald.fakes.slack import FakeSlack
 from herald.fakes.sns import default_topic_arn
+from herald.fakes.teams import FakeTeams
 from herald.fakes.tls import LocalTls, generate_local_tls
 from herald.fakes.twilio import FakeTwilio
+from herald.fakes.webhook import FakeWebhookReceiver
 from herald.fakes.webpush import FakeWebPush
 
 HOST = "127.0.0.1"
 SENDER_ADDRESS = "alerts@herald.example"
 SENDER = f"Herald Demo <{SENDER_ADDRESS}>"
 TWILIO_FROM = "+15005550006"  # Twilio's test-credential "valid From" number
+WHATSAPP_FROM = "+14155238886"  # Twilio's WhatsApp sandbox number
+WHATSAPP_TEMPLATE = "HX" + "0" * 32
 APNS_TOPIC = "com.example.herald"
 APNS_TEAM_ID = "TEAM123456"
 SES_REGION = "us-east-1"
@@ -227,6 +233,10 @@ class FakeFleet:
     webpush: FakeWebPush = field(init=False)
     sendgrid: FakeSendGrid = field(init=False)
     twilio: FakeTwilio = field(init=False)
+    webhooks: FakeWebhookReceiver = field(init=False)
+    slack: FakeSlack = field(init=False)
+    teams: FakeTeams = field(init=False)
+    discord: FakeDiscord = field(init=False)
     smtp: SmtpSink | None = field(init=False, default=None)
     ses: MotoSes | None = field(init=False, default=None)
     files: FleetFiles = field(init=False)
@@ -247,8 +257,23 @@ class FakeFleet:
             auto_callbacks=self.twilio_auto_callbacks,
             **options,
         )
+        self.twilio.sender_numbers = frozenset({TWILIO_FROM, "whatsapp:" + WHATSAPP_FROM})
+        self.webhooks = FakeWebhookReceiver(**options)
+        self.slack = FakeSlack(**options)
+        self.teams = FakeTeams(**options)
+        self.discord = FakeDiscord(**options)
         try:
-            for server in (self.fcm, self.apns, self.webpush, self.sendgrid, self.twilio):
+            for server in (
+                self.fcm,
+                self.apns,
+                self.webpush,
+                self.sendgrid,
+                self.twilio,
+                self.webhooks,
+                self.slack,
+                self.teams,
+                self.discord,
+            ):
                 await server.start()
                 self._started.append(server)
             if _wanted(self.with_smtp, "aiosmtpd"):
@@ -372,6 +397,11 @@ class FakeFleet:
             "HERALD_TWILIO_AUTH_TOKEN": self.twilio.auth_token,
             "HERALD_TWILIO_FROM": TWILIO_FROM,
             "HERALD_TWILIO_BASE_URL": self.twilio.base_url,
+            "HERALD_TWILIO_WHATSAPP_FROM": WHATSAPP_FROM,
+            # Any HX... SID is an approved template to the fake (outside the 24-hour window).
+            "HERALD_TWILIO_WHATSAPP_CONTENT_SID": WHATSAPP_TEMPLATE,
+            "HERALD_SLACK_BOT_TOKEN": self.slack.bot_token,
+            "HERALD_SLACK_BASE_URL": self.slack.base_url,
             # SES events reach Herald through SNS; FakeSns publishes on this topic.
             "HERALD_SNS_TOPIC_ARNS": default_topic_arn(),
             "HERALD_EMAIL_PROVIDERS": ",".join(emails),
@@ -404,7 +434,11 @@ class FakeFleet:
             f"apns      {self.apns.base_url} (HTTP/2, topic {APNS_TOPIC})",
             f"webpush   {self.webpush.base_url} (a subscription: {self.files.web_device})",
             f"sendgrid  {self.sendgrid.base_url}",
-            f"twilio    {self.twilio.base_url} (from {TWILIO_FROM})",
+            f"twilio    {self.twilio.base_url} (from {TWILIO_FROM}, whatsapp {WHATSAPP_FROM})",
+            f"webhook   {self.webhooks.base_url} (fleet.webhooks.endpoint() makes one)",
+            f"slack     {self.slack.base_url} (chat.postMessage, incoming webhooks)",
+            f"teams     {self.teams.base_url} (incoming webhooks, Workflows)",
+            f"discord   {self.discord.base_url} (webhooks)",
         ]
         lines.append(
             f"smtp      {self.smtp.host}:{self.smtp.port}"
@@ -418,6 +452,19 @@ class FakeFleet:
         )
         return lines
 
+    def demo_addresses(self) -> list[str]:
+        """A ready address on each chat and webhook fake, to PUT on a user."""
+        url, secret = self.webhooks.endpoint()
+        return [
+            "addresses for PUT /v1/users/{id}/channels/{kind}:",
+            f'  webhook  {{"url": "{url}", "secret": "{secret}"}}',
+            f'  slack    {{"url": "{self.slack.create_webhook()}"}}',
+            f'  slack    {{"channel": "{self.slack.create_channel()}"}} (bot token)',
+            f'  teams    {{"url": "{self.teams.create_webhook()}"}}',
+            f'  discord  {{"url": "{self.discord.create_webhook()}"}}',
+            '  whatsapp {"phone": "+14155550100"}',
+        ]
+
     def counts(self) -> dict[str, int]:
         counts = {
             "fcm": len(self.fcm.received),
@@ -425,6 +472,10 @@ class FakeFleet:
             "webpush": len(self.webpush.received),
             "sendgrid": len(self.sendgrid.received),
             "twilio": len(self.twilio.received),
+            "webhook": len(self.webhooks.received),
+            "slack": len(self.slack.received),
+            "teams": len(self.teams.received),
+            "discord": len(self.discord.received),
         }
         if self.smtp is not None:
             counts["smtp"] = len(self.smtp.received)
@@ -469,6 +520,23 @@ def _summaries(fleet: FakeFleet) -> dict[str, Callable[[int], str]]:
         sms = fleet.twilio.received[i]
         return f"{sms.sid} to {sms.to}: {sms.body!r}"
 
+    def webhook(i: int) -> str:
+        received = fleet.webhooks.received[i]
+        return f"{received.path} {received.headers.get('webhook-id')}: {received.body[:120]!r}"
+
+    def slack(i: int) -> str:
+        post = fleet.slack.received[i]
+        return f"{post.channel} ({post.via}): {post.body.get('text')!r}"
+
+    def teams(i: int) -> str:
+        post = fleet.teams.received[i]
+        texts = [e.get("text") for e in post.card.get("body", []) if e.get("type") == "TextBlock"]
+        return f"{post.path[:24]}…: {texts}"
+
+    def discord(i: int) -> str:
+        post = fleet.discord.received[i]
+        return f"webhook {post.webhook_id}: {post.body.get('embeds') or post.body.get('content')}"
+
     def smtp(i: int) -> str:
         assert fleet.smtp is not None
         mail = fleet.smtp.received[i]
@@ -485,6 +553,10 @@ def _summaries(fleet: FakeFleet) -> dict[str, Callable[[int], str]]:
         "webpush": webpush,
         "sendgrid": sendgrid,
         "twilio": twilio,
+        "webhook": webhook,
+        "slack": slack,
+        "teams": teams,
+        "discord": discord,
         "smtp": smtp,
         "ses": ses,
     }
@@ -521,7 +593,7 @@ async def run_fleet(
             print("herald fakes: smtp needs aiosmtpd; it is not installed", file=log)
         out.write(fleet.exports())
         out.flush()
-        print("\n".join(["", *fleet.describe()]), file=log)
+        print("\n".join(["", *fleet.describe(), "", *fleet.demo_addresses()]), file=log)
         print(f"\nexports written to {fleet.files.env_file}; Ctrl-C stops the fakes", file=log)
         log.flush()
         summaries = _summaries(fleet)

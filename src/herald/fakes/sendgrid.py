@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from herald.fakes.common import FakeServer, Fault, Request, Response, json_response
-from herald.providers.webhooks import SENDGRID_SIGNATURE_HEADER, SENDGRID_TIMESTAMP_HEADER
+from herald.providers.sendgrid.webhook import SENDGRID_SIGNATURE_HEADER, SENDGRID_TIMESTAMP_HEADER
 
 SEND_PATH = "/v3/mail/send"
 MAX_MESSAGE_BYTES = 30 * 1024 * 1024  # SendGrid: the whole message under 30 MB

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.providers.email_message import message_id_for
-from herald.providers.webhooks import SnsCertificates, sns_string_to_sign
+from herald.providers.ses.webhook import SnsCertificates, sns_string_to_sign
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 FAKE_ACCOUNT = "123456789012"

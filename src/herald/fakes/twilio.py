@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
+import orjson
 
 from herald.fakes.common import FakeServer, Fault, Request, Response, json_response
-from herald.providers.webhooks import twilio_signature
+from herald.providers.twilio.webhook import twilio_signature
 from herald.sms_text import count_segments, normalize_phone
 
 API_VERSION = "2010-04-01"
@@ -61,7 +63,18 @@ TWILIO_ERRORS: dict[int, tuple[int, str]] = {
     30006: (400, "Landline or unreachable carrier"),
     30007: (400, "Message filtered"),
     30008: (400, "Unknown error"),
+    # WhatsApp (the same Messages API with whatsapp: addresses).
+    63007: (400, "Twilio could not find a Channel with the specified From address"),
+    63016: (
+        400,
+        "Failed to send freeform message because you are outside the allowed window. "
+        "If you are using WhatsApp, please use a Message Template.",
+    ),
+    21656: (400, "The ContentVariables Parameter is invalid"),
+    21655: (400, "The ContentSid is Invalid"),
 }
+WHATSAPP = "whatsapp:"
+CONTENT_SID = re.compile(r"^HX[0-9a-f]{32}$")
 
 # Twilio's test-credential magic numbers (To) and the error each one provokes.
 MAGIC_TO_NUMBERS: dict[str, int] = {
@@ -119,6 +132,7 @@ class FakeTwilio(FakeServer):
         self.received: list[SentSms] = []
         self.by_sid: dict[str, SentSms] = {}
         self.delivery_failures: dict[str, int] = {}
+        self.whatsapp_sessions: set[str] = set()
         if magic_numbers:
             for number, code in MAGIC_TO_NUMBERS.items():
                 self.fail_number(number, code)
@@ -175,15 +189,45 @@ class FakeTwilio(FakeServer):
         error = self._validate(form)
         if error is not None:
             return error
-        fault = self.faults.take(form["To"])
+        fault = self.faults.take(form["To"].removeprefix(WHATSAPP))
         if fault is not None:
             return twilio_error(int(fault.kind), retry_after=fault.retry_after)
+        if self._outside_whatsapp_window(form):
+            return twilio_error(63016)
         sms = self._record(form)
         if self.auto_callbacks and sms.status_callback:
             self._spawn(self._report_fate(sms))
         return json_response(201, self._resource(sms))
 
+    def open_whatsapp_session(self, number: str) -> None:
+        """The user wrote to the business: free-form messages pass for 24 hours."""
+        self.whatsapp_sessions.add(number.removeprefix(WHATSAPP))
+
+    def _outside_whatsapp_window(self, form: dict[str, str]) -> bool:
+        to = form["To"]
+        free_form = to.startswith(WHATSAPP) and "ContentSid" not in form
+        return free_form and to.removeprefix(WHATSAPP) not in self.whatsapp_sessions
+
+    def _validate_whatsapp(self, form: dict[str, str]) -> Response | None:
+        to = form.get("To", "").removeprefix(WHATSAPP)
+        if not form.get("From", "").startswith(WHATSAPP):
+            return twilio_error(63007)
+        if not _is_e164(to):
+            return twilio_error(21211)
+        content_sid = form.get("ContentSid")
+        if content_sid is None:
+            return None if form.get("Body") else twilio_error(21602)
+        if not CONTENT_SID.match(content_sid):
+            return twilio_error(21655)
+        try:
+            variables = orjson.loads(form.get("ContentVariables") or "{}")
+        except orjson.JSONDecodeError:
+            return twilio_error(21656)
+        return None if isinstance(variables, dict) else twilio_error(21656)
+
     def _validate(self, form: dict[str, str]) -> Response | None:
+        if form.get("To", "").startswith(WHATSAPP):
+            return self._validate_whatsapp(form)
         to, body = form.get("To", ""), form.get("Body")
         sender = form.get("From") or form.get("MessagingServiceSid")
         if not to:
@@ -210,11 +254,11 @@ class FakeTwilio(FakeServer):
             sid="SM" + secrets.token_hex(16),
             to=form["To"],
             sender=form.get("From") or form.get("MessagingServiceSid", ""),
-            body=form["Body"],
+            body=form.get("Body", ""),
             status_callback=form.get("StatusCallback"),
             validity_period=int(form["ValidityPeriod"]) if "ValidityPeriod" in form else None,
             form=form,
-            segments=count_segments(form["Body"]),
+            segments=count_segments(form.get("Body", "")),
         )
         self.received.append(sms)
         self.by_sid[sms.sid] = sms

@@ -28,9 +28,12 @@ class OutboundMessage:
       push:   {"title", "body", "data": {str: Any}}  (title/body absent: a data-only message)
       email:  {"subject", "text", "html" (optional), "unsubscribe_url" (optional)}
       sms:    {"body"}
-      in_app: {"title", "body", "data"}
+      in_app, webhook, chat: {"title", "body", "data"}
+      whatsapp: {"body", "data" (optional)}
     target: the device token (push; for web the subscription endpoint), the email address,
-    the E.164 phone number, or the user id (in_app). `subscription` carries a Web Push
+    the E.164 phone number, the user id (in_app), or a channel address's target (a URL, a
+    Slack channel id, a WhatsApp number); `platform` is the chat service for chat.
+    `subscription` carries a Web Push
     subscription {"endpoint", "keys": {"p256dh", "auth"}}.
     """
 
@@ -44,6 +47,8 @@ class OutboundMessage:
     category: str = "default"
     platform: str | None = None
     subscription: dict[str, Any] | None = None
+    # A webhook/chat/WhatsApp address's config (the webhook's signing secret, ...).
+    address: dict[str, Any] | None = None
     collapse_key: str | None = None
     expires_at: datetime | None = None
     attempt: int = 1

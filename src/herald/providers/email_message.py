@@ -1,4 +1,5 @@
-"""The MIME message Herald sends by SMTP and by SES (Content.Raw), built with the stdlib.
+"""The MIME message Herald sends by SMTP and by SES (Content.Raw), built with the stdlib:
+always multipart/alternative, the text part and the HTML part (email_layout.py).
 
 Message-ID is derived from the delivery id so that a bounce or a provider event quoting
 it leads back to the delivery; SMTP returns no id of its own, so it is the provider id.
@@ -13,6 +14,9 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
 from herald.providers.base import OutboundMessage
+from herald.providers.email_layout import EmailBranding, compose_html
+
+DEFAULT_BRANDING = EmailBranding()
 
 MESSAGE_ID_DOMAIN = "herald"
 DELIVERY_ID_HEADER = "X-Herald-Delivery-Id"
@@ -53,8 +57,14 @@ def is_plausible_address(address: str) -> bool:
     return bool(local and at and domain)
 
 
-def build_email(message: OutboundMessage, *, sender: str, now: datetime) -> EmailMessage:
-    """text/plain, or multipart/alternative text + HTML when the payload has "html".
+def build_email(
+    message: OutboundMessage,
+    *,
+    sender: str,
+    now: datetime,
+    branding: EmailBranding = DEFAULT_BRANDING,
+) -> EmailMessage:
+    """multipart/alternative: the text, then the HTML (email_layout.compose_html).
 
     Raises InvalidEmail for a payload that cannot be a message."""
     payload = message.payload
@@ -72,9 +82,7 @@ def build_email(message: OutboundMessage, *, sender: str, now: datetime) -> Emai
             mail["List-Unsubscribe"] = f"<{unsubscribe_url}>"
             mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         mail.set_content(str(payload.get("text", "")))
-        html = payload.get("html")
-        if html:
-            mail.add_alternative(str(html), subtype="html")
+        mail.add_alternative(compose_html(payload, branding), subtype="html")
     except (ValueError, TypeError) as exc:  # header injection, malformed address
         raise InvalidEmail(str(exc)) from exc
     return mail

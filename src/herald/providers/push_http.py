@@ -1,13 +1,24 @@
-"""Small HTTP helpers shared by the push providers."""
+"""Small helpers shared by the push providers: TLS, Retry-After, encodings, the
+delivery id every push payload carries."""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 import ssl
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from herald.domain.channels import Priority
+
+DELIVERY_ID_KEY = "herald_delivery_id"
+# Size checks at accept time run before a delivery id exists: a UUID has this length.
+PLACEHOLDER_DELIVERY_ID = "00000000-0000-0000-0000-000000000000"
+_B64URL_RE = re.compile(r"^[A-Za-z0-9_\-]+={0,2}$")
 
 HIGH_PRIORITIES = frozenset({Priority.CRITICAL, Priority.HIGH})
 
@@ -38,3 +49,26 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def decode_b64url(value: Any) -> bytes | None:
+    """base64url (padding optional) to bytes, None when `value` is not such a string."""
+    if not isinstance(value, str) or not _B64URL_RE.match(value):
+        return None
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def title_body(title: str | None, body: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if title:
+        fields["title"] = title
+    if body:
+        fields["body"] = body
+    return fields

@@ -2,7 +2,10 @@
 
 Push goes by platform (android to FCM, ios to APNs, web to Web Push); email and SMS go to
 their configured providers in failover order (by default every one whose credentials are
-given); in-app goes to the inbox. Anything without credentials goes to the sandbox, unless
+given); in-app goes to the inbox. Webhook and chat addresses need no credentials of ours
+(the address is the credential): webhook goes to the webhook provider, chat by the
+address's service (Slack, Teams, Discord); WhatsApp goes to Twilio's when configured.
+Anything without credentials goes to the sandbox, unless
 HERALD_REFUSE_SANDBOX says that is a configuration error.
 """
 
@@ -16,6 +19,7 @@ from herald.config import ConfigurationError, Settings
 from herald.domain import Channel, Delivery, Platform
 from herald.live import LiveHub
 from herald.providers.base import Provider
+from herald.providers.chat import CHAT_SERVICES
 from herald.providers.inbox import InboxProvider
 from herald.providers.sandbox import SandboxProvider
 from herald.storage import Storage
@@ -28,6 +32,9 @@ KNOWN = {
 
 
 SANDBOX = "sandbox"
+# Channels whose sandbox never serves an address: chat deliveries always name their service,
+# and the API refuses a WhatsApp address when WhatsApp is not configured.
+_NEVER_REFUSED = frozenset({Channel.PUSH, Channel.CHAT, Channel.WHATSAPP})
 
 
 class UnknownProvider(ConfigurationError):
@@ -62,16 +69,24 @@ def _configured(name: str, settings: Settings, clock: Clock) -> Provider | None:
 class ProviderSet:
     by_channel: dict[Channel, list[Provider]] = field(default_factory=dict)
     push_by_platform: dict[str, list[Provider]] = field(default_factory=dict)
+    chat_by_service: dict[str, list[Provider]] = field(default_factory=dict)
 
     def candidates(self, delivery: Delivery) -> list[Provider]:
         """Providers for this delivery, in failover order."""
         if delivery.channel == Channel.PUSH:
             return self.push_by_platform.get(delivery.platform or "", self.by_channel[Channel.PUSH])
+        if delivery.channel == Channel.CHAT:
+            return self.chat_by_service.get(delivery.platform or "", self.by_channel[Channel.CHAT])
         return self.by_channel[delivery.channel]
 
     def all(self) -> list[Provider]:
         seen: dict[int, Provider] = {}
-        for providers in [*self.by_channel.values(), *self.push_by_platform.values()]:
+        everything = [
+            *self.by_channel.values(),
+            *self.push_by_platform.values(),
+            *self.chat_by_service.values(),
+        ]
+        for providers in everything:
             for provider in providers:
                 seen[id(provider)] = provider
         return list(seen.values())
@@ -94,7 +109,8 @@ class ProviderSet:
         found += [
             channel.value
             for channel, providers in self.by_channel.items()
-            if channel != Channel.PUSH and any(isinstance(p, SandboxProvider) for p in providers)
+            if channel not in _NEVER_REFUSED
+            and any(isinstance(p, SandboxProvider) for p in providers)
         ]
         return found
 
@@ -102,8 +118,11 @@ class ProviderSet:
         lines = {
             str(channel): ", ".join(p.describe() for p in providers)
             for channel, providers in self.by_channel.items()
-            if channel != Channel.PUSH
+            if channel not in (Channel.PUSH, Channel.CHAT)
         }
+        lines["chat"] = ", ".join(
+            provider.describe() for chosen in self.chat_by_service.values() for provider in chosen
+        )
         lines["push"] = "; ".join(
             f"{platform} → {', '.join(p.describe() for p in providers)}"
             for platform, providers in self.push_by_platform.items()
@@ -142,6 +161,7 @@ def build_providers(
             chosen.append(provider)
         providers.by_channel[channel] = chosen or [SandboxProvider(storage.sandbox, channel, clock)]
     providers.by_channel[Channel.IN_APP] = [InboxProvider(storage.inbox, hub, clock)]
+    _add_address_channels(providers, settings, storage, clock)
     if settings.refuse_sandbox:
         sandboxed = providers.sandboxed()
         if sandboxed:
@@ -150,6 +170,24 @@ def build_providers(
                 "sandbox provider (nothing sent): configure its provider"
             )
     return providers
+
+
+def _add_address_channels(
+    providers: ProviderSet, settings: Settings, storage: Storage, clock: Clock
+) -> None:
+    for name in ("webhook", *CHAT_SERVICES):
+        provider = _configured(name, settings, clock)
+        assert provider is not None  # they need no credentials
+        if name == "webhook":
+            providers.by_channel[Channel.WEBHOOK] = [provider]
+        else:
+            providers.chat_by_service[name] = [provider]
+    # A chat delivery names its service; one that names none has no provider of its own.
+    providers.by_channel[Channel.CHAT] = [SandboxProvider(storage.sandbox, Channel.CHAT, clock)]
+    whatsapp = _configured("whatsapp", settings, clock)
+    providers.by_channel[Channel.WHATSAPP] = [
+        whatsapp or SandboxProvider(storage.sandbox, Channel.WHATSAPP, clock)
+    ]
 
 
 _NEEDS = {

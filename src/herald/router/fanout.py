@@ -62,12 +62,13 @@ def recipient_notification(broadcast: dict[str, Any], user_id: str) -> NewNotifi
         template=content.get("template"),
         variables=content.get("variables") or {},
         collapse_key=content.get("collapse_key"),
+        push=content.get("push") or {},
         deliver_at_local=content.get("deliver_at_local"),
         broadcast_id=broadcast["id"],
     )
     stored = {
         k: content.get(k)
-        for k in ("title", "body", "data", "template", "variables", "collapse_key")
+        for k in ("title", "body", "data", "template", "variables", "collapse_key", "push")
     }
     return NewNotification(
         notification,

@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from herald.domain import (
+    ADDRESS_CHANNELS,
     CapClaim,
     CapRule,
     Channel,
@@ -42,8 +43,9 @@ UnsubscribeUrl = Callable[[str, str], str]  # (user id, category) -> URL
 class _Target:
     target: str
     ref: str
-    platform: str | None = None
+    platform: str | None = None  # push: the device's platform; chat: slack, teams, discord
     subscription: dict[str, Any] | None = None
+    address: dict[str, Any] | None = None  # a channel address's config (webhook secret, ...)
 
 
 @dataclass(slots=True)
@@ -117,6 +119,8 @@ def _channel_deliveries(
         if skip_reason is None and not payload:
             skip_reason = f"nothing to send on {channel}"
     targets = _targets(routing, channel)
+    if channel in ADDRESS_CHANNELS and not targets:
+        return []  # a channel the user was given no address on is not theirs: no delivery
     if skip_reason is None and not targets:
         skip_reason = _no_target_reason(channel)
     if (
@@ -152,7 +156,11 @@ def _size_problem(channel: Channel, target: _Target, payload: dict[str, Any]) ->
     if channel == Channel.PUSH and target.platform is not None:
         try:
             over = check_push_size(
-                target.platform, payload.get("title"), payload.get("body"), payload.get("data")
+                target.platform,
+                payload.get("title"),
+                payload.get("body"),
+                payload.get("data"),
+                payload.get("push"),
             )
         except ValueError:  # an unknown platform: the provider answers for it
             return None
@@ -188,6 +196,8 @@ def _delivery(
     body = dict(payload)
     if target.subscription is not None:
         body["_subscription"] = target.subscription
+    if target.address is not None:
+        body["_address"] = target.address
     if notification.collapse_key:
         body["_collapse_key"] = notification.collapse_key
     return Delivery(
@@ -222,6 +232,12 @@ def _targets(routing: RoutingInput, channel: Channel) -> list[_Target]:
         return [_Target(user.email, user.email)] if user.email else []
     if channel == Channel.SMS:
         return [_Target(user.phone, user.phone)] if user.phone else []
+    if channel in ADDRESS_CHANNELS:
+        return [
+            _Target(a.target, a.id, a.kind.value, address=a.config)
+            for a in routing.addresses
+            if a.active and a.kind.channel == channel
+        ]
     return [_Target(user.id, user.id)]
 
 
@@ -231,7 +247,7 @@ def _no_target_reason(channel: Channel) -> str:
         Channel.EMAIL: "no email address",
         Channel.SMS: "no phone number",
         Channel.IN_APP: "no user",
-    }[channel]
+    }.get(channel, f"no {channel} address")
 
 
 def _content(routing: RoutingInput, channel: Channel) -> dict[str, Any]:
@@ -253,13 +269,26 @@ def _content(routing: RoutingInput, channel: Channel) -> dict[str, Any]:
             "text": (rendered or {}).get("text") or body,
             "html": (rendered or {}).get("html"),
         }
-        return {k: v for k, v in parts.items() if v} if parts["subject"] or parts["text"] else {}
+        if not (parts["subject"] or parts["text"]):
+            return {}
+        email: dict[str, Any] = {k: v for k, v in parts.items() if v}
+        layout = (routing.template or {}).get("email_layout")
+        if isinstance(layout, bool):
+            email["layout"] = layout
+        return email
     if channel == Channel.SMS:
         text = body or title
         return {"body": text} if text else {}
+    if channel == Channel.WHATSAPP:
+        text = body or title
+        return {"body": text, "data": data} if text and data else {"body": text} if text else {}
     if not (title or body or data):
         return {}
-    return {k: v for k, v in {"title": title, "body": body, "data": data}.items() if v}
+    content = {k: v for k, v in {"title": title, "body": body, "data": data}.items() if v}
+    rich = {k: v for k, v in notification.push.items() if v is not None}
+    if channel == Channel.PUSH and rich:
+        content["push"] = rich
+    return content
 
 
 def _zone(name: str) -> ZoneInfo:

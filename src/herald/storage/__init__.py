@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from herald.clock import SYSTEM_CLOCK, Clock
+from herald.storage.addresses import AddressRepository
 from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.database import Database
 from herald.storage.deliveries import DeliveryRepository
@@ -68,6 +69,7 @@ class Storage:
     database: Database
     keys: KeyRepository
     directory: DirectoryRepository
+    addresses: AddressRepository
     suppressions: SuppressionRepository
     feedback: FeedbackRepository
     notifications: NotificationRepository
@@ -87,6 +89,7 @@ class Storage:
             database=database,
             keys=KeyRepository(database),
             directory=DirectoryRepository(database),
+            addresses=AddressRepository(database),
             suppressions=SuppressionRepository(database),
             feedback=FeedbackRepository(database),
             notifications=NotificationRepository(database),

@@ -179,6 +179,21 @@ class DeliveryRepository(Repository):
             )
         return len(rows)
 
+    async def deactivate_addresses(self, reasons: dict[str, str]) -> None:
+        """Mark channel addresses inactive (address id -> the provider's reason: a webhook
+        endpoint that answered 410 Gone)."""
+        async with self.db.transaction() as db:
+            await db.execute(
+                t.channel_addresses.update()
+                .where(t.channel_addresses.c.id == sa.bindparam("b_id"))
+                .values(
+                    active=False,
+                    deactivated_reason=sa.bindparam("b_reason"),
+                    updated_at=self.clock.now(),
+                ),
+                [{"b_id": k, "b_reason": v} for k, v in reasons.items()],
+            )
+
     async def deactivate_devices(self, reasons: dict[str, str]) -> None:
         """Mark dead tokens inactive (device id -> the provider's reason)."""
         if not reasons:

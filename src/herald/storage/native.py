@@ -381,6 +381,9 @@ ROUTING_NOTIFICATIONS_SQL = (
 )
 ROUTING_USERS_SQL = "SELECT * FROM users WHERE id = ANY($1::text[])"
 ROUTING_DEVICES_SQL = "SELECT * FROM devices WHERE user_id = ANY($1::text[]) AND active"
+ROUTING_ADDRESSES_SQL = (
+    "SELECT * FROM channel_addresses WHERE user_id = ANY($1::text[]) AND active ORDER BY kind"
+)
 ROUTING_SUPPRESSED_SQL = "SELECT channel, address FROM suppressions WHERE address = ANY($1::text[])"
 ROUTING_CATEGORIES_SQL = "SELECT name, definition FROM categories WHERE name = ANY($1::text[])"
 ROUTING_TEMPLATES_SQL = "SELECT name, definition FROM templates WHERE name = ANY($1::text[])"

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from herald.domain import (
     CategorySettings,
     Channel,
+    ChannelAddress,
     Delivery,
     DeliveryState,
     Device,
@@ -63,6 +64,7 @@ class RoutingInput:
     template: dict[str, Any] | None
     suppressed: set[tuple[str, str]] = field(default_factory=set)
     channel_caps: Mapping[Channel, FrequencyCap] = field(default_factory=dict)
+    addresses: list[ChannelAddress] = field(default_factory=list)  # the active ones
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from herald.domain import (
     CapClaim,
     CategorySettings,
+    ChannelAddress,
     Delivery,
     DeliveryEvent,
     DeliveryState,
@@ -24,6 +25,7 @@ from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.native import (
     FREQUENCY_CAPS_SQL,
+    ROUTING_ADDRESSES_SQL,
     ROUTING_CATEGORIES_SQL,
     ROUTING_DEVICES_SQL,
     ROUTING_NOTIFICATIONS_SQL,
@@ -39,6 +41,7 @@ from herald.storage.rows import (
     event_row,
     preferences_from_json,
     routing_detail,
+    to_channel_address,
     to_device,
     to_notification,
     to_user,
@@ -74,6 +77,9 @@ class RoutingRepository(Repository):
             devices: dict[str, list[Device]] = {}
             for row in await native.records(t.devices, ROUTING_DEVICES_SQL, user_ids):
                 devices.setdefault(row.user_id, []).append(to_device(row))
+            addresses_of: dict[str, list[ChannelAddress]] = {}
+            for row in await native.records(t.channel_addresses, ROUTING_ADDRESSES_SQL, user_ids):
+                addresses_of.setdefault(row.user_id, []).append(to_channel_address(row))
             addresses = [
                 a for row in user_rows.values() for a in (row.email, row.phone) if a is not None
             ]
@@ -123,6 +129,7 @@ class RoutingRepository(Repository):
                     else None,
                     suppressed=suppressed,
                     channel_caps=channel_caps,
+                    addresses=addresses_of.get(notification.user_id, []),
                 )
             )
         return inputs

@@ -13,8 +13,10 @@ import sqlalchemy as sa
 
 from herald.bus.interface import Lane, lane_for
 from herald.domain import (
+    AddressKind,
     CategorySettings,
     Channel,
+    ChannelAddress,
     Delivery,
     DeliveryEvent,
     DeliveryPolicy,
@@ -131,6 +133,20 @@ def _digest_rule(raw: dict[str, Any]) -> DigestRule:
     )
 
 
+def to_channel_address(row: Row) -> ChannelAddress:
+    return ChannelAddress(
+        id=row.id,
+        user_id=row.user_id,
+        kind=AddressKind(row.kind),
+        target=row.target,
+        config=dict(row.config or {}),
+        active=row.active,
+        deactivated_reason=row.deactivated_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
 def to_user(row: Row) -> User:
     return User(
         id=row.id,
@@ -172,6 +188,7 @@ def to_notification(row: Row) -> Notification:
         template=content.get("template"),
         variables=content.get("variables") or {},
         collapse_key=content.get("collapse_key"),
+        push=content.get("push") or {},
         idempotency_key=row.idempotency_key,
         state=NotificationState(row.state),
         created_at=row.created_at,

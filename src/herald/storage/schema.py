@@ -86,6 +86,22 @@ devices = sa.Table(
     sa.UniqueConstraint("platform", "token_hash", name="uq_devices_platform_token"),
 )
 
+# A user's webhook, chat and WhatsApp addresses (one per kind), as devices are for push.
+channel_addresses = sa.Table(
+    "channel_addresses",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("config", Json, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("deactivated_reason", sa.Text),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("user_id", "kind", name="uq_channel_addresses_user_kind"),
+)
+
 templates = sa.Table(
     "templates",
     metadata,

@@ -32,6 +32,7 @@ from herald.bus.interface import LANES, Bus, Lane, Message, deliveries_topic, la
 from herald.bus.messages import dead_letter_record, ids_in
 from herald.clock import Clock
 from herald.domain import (
+    ADDRESS_CHANNELS,
     Accepted,
     Channel,
     Delivery,
@@ -99,6 +100,7 @@ def outbound(delivery: Delivery) -> OutboundMessage:
         category=delivery.category,
         platform=delivery.platform,
         subscription=delivery.payload.get("_subscription"),
+        address=delivery.payload.get("_address"),
         collapse_key=delivery.payload.get("_collapse_key"),
         expires_at=delivery.expires_at,
         attempt=delivery.attempts,
@@ -491,6 +493,7 @@ class ChannelWorker:
             )
             await self.bus.publish(dead)
         dead_devices: dict[str, str] = {}
+        dead_addresses: dict[str, str] = {}
         for update in updates:
             if update.state != S.UNDELIVERABLE:
                 continue
@@ -498,12 +501,17 @@ class ChannelWorker:
             reason = update.last_error or "invalid target"
             if delivery.channel == Channel.PUSH:
                 dead_devices[delivery.target_ref] = reason
+            elif delivery.channel in ADDRESS_CHANNELS:
+                dead_addresses[delivery.target_ref] = reason
             elif delivery.channel in (Channel.EMAIL, Channel.SMS):
                 why = "opt-out (STOP)" if update.detail.get("opt_out") else reason
                 await self.deliveries.add_suppression(delivery.channel.value, delivery.target, why)
         if dead_devices:
             log.info("deactivating dead device tokens", count=len(dead_devices))
             await self.deliveries.deactivate_devices(dead_devices)
+        if dead_addresses:
+            log.info("deactivating dead channel addresses", count=len(dead_addresses))
+            await self.deliveries.deactivate_addresses(dead_addresses)
 
 
 class _Recorder:

@@ -41,7 +41,7 @@ Cursor = Annotated[str | None, Query(max_length=500)]
 async def put_template(
     name: Name, body: TemplateIn, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    definition = body.model_dump(mode="json")
+    definition = body.model_dump(mode="json", exclude_none=True)
     try:
         Template.from_json(definition).validate()
     except TemplateError as error:

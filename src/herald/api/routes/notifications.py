@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Response
 from pydantic import ValidationError
 
@@ -25,8 +26,11 @@ from herald.api.schemas import (
     NotificationOut,
     schedule_problem,
 )
-from herald.domain import Notification, mask_target
+from herald.domain import Channel, Notification, mask_target
 from herald.metrics import METRICS
+from herald.providers.apns.payload import APNS_MAX_PAYLOAD_BYTES
+from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES
+from herald.providers.push_payloads import check_push_size
 from herald.runtime import Runtime
 from herald.storage import AcceptResult, NewNotification, new_id
 from herald.templates import Template, TemplateError
@@ -36,6 +40,9 @@ router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_cla
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
 ]
+
+
+STORED_CONTENT = ("title", "body", "data", "template", "variables", "collapse_key", "push")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +69,13 @@ def _new_notification(candidate: _Candidate) -> NewNotification:
         template=body.template,
         variables=body.variables,
         collapse_key=body.collapse_key,
+        push=body.push.model_dump(exclude_none=True) if body.push else {},
         deliver_at_local=body.deliver_at_local,
     )
+    content["push"] = notification.push or None
     stored = {
-        k: content[k] for k in ("title", "body", "data", "template", "variables", "collapse_key")
+        k: content[k]
+        for k in ("title", "body", "data", "template", "variables", "collapse_key", "push")
     }
     return NewNotification(
         notification, candidate.key, canonical_hash(content), stored, candidate.api_key_id
@@ -74,8 +84,9 @@ def _new_notification(candidate: _Candidate) -> NewNotification:
 
 async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dict[int, ApiError]:
     """What the schema cannot see: times out of range, unknown users, templates that do
-    not render for the user's locale. (Sizes: the schema bounds every part; each channel's
-    own limit is the router's, for the channels a notification really goes out on.)"""
+    not render for the user's locale, a push too big for APNs or FCM when the caller asks
+    for push by name or gives rich push options. (Otherwise each channel's own limit is
+    the router's, for the channels a notification really goes out on.)"""
     errors: dict[int, ApiError] = {}
     known = await rt.storage.directory.existing_user_ids(c.body.user_id for c in candidates)
     templates: dict[str, Template | None] = {}
@@ -85,6 +96,10 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
         out_of_range = schedule_problem(body, now)
         if out_of_range:
             errors[index] = time_error(*out_of_range)
+            continue
+        too_big = push_size_error(body)
+        if too_big is not None:
+            errors[index] = too_big
             continue
         if body.user_id not in known:
             errors[index] = ApiError(
@@ -115,6 +130,28 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
                 [{"field": error.where, "message": error.message}],
             )
     return errors
+
+
+PUSH_LIMITS = (("APNs", "ios", APNS_MAX_PAYLOAD_BYTES), ("FCM", "android", FCM_MAX_PAYLOAD_BYTES))
+
+
+def push_size_error(body: NotificationIn) -> ApiError | None:
+    """A 422 naming the largest part when the push would be over APNs' or FCM's 4 KB."""
+    asked = body.push is not None or (body.channels is not None and Channel.PUSH in body.channels)
+    if not asked or body.template is not None:
+        return None
+    rich = body.push.model_dump(exclude_none=True) if body.push else None
+    for name, platform, limit in PUSH_LIMITS:
+        over = check_push_size(platform, body.title, body.body, body.data, rich)
+        if over:
+            parts = {"title": body.title, "body": body.body, "data": body.data, "push": rich}
+            field = max(parts, key=lambda part: len(orjson.dumps(parts[part])))
+            message = (
+                f"the {name} payload is {over} bytes over its {limit}-byte limit; "
+                f"{field} is the largest part"
+            )
+            return ApiError(422, "push_too_large", message, [{"field": field, "message": message}])
+    return None
 
 
 def time_error(field: str, message: str) -> ApiError:

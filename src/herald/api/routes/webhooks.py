@@ -16,13 +16,12 @@ from herald.api.deps import RuntimeDep, public
 from herald.api.errors import ApiError
 from herald.api.responses import WebhookOut
 from herald.domain import DeliveryState
-from herald.providers.webhooks import (
+from herald.providers.callbacks import WebhookConfig, parse_webhook
+from herald.providers.events import (
     UnknownWebhookProvider,
-    WebhookConfig,
     WebhookEvent,
     WebhookNotAllowed,
     WebhookRejected,
-    parse_webhook,
 )
 from herald.runtime import Runtime
 from herald.storage import ProviderReport

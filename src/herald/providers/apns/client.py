@@ -33,16 +33,15 @@ from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.domain.channels import Channel, Priority
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
-from herald.providers.base import OutboundMessage, Provider
-from herald.providers.http_session import NETWORK_ERRORS, CurlSession
-from herald.providers.push_http import parse_retry_after
-from herald.providers.push_payloads import (
+from herald.providers.apns.payload import (
     APNS_MAX_COLLAPSE_ID_BYTES,
     APNS_MAX_PAYLOAD_BYTES,
     apns_is_alert,
     apns_payload,
-    json_bytes,
 )
+from herald.providers.base import OutboundMessage, Provider
+from herald.providers.http_session import NETWORK_ERRORS, CurlSession
+from herald.providers.push_http import json_bytes, parse_retry_after
 
 TOKEN_ROTATE_AFTER = 50 * 60  # within Apple's window of 20 to 60 minutes
 TOO_MANY_TOKEN_UPDATES_BACKOFF = 60.0  # Apple gives no figure (unconfirmed)
@@ -256,8 +255,7 @@ class ApnsProvider(Provider):
             payload.get("body"),
             payload.get("data"),
             delivery_id=message.delivery_id,
-            badge=payload.get("badge"),
-            sound=payload.get("sound"),
+            rich=payload.get("push"),
         )
 
     def _headers(self, message: OutboundMessage) -> dict[str, str]:

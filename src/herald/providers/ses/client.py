@@ -35,7 +35,9 @@ from herald.domain.outcomes import (
     Retry,
 )
 from herald.providers.base import OutboundMessage, Provider
+from herald.providers.email_layout import EmailBranding
 from herald.providers.email_message import (
+    DEFAULT_BRANDING,
     InvalidEmail,
     build_email,
     envelope_address,
@@ -84,7 +86,9 @@ class SesProvider(Provider):
         ca_file: str | None = None,
         timeout: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        branding: EmailBranding = DEFAULT_BRANDING,
     ) -> None:
+        self._branding = branding
         self._sender = sender
         self._region = region
         self._endpoint_url = endpoint_url
@@ -110,6 +114,7 @@ class SesProvider(Provider):
             if settings.ca_file and settings.ses_endpoint_url
             else None,
             clock=clock,
+            branding=EmailBranding.from_settings(settings),
         )
 
     def describe(self) -> str:
@@ -165,7 +170,11 @@ class SesProvider(Provider):
         if not is_plausible_address(message.target):
             return InvalidTarget(f"malformed email address {message.target!r}")
         try:
-            raw = render(build_email(message, sender=self._sender, now=self._clock.now()))
+            raw = render(
+                build_email(
+                    message, sender=self._sender, now=self._clock.now(), branding=self._branding
+                )
+            )
         except InvalidEmail as exc:
             return Rejected(f"cannot build message: {exc}")
         request: dict[str, Any] = {

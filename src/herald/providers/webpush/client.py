@@ -42,15 +42,19 @@ from herald.providers.http_session import (
     new_session,
     refused_target,
 )
-from herald.providers.push_http import b64url_encode, client_ssl_context, parse_retry_after
-from herald.providers.push_payloads import (
+from herald.providers.push_http import (
+    b64url_encode,
+    client_ssl_context,
+    decode_b64url,
+    parse_retry_after,
+)
+from herald.providers.targets import REFUSED, TargetPolicy
+from herald.providers.webpush.payload import (
     WEBPUSH_MAX_PLAINTEXT_BYTES,
     WEBPUSH_MAX_TOPIC_CHARS,
-    decode_b64url,
     validate_web_subscription,
     webpush_plaintext,
 )
-from herald.providers.targets import REFUSED, TargetPolicy
 
 log = structlog.get_logger()
 UNREACHABLE = "web push endpoint unreachable"
@@ -229,6 +233,7 @@ class WebPushProvider(HttpProvider):
             payload.get("body"),
             payload.get("data"),
             delivery_id=message.delivery_id,
+            rich=payload.get("push"),
         )
         if len(plaintext) > WEBPUSH_MAX_PLAINTEXT_BYTES:
             over = len(plaintext) - WEBPUSH_MAX_PLAINTEXT_BYTES

@@ -26,7 +26,12 @@ from herald.domain.outcomes import (
     Retry,
 )
 from herald.providers.base import OutboundMessage
-from herald.providers.email_message import is_plausible_address, message_id_for
+from herald.providers.email_layout import EmailBranding, compose_html
+from herald.providers.email_message import (
+    DEFAULT_BRANDING,
+    is_plausible_address,
+    message_id_for,
+)
 from herald.providers.http_session import (
     NETWORK_ERRORS,
     HttpProvider,
@@ -57,7 +62,9 @@ class SendGridProvider(HttpProvider):
         ca_file: str | None = None,
         timeout: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        branding: EmailBranding = DEFAULT_BRANDING,
     ) -> None:
+        self._branding = branding
         self._api_key = api_key
         self._sender = sender
         self._url = base_url.rstrip("/") + SEND_PATH
@@ -77,6 +84,7 @@ class SendGridProvider(HttpProvider):
             base_url=settings.sendgrid_base_url,
             ca_file=str(settings.ca_file) if settings.ca_file else None,
             clock=clock,
+            branding=EmailBranding.from_settings(settings),
         )
 
     def describe(self) -> str:
@@ -90,7 +98,7 @@ class SendGridProvider(HttpProvider):
     async def _send_one(self, session: aiohttp.ClientSession, message: OutboundMessage) -> Outcome:
         if not is_plausible_address(message.target):
             return InvalidTarget(f"malformed email address {message.target!r}")
-        body = orjson.dumps(mail_send_body(message, self._sender))
+        body = orjson.dumps(mail_send_body(message, self._sender, self._branding))
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": "application/json",
@@ -105,12 +113,15 @@ class SendGridProvider(HttpProvider):
             return unreachable("sendgrid", exc)
 
 
-def mail_send_body(message: OutboundMessage, sender: str) -> dict[str, Any]:
+def mail_send_body(
+    message: OutboundMessage, sender: str, branding: EmailBranding = DEFAULT_BRANDING
+) -> dict[str, Any]:
     payload = message.payload
-    content = [{"type": "text/plain", "value": str(payload.get("text", ""))}]
-    if payload.get("html"):
-        # SendGrid requires text/plain first, then text/html.
-        content.append({"type": "text/html", "value": str(payload["html"])})
+    # SendGrid requires text/plain first, then text/html.
+    content = [
+        {"type": "text/plain", "value": str(payload.get("text", ""))},
+        {"type": "text/html", "value": compose_html(payload, branding)},
+    ]
     headers = {"Message-ID": message_id_for(message.delivery_id)}
     if payload.get("unsubscribe_url"):
         headers["List-Unsubscribe"] = f"<{payload['unsubscribe_url']}>"

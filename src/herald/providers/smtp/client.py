@@ -25,7 +25,9 @@ from herald.domain.outcomes import (
     Retry,
 )
 from herald.providers.base import OutboundMessage, Provider
+from herald.providers.email_layout import EmailBranding
 from herald.providers.email_message import (
+    DEFAULT_BRANDING,
     InvalidEmail,
     build_email,
     envelope_address,
@@ -59,7 +61,9 @@ class SmtpProvider(Provider):
         tls_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
+        branding: EmailBranding = DEFAULT_BRANDING,
     ) -> None:
+        self._branding = branding
         self._host = host
         self._port = port
         self._sender = sender
@@ -91,6 +95,7 @@ class SmtpProvider(Provider):
             implicit_tls=settings.smtp_tls,
             tls_context=tls_context,
             clock=clock,
+            branding=EmailBranding.from_settings(settings),
         )
 
     def describe(self) -> str:
@@ -150,7 +155,9 @@ class SmtpProvider(Provider):
         if not is_plausible_address(message.target):
             return InvalidTarget(f"malformed email address {message.target!r}")
         try:
-            mail = build_email(message, sender=self._sender, now=self._clock.now())
+            mail = build_email(
+                message, sender=self._sender, now=self._clock.now(), branding=self._branding
+            )
             await client.send_message(
                 mail, sender=self._envelope_sender, recipients=[message.target]
             )

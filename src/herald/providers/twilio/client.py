@@ -2,7 +2,7 @@
 
 Error codes per docs/providers.md; 21610 (the recipient texted STOP) is an invalid target that
 is also an opt-out. Delivery reports come back on the status callback
-(`{public url}/v1/webhooks/twilio`, parsed by herald.providers.webhooks).
+(`{public url}/v1/webhooks/twilio`, parsed by herald.providers.twilio.webhook).
 """
 
 from __future__ import annotations

@@ -28,19 +28,14 @@ from herald.config import Settings
 from herald.domain.channels import Channel
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.providers.base import OutboundMessage
+from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES, fcm_content, fcm_message
 from herald.providers.http_session import (
     NETWORK_ERRORS,
     CurlSession,
     PooledProvider,
     unreachable,
 )
-from herald.providers.push_http import HIGH_PRIORITIES, parse_retry_after
-from herald.providers.push_payloads import (
-    FCM_MAX_PAYLOAD_BYTES,
-    fcm_content,
-    fcm_message,
-    json_bytes,
-)
+from herald.providers.push_http import HIGH_PRIORITIES, json_bytes, parse_retry_after
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -243,7 +238,8 @@ class FcmProvider(PooledProvider[CurlSession]):
     def _body(self, message: OutboundMessage) -> bytes | Rejected:
         payload = message.payload
         title, text, data = payload.get("title"), payload.get("body"), payload.get("data")
-        size = len(json_bytes(fcm_content(title, text, data, message.delivery_id)))
+        rich = payload.get("push")
+        size = len(json_bytes(fcm_content(title, text, data, message.delivery_id, rich)))
         if size > FCM_MAX_PAYLOAD_BYTES:
             return Rejected(f"fcm payload is {size - FCM_MAX_PAYLOAD_BYTES} bytes over 4096")
         document = fcm_message(
@@ -255,6 +251,7 @@ class FcmProvider(PooledProvider[CurlSession]):
             ttl_seconds=message.ttl_seconds(self.clock.now()),
             collapse_key=message.collapse_key,
             high_priority=message.priority in HIGH_PRIORITIES,
+            rich=rich,
         )
         return json_bytes(document)
 
