@@ -28,6 +28,7 @@ from herald.domain import (
     next_occurrence,
     parse_wall_time,
 )
+from herald.domain.tracking import EmailLinks, EmailTracking, tracked_email
 from herald.providers.push_payloads import check_push_size
 from herald.storage.records import RoutingInput
 from herald.templates import Template, TemplateError
@@ -67,7 +68,10 @@ def plan_deliveries(
 
 
 def plan_routing(
-    routing: RoutingInput, now: datetime, unsubscribe_url: UnsubscribeUrl | None = None
+    routing: RoutingInput,
+    now: datetime,
+    unsubscribe_url: UnsubscribeUrl | None = None,
+    email_links: EmailLinks | None = None,
 ) -> RoutingPlan:
     notification = routing.notification
     user = routing.user
@@ -95,8 +99,18 @@ def plan_routing(
     )
     for decision in decisions:
         deliveries = _channel_deliveries(routing, decision, expires_at, unsubscribe_url)
+        if email_links is not None and decision.channel == Channel.EMAIL:
+            deliveries = [_tracked(d, routing.category.tracking, email_links) for d in deliveries]
         plan.extend(_shape(routing, decision.channel, deliveries, zone, now))
     return plan
+
+
+def _tracked(delivery: Delivery, tracking: EmailTracking, links: EmailLinks) -> Delivery:
+    """The one place an email's payload gets its open pixel and click redirects."""
+    if delivery.state not in (DeliveryState.QUEUED, DeliveryState.DEFERRED):
+        return delivery
+    delivery.payload = tracked_email(delivery.payload, tracking, links(delivery.id))
+    return delivery
 
 
 def _channel_deliveries(

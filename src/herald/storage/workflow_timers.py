@@ -1,0 +1,270 @@
+"""The scheduler's side of workflows: due runs are taken in batches with a lease (SKIP
+LOCKED on PostgreSQL, so several schedulers share them; an expired lease is taken again,
+so a killed scheduler's runs are recovered), their facts read, and each advance applied in
+one transaction guarded by the lease, the run's position and its status: a step is done
+once, and its notification (a deterministic id per run and step) goes in with it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+
+from herald.domain import DeliveryState
+from herald.domain.engagement import Engagement, engagement_column
+from herald.domain.workflows import (
+    Advance,
+    EngagementCondition,
+    EventCondition,
+    RunFacts,
+    RunStatus,
+    StepProgress,
+    StepStatus,
+    StepType,
+    Workflow,
+    parse_workflow,
+)
+from herald.storage import schema as t
+from herald.storage.records import NewNotification
+from herald.storage.repository import Repository
+from herald.storage.statements import insert_notifications
+
+R = t.workflow_runs.c
+ST = t.workflow_run_steps.c
+
+
+@dataclass(frozen=True, slots=True)
+class DueRun:
+    """A run this scheduler holds until `lease_until`, under `lease_token`."""
+
+    id: str
+    workflow: Workflow
+    user_id: str
+    input: dict[str, Any]
+    position: int
+    due_at: datetime
+    created_at: datetime
+    lease_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunState:
+    """What `advance` needs, read when the run is due."""
+
+    progress: dict[str, StepProgress]
+    facts: RunFacts
+    zone: ZoneInfo
+
+
+class _LeaseLost(Exception):
+    """The run was cancelled, or another scheduler took it after this one's lease ran out."""
+
+
+class WorkflowTimerRepository(Repository):
+    def _due(self, now: datetime) -> list[sa.ColumnElement[bool]]:
+        return [
+            R.status == RunStatus.RUNNING.value,
+            R.due_at <= now,
+            sa.or_(R.lease_until.is_(None), R.lease_until < now),
+        ]
+
+    async def anything_due(self) -> bool:
+        async with self.db.reading() as db:
+            found = await db.scalar(sa.select(R.id).where(*self._due(self.clock.now())).limit(1))
+        return found is not None
+
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[DueRun]:
+        """Take up to `limit` due runs, oldest due first, for `lease_seconds`."""
+        now = self.clock.now()
+        token = uuid.uuid4().hex
+        due = self.dialect.lock_skip(
+            sa.select(R.id).where(*self._due(now)).order_by(R.due_at).limit(limit)
+        )
+        async with self.db.transaction() as db:
+            rows = list(
+                await db.execute(
+                    t.workflow_runs.update()
+                    .where(R.id.in_(due.scalar_subquery()), *self._due(now))
+                    .values(lease_until=now + timedelta(seconds=lease_seconds), lease_token=token)
+                    .returning(
+                        R.id,
+                        R.definition,
+                        R.workflow_key,
+                        R.user_id,
+                        R.input,
+                        R.position,
+                        R.due_at,
+                        R.created_at,
+                    )
+                )
+            )
+        return [
+            DueRun(
+                id=row.id,
+                workflow=parse_workflow(row.workflow_key, row.definition),
+                user_id=row.user_id,
+                input=row.input,
+                position=row.position,
+                due_at=row.due_at,
+                created_at=row.created_at,
+                lease_token=token,
+            )
+            for row in rows
+        ]
+
+    async def state(self, run: DueRun) -> RunState:
+        """The run's steps, what happened to its earlier sends' deliveries, the events its
+        conditions and waits ask about, and the user's time zone."""
+        async with self.db.reading() as db:
+            steps = {
+                row.step_id: StepProgress(
+                    StepStatus(row.status), row.started_at, row.notification_id
+                )
+                for row in await db.execute(
+                    sa.select(ST.step_id, ST.status, ST.started_at, ST.notification_id).where(
+                        ST.run_id == run.id
+                    )
+                )
+            }
+            engagement = await self._engagement(db, run.workflow, steps)
+            events = await self._events(db, run)
+            zone_name = await db.scalar(
+                sa.select(t.users.c.timezone).where(t.users.c.id == run.user_id)
+            )
+        return RunState(steps, RunFacts(engagement, events), _zone(zone_name))
+
+    async def _engagement(
+        self, db: Any, workflow: Workflow, steps: dict[str, StepProgress]
+    ) -> dict[str, frozenset[str]]:
+        asked = {
+            s.condition.step for s in workflow.steps if isinstance(s.condition, EngagementCondition)
+        }
+        notifications = {
+            progress.notification_id: step_id
+            for step_id, progress in steps.items()
+            if step_id in asked and progress.notification_id
+        }
+        if not notifications:
+            return {}
+        d = t.deliveries.c
+        kinds = (Engagement.OPENED, Engagement.CLICKED, Engagement.READ)
+        rows = await db.execute(
+            sa.select(d.notification_id, d.state, *(d[engagement_column(k)] for k in kinds)).where(
+                self.dialect.among(d.notification_id, list(notifications))
+            )
+        )
+        happened: dict[str, set[str]] = {step: set() for step in notifications.values()}
+        for row in rows:
+            facts = happened[notifications[row.notification_id]]
+            facts.update(k.value for k, at in zip(kinds, row[2:], strict=True) if at is not None)
+            if row.state == DeliveryState.DELIVERED.value:
+                facts.add("delivered")
+        return {step: frozenset(facts) for step, facts in happened.items()}
+
+    async def _events(self, db: Any, run: DueRun) -> dict[str, list[datetime]]:
+        names = {s.event for s in run.workflow.steps if s.type == StepType.WAIT and s.event}
+        names |= {
+            s.condition.event for s in run.workflow.steps if isinstance(s.condition, EventCondition)
+        }
+        if not names:
+            return {}
+        e = t.workflow_events.c
+        rows = await db.execute(
+            sa.select(e.name, e.created_at).where(
+                e.user_id == run.user_id,
+                self.dialect.among(e.name, sorted(names)),
+                e.created_at >= run.created_at,
+            )
+        )
+        events: dict[str, list[datetime]] = {}
+        for row in rows:
+            events.setdefault(row.name, []).append(row.created_at)
+        return events
+
+    async def apply(
+        self, run: DueRun, advance: Advance, notifications: Sequence[NewNotification]
+    ) -> bool:
+        """Commit the advance with its notifications (and their outbox rows), or nothing:
+        False when the lease was lost or the run cancelled meanwhile."""
+        now = self.clock.now()
+        try:
+            async with self.db.transaction() as db:
+                moved = await db.execute(
+                    t.workflow_runs.update()
+                    .where(
+                        R.id == run.id,
+                        R.lease_token == run.lease_token,
+                        R.position == run.position,
+                        R.status == RunStatus.RUNNING.value,
+                    )
+                    .values(
+                        position=advance.position,
+                        status=advance.status.value,
+                        due_at=advance.due_at,
+                        waiting_event=advance.waiting_event,
+                        lease_until=None,
+                        lease_token=None,
+                        updated_at=now,
+                    )
+                )
+                if moved.rowcount != 1:
+                    raise _LeaseLost
+                for change in advance.changes:
+                    values: dict[str, Any] = {
+                        "status": change.status.value,
+                        "at": change.at,
+                        "detail": dict(change.detail),
+                    }
+                    if change.started_at is not None:
+                        values["started_at"] = change.started_at
+                    if change.notification_id is not None:
+                        values["notification_id"] = change.notification_id
+                    await db.execute(
+                        t.workflow_run_steps.update()
+                        .where(ST.run_id == run.id, ST.step_id == change.step_id)
+                        .values(values)
+                    )
+                await insert_notifications(db, self.dialect, notifications, now)
+                if advance.waiting_event is not None:
+                    await self._due_if_event_came(db, run, advance.waiting_event, now)
+        except _LeaseLost:
+            return False
+        return True
+
+    async def _due_if_event_came(self, db: Any, run: DueRun, name: str, now: datetime) -> None:
+        """An event posted while this run was being advanced into its wait (after its
+        facts were read) found the run not yet waiting: it is due now instead."""
+        e = t.workflow_events.c
+        started = (
+            sa.select(ST.started_at)
+            .where(ST.run_id == run.id, ST.status == StepStatus.WAITING.value)
+            .scalar_subquery()
+        )
+        came = (
+            sa.select(e.id)
+            .where(e.user_id == run.user_id, e.name == name, e.created_at >= started)
+            .exists()
+        )
+        await db.execute(t.workflow_runs.update().where(R.id == run.id, came).values(due_at=now))
+
+    async def pending(self) -> int:
+        """Runs still running (what the bench and chaos wait on)."""
+        async with self.db.reading() as db:
+            count = await db.scalar(
+                sa.select(sa.func.count())
+                .select_from(t.workflow_runs)
+                .where(R.status == RunStatus.RUNNING.value)
+            )
+        return int(count or 0)
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
