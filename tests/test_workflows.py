@@ -114,15 +114,11 @@ async def test_escalation_emails_only_when_the_push_was_not_opened(
     notification = (await api.get(f"/v1/notifications/{push_notification}")).json()
     assert (notification["workflow_run_id"], notification["workflow_step"]) == (run_id, "push")
     if opened:
-        report = await api.post(
-            f"/v1/deliveries/{push['id']}/engagement", json={"event": "opened"}
-        )
+        report = await api.post(f"/v1/deliveries/{push['id']}/engagement", json={"event": "opened"})
         assert report.json()["first"] is True
 
     clock.advance(3600)
-    run = await eventually(
-        lambda: _when(run_of(api, run_id), lambda r: r["status"] == "completed")
-    )
+    run = await eventually(lambda: _when(run_of(api, run_id), lambda r: r["status"] == "completed"))
     email_step = next(s for s in run["steps"] if s["id"] == "email")
     if opened:
         assert email_step["status"] == "skipped"
@@ -159,9 +155,7 @@ async def test_a_wait_resumes_on_its_event_or_times_out(
         assert posted.json()["resumed"] == 1
     else:
         clock.advance(600)
-    run = await eventually(
-        lambda: _when(run_of(api, run_id), lambda r: r["status"] == "completed")
-    )
+    run = await eventually(lambda: _when(run_of(api, run_id), lambda r: r["status"] == "completed"))
     expected = {"wait": "done", "thanks": "done", "reminder": "skipped"}
     if not paid:
         expected |= {"thanks": "skipped", "reminder": "done"}

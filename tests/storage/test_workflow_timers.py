@@ -92,7 +92,8 @@ async def test_a_killed_schedulers_runs_are_recovered_when_its_lease_runs_out(
     clock.advance(61)
     assert await survivor.tick() == 2
     view = await runtime.storage.workflows.run(run_id)
-    assert view is not None and view.status.value == "completed"
+    assert view is not None
+    assert view.status.value == "completed"
     # The dead scheduler's late apply (it was only slow) changes nothing.
     state = await runtime.storage.workflow_timers.state(held)
     late = advance(
