@@ -19,7 +19,7 @@ from herald.domain import Notification, Priority
 from herald.domain.workflows import Advance, StepChange, StepStatus, advance
 from herald.metrics import METRICS
 from herald.storage.records import NewNotification
-from herald.storage.workflow_timers import DueRun, WorkflowTimerRepository
+from herald.storage.workflow_timers import DueRun, RunState, WorkflowTimerRepository
 from herald.util import canonical_hash
 from herald.wakeups import Wake
 
@@ -49,8 +49,9 @@ class WorkflowRunner:
         steps = sends = 0
         while True:
             runs = await self.timers.claim_due(self.batch, self.lease_seconds)
+            states = await self.timers.states(runs)
             for run in runs:
-                done = await self._advance(run)
+                done = await self._advance(run, states[run.id])
                 if done is not None:
                     steps += sum(1 for c in done.changes if c.status != StepStatus.WAITING)
                     sends += len(done.sends)
@@ -60,11 +61,10 @@ class WorkflowRunner:
             self.on_outbox()
         return steps
 
-    async def _advance(self, run: DueRun) -> Advance | None:
+    async def _advance(self, run: DueRun, state: RunState) -> Advance | None:
         now = self.clock.now()
         METRICS.workflow_timer_lag.observe(max(0.0, (now - run.due_at).total_seconds()))
         try:
-            state = await self.timers.state(run)
             result = advance(
                 run.id,
                 run.workflow,
