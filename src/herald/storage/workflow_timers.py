@@ -23,6 +23,7 @@ from herald.domain.workflows import (
     EventCondition,
     RunFacts,
     RunStatus,
+    StepChange,
     StepProgress,
     StepStatus,
     StepType,
@@ -61,8 +62,49 @@ class RunState:
     zone: ZoneInfo
 
 
-class _LeaseLost(Exception):
-    """The run was cancelled, or another scheduler took it after this one's lease ran out."""
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a due run does, to be committed: its advance and the notifications of its
+    sends."""
+
+    run: DueRun
+    advance: Advance
+    notifications: tuple[NewNotification, ...] = ()
+
+
+_STEP_UPDATE = (
+    t.workflow_run_steps.update()
+    .where(ST.run_id == sa.bindparam("step_run_id"), ST.step_id == sa.bindparam("step_key"))
+    .values(
+        status=sa.bindparam("new_status"),
+        at=sa.bindparam("new_at"),
+        detail=sa.bindparam("new_detail"),
+        started_at=sa.func.coalesce(sa.bindparam("new_started_at"), ST.started_at),
+        notification_id=sa.func.coalesce(sa.bindparam("new_notification_id"), ST.notification_id),
+    )
+)
+
+
+def _moved(run: DueRun, advance: Advance) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "new_position": advance.position,
+        "new_status": advance.status.value,
+        "new_due_at": advance.due_at,
+        "new_waiting_event": advance.waiting_event,
+    }
+
+
+def _step_change(run: DueRun, change: StepChange) -> dict[str, Any]:
+    return {
+        "step_run_id": run.id,
+        "step_key": change.step_id,
+        "new_status": change.status.value,
+        "new_at": change.at,
+        "new_detail": dict(change.detail),
+        "new_started_at": change.started_at,
+        "new_notification_id": change.notification_id,
+    }
 
 
 class WorkflowTimerRepository(Repository):
@@ -227,52 +269,61 @@ class WorkflowTimerRepository(Repository):
     async def apply(
         self, run: DueRun, advance: Advance, notifications: Sequence[NewNotification]
     ) -> bool:
-        """Commit the advance with its notifications (and their outbox rows), or nothing:
-        False when the lease was lost or the run cancelled meanwhile."""
+        """Commit one run's advance (see apply_many); False when it was not applied."""
+        return run.id in await self.apply_many([Applied(run, advance, tuple(notifications))])
+
+    async def apply_many(self, batch: Sequence[Applied]) -> set[str]:
+        """Commit the advances of a claimed batch with their notifications (and outbox
+        rows), in one transaction. A run is applied only while this scheduler still holds
+        it at the position it read and it is still running: its row is locked first, so a
+        cancel either came before (the run is left out) or waits for the commit. Returns
+        the ids of the runs applied."""
+        if not batch:
+            return set()
         now = self.clock.now()
-        try:
-            async with self.db.transaction() as db:
-                moved = await db.execute(
-                    t.workflow_runs.update()
-                    .where(
-                        R.id == run.id,
-                        R.lease_token == run.lease_token,
-                        R.position == run.position,
-                        R.status == RunStatus.RUNNING.value,
-                    )
-                    .values(
-                        position=advance.position,
-                        status=advance.status.value,
-                        due_at=advance.due_at,
-                        waiting_event=advance.waiting_event,
-                        lease_until=None,
-                        lease_token=None,
-                        updated_at=now,
-                    )
+        by_id = {item.run.id: item for item in batch}
+        async with self.db.transaction() as db:
+            held = await db.execute(
+                sa.select(R.id, R.lease_token, R.position)
+                .where(
+                    self.dialect.among(R.id, list(by_id)),
+                    R.status == RunStatus.RUNNING.value,
                 )
-                if moved.rowcount != 1:
-                    raise _LeaseLost
-                for change in advance.changes:
-                    values: dict[str, Any] = {
-                        "status": change.status.value,
-                        "at": change.at,
-                        "detail": dict(change.detail),
-                    }
-                    if change.started_at is not None:
-                        values["started_at"] = change.started_at
-                    if change.notification_id is not None:
-                        values["notification_id"] = change.notification_id
-                    await db.execute(
-                        t.workflow_run_steps.update()
-                        .where(ST.run_id == run.id, ST.step_id == change.step_id)
-                        .values(values)
-                    )
-                await insert_notifications(db, self.dialect, notifications, now)
-                if advance.waiting_event is not None:
-                    await self._due_if_event_came(db, run, advance.waiting_event, now)
-        except _LeaseLost:
-            return False
-        return True
+                .order_by(R.id)
+                .with_for_update()
+            )
+            applied = [
+                by_id[row.id]
+                for row in held
+                if row.lease_token == by_id[row.id].run.lease_token
+                and row.position == by_id[row.id].run.position
+            ]
+            if not applied:
+                return set()
+            await db.execute(
+                t.workflow_runs.update()
+                .where(R.id == sa.bindparam("run_id"))
+                .values(
+                    position=sa.bindparam("new_position"),
+                    status=sa.bindparam("new_status"),
+                    due_at=sa.bindparam("new_due_at"),
+                    waiting_event=sa.bindparam("new_waiting_event"),
+                    lease_until=None,
+                    lease_token=None,
+                    updated_at=now,
+                ),
+                [_moved(item.run, item.advance) for item in applied],
+            )
+            changes = [_step_change(item.run, c) for item in applied for c in item.advance.changes]
+            if changes:
+                await db.execute(_STEP_UPDATE, changes)
+            await insert_notifications(
+                db, self.dialect, [n for item in applied for n in item.notifications], now
+            )
+            for item in applied:
+                if item.advance.waiting_event is not None:
+                    await self._due_if_event_came(db, item.run, item.advance.waiting_event, now)
+        return {item.run.id for item in applied}
 
     async def _due_if_event_came(self, db: Any, run: DueRun, name: str, now: datetime) -> None:
         """An event posted while this run was being advanced into its wait (after its

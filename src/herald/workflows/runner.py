@@ -16,10 +16,10 @@ import structlog
 
 from herald.clock import Clock
 from herald.domain import Notification, Priority
-from herald.domain.workflows import Advance, StepChange, StepStatus, advance
+from herald.domain.workflows import StepChange, StepStatus, advance
 from herald.metrics import METRICS
 from herald.storage.records import NewNotification
-from herald.storage.workflow_timers import DueRun, RunState, WorkflowTimerRepository
+from herald.storage.workflow_timers import Applied, DueRun, RunState, WorkflowTimerRepository
 from herald.util import canonical_hash
 from herald.wakeups import Wake
 
@@ -50,18 +50,21 @@ class WorkflowRunner:
         while True:
             runs = await self.timers.claim_due(self.batch, self.lease_seconds)
             states = await self.timers.states(runs)
-            for run in runs:
-                done = await self._advance(run, states[run.id])
-                if done is not None:
-                    steps += sum(1 for c in done.changes if c.status != StepStatus.WAITING)
-                    sends += len(done.sends)
+            decided = [d for d in (self._decide(run, states[run.id]) for run in runs) if d]
+            applied = await self.timers.apply_many(decided)
+            for item in decided:
+                if item.run.id in applied:
+                    steps += self._count(item)
+                    sends += len(item.notifications)
             if len(runs) < self.batch:
                 break
         if sends and self.on_outbox is not None:
             self.on_outbox()
         return steps
 
-    async def _advance(self, run: DueRun, state: RunState) -> Advance | None:
+    def _decide(self, run: DueRun, state: RunState) -> Applied | None:
+        """What the run does now; None when it cannot be decided (its lease runs out and it
+        is taken again: nothing was committed)."""
         now = self.clock.now()
         METRICS.workflow_timer_lag.observe(max(0.0, (now - run.due_at).total_seconds()))
         try:
@@ -75,19 +78,22 @@ class WorkflowRunner:
                 zone=state.zone,
                 run_started_at=run.created_at,
             )
-            notifications = [step_notification(run, change) for change in result.sends]
-            applied = await self.timers.apply(run, result, notifications)
+            notifications = tuple(step_notification(run, change) for change in result.sends)
         except Exception:
-            # Its lease runs out and the run is taken again: nothing was committed.
             log.exception("workflow run could not advance", run_id=run.id)
             return None
-        if not applied:
-            return None
-        types = {step.id: step.type.value for step in run.workflow.steps}
-        for change in result.changes:
+        return Applied(run, result, notifications)
+
+    @staticmethod
+    def _count(item: Applied) -> int:
+        """Steps done or skipped (a timer that starts is not a step done yet)."""
+        types = {step.id: step.type.value for step in item.run.workflow.steps}
+        done = 0
+        for change in item.advance.changes:
             if change.status != StepStatus.WAITING:
                 METRICS.workflow_steps.labels(types[change.step_id], change.status.value).inc()
-        return result
+                done += 1
+        return done
 
 
 def step_notification(run: DueRun, change: StepChange) -> NewNotification:
