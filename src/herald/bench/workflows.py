@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -97,31 +98,33 @@ async def _step_times(storage: Storage, step: str) -> list[tuple[Any, Any, str]]
         return [(row.started_at, row.at, row.status) for row in rows]
 
 
-async def _count(storage: Storage, step: str, status: str) -> int:
-    return sum(1 for *_, st in await _step_times(storage, step) if st == status)
+@dataclass
+class Firing:
+    """The runners' own step counts (so the bench adds no load on the database)."""
+
+    done: list[int]
+    ticked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def until(self, steps: int, timeout: float) -> None:
+        """Until the runners have done `steps` steps between them, or the timeout."""
+        deadline = time.monotonic() + timeout
+        while sum(self.done) < steps and time.monotonic() < deadline:
+            self.ticked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ticked.wait(), max(0.0, deadline - time.monotonic()))
 
 
-async def _until_done(storage: Storage, step: str, runs: int, timeout: float) -> None:
-    """Polls (a bench reads the database, as an operator would) until `step` is done in
-    every measured run, or the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await _count(storage, step, "done") >= runs:
-            return
-        await asyncio.sleep(0.1)
-
-
-async def _fire(runners: list[WorkflowRunner], stop: asyncio.Event) -> list[int]:
-    done = [0] * len(runners)
+async def _fire(runners: list[WorkflowRunner], firing: Firing, stop: asyncio.Event) -> None:
+    """Every runner ticks as a scheduler does (here every 50 ms), counting its steps."""
 
     async def loop(index: int) -> None:
         while not stop.is_set():
-            done[index] += await runners[index].tick()
+            firing.done[index] += await runners[index].tick()
+            firing.ticked.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.05)
 
     await asyncio.gather(*(loop(i) for i in range(len(runners))))
-    return done
 
 
 async def _database(backend: str, work: Path) -> tuple[str, str | None]:
@@ -179,19 +182,21 @@ async def _measure(
     t0 = time.monotonic()
     await _trigger(main, measured, runs, "u")
     triggered_s = time.monotonic() - t0
-    firing = asyncio.create_task(_fire(runners, stop))
-    await _until_done(main, "first", runs, 600)
+    firing = Firing([0] * len(runners))
+    task = asyncio.create_task(_fire(runners, firing, stop))
+    await firing.until(runs, 600)  # every run's first send (and its delay begun)
     first_phase_s = time.monotonic() - t0
-    await _until_done(main, "second", runs, delay_s + 120)
+    await firing.until(3 * runs, delay_s + 120)
     stop.set()
-    per_runner = await firing
+    await task
+    per_runner = firing.done
     pauses = await _step_times(main, "pause")
     lags = [
         (at - (began + timedelta(seconds=max(1, round(delay_s))))).total_seconds() * 1000
         for began, at, status in pauses
         if status == "done" and began is not None and at is not None
     ]
-    seconds = await _count(main, "second", "done")
+    seconds = sum(1 for *_, status in await _step_times(main, "second") if status == "done")
     parked_left = await main.workflow_timers.pending() - (runs - seconds)
     return {
         "scenario": "workflow",

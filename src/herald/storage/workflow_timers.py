@@ -283,19 +283,19 @@ class WorkflowTimerRepository(Repository):
         now = self.clock.now()
         by_id = {item.run.id: item for item in batch}
         async with self.db.transaction() as db:
+            # By primary key alone: with the status in the WHERE, SQLite read the runs
+            # through the (status, due_at) index, every running run (100 ms at 100,000).
             held = await db.execute(
-                sa.select(R.id, R.lease_token, R.position)
-                .where(
-                    self.dialect.among(R.id, list(by_id)),
-                    R.status == RunStatus.RUNNING.value,
-                )
+                sa.select(R.id, R.status, R.lease_token, R.position)
+                .where(self.dialect.among(R.id, list(by_id)))
                 .order_by(R.id)
                 .with_for_update()
             )
             applied = [
                 by_id[row.id]
                 for row in held
-                if row.lease_token == by_id[row.id].run.lease_token
+                if row.status == RunStatus.RUNNING.value
+                and row.lease_token == by_id[row.id].run.lease_token
                 and row.position == by_id[row.id].run.position
             ]
             if not applied:
