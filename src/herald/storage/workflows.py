@@ -158,24 +158,58 @@ class WorkflowRepository(Repository):
         return results
 
     async def run(self, run_id: str) -> RunView | None:
+        """The run and its steps, in one statement (one snapshot: a step never shows
+        ahead of its run)."""
         async with self.db.reading() as db:
-            row = (await db.execute(sa.select(t.workflow_runs).where(R.id == run_id))).first()
-            if row is None:
-                return None
-            steps = await db.execute(
-                sa.select(t.workflow_run_steps).where(ST.run_id == run_id).order_by(ST.position)
+            rows = list(
+                await db.execute(
+                    sa.select(
+                        R.id,
+                        R.workflow_key,
+                        R.user_id,
+                        R.status,
+                        R.cancellation_key,
+                        R.due_at,
+                        R.waiting_event,
+                        R.created_at,
+                        ST.step_id,
+                        ST.type,
+                        ST.status.label("step_status"),
+                        ST.notification_id,
+                        ST.at,
+                        ST.started_at,
+                        ST.detail,
+                    )
+                    .join(t.workflow_run_steps, ST.run_id == R.id)
+                    .where(R.id == run_id)
+                    .order_by(ST.position)
+                )
             )
-            return RunView(
-                id=row.id,
-                workflow_key=row.workflow_key,
-                user_id=row.user_id,
-                status=RunStatus(row.status),
-                cancellation_key=row.cancellation_key,
-                due_at=row.due_at,
-                waiting_event=row.waiting_event,
-                created_at=row.created_at,
-                steps=[to_run_step(s) for s in steps],
-            )
+        if not rows:
+            return None
+        row = rows[0]
+        return RunView(
+            id=row.id,
+            workflow_key=row.workflow_key,
+            user_id=row.user_id,
+            status=RunStatus(row.status),
+            cancellation_key=row.cancellation_key,
+            due_at=row.due_at,
+            waiting_event=row.waiting_event,
+            created_at=row.created_at,
+            steps=[
+                RunStep(
+                    step_id=r.step_id,
+                    type=r.type,
+                    status=StepStatus(r.step_status),
+                    notification_id=r.notification_id,
+                    at=r.at,
+                    started_at=r.started_at,
+                    detail=r.detail or {},
+                )
+                for r in rows
+            ],
+        )
 
     async def cancel(self, cancellation_key: str, user_id: str | None = None) -> Cancelled:
         """Stop the running runs with this key (of one user, or all): none of their steps
@@ -239,18 +273,6 @@ class WorkflowRepository(Repository):
                 .values(due_at=now)
             )
         return int(woken.rowcount)
-
-
-def to_run_step(row: Any) -> RunStep:
-    return RunStep(
-        step_id=row.step_id,
-        type=row.type,
-        status=StepStatus(row.status),
-        notification_id=row.notification_id,
-        at=row.at,
-        started_at=row.started_at,
-        detail=row.detail or {},
-    )
 
 
 def _run_row(run: NewRun, now: datetime) -> dict[str, Any]:
