@@ -311,3 +311,23 @@ def test_cpu_is_read_from_proc_and_a_gone_process_reads_as_none() -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert cpu_seconds(gone.pid) is None
+
+
+BACKENDS_FOR_WORKFLOW_BENCH = [
+    "embedded",
+    pytest.param("production", marks=[pytest.mark.production, pytest.mark.postgres]),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_FOR_WORKFLOW_BENCH)
+async def test_the_workflow_scenario_does_every_step_once_beside_parked_timers(
+    backend: str,
+) -> None:
+    from herald.bench.workflows import run_workflow_bench
+
+    report = await run_workflow_bench(backend, runs=200, pending=500, workers=2, delay_s=1)
+    assert (report["lost"], report["duplicates"]) == (0, 0)
+    assert report["steps_done"] == report["steps_expected"] == 600
+    assert report["parked_still_pending"] == 500
+    assert report["steps_per_s"] > 0
+    assert set(report["timer_lag_ms"]) == {"p50", "p95", "p99", "max"}

@@ -74,4 +74,7 @@ def test_no_delivery_is_lost_or_sent_twice_under_faults(
     assert report["targets"].keys() == {"re-sent or unknown per worker kill <= 5"}
     assert report["repeat_id_mismatches"] == 0
     assert not report["still_pending"], summary
+    # Workflow runs are part of the traffic: each of their steps happens once.
+    assert report["workflow_runs"] > 0, summary
+    assert report["guarantees"]["every workflow step done once"], summary
     assert result.returncode == 0, stderr[-4000:]

@@ -520,10 +520,18 @@ def fakes(directory: Path, herald_url: str, email_providers: tuple[str, ...]) ->
 )
 @click.option(
     "--scenario",
-    type=click.Choice(["throughput", "broadcast"]),
+    type=click.Choice(["throughput", "broadcast", "workflow"]),
     default="throughput",
     show_default=True,
-    help="broadcast: critical latency while a low-priority broadcast fans out",
+    help="broadcast: critical latency while a low-priority broadcast fans out; workflow: "
+    "workflow steps/s and timer lag (--notifications runs, --workers schedulers)",
+)
+@click.option(
+    "--pending-timers",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="workflow: timers pending (not yet due) beside the measured runs",
 )
 @click.option(
     "--subscribers",
@@ -592,6 +600,11 @@ def bench(
     """The end-to-end benchmark, with the naive baseline beside it."""
     from herald.bench import BenchConfig, BenchError
 
+    pending_timers = options.pop("pending_timers")
+    if options["scenario"] == "workflow":
+        _bench_workflow(options, pending_timers, as_json)
+        return
+
     config = BenchConfig(baseline=not no_baseline, **options)
     if idle_seconds is not None:
         _bench_idle(config, idle_seconds, as_json)
@@ -608,6 +621,32 @@ def bench(
         sys.exit(2)
     report = holder[0]
     click.echo(_bench_output(report, as_json))
+    if report["lost"] or report["duplicates"]:
+        sys.exit(1)
+
+
+def _bench_workflow(options: dict[str, Any], pending: int, as_json: bool) -> None:
+    import orjson
+
+    from herald.bench import BenchError
+    from herald.bench.workflows import run_workflow_bench, workflow_table
+
+    holder: list[dict[str, Any]] = []
+
+    async def measure() -> None:
+        holder.append(
+            await run_workflow_bench(
+                options["backend"], options["notifications"], pending, options["workers"]
+            )
+        )
+
+    try:
+        _run(measure())
+    except BenchError as error:
+        click.echo(f"herald bench: {error}", err=True)
+        sys.exit(2)
+    report = holder[0]
+    click.echo(orjson.dumps(report).decode() if as_json else workflow_table(report))
     if report["lost"] or report["duplicates"]:
         sys.exit(1)
 

@@ -84,6 +84,24 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.engagement = Counter(
+            "herald_engagement",
+            "First reports of what recipients did (opened, clicked, dismissed, read)",
+            ["event", "channel", "category"],
+            registry=r,
+        )
+        self.workflow_steps = Counter(
+            "herald_workflow_steps",
+            "Workflow steps done or skipped",
+            ["type", "status"],
+            registry=r,
+        )
+        self.workflow_timer_lag = Histogram(
+            "herald_workflow_timer_lag_seconds",
+            "How late a due workflow run was taken up",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.inbox_streams = Gauge("herald_inbox_streams", "Open inbox event streams", registry=r)
         self.http_requests = Counter(
             "herald_http_requests",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,9 +12,11 @@ from herald.bus.interface import Bus
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.config import Settings
 from herald.domain.retry import RetryPolicy
+from herald.domain.tracking import TrackedLinks
 from herald.live import LiveHub, LocalHub, PostgresHub
 from herald.ops_server import BacklogGauges
 from herald.providers.callbacks import WebhookConfig
+from herald.providers.email_layout import EmailBranding, compose_html
 from herald.providers.registry import ProviderSet, build_providers
 from herald.relay import Relay
 from herald.router.router import Router
@@ -22,8 +25,10 @@ from herald.security import Signer
 from herald.storage import Storage, open_storage
 from herald.wakeups import PgDoorbell, PgListener
 from herald.workers.worker import WorkerSettings
+from herald.workflows.runner import WorkflowRunner
 
 UNSUBSCRIBE_TTL = timedelta(days=60)
+TRACKING_TTL = timedelta(days=365)
 
 
 def make_bus(settings: Settings) -> Bus:
@@ -128,7 +133,24 @@ class Runtime:
             self.clock,
             self.unsubscribe_url,
             on_outbox=self.wake_relay,
+            email_links=self.email_links,
+            email_html=functools.partial(
+                compose_html, branding=EmailBranding.from_settings(self.settings)
+            ),
         )
+
+    def email_links(self, delivery_id: str) -> TrackedLinks:
+        """A delivery's signed open-pixel and click-redirect URLs (herald.api.routes.
+        engagement serves them)."""
+        base = f"{self.settings.effective_public_url}/v1/track"
+        expires = self.clock.now() + TRACKING_TTL
+        opened = self.signer.sign("track-open", delivery_id, expires)
+
+        def click(url: str) -> str:
+            token = self.signer.sign("track-click", delivery_id, expires, url=url)
+            return f"{base}/click/{token}"
+
+        return TrackedLinks(f"{base}/open/{opened}.gif", click)
 
     def scheduler(self) -> Scheduler:
         return Scheduler(
@@ -136,6 +158,15 @@ class Runtime:
             self.bus,
             self.clock,
             stale_after_seconds=self.settings.sweep_stale_after_seconds,
+            on_outbox=self.wake_relay,
+            workflows=self.workflow_runner(),
+        )
+
+    def workflow_runner(self) -> WorkflowRunner:
+        return WorkflowRunner(
+            self.storage.workflow_timers,
+            self.clock,
+            lease_seconds=self.settings.lease_seconds,
             on_outbox=self.wake_relay,
         )
 

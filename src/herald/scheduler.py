@@ -11,7 +11,8 @@ Several schedulers may run: every step is one atomic statement (SKIP LOCKED on P
 
 A pass first asks one cheap question (SchedulingRepository.anything_due), and runs its
 statements only when something is due: an idle scheduler costs one read per interval.
-Digests closed into notifications wake the relay (`on_outbox`).
+Digests closed into notifications wake the relay (`on_outbox`). Due workflow runs are
+fired by `workflows` (herald.workflows.runner), on its own repository.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from herald.roles import wait_for_event
 from herald.storage import Released
 from herald.storage.scheduling import SchedulingRepository
 from herald.wakeups import Wake
+from herald.workflows.runner import WorkflowRunner
 
 log = structlog.get_logger()
 
@@ -46,6 +48,7 @@ class Scheduler:
         maintain_every_seconds: float = 3600.0,
         batch: int = 1000,
         on_outbox: Wake | None = None,
+        workflows: WorkflowRunner | None = None,
     ) -> None:
         self.scheduling = scheduling
         self.bus = bus
@@ -56,6 +59,7 @@ class Scheduler:
         self.maintain_every = maintain_every_seconds
         self.batch = batch
         self.on_outbox = on_outbox
+        self.workflows = workflows
 
     async def tick(self) -> int:
         """One pass over due and expired work; returns how many deliveries it released."""
@@ -107,6 +111,8 @@ class Scheduler:
         while not stop.is_set():
             try:
                 await self.tick()
+                if self.workflows is not None:
+                    await self.workflows.tick()
                 now = self.clock.time()
                 if now - last_sweep >= self.sweep_every:
                     last_sweep = now

@@ -93,6 +93,19 @@ EXPECTED_RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/users/{user_id}/inbox/stream"): "inbox-or-read",
     ("POST", "/v1/users/{user_id}/inbox/read-all"): "inbox-or-manage",
     ("POST", "/v1/users/{user_id}/inbox/{item_id}/read"): "inbox-or-manage",
+    # Engagement: the app reports with an API key or the delivery's user's inbox token; the
+    # email pixel and click redirects carry their own signed token.
+    ("POST", "/v1/deliveries/{delivery_id}/engagement"): "inbox-or-send",
+    ("GET", "/v1/track/open/{token}.gif"): "public",
+    ("GET", "/v1/track/click/{token}"): "public",
+    ("PUT", "/v1/workflows/{key}"): "manage",
+    ("GET", "/v1/workflows/{key}"): "read",
+    ("DELETE", "/v1/workflows/{key}"): "manage",
+    ("GET", "/v1/workflows"): "read",
+    ("POST", "/v1/workflows/{key}/trigger"): "send",
+    ("GET", "/v1/workflow-runs/{run_id}"): "read",
+    ("POST", "/v1/workflow-runs/cancel"): "send",
+    ("POST", "/v1/events"): "send",
 }
 
 # Which API key scopes pass each rule (written out, not imported: this is the contract).

@@ -19,8 +19,13 @@ from herald.storage import schema as t
 THROUGH = {
     "delivery_events": ("notification_id", "notifications", "id"),
     "digest_items": ("digest_id", "digests", "id"),
+    "workflow_run_steps": ("run_id", "workflow_runs", "id"),
 }
-PARENT_IDS = {"notifications": lambda user: f"n-{user}", "digests": lambda user: f"d-{user}"}
+PARENT_IDS = {
+    "notifications": lambda user: f"n-{user}",
+    "digests": lambda user: f"d-{user}",
+    "workflow_runs": lambda user: f"r-{user}",
+}
 # Tables that hold no one's personal data (or must outlive the user), and why.
 NOT_PERSONAL = {
     "api_keys": "the callers' keys",
@@ -32,6 +37,7 @@ NOT_PERSONAL = {
     "outbox": "transient bus records, gone once relayed",
     "suppressions": "kept on purpose: an address that bounced or said STOP stays suppressed",
     "webhook_events": "provider event ids seen, kept to refuse replays; no address or user",
+    "workflows": "shared configuration",
 }
 
 

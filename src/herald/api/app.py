@@ -16,16 +16,29 @@ from herald.api.routes import (
     admin,
     broadcasts,
     channels,
+    engagement,
     inbox,
     notifications,
     ops,
     users,
     webhooks,
+    workflows,
 )
 from herald.api.routing import scope_rule
 from herald.runtime import Runtime
 
-ROUTE_MODULES = (users, channels, notifications, broadcasts, inbox, admin, ops, webhooks)
+ROUTE_MODULES = (
+    users,
+    channels,
+    notifications,
+    broadcasts,
+    inbox,
+    admin,
+    ops,
+    webhooks,
+    engagement,
+    workflows,
+)
 DEFAULT_BODY_LIMIT = 1 * 1024 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 BROADCAST_BODY_LIMIT = 48 * 1024 * 1024

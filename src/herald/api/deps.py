@@ -104,9 +104,13 @@ async def _key_or_inbox_token(request: Request, rt: Runtime, rule: str) -> Calle
         claims = rt.signer.verify("inbox", token, rt.clock.now())
     except TokenInvalid as error:
         raise ApiError(401, "unauthorized", str(error), headers=_challenge()) from None
-    if claims["sub"] != user_id:
+    # A route without a user in its path (a delivery's engagement) checks `inbox_user`
+    # against what it reads.
+    if user_id is not None and claims["sub"] != user_id:
         raise ApiError(403, "forbidden", "this inbox token is for another user")
-    return Caller(None, frozenset(), inbox_user=user_id, expires_at=rt.signer.expires_at(claims))
+    return Caller(
+        None, frozenset(), inbox_user=claims["sub"], expires_at=rt.signer.expires_at(claims)
+    )
 
 
 _CALLER = "herald.caller"

@@ -435,6 +435,11 @@ class DeliveryOut(BaseModel):
     last_error: str | None
     due_at: datetime | None = None
     updated_at: datetime | None
+    # What the recipient did: the first report of each kind.
+    opened_at: datetime | None = None
+    clicked_at: datetime | None = None
+    read_at: datetime | None = None
+    dismissed_at: datetime | None = None
 
 
 class NotificationOut(BaseModel):
@@ -452,6 +457,8 @@ class NotificationOut(BaseModel):
     status: str
     created_at: datetime | None
     deliveries: list[DeliveryOut]
+    workflow_run_id: str | None = None  # made by this workflow run's step
+    workflow_step: str | None = None
 
 
 class EventOut(BaseModel):
@@ -504,12 +511,20 @@ class CapIn(Strict):
     window_seconds: WindowSeconds
 
 
+class TrackingIn(Strict):
+    """Email engagement tracking for a category: an open pixel, click redirects."""
+
+    opens: bool = True
+    clicks: bool = True
+
+
 class CategoryIn(Strict):
     quiet_hours: QuietHoursActionIn = QuietHoursAction.DEFER
     channels: list[ChannelIn] | None = None
     policy: dict[ChannelIn, PolicyIn] = Field(default_factory=dict)
     digest: dict[ChannelIn, DigestIn] = Field(default_factory=dict)
     caps: dict[ChannelIn, CapIn] = Field(default_factory=dict)
+    tracking: TrackingIn = Field(default_factory=lambda: TrackingIn())
 
 
 class SuppressionIn(Strict):
@@ -521,3 +536,42 @@ class SuppressionIn(Strict):
 class KeyIn(Strict):
     scopes: list[Literal["admin", "send", "manage", "read"]] = Field(min_length=1)
     name: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+# -- workflows -----------------------------------------------------------------------------
+
+MAX_TRIGGER_USERS = 1000
+
+
+class WorkflowTriggerIn(Strict):
+    user_id: UserId | None = None
+    user_ids: list[UserId] | None = Field(default=None, min_length=1, max_length=MAX_TRIGGER_USERS)
+    priority: PriorityIn = Priority.NORMAL
+    title: Annotated[str, StringConstraints(max_length=MAX_TITLE)] | None = None
+    body: Annotated[str, StringConstraints(max_length=MAX_BODY)] | None = None
+    data: Annotated[dict[str, Any], json_size_at_most(MAX_DATA_BYTES)] = Field(default_factory=dict)
+    variables: Annotated[dict[str, Any], json_size_at_most(MAX_VARIABLES_BYTES)] = Field(
+        default_factory=dict
+    )
+    cancellation_key: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> WorkflowTriggerIn:
+        if (self.user_id is None) == (self.user_ids is None):
+            raise ValueError("a trigger names either a 'user_id' or a list of 'user_ids'")
+        return self
+
+    @property
+    def recipients(self) -> list[str]:
+        return list(dict.fromkeys(self.user_ids or [self.user_id or ""]))
+
+
+class WorkflowCancelIn(Strict):
+    cancellation_key: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    user_id: UserId | None = None
+
+
+class EventIn(Strict):
+    user_id: UserId
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    data: Annotated[dict[str, Any], json_size_at_most(MAX_DATA_BYTES)] = Field(default_factory=dict)

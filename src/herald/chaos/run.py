@@ -58,6 +58,7 @@ from herald.chaos.infra import (
     wait_healthy,
 )
 from herald.domain import Channel, delivery_id
+from herald.domain.workflows import step_notification_id
 from herald.providers.push_http import DELIVERY_ID_KEY
 from herald.security import generate_key
 
@@ -70,6 +71,17 @@ CHANNEL_SETS = (
     ("in_app", "sms"),
 )
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
+# Part of the traffic triggers this workflow instead of posting a notification: two sends
+# around a delay, each of whose deliveries must arrive once like any other.
+WORKFLOW_KEY = "chaos-flow"
+WORKFLOW: dict[str, list[dict[str, Any]]] = {
+    "steps": [
+        {"id": "first", "type": "send", "channels": ["push", "in_app"]},
+        {"id": "pause", "type": "delay", "seconds": 2},
+        {"id": "second", "type": "send", "channels": ["in_app"]},
+    ]
+}
+WORKFLOW_SHARE = 0.1
 TERMINAL = ("sent", "delivered", "failed", "undeliverable", "skipped", "unknown")
 
 
@@ -124,7 +136,12 @@ class Sent:
     user: User
     channels: tuple[str, ...]
     body: dict[str, Any]
-    notification_id: str | None = None
+    notification_id: str | None = None  # for a workflow trigger: the run's id
+    workflow: bool = False
+
+    @property
+    def path(self) -> str:
+        return f"/v1/workflows/{WORKFLOW_KEY}/trigger" if self.workflow else "/v1/notifications"
 
 
 @dataclass
@@ -315,7 +332,11 @@ class Chaos:
         }
         if self.rng.random() < 0.05:
             body["priority"] = "critical"
-        sent = Sent(key, user, channels, body)
+        workflow = self.rng.random() < WORKFLOW_SHARE
+        if workflow:
+            del body["channels"]
+            channels = ("push", "in_app")
+        sent = Sent(key, user, channels, body, workflow=workflow)
         self.sent[key] = sent
         return sent
 
@@ -326,7 +347,7 @@ class Chaos:
         while True:
             self.stats.requests += 1
             try:
-                response = await client.post("/v1/notifications", json=sent.body, headers=headers)
+                response = await client.post(sent.path, json=sent.body, headers=headers)
             except httpx.HTTPError as error:
                 self.stats.errors[type(error).__name__] += 1
                 response = None
@@ -466,6 +487,9 @@ class Chaos:
         """delivery id -> (channel, notification key) for every accepted notification."""
         expected: dict[str, tuple[str, str]] = {}
         for sent in self.sent.values():
+            if sent.workflow and sent.notification_id is not None:
+                expected |= self._workflow_expected(sent, sent.notification_id)
+                continue
             nid = sent.notification_id
             if nid is None:
                 continue
@@ -479,12 +503,53 @@ class Chaos:
                 expected[delivery_id(nid, Channel.IN_APP, user.id)] = ("in_app", sent.key)
         return expected
 
+    def _workflow_expected(self, sent: Sent, run_id: str) -> dict[str, tuple[str, str]]:
+        """The deliveries of a run's send steps (deterministic ids per run and step)."""
+        expected: dict[str, tuple[str, str]] = {}
+        for step in WORKFLOW["steps"]:
+            if step["type"] != "send":
+                continue
+            nid = step_notification_id(run_id, step["id"])
+            if "push" in step["channels"]:
+                for device_id, _ in sent.user.devices:
+                    expected[delivery_id(nid, Channel.PUSH, device_id)] = ("push", sent.key)
+            expected[delivery_id(nid, Channel.IN_APP, sent.user.id)] = ("in_app", sent.key)
+        return expected
+
+    async def count_workflows(self) -> dict[str, Any]:
+        """Each step of each accepted run done (or skipped) once, each send step's
+        notification made once."""
+        runs = [s.notification_id for s in self.sent.values() if s.workflow and s.notification_id]
+        url = self.services.database_url
+        steps = await pg_fetch(
+            url,
+            "SELECT run_id, step_id, status FROM workflow_run_steps WHERE run_id = ANY($1)",
+            runs,
+        )
+        sends = await pg_fetch(
+            url,
+            "SELECT idempotency_key FROM notifications WHERE idempotency_key LIKE 'workflow:%'",
+        )
+        made = Counter(row["idempotency_key"] for row in sends)
+        send_steps = [st["id"] for st in WORKFLOW["steps"] if st["type"] == "send"]
+        wanted = {f"workflow:{run}:{step}" for run in runs for step in send_steps}
+        done = sum(1 for row in steps if row["status"] == "done")
+        return {
+            "workflow_runs": len(runs),
+            "workflow_steps_expected": len(runs) * len(WORKFLOW["steps"]),
+            "workflow_steps_done": done,
+            "workflow_sends_missing": len(wanted - set(made)),
+            "workflow_sends_duplicated": sum(n - 1 for n in made.values() if n > 1),
+        }
+
     async def pending(self) -> dict[str, int]:
         url = self.services.database_url
         rows = await pg_fetch(
             url,
             "SELECT 'outbox' AS what, count(*) AS n FROM outbox "
             "UNION ALL SELECT 'unrouted', count(*) FROM notifications WHERE state = 'accepted' "
+            "UNION ALL SELECT 'workflow_runs', count(*) FROM workflow_runs "
+            "WHERE status = 'running' "
             "UNION ALL SELECT state, count(*) FROM deliveries "
             "WHERE state IN ('queued', 'deferred', 'sending') GROUP BY state",
         )
@@ -655,6 +720,7 @@ class Chaos:
             supervisor_stop = asyncio.Event()
             supervisor = asyncio.create_task(self.supervise(supervisor_stop))
             await self.create_users(client)
+            await _ok(client.put(f"/v1/workflows/{WORKFLOW_KEY}", json=WORKFLOW))
             log(
                 f"{len(self.users)} users, {sum(len(u.devices) for u in self.users)} devices; "
                 f"sending {o.rate:g}/s for {o.duration:g} s" + (" with faults" if o.faults else "")
@@ -676,7 +742,7 @@ class Chaos:
         if o.soak:
             await self.sample(time.monotonic() - started)
         await asyncio.sleep(1.0)
-        report = await self.count()
+        report = {**await self.count(), **await self.count_workflows()}
         kinds = Counter(f.kind for f in self.faults)
         report = {
             "duration_s": round(sent_for, 1),
@@ -796,6 +862,11 @@ def guarantees(report: dict[str, Any]) -> dict[str, bool]:
         "every request accepted": report["not_accepted"] == 0 and report["conflicts"] == 0,
         "a repeated key returns the first id": report["repeat_id_mismatches"] == 0,
         "pipeline drained": not report["still_pending"],
+        "every workflow step done once": (
+            report["workflow_steps_done"] == report["workflow_steps_expected"]
+            and report["workflow_sends_missing"] == 0
+            and report["workflow_sends_duplicated"] == 0
+        ),
     }
 
 
@@ -825,6 +896,15 @@ def table(report: dict[str, Any]) -> str:
         ("  of which reached the fake", report["unknown_received"]),
         ("kills between send and record", report["kills_between_send_and_record"]),
         ("re-sent or unknown per worker kill", report["resent_or_unknown_per_worker_kill"]),
+        ("workflow runs", report["workflow_runs"]),
+        (
+            "workflow steps done / expected",
+            f"{report['workflow_steps_done']} / {report['workflow_steps_expected']}",
+        ),
+        (
+            "workflow sends missing / duplicated",
+            f"{report['workflow_sends_missing']} / {report['workflow_sends_duplicated']}",
+        ),
     ]
     for kind, n in report["faults"].items():
         rows.append((f"fault {kind}", n))

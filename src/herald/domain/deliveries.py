@@ -126,7 +126,9 @@ class Delivery:
 class DeliveryEvent:
     delivery_id: str
     notification_id: str
-    state: DeliveryState
+    # A state the delivery entered, or (herald.domain.engagement.Engagement) a report of
+    # what the recipient did with it.
+    state: StrEnum
     at: datetime
     detail: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None

@@ -37,5 +37,7 @@ class Notification:
     broadcast_id: str | None = None
     digest_id: str | None = None  # set on a digest's own notification: never folded again
     idempotency_key: str | None = None
+    workflow_run_id: str | None = None  # made by a workflow run's send step
+    workflow_step: str | None = None
     state: NotificationState = NotificationState.ACCEPTED
     created_at: datetime | None = None

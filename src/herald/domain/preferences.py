@@ -18,6 +18,7 @@ from herald.domain.channels import (
 )
 from herald.domain.quiet_hours import QuietHours
 from herald.domain.shaping import DigestRule, FrequencyCap
+from herald.domain.tracking import EmailTracking
 
 
 @dataclass(slots=True)
@@ -45,6 +46,8 @@ class CategorySettings:
     caps: Mapping[Channel, FrequencyCap] = field(default_factory=dict)
     # Per channel, over a cap: folded into this digest rather than deferred.
     over_cap_digest: Mapping[Channel, DigestRule] = field(default_factory=dict)
+    # Email open pixel and click redirects.
+    tracking: EmailTracking = field(default_factory=EmailTracking)
 
     def policy_for(self, channel: Channel) -> DeliveryPolicy:
         return self.policy.get(channel, DEFAULT_POLICY[channel])

@@ -29,6 +29,7 @@ from herald.domain import (
     next_occurrence,
     parse_wall_time,
 )
+from herald.domain.tracking import EmailHtml, EmailLinks, EmailTracking, tracked_email
 from herald.providers.push_payloads import check_push_size
 from herald.storage.records import RoutingInput
 from herald.templates import Template, TemplateError
@@ -69,7 +70,11 @@ def plan_deliveries(
 
 
 def plan_routing(
-    routing: RoutingInput, now: datetime, unsubscribe_url: UnsubscribeUrl | None = None
+    routing: RoutingInput,
+    now: datetime,
+    unsubscribe_url: UnsubscribeUrl | None = None,
+    email_links: EmailLinks | None = None,
+    email_html: EmailHtml | None = None,
 ) -> RoutingPlan:
     notification = routing.notification
     user = routing.user
@@ -97,8 +102,21 @@ def plan_routing(
     )
     for decision in decisions:
         deliveries = _channel_deliveries(routing, decision, expires_at, unsubscribe_url)
+        if email_links is not None and decision.channel == Channel.EMAIL:
+            tracking = routing.category.tracking
+            deliveries = [_tracked(d, tracking, email_links, email_html) for d in deliveries]
         plan.extend(_shape(routing, decision.channel, deliveries, zone, now))
     return plan
+
+
+def _tracked(
+    delivery: Delivery, tracking: EmailTracking, links: EmailLinks, compose: EmailHtml | None
+) -> Delivery:
+    """The one place an email's payload gets its open pixel and click redirects."""
+    if delivery.state not in (DeliveryState.QUEUED, DeliveryState.DEFERRED):
+        return delivery
+    delivery.payload = tracked_email(delivery.payload, tracking, links(delivery.id), compose)
+    return delivery
 
 
 def _channel_deliveries(

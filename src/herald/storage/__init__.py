@@ -19,6 +19,9 @@ each shaped by the role that uses it; a role is handed only its own:
 | `deliveries` | workers: the claim, outcomes, dead targets | deliveries.py |
 | `scheduling` | scheduler | scheduling.py |
 | `operations` | metrics and `herald status`: the backlog | operations.py |
+| `engagement` | API: engagement reports, tracking | engagement.py |
+| `workflows` | API: workflow definitions, triggers, runs, events | workflows.py |
+| `workflow_timers` | scheduler: due workflow runs, each step once | workflow_timers.py |
 
 What differs between the two databases lives in `dialect.py`; the hot statements (the
 claim, outcomes, the router's reads, the scheduler's probe) run on the driver itself, in
@@ -35,6 +38,7 @@ from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.database import Database
 from herald.storage.deliveries import DeliveryRepository
 from herald.storage.directory import DirectoryRepository
+from herald.storage.engagement import EngagementRepository
 from herald.storage.feedback import FeedbackRepository
 from herald.storage.inbox import InboxRepository
 from herald.storage.keys import KeyRepository
@@ -60,6 +64,8 @@ from herald.storage.sandbox import SandboxRepository
 from herald.storage.scheduling import SchedulingRepository
 from herald.storage.shaping import ShapingRepository
 from herald.storage.suppressions import SuppressionRepository
+from herald.storage.workflow_timers import WorkflowTimerRepository
+from herald.storage.workflows import WorkflowRepository
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,9 @@ class Storage:
     deliveries: DeliveryRepository
     scheduling: SchedulingRepository
     operations: OperationsRepository
+    engagement: EngagementRepository
+    workflows: WorkflowRepository
+    workflow_timers: WorkflowTimerRepository
 
     @classmethod
     def over(cls, database: Database) -> Storage:
@@ -102,6 +111,9 @@ class Storage:
             deliveries=DeliveryRepository(database),
             scheduling=SchedulingRepository(database),
             operations=OperationsRepository(database),
+            engagement=EngagementRepository(database),
+            workflows=WorkflowRepository(database),
+            workflow_timers=WorkflowTimerRepository(database),
         )
 
 

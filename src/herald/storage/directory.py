@@ -78,6 +78,10 @@ class DirectoryRepository(Repository):
             await db.execute(
                 t.digest_items.delete().where(t.digest_items.c.digest_id.in_(digest_ids))
             )
+            run_ids = sa.select(t.workflow_runs.c.id).where(t.workflow_runs.c.user_id == user_id)
+            await db.execute(
+                t.workflow_run_steps.delete().where(t.workflow_run_steps.c.run_id.in_(run_ids))
+            )
             # Every table keyed by user: one added later is erased too.
             for table in USER_KEYED_TABLES:
                 await db.execute(table.delete().where(table.c.user_id == user_id))

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from herald.domain import DeliveryState
+from herald.domain.engagement import Engagement
 from herald.storage import schema as t
+from herald.storage.engagement import mark_engaged
 from herald.storage.records import InboxItem, Page
 from herald.storage.repository import Repository
 from herald.storage.rows import inbox_row, page, paged, to_inbox_item
@@ -51,11 +53,14 @@ class InboxRepository(Repository):
         return paged([to_inbox_item(r) for r in rows], limit), int(unread or 0)
 
     async def mark_read(self, user_id: str, item_id: str | None) -> int:
-        """Mark one item (or, with None, all) read; returns how many changed."""
+        """Mark one item (or, with None, all) read, and their deliveries `read` (engagement);
+        returns how many items changed."""
         where = [t.inbox_items.c.user_id == user_id, t.inbox_items.c.read_at.is_(None)]
         if item_id is not None:
             where.append(t.inbox_items.c.id == item_id)
+        read = t.deliveries.c.id.in_(sa.select(t.inbox_items.c.delivery_id).where(*where))
         async with self.db.transaction() as db:
+            await mark_engaged(db, self.dialect, read, Engagement.READ, self.clock.now())
             result = await db.execute(
                 t.inbox_items.update().where(*where).values(read_at=self.clock.now())
             )

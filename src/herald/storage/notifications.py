@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.domain import Delivery, DeliveryEvent, DeliveryState, Notification, NotificationState
+from herald.domain.engagement import log_state
 from herald.storage import schema as t
 from herald.storage.broadcasts import mark_broadcast_cancelled
 from herald.storage.guards import CANCEL, CANCEL_DIGESTED
@@ -89,7 +90,7 @@ class NotificationRepository(Repository):
                 DeliveryEvent(
                     delivery_id=row.delivery_id,
                     notification_id=row.notification_id,
-                    state=S(row.state),
+                    state=log_state(row.state),
                     at=row.created_at,
                     detail=row.detail or {},
                     provider=row.provider,

@@ -36,6 +36,7 @@ from herald.domain import (
     digest_variables,
     parse_wall_time,
 )
+from herald.domain.tracking import EmailTracking
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.records import ApiKeyRecord, InboxItem, NewNotification, Page, Suppression
@@ -121,6 +122,7 @@ def category_from_json(name: str, raw: dict[str, Any]) -> CategorySettings:
             Channel(k): FrequencyCap(int(v["limit"]), int(v["window_seconds"]))
             for k, v in (raw.get("caps") or {}).items()
         },
+        tracking=EmailTracking(**(raw.get("tracking") or {})),
     )
 
 
@@ -195,6 +197,8 @@ def to_notification(row: Row) -> Notification:
         deliver_at_local=row.deliver_at_local,
         broadcast_id=row.broadcast_id,
         digest_id=content.get("digest_id"),
+        workflow_run_id=content.get("workflow_run_id"),
+        workflow_step=content.get("workflow_step"),
     )
 
 

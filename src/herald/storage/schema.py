@@ -192,6 +192,11 @@ deliveries = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("claimed_at", UtcDateTime),  # the last claim (attempt number `attempts`)
+    # What the recipient did: each the first report of its kind (migration 0010).
+    sa.Column("opened_at", UtcDateTime),
+    sa.Column("clicked_at", UtcDateTime),
+    sa.Column("read_at", UtcDateTime),
+    sa.Column("dismissed_at", UtcDateTime),
     sa.Index("ix_deliveries_state_due", "state", "due_at"),
     sa.Index("ix_deliveries_state_lease", "state", "lease_until"),
     sa.Index("ix_deliveries_state_updated", "state", "updated_at"),
@@ -354,4 +359,70 @@ digest_items = sa.Table(
     sa.Column("position", sa.Integer, nullable=False),  # arrival order within the digest
     sa.Column("payload", Json, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# -- workflows and engagement (migration 0010) ----------------------------------------------
+
+workflows = sa.Table(
+    "workflows",
+    metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("definition", Json, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# One row per (trigger, user). The run is its own timer: `due_at` says when its current step
+# (`position`) is next looked at; a scheduler holds it while `lease_until` is ahead, under
+# `lease_token`, as a worker holds a delivery.
+workflow_runs = sa.Table(
+    "workflow_runs",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("workflow_key", sa.String(128), nullable=False),
+    sa.Column("definition", Json, nullable=False),  # as it was when triggered
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("api_key_id", Id, nullable=False, server_default=""),
+    sa.Column("idempotency_key", sa.String(255), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("cancellation_key", sa.String(255)),
+    sa.Column("input", Json, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("due_at", UtcDateTime),
+    sa.Column("waiting_event", sa.String(200)),
+    sa.Column("lease_until", UtcDateTime),
+    sa.Column("lease_token", sa.String(64)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint(
+        "api_key_id", "idempotency_key", "user_id", name="uq_workflow_runs_idempotency"
+    ),
+    sa.Index("ix_workflow_runs_status_due", "status", "due_at"),
+    sa.Index("ix_workflow_runs_user_event", "user_id", "waiting_event"),
+    sa.Index("ix_workflow_runs_cancellation", "cancellation_key"),
+)
+
+workflow_run_steps = sa.Table(
+    "workflow_run_steps",
+    metadata,
+    sa.Column("run_id", Id, primary_key=True),
+    sa.Column("step_id", sa.String(64), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("notification_id", Id),
+    sa.Column("started_at", UtcDateTime),
+    sa.Column("at", UtcDateTime),
+    sa.Column("detail", Json, nullable=False),
+)
+
+workflow_events = sa.Table(
+    "workflow_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("data", Json, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_workflow_events_user_name", "user_id", "name", "created_at"),
 )

@@ -254,6 +254,7 @@ async def get_notification(notification_id: str, rt: RuntimeDep) -> Notification
     if notification is None:
         raise not_found("notification")
     deliveries = await rt.storage.notifications.deliveries_of(notification_id)
+    engaged = await rt.storage.engagement.of_notification(notification_id)
     return NotificationOut(
         id=notification.id,
         user_id=notification.user_id,
@@ -268,6 +269,8 @@ async def get_notification(notification_id: str, rt: RuntimeDep) -> Notification
         template=notification.template,
         status=notification.state.value,
         created_at=notification.created_at,
+        workflow_run_id=notification.workflow_run_id,
+        workflow_step=notification.workflow_step,
         deliveries=[
             DeliveryOut(
                 id=d.id,
@@ -280,6 +283,7 @@ async def get_notification(notification_id: str, rt: RuntimeDep) -> Notification
                 last_error=d.last_error,
                 due_at=d.due_at,
                 updated_at=d.updated_at,
+                **{f"{k.value}_at": at for k, at in engaged.get(d.id, {}).items()},
             )
             for d in deliveries
         ],

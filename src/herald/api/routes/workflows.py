@@ -1,0 +1,175 @@
+"""Workflows: definitions, triggers (idempotent like notifications), runs with their steps,
+cancellation by key, and the events runs wait for."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Response
+
+from herald.api.deps import Caller, RuntimeDep, require
+from herald.api.errors import ApiError, not_found
+from herald.api.routing import HeraldRoute
+from herald.api.schemas import EventIn, Name, WorkflowCancelIn, WorkflowTriggerIn
+from herald.domain.workflows import Workflow, WorkflowInvalid, parse_workflow, workflow_to_json
+from herald.storage import new_id
+from herald.storage.workflows import NewRun, RunView
+from herald.util import canonical_hash
+
+router = APIRouter(prefix="/v1", tags=["workflows"], route_class=HeraldRoute)
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
+
+
+def _workflow_json(workflow: Workflow) -> dict[str, Any]:
+    return {"key": workflow.key, **workflow_to_json(workflow)}
+
+
+@router.put("/workflows/{key}", dependencies=[require("manage")])
+async def put_workflow(
+    key: Name, rt: RuntimeDep, response: Response, body: Annotated[Any, Body()]
+) -> dict[str, Any]:
+    """Steps run in order; an invalid definition is a 422 that names the step."""
+    try:
+        workflow = parse_workflow(key, body)
+    except WorkflowInvalid as invalid:
+        raise ApiError(
+            422,
+            "invalid_workflow",
+            str(invalid),
+            [{"field": invalid.field, "message": invalid.message}],
+        ) from None
+    created = await rt.storage.workflows.put(workflow)
+    response.status_code = 201 if created else 200
+    return _workflow_json(workflow)
+
+
+@router.get("/workflows/{key}", dependencies=[require("read")])
+async def get_workflow(key: Name, rt: RuntimeDep) -> dict[str, Any]:
+    workflow = await rt.storage.workflows.get(key)
+    if workflow is None:
+        raise not_found("workflow")
+    return _workflow_json(workflow)
+
+
+@router.delete("/workflows/{key}", status_code=204, dependencies=[require("manage")])
+async def delete_workflow(key: Name, rt: RuntimeDep) -> Response:
+    """Runs already triggered go on with the definition they started with."""
+    if not await rt.storage.workflows.delete(key):
+        raise not_found("workflow")
+    return Response(status_code=204)
+
+
+@router.get("/workflows", dependencies=[require("read")])
+async def list_workflows(rt: RuntimeDep) -> dict[str, Any]:
+    return {
+        "items": [_workflow_json(w) for w in await rt.storage.workflows.all()],
+        "next_cursor": None,
+    }
+
+
+@router.post("/workflows/{key}/trigger", status_code=202)
+async def trigger(
+    key: Name,
+    body: WorkflowTriggerIn,
+    rt: RuntimeDep,
+    response: Response,
+    caller: Annotated[Caller, require("send")],
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    """One run per user (up to 1,000). The same Idempotency-Key and body again: 200 with
+    the same ids; another body: 409."""
+    workflow = await rt.storage.workflows.get(key)
+    if workflow is None:
+        raise not_found("workflow")
+    users = body.recipients
+    assert rt.limits is not None
+    rt.limits.check_notifications(caller.key_id, len(users))
+    known = await rt.storage.directory.existing_user_ids(users)
+    missing = [u for u in users if u not in known]
+    if missing:
+        raise ApiError(
+            422,
+            "unknown_user",
+            f"user {missing[0]!r} does not exist; PUT /v1/users/{{id}} first",
+            [{"field": "user_ids", "message": f"unknown: {', '.join(missing[:10])}"}],
+        )
+    given = body.model_dump(mode="json", exclude={"user_id", "user_ids", "cancellation_key"})
+    request_hash = canonical_hash({"workflow": key, **body.model_dump(mode="json")})
+    ids = [new_id() for _ in users]
+    runs = [
+        NewRun(
+            id=run_id,
+            workflow=workflow,
+            user_id=user,
+            # Without a key each run has its own, so no replay is ever matched.
+            idempotency_key=idempotency_key or f"auto:{run_id}",
+            request_hash=request_hash,
+            input=given,
+            api_key_id=caller.key_id or "",
+            cancellation_key=body.cancellation_key,
+        )
+        for run_id, user in zip(ids, users, strict=True)
+    ]
+    results = await rt.storage.workflows.trigger(runs)
+    if any(r.conflict for r in results):
+        raise ApiError(
+            409, "idempotency_conflict", "this Idempotency-Key was used with another body"
+        )
+    response.status_code = 202 if any(r.created for r in results) else 200
+    ids = [r.id for r in results]
+    if body.user_id is not None:
+        return {"id": ids[0], "status": "accepted"}
+    return {"ids": ids, "status": "accepted"}
+
+
+@router.get("/workflow-runs/{run_id}", dependencies=[require("read")])
+async def get_run(run_id: str, rt: RuntimeDep) -> dict[str, Any]:
+    run = await rt.storage.workflows.run(run_id)
+    if run is None:
+        raise not_found("workflow run")
+    return _run_json(run)
+
+
+def _run_json(run: RunView) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "workflow": run.workflow_key,
+        "user_id": run.user_id,
+        "status": run.status.value,
+        "cancellation_key": run.cancellation_key,
+        "waiting_for": run.waiting_event,
+        "due_at": run.due_at,
+        "created_at": run.created_at,
+        "steps": [
+            {
+                "id": s.step_id,
+                "type": s.type,
+                "status": s.status.value,
+                "notification_id": s.notification_id,
+                "at": s.at,
+                **({"detail": s.detail} if s.detail else {}),
+            }
+            for s in run.steps
+        ],
+    }
+
+
+@router.post("/workflow-runs/cancel", dependencies=[require("send")])
+async def cancel_runs(body: WorkflowCancelIn, rt: RuntimeDep) -> dict[str, int]:
+    """Stops the runs with this key (of one user, or all of them): nothing more is sent
+    for them, and what their sends made but has not gone out yet is cancelled too."""
+    cancelled = await rt.storage.workflows.cancel(body.cancellation_key, body.user_id)
+    if cancelled.notification_ids:
+        await rt.storage.notifications.cancel(cancelled.notification_ids)
+    return {"cancelled": cancelled.runs}
+
+
+@router.post("/events", status_code=202, dependencies=[require("send")])
+async def post_event(body: EventIn, rt: RuntimeDep) -> dict[str, Any]:
+    """Resumes the user's runs waiting for this event (and counts for `if` conditions)."""
+    if not await rt.storage.directory.existing_user_ids([body.user_id]):
+        raise not_found("user")
+    woken = await rt.storage.workflows.post_event(body.user_id, body.name, body.data)
+    return {"status": "accepted", "resumed": woken}
