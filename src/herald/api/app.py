@@ -10,11 +10,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from herald import __version__
 from herald.api import errors
-from herald.api.routes import admin, broadcasts, inbox, notifications, ops, users, webhooks
+from herald.api.routes import (
+    activity,
+    admin,
+    broadcasts,
+    inbox,
+    notifications,
+    ops,
+    users,
+    webhooks,
+)
 from herald.api.routing import scope_rule
 from herald.runtime import Runtime
 
-ROUTE_MODULES = (users, notifications, broadcasts, inbox, admin, ops, webhooks)
+ROUTE_MODULES = (users, notifications, broadcasts, inbox, admin, ops, webhooks, activity)
 DEFAULT_BODY_LIMIT = 1 * 1024 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 BROADCAST_BODY_LIMIT = 48 * 1024 * 1024

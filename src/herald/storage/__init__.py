@@ -18,6 +18,7 @@ each shaped by the role that uses it; a role is handed only its own:
 | `routing` | router | routing.py |
 | `deliveries` | workers: the claim, outcomes, dead targets | deliveries.py |
 | `scheduling` | scheduler | scheduling.py |
+| `activity` | API and console: lists, searches, dead letters and their replay | activity.py |
 
 What differs between the two databases lives in `dialect.py`; the hot statements (the
 claim, outcomes, the router's reads, the scheduler's probe) run on the driver itself, in
@@ -29,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from herald.clock import SYSTEM_CLOCK, Clock
+from herald.storage.activity import ActivityRepository
 from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.database import Database
 from herald.storage.deliveries import DeliveryRepository
@@ -77,6 +79,7 @@ class Storage:
     routing: RoutingRepository
     deliveries: DeliveryRepository
     scheduling: SchedulingRepository
+    activity: ActivityRepository
 
     @classmethod
     def over(cls, database: Database) -> Storage:
@@ -95,6 +98,7 @@ class Storage:
             routing=RoutingRepository(database),
             deliveries=DeliveryRepository(database),
             scheduling=SchedulingRepository(database),
+            activity=ActivityRepository(database),
         )
 
 

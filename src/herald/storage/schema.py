@@ -124,6 +124,10 @@ notifications = sa.Table(
     sa.Column("broadcast_id", Id),
     sa.Column("deliver_at_local", sa.String(5)),
     sa.Index("ix_notifications_broadcast", "broadcast_id"),
+    # The activity API's keyset pages (migration 0012).
+    sa.Index("ix_notifications_created_id", "created_at", "id"),
+    sa.Index("ix_notifications_user_created", "user_id", "created_at", "id"),
+    sa.Index("ix_notifications_category_created", "category", "created_at", "id"),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
@@ -278,6 +282,7 @@ broadcasts = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_broadcasts_idempotency"),
+    sa.Index("ix_broadcasts_created_id", "created_at", "id"),
 )
 
 broadcast_recipients = sa.Table(

@@ -260,10 +260,13 @@ async def get_events(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
     if await rt.storage.notifications.get(notification_id) is None:
         raise not_found("notification")
     events = await rt.storage.notifications.events_of(notification_id)
+    deliveries = await rt.storage.notifications.deliveries_of(notification_id)
+    channels = {d.id: d.channel.value for d in deliveries}
     return {
         "items": [
             EventOut(
                 delivery_id=e.delivery_id,
+                channel=channels.get(e.delivery_id),
                 status=e.state.value,
                 provider=e.provider,
                 detail=e.detail,
