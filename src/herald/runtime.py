@@ -117,6 +117,13 @@ class Runtime:
         )
         return f"{self.settings.effective_public_url}/v1/unsubscribe?token={token}"
 
+    def preferences_url(self, user_id: str, category: str) -> str:
+        """The preference center's link for an email's footer (signed, expiring)."""
+        token = self.signer.sign(
+            "preferences", user_id, self.clock.now() + UNSUBSCRIBE_TTL, cat=category
+        )
+        return f"{self.settings.effective_public_url}/preferences?token={token}"
+
     def router(self) -> Router:
         return Router(
             self.storage.routing,
@@ -125,6 +132,7 @@ class Runtime:
             self.clock,
             self.unsubscribe_url,
             on_outbox=self.wake_relay,
+            preferences_url=self.preferences_url,
         )
 
     def scheduler(self) -> Scheduler:

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from herald import __version__
+from herald import __version__, web
 from herald.api import errors
 from herald.api.routes import (
     activity,
@@ -90,7 +90,7 @@ class JsonOnly:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path.startswith(("/v1/webhooks/", "/v1/unsubscribe")):
+        if path.startswith(("/v1/webhooks/", "/v1/unsubscribe", "/console/", "/preferences")):
             await self.app(scope, receive, send)
             return
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
@@ -188,6 +188,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     errors.install(app)
     for module in ROUTE_MODULES:
         app.include_router(module.router)
+    web.install(app)
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit)
     app.add_middleware(InFlightLimit, limit=runtime.settings.api_max_in_flight)

@@ -67,7 +67,11 @@ def plan_deliveries(
 
 
 def plan_routing(
-    routing: RoutingInput, now: datetime, unsubscribe_url: UnsubscribeUrl | None = None
+    routing: RoutingInput,
+    now: datetime,
+    unsubscribe_url: UnsubscribeUrl | None = None,
+    *,
+    preferences_url: UnsubscribeUrl | None = None,
 ) -> RoutingPlan:
     notification = routing.notification
     user = routing.user
@@ -94,7 +98,9 @@ def plan_routing(
         created + timedelta(seconds=notification.ttl_seconds) if notification.ttl_seconds else None
     )
     for decision in decisions:
-        deliveries = _channel_deliveries(routing, decision, expires_at, unsubscribe_url)
+        deliveries = _channel_deliveries(
+            routing, decision, expires_at, unsubscribe_url, preferences_url
+        )
         plan.extend(_shape(routing, decision.channel, deliveries, zone, now))
     return plan
 
@@ -104,6 +110,7 @@ def _channel_deliveries(
     decision: ChannelDecision,
     expires_at: datetime | None,
     unsubscribe_url: UnsubscribeUrl | None,
+    preferences_url: UnsubscribeUrl | None = None,
 ) -> list[Delivery]:
     channel = decision.channel
     notification = routing.notification
@@ -126,6 +133,10 @@ def _channel_deliveries(
         and notification.priority != Priority.CRITICAL
     ):
         payload["unsubscribe_url"] = unsubscribe_url(notification.user_id, notification.category)
+        if preferences_url is not None:  # the preference center, linked from the footer
+            payload["preferences_url"] = preferences_url(
+                notification.user_id, notification.category
+            )
     if skip_reason is not None:
         targets = [_Target("", NO_TARGET)]
     suppressed = routing.suppressed

@@ -46,12 +46,14 @@ class Router:
         clock: Clock,
         unsubscribe_url: UnsubscribeUrl | None = None,
         on_outbox: Wake | None = None,
+        preferences_url: UnsubscribeUrl | None = None,
     ) -> None:
         self.routing = routing
         self.broadcasts = broadcasts
         self.bus = bus
         self.clock = clock
         self.unsubscribe_url = unsubscribe_url
+        self.preferences_url = preferences_url
         self.on_outbox = on_outbox
 
     async def handle(self, messages: Sequence[Message]) -> None:
@@ -70,7 +72,11 @@ class Router:
         inputs = await self.routing.load(notification_ids)
         plan = RoutingPlan()
         for routing in inputs:
-            plan.extend(plan_routing(routing, now, self.unsubscribe_url))
+            plan.extend(
+                plan_routing(
+                    routing, now, self.unsubscribe_url, preferences_url=self.preferences_url
+                )
+            )
         # The whole batch, not only what was still to route: one handed out again after a
         # crash between the routing commit and the publish publishes what it had written.
         queued = await self.routing.save(notification_ids, plan.deliveries, plan.folds, plan.claims)

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from herald.bus.messages import delivery_record
 from herald.domain import Delivery, DeliveryEvent, DeliveryState, Priority
 from herald.storage import schema as t
+from herald.storage.database import Database
 from herald.storage.guards import REPLAY
 from herald.storage.notifications import NotificationRepository
 from herald.storage.records import Page
@@ -133,6 +134,12 @@ def _next_by_name(names: list[str], limit: int) -> str | None:
 
 
 class ActivityRepository(Repository):
+    health: _HealthReads
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.health = _HealthReads(database)
+
     async def notifications(
         self, where: NotificationFilter, limit: int, cursor: str | None
     ) -> Page[NotificationSummary]:
@@ -363,3 +370,48 @@ def _outbox_row(row: Row, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "lane_order": lane_order(Priority(row.priority)),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A delivery that changed state recently (the console's provider health and plots)."""
+
+    channel: str
+    provider: str | None
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    last_error: str | None
+
+
+class _HealthReads(Repository):
+    """What the console's provider page reads: recent outcomes and retries, bounded."""
+
+    async def outcomes_since(self, since: datetime, limit: int) -> list[Outcome]:
+        """Deliveries updated since `since`, newest first, at most `limit` (through the
+        (state, updated_at) index: every state is named)."""
+        d = t.deliveries.c
+        query = (
+            sa.select(d.channel, d.provider, d.state, d.created_at, d.updated_at, d.last_error)
+            .where(d.state.in_([s.value for s in S]), d.updated_at >= since)
+            .order_by(d.updated_at.desc())
+            .limit(limit)
+        )
+        async with self.db.reading() as db:
+            return [Outcome(*row) for row in await db.execute(query)]
+
+    async def retries_since(self, since: datetime, limit: int) -> dict[str, int]:
+        """Retries scheduled since `since`, by provider (log entries of a deferral after
+        an attempt)."""
+        e = t.delivery_events.c
+        query = (
+            sa.select(e.provider, e.detail)
+            .where(e.created_at >= since, e.state == S.DEFERRED.value, e.provider.is_not(None))
+            .limit(limit)
+        )
+        counts: dict[str, int] = defaultdict(int)
+        async with self.db.reading() as db:
+            for provider, detail in await db.execute(query):
+                if isinstance(detail, dict) and "attempt" in detail:
+                    counts[str(provider)] += 1
+        return dict(counts)
