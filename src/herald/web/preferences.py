@@ -118,7 +118,8 @@ async def save_preferences(request: Request) -> Response:
     if user is None or current is None:
         return render("preferences_invalid.html", 404, expired=False, gone=True)
     try:
-        preferences, zone = _read_form(fields, await _categories(rt, current, ""), current)
+        own = str(claims.get("cat", "default"))
+        preferences, zone = _read_form(fields, await _categories(rt, current, own), current)
     except ValueError as problem:
         return await _form(rt, token, error=str(problem))
     await rt.storage.directory.put_preferences(user_id, preferences)
