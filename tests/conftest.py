@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.herald",
     "tests.fixtures.serve",
     "tests.fixtures.console",
+    "tests.fixtures.browser",
 ]
 
 

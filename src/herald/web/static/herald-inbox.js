@@ -99,6 +99,7 @@ export class HeraldInbox extends HTMLElement {
   #retryTimer = null;
   #strings = null;
   #connected = false;
+  #dropped = false;
 
   constructor() {
     super();
@@ -203,6 +204,17 @@ export class HeraldInbox extends HTMLElement {
     this.#renderList();
   }
 
+  /** The newest page merged in: what the stream's replay (Last-Event-ID) covers too, and
+   *  what it cannot, when no event id was known yet. An item is never shown twice. */
+  async #catchUp() {
+    const response = await this.#fetch(`/inbox?limit=${Number(this.getAttribute("page-size")) || 20}`);
+    if (!response.ok) return;
+    const page = await response.json();
+    for (const item of page.items) if (!this.#items.has(item.id)) this.#items.set(item.id, item);
+    this.#setUnread(page.unread_count);
+    this.#renderList();
+  }
+
   #open() {
     if (!this.getAttribute("token") || !window.EventSource) return;
     const query = new URLSearchParams({ token: this.getAttribute("token") });
@@ -211,10 +223,16 @@ export class HeraldInbox extends HTMLElement {
     if (this.#lastEventId) query.set("last_event_id", this.#lastEventId);
     const source = new EventSource(this.#url(`/inbox/stream?${query}`));
     this.#source = source;
-    source.addEventListener("open", () => { this.#retry = 0; this.#status("live"); });
+    source.addEventListener("open", () => {
+      this.#retry = 0;
+      this.#status("live");
+      if (this.#dropped) this.#catchUp(); // after a drop: also ask for the newest page
+      this.#dropped = false;
+    });
     source.addEventListener("inbox", (event) => this.#arrived(event));
     source.addEventListener("expired", () => { this.#close(); this.#emit("token-expired", {}); });
     source.addEventListener("error", () => {
+      this.#dropped = true;
       if (source.readyState === EventSource.CLOSED && this.#source === source) this.#reopenLater();
       else this.#status("reconnecting");
     });
