@@ -245,3 +245,16 @@ def test_size_limits_are_each_channels_own() -> None:
     }
     fits = plan_deliveries(routing(body="x" * 1600), NOW)
     assert {d.state for d in fits} == {DeliveryState.QUEUED}
+
+
+def test_the_preference_center_link_goes_beside_the_unsubscribe_link() -> None:
+    def link(user: str, category: str) -> str:
+        return f"https://h/unsub/{user}/{category}"
+
+    def preferences(user: str, category: str) -> str:
+        return f"https://h/preferences/{user}/{category}"
+
+    planned = plan_routing(routing(), NOW, link, preferences_url=preferences).deliveries
+    (email,) = by_channel(planned)["email"]
+    assert email.payload["preferences_url"] == "https://h/preferences/42/news"  # type: ignore[attr-defined]
+    assert all("preferences_url" not in d.payload for d in by_channel(planned)["push"])  # type: ignore[attr-defined]

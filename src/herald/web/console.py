@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,6 +28,7 @@ from herald.storage.activity import NotificationFilter
 from herald.web import plots
 from herald.web.pages import render
 from herald.web.session import (
+    BadInput,
     Forbidden,
     Session,
     SignInRequired,
@@ -74,7 +75,9 @@ class ConsoleRoute(APIRoute):
                 query = urlencode({"next": target}) if request.method == "GET" else ""
                 return RedirectResponse(f"/console/sign-in?{query}", status_code=303)
             except Forbidden as refused:
-                return render("refused.html", 403, message=refused.message, session=None)
+                return render(
+                    "refused.html", refused.status, message=refused.message, code=refused.status
+                )
 
         return handle
 
@@ -220,13 +223,13 @@ def _moment(value: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise Forbidden(f"{value!r} is not a time (use YYYY-MM-DDTHH:MM, UTC)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.now().astimezone().tzinfo)
+        raise BadInput(f"{value!r} is not a time (use YYYY-MM-DDTHH:MM, UTC)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _choice(value: str | None, allowed: set[str], what: str) -> str | None:
     if value is not None and value not in allowed:
-        raise Forbidden(f"{value!r} is not a {what}")
+        raise BadInput(f"{value!r} is not a {what}")
     return value
 
 
@@ -250,7 +253,7 @@ async def notifications(request: Request) -> Response:
     try:
         page = await rt.storage.activity.notifications(where, PAGE_SIZE, _arg(request, "cursor"))
     except InvalidCursor:
-        raise Forbidden("That page link is not valid any more; start the search again.") from None
+        raise BadInput("That page link is not valid any more; start the search again.") from None
     next_link = None
     if page.next_cursor:
         kept = {k: v for k, v in filters.items() if v}
@@ -270,8 +273,6 @@ async def notifications(request: Request) -> Response:
 
 
 def _utc(moment: datetime | None) -> datetime | None:
-    from datetime import UTC
-
     return moment.astimezone(UTC) if moment else None
 
 
@@ -317,7 +318,7 @@ async def users(request: Request) -> Response:
     try:
         page = await rt.storage.activity.users(query, PAGE_SIZE, _arg(request, "cursor"))
     except InvalidCursor:
-        raise Forbidden("That page link is not valid any more; search again.") from None
+        raise BadInput("That page link is not valid any more; search again.") from None
     next_link = None
     if page.next_cursor:
         next_link = "/console/users?" + urlencode(
@@ -364,7 +365,7 @@ async def broadcasts(request: Request) -> Response:
     try:
         page = await rt.storage.activity.broadcasts(PAGE_SIZE, _arg(request, "cursor"))
     except InvalidCursor:
-        raise Forbidden("That page link is not valid any more.") from None
+        raise BadInput("That page link is not valid any more.") from None
     next_link = f"/console/broadcasts?cursor={page.next_cursor}" if page.next_cursor else None
     return _page(request, "broadcasts.html", session, "broadcasts", page=page, next_link=next_link)
 
@@ -514,7 +515,7 @@ async def dead_letters(request: Request) -> Response:
     try:
         page = await rt.storage.activity.dead_letters(PAGE_SIZE, _arg(request, "cursor"))
     except InvalidCursor:
-        raise Forbidden("That page link is not valid any more.") from None
+        raise BadInput("That page link is not valid any more.") from None
     next_link = f"/console/dead-letters?cursor={page.next_cursor}" if page.next_cursor else None
     rows = [(d, mask_target(d.channel, d.target)) for d in page.items]
     return _page(
@@ -559,7 +560,7 @@ async def suppressions(request: Request) -> Response:
             channel, _arg(request, "address", 320), PAGE_SIZE, _arg(request, "cursor")
         )
     except InvalidCursor:
-        raise Forbidden("That page link is not valid any more.") from None
+        raise BadInput("That page link is not valid any more.") from None
     next_link = f"/console/suppressions?cursor={page.next_cursor}" if page.next_cursor else None
     return _page(
         request,

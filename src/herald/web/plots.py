@@ -58,8 +58,9 @@ def _frame(
     for minutes_ago in range(window.minutes, -1, -max(1, window.minutes // 6)):
         x = LEFT + plot_w * (window.minutes - minutes_ago) / window.minutes
         label = "now" if minutes_ago == 0 else f"-{minutes_ago}m"
+        anchor = "end" if minutes_ago == 0 else "middle"
         parts.append(
-            f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle">{label}</text>'
+            f'<text class="axis" x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="{anchor}">{label}</text>'
         )
     parts.extend(body)
     parts.append("</svg>")
@@ -67,16 +68,20 @@ def _frame(
 
 
 def _number(value: float) -> str:
-    return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+# Axis maxima whose quarters read well (the grid has four steps).
+NICE = (0.1, 0.2, 0.4, 0.8, 1, 2, 4, 8, 12, 20, 40, 60, 80, 100, 200, 400, 600, 800, 1000)
 
 
 def _nice_max(value: float) -> float:
     if value <= 0:
-        return 1.0
-    for scale in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10_000):
-        if value <= scale:
-            return float(scale)
-    return float(value)
+        return 4.0
+    magnitude = 1.0
+    while value > NICE[-1] * magnitude:
+        magnitude *= 10
+    return next(float(n * magnitude) for n in NICE if value <= n * magnitude)
 
 
 def deliveries_per_minute(outcomes: Sequence[Outcome], window: Window) -> Markup:
@@ -145,6 +150,9 @@ def latency_percentiles(outcomes: Sequence[Outcome], window: Window) -> Markup:
         ]
         if points:
             body.append(f'<polyline class="p{p}" fill="none" points="{" ".join(points)}"/>')
+            for point in points:  # a minute alone is a dot, not a line
+                x, y = point.split(",")
+                body.append(f'<circle class="p{p}" cx="{x}" cy="{y}" r="2.5"/>')
     everything = sorted(v for values in per_minute for v in values)
     desc = (
         ", ".join(f"p{p} {percentile(everything, p):.2f} s" for p in PERCENTILES)

@@ -29,9 +29,17 @@ class SignInRequired(Exception):
 
 
 class Forbidden(Exception):
+    """The console refuses: a page says why (403, or 400 for input it cannot use)."""
+
+    status = 403
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class BadInput(Forbidden):
+    status = 400
 
 
 @dataclass(frozen=True, slots=True)
