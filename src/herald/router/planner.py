@@ -70,7 +70,6 @@ def plan_routing(
     routing: RoutingInput,
     now: datetime,
     unsubscribe_url: UnsubscribeUrl | None = None,
-    *,
     preferences_url: UnsubscribeUrl | None = None,
 ) -> RoutingPlan:
     notification = routing.notification

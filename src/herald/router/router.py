@@ -72,11 +72,7 @@ class Router:
         inputs = await self.routing.load(notification_ids)
         plan = RoutingPlan()
         for routing in inputs:
-            plan.extend(
-                plan_routing(
-                    routing, now, self.unsubscribe_url, preferences_url=self.preferences_url
-                )
-            )
+            plan.extend(plan_routing(routing, now, self.unsubscribe_url, self.preferences_url))
         # The whole batch, not only what was still to route: one handed out again after a
         # crash between the routing commit and the publish publishes what it had written.
         queued = await self.routing.save(notification_ids, plan.deliveries, plan.folds, plan.claims)

@@ -274,6 +274,15 @@ class ActivityRepository(Repository):
         log = await NotificationRepository(self.db).events_of(delivery.notification_id)
         return delivery, [e for e in log if e.delivery_id == delivery_id]
 
+    async def channels_of(self, notification_id: str) -> dict[str, str]:
+        """The channel of each of a notification's deliveries (for its log's entries)."""
+        d = t.deliveries.c
+        async with self.db.reading() as db:
+            rows = await db.execute(
+                sa.select(d.id, d.channel).where(d.notification_id == notification_id)
+            )
+            return {row.id: row.channel for row in rows}
+
     async def dead_letters(self, limit: int, cursor: str | None) -> Page[Delivery]:
         """Deliveries set aside as failed (retries used up, expired, a message no worker
         could process), most recently failed first."""

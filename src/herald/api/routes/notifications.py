@@ -260,8 +260,7 @@ async def get_events(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
     if await rt.storage.notifications.get(notification_id) is None:
         raise not_found("notification")
     events = await rt.storage.notifications.events_of(notification_id)
-    deliveries = await rt.storage.notifications.deliveries_of(notification_id)
-    channels = {d.id: d.channel.value for d in deliveries}
+    channels = await rt.storage.activity.channels_of(notification_id)
     return {
         "items": [
             EventOut(

@@ -10,6 +10,8 @@
  *   base-url   where Herald is, e.g. https://herald.example.com ("" or absent: this origin)
  *   page-size  items per page (default 20)
  *   lang       built-in strings: en (default), de, fr, es; the `strings` property overrides
+ *   align      "end" (default: the list opens towards the left, for a bell at the right
+ *              of a bar) or "start" (towards the right)
  *   open       present while the list is open
  *
  * Events (bubbling, composed; details in event.detail)
@@ -57,6 +59,7 @@ button { font: inherit; cursor: pointer; }
   max-height: 70vh; overflow: auto; background: var(--_bg); border: 1px solid var(--_line); border-radius: 10px;
   box-shadow: 0 10px 30px rgb(16 24 40 / 18%); z-index: 1000; }
 .panel[hidden] { display: none; }
+:host([align="start"]) .panel { right: auto; left: 0; }
 .header { display: flex; justify-content: space-between; align-items: center; padding: .6rem .8rem;
   border-bottom: 1px solid var(--_line); position: sticky; top: 0; background: var(--_bg); }
 .header h2 { font-size: 1rem; margin: 0; }
