@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from herald.runtime import Runtime
 from herald.storage import InvalidCursor
@@ -8,6 +9,7 @@ from herald.storage.activity import NotificationFilter
 from tests.fixtures.activity import (
     EPOCH,
     counting_statements,
+    explaining,
     insert_notifications,
     notification_rows,
 )
@@ -37,6 +39,42 @@ async def test_paging_through_100000_notifications_costs_a_fixed_number_of_state
     assert pages == total // limit
     # One statement for the page and one for its deliveries, whatever the depth.
     assert len(statements) <= 2 * pages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "depth"),
+    [
+        (ALL, 20),
+        (NotificationFilter(user_id="u7"), 1),
+        (NotificationFilter(category="billing"), 20),
+    ],
+    ids=["all", "by user", "by category"],
+)
+async def test_a_deep_page_walks_an_index_without_sorting(
+    runtime: Runtime, backend: str, where: NotificationFilter, depth: int
+) -> None:
+    """The plan of a page far down 100,000 rows: an index read newest first up to the
+    page's end, no sort of everything before it (what would make page 2,000 slow)."""
+    database = runtime.storage.database
+    await insert_notifications(database, notification_rows(100_000))
+    if backend == "production":
+        async with database.transaction() as db:
+            await db.execute(sa.text("ANALYZE notifications"))
+    page = await runtime.storage.activity.notifications(where, 500, None)
+    for _ in range(depth):
+        assert page.next_cursor is not None
+        page = await runtime.storage.activity.notifications(where, 500, page.next_cursor)
+    explain = "EXPLAIN" if backend == "production" else "EXPLAIN QUERY PLAN"
+    with explaining(database, "SELECT notifications.id", explain) as plans:
+        await runtime.storage.activity.notifications(where, 500, page.next_cursor)
+    (plan,) = plans
+    if backend == "production":
+        assert "Index" in plan, plan
+        assert "Sort" not in plan, plan
+    else:
+        assert "USING INDEX ix_notifications_" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
 
 
 async def test_filters_and_paging_agree_with_the_rows(runtime: Runtime) -> None:
