@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 import pytest
 
+from herald.api.app import create_app
+from herald.clock import FakeClock
 from herald.runtime import Runtime
 from herald.web.console import router as console_router
+from herald.web.session import SESSION_TTL
 from tests.fixtures.console import csrf_of, make_key, sign_in
 from tests.fixtures.herald import Pipeline, eventually
 
@@ -176,3 +181,50 @@ async def test_sign_in_never_redirects_off_the_console(
         },
     )
     assert response.headers["location"] == "/console/notifications"
+
+
+class TestExpiry:
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    async def test_a_session_ends_after_eight_hours(
+        self, runtime: Runtime, browser_client: httpx.AsyncClient, clock: FakeClock
+    ) -> None:
+        await sign_in(browser_client, await make_key(runtime, "read"))
+        clock.advance((SESSION_TTL - timedelta(seconds=1)).total_seconds())
+        assert (await browser_client.get("/console/notifications")).status_code == 200
+        clock.advance(2)
+        assert (await browser_client.get("/console/notifications")).status_code == 303
+
+
+async def test_over_https_the_cookie_is_secure(runtime: Runtime) -> None:
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="https://herald.test") as client:
+        response = await sign_in(client, await make_key(runtime, "read"))
+    assert "Secure" in response.headers["set-cookie"]
+
+
+async def test_a_broadcast_is_followed_and_cancelled(
+    api: httpx.AsyncClient, console: httpx.AsyncClient
+) -> None:
+    await api.put("/v1/users/42", json={"timezone": "UTC"})
+    await api.put("/v1/users/42/topics/storms")
+    created = await api.post(
+        "/v1/broadcasts",
+        json={"topic": "storms", "notification": {"title": "Storm <b>warning</b>"}},
+        headers={"Idempotency-Key": "b1"},
+    )
+    broadcast_id = created.json()["id"]
+    listing = await console.get("/console/broadcasts")
+    assert "Storm &lt;b&gt;warning&lt;/b&gt;" in listing.text
+    page = await console.get(f"/console/broadcasts/{broadcast_id}")
+    assert 'data-live="1"' in page.text  # no pipeline runs here: it is not settled
+    cancelled = await console.post(
+        f"/console/broadcasts/{broadcast_id}/cancel", data={"csrf": csrf_of(page.text)}
+    )
+    assert cancelled.status_code == 303
+    assert (await api.get(f"/v1/broadcasts/{broadcast_id}")).json()["state"] == "cancelled"
+    after = await console.get(f"/console/broadcasts/{broadcast_id}")
+    assert "Cancelled:" in after.text  # said once, after the action
+    assert "Cancel the broadcast" not in after.text
