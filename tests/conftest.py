@@ -2,7 +2,13 @@
 on the embedded backends (SQLite + in-process bus) and on the production ones
 (PostgreSQL + Kafka, marked `production`, `postgres` and `kafka`)."""
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.herald", "tests.fixtures.serve"]
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.herald",
+    "tests.fixtures.serve",
+    "tests.fixtures.console",
+    "tests.fixtures.browser",
+]
 
 
 import pytest  # noqa: E402

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from herald.config import ConfigurationError, Settings
+from herald.dlq_cli import dlq_group
 from herald.domain import Channel
 from herald.logs import configure
 
@@ -804,6 +805,8 @@ def chaos(
     _run(go())
     sys.exit(0 if holder and holder[0] else 1)
 
+
+main.add_command(dlq_group(_settings, _run), "dlq")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,6 +19,7 @@ from herald.providers.callbacks import WebhookConfig
 from herald.providers.email_layout import EmailBranding, compose_html
 from herald.providers.registry import ProviderSet, build_providers
 from herald.relay import Relay
+from herald.router.planner import EmailExtras
 from herald.router.router import Router
 from herald.scheduler import Scheduler
 from herald.security import Signer
@@ -125,18 +126,28 @@ class Runtime:
         )
         return f"{self.settings.effective_public_url}/v1/unsubscribe?token={token}"
 
+    def preferences_url(self, user_id: str, category: str) -> str:
+        """The preference center's link for an email's footer (signed, expiring)."""
+        token = self.signer.sign(
+            "preferences", user_id, self.clock.now() + UNSUBSCRIBE_TTL, cat=category
+        )
+        return f"{self.settings.effective_public_url}/preferences?token={token}"
+
     def router(self) -> Router:
         return Router(
             self.storage.routing,
             self.storage.broadcasts,
             self.bus,
             self.clock,
-            self.unsubscribe_url,
-            on_outbox=self.wake_relay,
-            email_links=self.email_links,
-            email_html=functools.partial(
-                compose_html, branding=EmailBranding.from_settings(self.settings)
+            EmailExtras(
+                self.unsubscribe_url,
+                self.preferences_url,
+                self.email_links,
+                functools.partial(
+                    compose_html, branding=EmailBranding.from_settings(self.settings)
+                ),
             ),
+            on_outbox=self.wake_relay,
         )
 
     def email_links(self, delivery_id: str) -> TrackedLinks:

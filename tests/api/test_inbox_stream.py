@@ -18,6 +18,7 @@ from herald.api.app import create_app
 from herald.api.routes.inbox import INBOX_TOKEN_TTL
 from herald.clock import FakeClock
 from herald.runtime import Runtime
+from herald.storage import InboxItem
 from tests.fixtures.asgi import http_get_scope
 
 
@@ -91,3 +92,42 @@ async def test_a_stream_ends_when_its_inbox_token_expires(
 
     assert b"after-expiry" not in stream.body
     assert stream.body.endswith(b'event: expired\ndata: {"reason": "inbox token expired"}\n\n')
+
+
+async def test_a_reconnecting_stream_first_gets_what_it_missed(
+    runtime: Runtime, api: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    """The event id of the last item seen (Last-Event-ID, or last_event_id in the URL of
+    a new stream): the items stored after it come first, then live ones, none twice."""
+    await api.put("/v1/users/42", json={"timezone": "UTC"})
+    token = (await api.post("/v1/users/42/inbox-token")).json()["token"]
+    items = []
+    for n in range(3):
+        items.append(
+            InboxItem(
+                f"item-{n}",
+                "42",
+                f"d{n}",
+                f"n{n}",
+                "default",
+                f"title {n}",
+                None,
+                {},
+                None,
+                clock.now(),
+                1,
+            )
+        )
+        clock.advance(1)
+    await runtime.storage.inbox.insert(items)
+    app = create_app(runtime)
+    query = f"token={token}&last_event_id=item-0"
+    async with open_stream(app, "/v1/users/42/inbox/stream", query) as stream:
+        await stream.until(b"id: item-2")
+        await runtime.hub.publish("42", {"id": "item-2"})  # live too: not sent again
+        await runtime.hub.publish("42", {"id": "item-3"})
+        await stream.until(b"id: item-3")
+    body = stream.body
+    assert b"id: item-0" not in body
+    assert body.index(b"id: item-1") < body.index(b"id: item-2") < body.index(b"id: item-3")
+    assert body.count(b"id: item-2") == 1

@@ -19,7 +19,7 @@ from herald.domain import (
     QuietHours,
     User,
 )
-from herald.router.planner import plan_deliveries, plan_routing
+from herald.router.planner import EmailExtras, plan_deliveries, plan_routing
 from herald.storage.records import RoutingInput
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -122,11 +122,11 @@ def test_unsubscribe_link_only_for_non_critical_email() -> None:
     def link(user: str, category: str) -> str:
         return f"https://h/unsub/{user}/{category}"
 
-    normal = by_channel(plan_deliveries(routing(), NOW, link))["email"][0]
+    normal = by_channel(plan_deliveries(routing(), NOW, EmailExtras(link)))["email"][0]
     assert normal.payload["unsubscribe_url"] == "https://h/unsub/42/news"  # type: ignore[attr-defined]
-    critical = by_channel(plan_deliveries(routing(priority=Priority.CRITICAL), NOW, link))["email"][
-        0
-    ]
+    critical = by_channel(
+        plan_deliveries(routing(priority=Priority.CRITICAL), NOW, EmailExtras(link))
+    )["email"][0]
     assert "unsubscribe_url" not in critical.payload  # type: ignore[attr-defined]
 
 
@@ -245,3 +245,16 @@ def test_size_limits_are_each_channels_own() -> None:
     }
     fits = plan_deliveries(routing(body="x" * 1600), NOW)
     assert {d.state for d in fits} == {DeliveryState.QUEUED}
+
+
+def test_the_preference_center_link_goes_beside_the_unsubscribe_link() -> None:
+    def link(user: str, category: str) -> str:
+        return f"https://h/unsub/{user}/{category}"
+
+    def preferences(user: str, category: str) -> str:
+        return f"https://h/preferences/{user}/{category}"
+
+    planned = plan_routing(routing(), NOW, EmailExtras(link, preferences)).deliveries
+    (email,) = by_channel(planned)["email"]
+    assert email.payload["preferences_url"] == "https://h/preferences/42/news"  # type: ignore[attr-defined]
+    assert all("preferences_url" not in d.payload for d in by_channel(planned)["push"])  # type: ignore[attr-defined]

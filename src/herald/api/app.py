@@ -9,10 +9,11 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from herald import __version__
+from herald import __version__, web
 from herald.api import errors, openapi
 from herald.api.access import AccessLog
 from herald.api.routes import (
+    activity,
     admin,
     broadcasts,
     channels,
@@ -38,6 +39,7 @@ ROUTE_MODULES = (
     webhooks,
     engagement,
     workflows,
+    activity,
 )
 DEFAULT_BODY_LIMIT = 1 * 1024 * 1024
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
@@ -110,7 +112,7 @@ class JsonOnly:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path.startswith(("/v1/webhooks/", "/v1/unsubscribe")):
+        if path.startswith(("/v1/webhooks/", "/v1/unsubscribe", "/console/", "/preferences")):
             await self.app(scope, receive, send)
             return
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
@@ -212,6 +214,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     for module in ROUTE_MODULES:
         app.include_router(module.router)
     openapi.install(app, api_routes())
+    web.install(app)
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit)
     app.add_middleware(InFlightLimit, limit=runtime.settings.api_max_in_flight)

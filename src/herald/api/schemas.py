@@ -463,6 +463,7 @@ class NotificationOut(BaseModel):
 
 class EventOut(BaseModel):
     delivery_id: str
+    channel: str | None = None  # None: the delivery is gone (its user was deleted)
     status: str
     provider: str | None
     detail: dict[str, Any]

@@ -59,6 +59,10 @@ WAITING_STATES: frozenset[DeliveryState] = frozenset({S.QUEUED, S.DEFERRED})
 # Not final and not yet with the provider: a message no worker can process sets these aside
 # as failed.
 UNSENT_STATES: frozenset[DeliveryState] = frozenset({S.QUEUED, S.DEFERRED, S.SENDING})
+# What an operator may replay from the dead-letter queue: queued again with a fresh retry
+# budget. The one way out of a final state, outside TRANSITIONS because Herald itself never
+# takes it (storage/guards.py REPLAY).
+REPLAYABLE_STATES: frozenset[DeliveryState] = frozenset({S.FAILED})
 # The provider's answer that settles an `unknown` delivery (its lease ran out mid-send).
 LATE_ANSWER_STATES: frozenset[DeliveryState] = TRANSITIONS[S.UNKNOWN]
 # What a provider webhook may report, from each state: a later fate of a send.

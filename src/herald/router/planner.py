@@ -41,6 +41,21 @@ UnsubscribeUrl = Callable[[str, str], str]  # (user id, category) -> URL
 
 
 @dataclass(frozen=True, slots=True)
+class EmailExtras:
+    """What the router adds to each email: the footer's unsubscribe and preference-center
+    links, and open/click tracking, which makes the HTML part here (`html`) so that what
+    is tracked is what is sent."""
+
+    unsubscribe_url: UnsubscribeUrl | None = None
+    preferences_url: UnsubscribeUrl | None = None
+    links: EmailLinks | None = None
+    html: EmailHtml | None = None
+
+
+NO_EXTRAS = EmailExtras()
+
+
+@dataclass(frozen=True, slots=True)
 class _Target:
     target: str
     ref: str
@@ -64,17 +79,15 @@ class RoutingPlan:
 
 
 def plan_deliveries(
-    routing: RoutingInput, now: datetime, unsubscribe_url: UnsubscribeUrl | None = None
+    routing: RoutingInput, now: datetime, email: EmailExtras = NO_EXTRAS
 ) -> list[Delivery]:
-    return plan_routing(routing, now, unsubscribe_url).deliveries
+    return plan_routing(routing, now, email).deliveries
 
 
 def plan_routing(
     routing: RoutingInput,
     now: datetime,
-    unsubscribe_url: UnsubscribeUrl | None = None,
-    email_links: EmailLinks | None = None,
-    email_html: EmailHtml | None = None,
+    email: EmailExtras = NO_EXTRAS,
 ) -> RoutingPlan:
     notification = routing.notification
     user = routing.user
@@ -101,10 +114,10 @@ def plan_routing(
         created + timedelta(seconds=notification.ttl_seconds) if notification.ttl_seconds else None
     )
     for decision in decisions:
-        deliveries = _channel_deliveries(routing, decision, expires_at, unsubscribe_url)
-        if email_links is not None and decision.channel == Channel.EMAIL:
+        deliveries = _channel_deliveries(routing, decision, expires_at, email)
+        if email.links is not None and decision.channel == Channel.EMAIL:
             tracking = routing.category.tracking
-            deliveries = [_tracked(d, tracking, email_links, email_html) for d in deliveries]
+            deliveries = [_tracked(d, tracking, email.links, email.html) for d in deliveries]
         plan.extend(_shape(routing, decision.channel, deliveries, zone, now))
     return plan
 
@@ -123,7 +136,7 @@ def _channel_deliveries(
     routing: RoutingInput,
     decision: ChannelDecision,
     expires_at: datetime | None,
-    unsubscribe_url: UnsubscribeUrl | None,
+    email: EmailExtras,
 ) -> list[Delivery]:
     channel = decision.channel
     notification = routing.notification
@@ -144,10 +157,13 @@ def _channel_deliveries(
     if (
         skip_reason is None
         and channel == Channel.EMAIL
-        and unsubscribe_url is not None
+        and email.unsubscribe_url is not None
         and notification.priority != Priority.CRITICAL
     ):
-        payload["unsubscribe_url"] = unsubscribe_url(notification.user_id, notification.category)
+        user_id, category = notification.user_id, notification.category
+        payload["unsubscribe_url"] = email.unsubscribe_url(user_id, category)
+        if email.preferences_url is not None:  # the preference center, linked from the footer
+            payload["preferences_url"] = email.preferences_url(user_id, category)
     if skip_reason is not None:
         targets = [_Target("", NO_TARGET)]
     suppressed = routing.suppressed

@@ -24,11 +24,10 @@ import structlog
 from herald.bus.interface import LANES, Bus, Lane, Message, notifications_topic
 from herald.bus.messages import delivery_record, ids_in
 from herald.clock import Clock
-from herald.domain.tracking import EmailHtml, EmailLinks
 from herald.metrics import METRICS
 from herald.roles import PRIORITY_BATCH_SIZE, consume_loop
 from herald.router.fanout import BroadcastFanout
-from herald.router.planner import RoutingPlan, UnsubscribeUrl, plan_routing
+from herald.router.planner import NO_EXTRAS, EmailExtras, RoutingPlan, plan_routing
 from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.routing import RoutingRepository
 from herald.wakeups import Wake
@@ -45,19 +44,15 @@ class Router:
         broadcasts: BroadcastRepository,
         bus: Bus,
         clock: Clock,
-        unsubscribe_url: UnsubscribeUrl | None = None,
+        email: EmailExtras = NO_EXTRAS,
         on_outbox: Wake | None = None,
-        email_links: EmailLinks | None = None,
-        email_html: EmailHtml | None = None,
     ) -> None:
         self.routing = routing
         self.broadcasts = broadcasts
         self.bus = bus
         self.clock = clock
-        self.unsubscribe_url = unsubscribe_url
+        self.email = email
         self.on_outbox = on_outbox
-        self.email_links = email_links
-        self.email_html = email_html
 
     async def handle(self, messages: Sequence[Message]) -> None:
         await self.route(ids_in(messages, "notification_id"))
@@ -75,9 +70,7 @@ class Router:
         inputs = await self.routing.load(notification_ids)
         plan = RoutingPlan()
         for routing in inputs:
-            plan.extend(
-                plan_routing(routing, now, self.unsubscribe_url, self.email_links, self.email_html)
-            )
+            plan.extend(plan_routing(routing, now, self.email))
         # The whole batch, not only what was still to route: one handed out again after a
         # crash between the routing commit and the publish publishes what it had written.
         queued = await self.routing.save(notification_ids, plan.deliveries, plan.folds, plan.claims)

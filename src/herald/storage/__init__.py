@@ -22,6 +22,7 @@ each shaped by the role that uses it; a role is handed only its own:
 | `engagement` | API: engagement reports, tracking | engagement.py |
 | `workflows` | API: workflow definitions, triggers, runs, events | workflows.py |
 | `workflow_timers` | scheduler: due workflow runs, each step once | workflow_timers.py |
+| `activity` | API and console: lists, searches, dead letters and their replay | activity.py |
 
 What differs between the two databases lives in `dialect.py`; the hot statements (the
 claim, outcomes, the router's reads, the scheduler's probe) run on the driver itself, in
@@ -33,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from herald.clock import SYSTEM_CLOCK, Clock
+from herald.storage.activity import ActivityRepository
 from herald.storage.addresses import AddressRepository
 from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.database import Database
@@ -91,6 +93,7 @@ class Storage:
     engagement: EngagementRepository
     workflows: WorkflowRepository
     workflow_timers: WorkflowTimerRepository
+    activity: ActivityRepository
 
     @classmethod
     def over(cls, database: Database) -> Storage:
@@ -114,6 +117,7 @@ class Storage:
             engagement=EngagementRepository(database),
             workflows=WorkflowRepository(database),
             workflow_timers=WorkflowTimerRepository(database),
+            activity=ActivityRepository(database),
         )
 
 

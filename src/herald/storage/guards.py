@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from herald.domain.deliveries import (
     CLAIMABLE_STATES,
     LATE_ANSWER_STATES,
+    REPLAYABLE_STATES,
     TRANSITIONS,
     UNSENT_STATES,
     WAITING_STATES,
@@ -63,6 +64,8 @@ SET_ASIDE = _guard("set aside what no worker can process", UNSENT_STATES, {S.FAI
 RELEASE_DUE = _guard("release a due deferral", {S.DEFERRED}, {S.QUEUED})
 LEASE_EXPIRED_REQUEUE = _guard("lease expired (at_least_once)", {S.SENDING}, {S.QUEUED})
 LEASE_EXPIRED_UNKNOWN = _guard("lease expired (at_most_once)", {S.SENDING}, {S.UNKNOWN})
+# An operator's replay of a dead letter (not in ALL: it leaves a final state on purpose).
+REPLAY = _guard("replay a dead letter", REPLAYABLE_STATES, {S.QUEUED})
 WEBHOOK = {
     source: _guard(f"provider report from {source}", {source}, targets)
     for source, targets in WEBHOOK_TRANSITIONS.items()

@@ -74,3 +74,27 @@ class InboxRepository(Repository):
                 )
             )
         return found is not None
+
+    async def since(self, user_id: str, item_id: str, limit: int) -> list[InboxItem]:
+        """The user's items stored after `item_id` (an event id the stream sent), oldest
+        first: what a reconnecting stream missed. Empty when the id is not the user's."""
+        i = t.inbox_items.c
+        async with self.db.reading() as db:
+            last = (
+                await db.execute(
+                    sa.select(i.created_at, i.id).where(i.user_id == user_id, i.id == item_id)
+                )
+            ).first()
+            if last is None:
+                return []
+            rows = await db.execute(
+                sa.select(t.inbox_items)
+                .where(
+                    i.user_id == user_id,
+                    sa.tuple_(i.created_at, i.id)
+                    > sa.tuple_(sa.literal(last.created_at, t.UtcDateTime()), sa.literal(last.id)),
+                )
+                .order_by(i.created_at, i.id)
+                .limit(limit)
+            )
+            return [to_inbox_item(row) for row in rows]

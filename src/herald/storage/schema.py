@@ -127,7 +127,7 @@ notifications = sa.Table(
     sa.Column("api_key_id", Id, nullable=False, server_default=""),
     sa.Column("idempotency_key", sa.String(255), nullable=False),
     sa.Column("request_hash", sa.String(64), nullable=False),
-    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
     sa.Column("category", sa.String(128), nullable=False),
     sa.Column("priority", sa.String(16), nullable=False),
     sa.Column("content", Json, nullable=False),
@@ -135,11 +135,16 @@ notifications = sa.Table(
     sa.Column("ttl_seconds", sa.Integer),
     sa.Column("send_at", UtcDateTime),
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("routed_at", UtcDateTime),
     sa.Column("broadcast_id", Id),
     sa.Column("deliver_at_local", sa.String(5)),
     sa.Index("ix_notifications_broadcast", "broadcast_id"),
+    # The activity API's keyset pages (migration 0012; they replaced the indexes on
+    # created_at and on user_id alone, which PostgreSQL preferred and then sorted).
+    sa.Index("ix_notifications_created_id", "created_at", "id"),
+    sa.Index("ix_notifications_user_created", "user_id", "created_at", "id"),
+    sa.Index("ix_notifications_category_created", "category", "created_at", "id"),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
@@ -299,6 +304,7 @@ broadcasts = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_broadcasts_idempotency"),
+    sa.Index("ix_broadcasts_created_id", "created_at", "id"),
 )
 
 broadcast_recipients = sa.Table(

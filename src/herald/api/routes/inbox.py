@@ -23,6 +23,7 @@ from herald.storage import InvalidCursor
 router = APIRouter(prefix="/v1/users/{user_id}", tags=["inbox"], route_class=HeraldRoute)
 INBOX_TOKEN_TTL = timedelta(hours=12)
 KEEPALIVE_SECONDS = 15.0
+MISSED_LIMIT = 500  # items replayed to a reconnecting stream, at most
 EXPIRED_EVENT = b'event: expired\ndata: {"reason": "inbox token expired"}\n\n'
 
 
@@ -92,11 +93,26 @@ async def stream(
             return KEEPALIVE_SECONDS
         return (expires_at - rt.clock.now()).total_seconds()
 
+    # What the client saw last: EventSource sends it as Last-Event-ID when it reconnects; a
+    # client opening a new stream names it in the URL. The items stored since are sent first.
+    last_seen = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    sent: set[str] = set()
+
+    def event(item: dict[str, Any]) -> bytes:
+        sent.add(str(item.get("id")))
+        return b"id: %s\nevent: inbox\ndata: %s\n\n" % (
+            str(item.get("id")).encode(),
+            orjson.dumps(item),
+        )
+
     async def events() -> AsyncIterator[bytes]:
         async with rt.hub.subscribe(user_id) as queue:
             METRICS.inbox_streams.inc()
             try:
                 yield b": connected\n\n"
+                if last_seen and len(last_seen) <= 64:
+                    for missed in await rt.storage.inbox.since(user_id, last_seen, MISSED_LIMIT):
+                        yield event(inbox_item_json(missed))
                 while not await request.is_disconnected():
                     if remaining() <= 0:
                         yield EXPIRED_EVENT
@@ -111,10 +127,8 @@ async def stream(
                         continue
                     if remaining() <= 0:
                         continue  # arrived after the token's end: not delivered
-                    yield b"id: %s\nevent: inbox\ndata: %s\n\n" % (
-                        str(item.get("id")).encode(),
-                        orjson.dumps(item),
-                    )
+                    if str(item.get("id")) not in sent:  # not already sent as missed
+                        yield event(item)
             finally:
                 METRICS.inbox_streams.dec()
 

@@ -313,10 +313,12 @@ async def get_events(notification_id: str, rt: RuntimeDep) -> dict[str, Any]:
     if await rt.storage.notifications.get(notification_id) is None:
         raise not_found("notification")
     events = await rt.storage.notifications.events_of(notification_id)
+    channels = await rt.storage.activity.channels_of(notification_id)
     return {
         "items": [
             EventOut(
                 delivery_id=e.delivery_id,
+                channel=channels.get(e.delivery_id),
                 status=e.state.value,
                 provider=e.provider,
                 detail=e.detail,

@@ -1,0 +1,230 @@
+"""The console over HTTP: sessions, CSRF, scopes, headers, escaping and every page."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from herald.api.app import create_app
+from herald.clock import FakeClock
+from herald.runtime import Runtime
+from herald.web.console import router as console_router
+from herald.web.session import SESSION_TTL
+from tests.fixtures.console import csrf_of, make_key, sign_in
+from tests.fixtures.herald import Pipeline, eventually
+
+PAGES = (
+    "/console/notifications",
+    "/console/users",
+    "/console/broadcasts",
+    "/console/providers",
+    "/console/dead-letters",
+    "/console/suppressions",
+    "/console/inbox-demo",
+)
+
+
+async def test_without_a_session_every_page_sends_to_sign_in(
+    browser_client: httpx.AsyncClient,
+) -> None:
+    for path in PAGES:
+        response = await browser_client.get(path)
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/console/sign-in?next=")
+
+
+def test_every_console_route_asks_for_a_session() -> None:
+    """Each route's code starts from _viewer or _actor (which check the session), except
+    the sign-in pages and the redirect home."""
+    import inspect
+
+    open_routes = {"/console", "/console/sign-in"}
+    for route in console_router.routes:
+        path = getattr(route, "path", "")
+        if path in open_routes:
+            continue
+        source = inspect.getsource(route.endpoint)  # type: ignore[attr-defined]
+        assert "await _viewer(request)" in source or "await _actor(request)" in source, path
+
+
+async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_it(
+    runtime: Runtime, browser_client: httpx.AsyncClient
+) -> None:
+    response = await sign_in(browser_client, await make_key(runtime, "read"))
+    assert response.status_code == 303
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie or "samesite=strict" in cookie.lower()
+    assert "Secure" not in cookie  # plain http here; https gets Secure
+    page = await browser_client.get("/console/notifications")
+    assert page.status_code == 200
+    out = await browser_client.post("/console/sign-out", data={"csrf": csrf_of(page.text)})
+    assert out.status_code == 303
+    assert (await browser_client.get("/console/notifications")).status_code == 303
+
+
+async def test_a_wrong_key_is_refused_on_the_page(
+    runtime: Runtime, browser_client: httpx.AsyncClient
+) -> None:
+    response = await sign_in(browser_client, "hk_nope_nope")
+    assert response.status_code == 401
+    assert "not valid" in response.text
+
+
+async def test_forms_without_the_csrf_token_are_refused(console: httpx.AsyncClient) -> None:
+    for path in ("/console/dead-letters/replay-all", "/console/sign-out", "/console/suppressions"):
+        response = await console.post(path, data={"channel": "email", "address": "x@y.z"})
+        assert response.status_code == 403, path
+        assert "CSRF" in response.text
+    bad = await console.post("/console/dead-letters/replay-all", data={"csrf": "forged"})
+    assert bad.status_code == 403
+    page = await console.get("/console/suppressions")
+    assert "x@y.z" not in page.text  # nothing was suppressed
+
+
+async def test_a_read_key_sees_but_cannot_act(
+    runtime: Runtime, browser_client: httpx.AsyncClient
+) -> None:
+    await sign_in(browser_client, await make_key(runtime, "read"))
+    page = await browser_client.get("/console/suppressions")
+    assert page.status_code == 200
+    assert 'action="/console/suppressions"' not in page.text  # no form to act with
+    response = await browser_client.post(
+        "/console/suppressions",
+        data={"csrf": csrf_of(page.text), "channel": "email", "address": "a@b.c"},
+    )
+    assert response.status_code == 403
+    assert "manage or admin" in response.text
+
+
+async def test_a_revoked_key_ends_its_session(
+    runtime: Runtime, browser_client: httpx.AsyncClient
+) -> None:
+    key = await make_key(runtime, "read")
+    await sign_in(browser_client, key)
+    key_id = key.split("_")[1]
+    await runtime.storage.keys.revoke_api_key(key_id)
+    assert (await browser_client.get("/console/notifications")).status_code == 303
+
+
+async def test_pages_carry_the_security_headers(console: httpx.AsyncClient) -> None:
+    for path in (*PAGES, "/console/sign-in", "/static/herald-inbox.js", "/preferences"):
+        response = await console.get(path)
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src 'self'" in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+
+
+async def test_user_text_is_escaped_and_the_timeline_is_shown(
+    api: httpx.AsyncClient, console: httpx.AsyncClient, pipeline: Pipeline
+) -> None:
+    await api.put("/v1/users/42", json={"email": "ada@example.com", "timezone": "UTC"})
+    title = "<script>alert(1)</script>"
+    created = await api.post(
+        "/v1/notifications", json={"user_id": "42", "title": title, "channels": ["email"]}
+    )
+    notification_id = created.json()["id"]
+
+    async def sent() -> bool:
+        body = (await api.get(f"/v1/notifications/{notification_id}")).json()
+        return bool(body["deliveries"]) and body["deliveries"][0]["status"] == "sent"
+
+    await eventually(sent)
+    listing = await console.get("/console/notifications", params={"user_id": "42"})
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in listing.text
+    assert "<script>alert" not in listing.text
+    detail = await console.get(f"/console/notifications/{notification_id}")
+    assert "&lt;script&gt;" in detail.text
+    assert "a***@example.com" in detail.text  # the address is masked
+    assert 'class="t-sent"' in detail.text  # the timeline has the send
+    for path in ("/console/users/42", "/console/providers"):
+        page = await console.get(path)
+        assert page.status_code == 200, path
+    assert "<svg" in (await console.get("/console/providers")).text
+
+
+async def test_suppressions_are_added_and_lifted(console: httpx.AsyncClient) -> None:
+    page = await console.get("/console/suppressions")
+    added = await console.post(
+        "/console/suppressions",
+        data={"csrf": csrf_of(page.text), "channel": "email", "address": "bounce@example.com"},
+    )
+    assert added.status_code == 303
+    listed = await console.get("/console/suppressions")
+    assert "bounce@example.com" in listed.text
+    lift = listed.text.split('action="/console/suppressions/')[1].split('"')[0]
+    lifted = await console.post(
+        f"/console/suppressions/{lift}", data={"csrf": csrf_of(listed.text)}
+    )
+    assert lifted.status_code == 303
+    assert "bounce@example.com" not in (await console.get("/console/suppressions")).text
+
+
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/", "/v1/keys", "/console\\x"]
+)
+async def test_sign_in_never_redirects_off_the_console(
+    runtime: Runtime, browser_client: httpx.AsyncClient, target: str
+) -> None:
+    page = await browser_client.get("/console/sign-in")
+    response = await browser_client.post(
+        "/console/sign-in",
+        data={
+            "key": await make_key(runtime, "read"),
+            "csrf": csrf_of(page.text),
+            "next": target,
+        },
+    )
+    assert response.headers["location"] == "/console/notifications"
+
+
+class TestExpiry:
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    async def test_a_session_ends_after_eight_hours(
+        self, runtime: Runtime, browser_client: httpx.AsyncClient, clock: FakeClock
+    ) -> None:
+        await sign_in(browser_client, await make_key(runtime, "read"))
+        clock.advance((SESSION_TTL - timedelta(seconds=1)).total_seconds())
+        assert (await browser_client.get("/console/notifications")).status_code == 200
+        clock.advance(2)
+        assert (await browser_client.get("/console/notifications")).status_code == 303
+
+
+async def test_over_https_the_cookie_is_secure(runtime: Runtime) -> None:
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="https://herald.test") as client:
+        response = await sign_in(client, await make_key(runtime, "read"))
+    assert "Secure" in response.headers["set-cookie"]
+
+
+async def test_a_broadcast_is_followed_and_cancelled(
+    api: httpx.AsyncClient, console: httpx.AsyncClient
+) -> None:
+    await api.put("/v1/users/42", json={"timezone": "UTC"})
+    await api.put("/v1/users/42/topics/storms")
+    created = await api.post(
+        "/v1/broadcasts",
+        json={"topic": "storms", "notification": {"title": "Storm <b>warning</b>"}},
+        headers={"Idempotency-Key": "b1"},
+    )
+    broadcast_id = created.json()["id"]
+    listing = await console.get("/console/broadcasts")
+    assert "Storm &lt;b&gt;warning&lt;/b&gt;" in listing.text
+    page = await console.get(f"/console/broadcasts/{broadcast_id}")
+    assert 'data-live="1"' in page.text  # no pipeline runs here: it is not settled
+    cancelled = await console.post(
+        f"/console/broadcasts/{broadcast_id}/cancel", data={"csrf": csrf_of(page.text)}
+    )
+    assert cancelled.status_code == 303
+    assert (await api.get(f"/v1/broadcasts/{broadcast_id}")).json()["state"] == "cancelled"
+    after = await console.get(f"/console/broadcasts/{broadcast_id}")
+    assert "Cancelled:" in after.text  # said once, after the action
+    assert "Cancel the broadcast" not in after.text
