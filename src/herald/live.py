@@ -20,6 +20,9 @@ from herald.outages import is_outage
 log = structlog.get_logger()
 CHANNEL = "herald_inbox"
 QUEUE_LIMIT = 100
+# Put in every subscriber's queue when the server stops: the stream ends (its client
+# reconnects, to this process restarted or another one, with Last-Event-ID).
+STREAM_END: dict[str, Any] = {"event": "stream-end"}
 
 
 class LiveHub(Protocol):
@@ -29,12 +32,15 @@ class LiveHub(Protocol):
         self, user_id: str
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]: ...
 
+    def end_streams(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
 class LocalHub:
     def __init__(self) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._ending = False
 
     def deliver(self, user_id: str, event: dict[str, Any]) -> None:
         for queue in self._subscribers.get(user_id, ()):
@@ -45,9 +51,20 @@ class LocalHub:
     async def publish(self, user_id: str, event: dict[str, Any]) -> None:
         self.deliver(user_id, event)
 
+    def end_streams(self) -> None:
+        """Every open stream ends, and one opened from now on ends at once."""
+        self._ending = True
+        for queues in self._subscribers.values():
+            for queue in queues:
+                if queue.full():
+                    queue.get_nowait()
+                queue.put_nowait(STREAM_END)
+
     @contextlib.asynccontextmanager
     async def subscribe(self, user_id: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        if self._ending:
+            queue.put_nowait(STREAM_END)
         self._subscribers.setdefault(user_id, set()).add(queue)
         try:
             yield queue

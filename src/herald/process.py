@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -218,11 +218,14 @@ async def _stop_api_on(stop: asyncio.Event, server: uvicorn.Server | None) -> No
 class _ApiServer(uvicorn.Server):
     """uvicorn's main loop wakes ten times a second to see whether it should exit; this
     one once a second (the resolution of the Date header it refreshes), and at once when
-    `exiting` is set."""
+    `exiting` is set. When it stops serving it calls `on_exit` before uvicorn waits for the
+    open requests: an endless one (an event stream) must end then, or uvicorn waits out
+    its graceful timeout and cancels it with an error."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.exiting = asyncio.Event()
+        self.on_exit = on_exit
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -237,6 +240,8 @@ class _ApiServer(uvicorn.Server):
         while not await self.on_tick(counter):
             counter = (counter + 10) % 864_000
             await wait_for_event(self.exiting, 1.0)
+        if self.on_exit is not None:
+            self.on_exit()
 
 
 def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
@@ -252,7 +257,7 @@ def _api_server(runtime: Runtime, plan: Plan) -> uvicorn.Server:
         timeout_graceful_shutdown=5,
         timeout_keep_alive=runtime.settings.http_keepalive_seconds,
     )
-    return _ApiServer(config)
+    return _ApiServer(config, on_exit=runtime.end_streams)
 
 
 def _metrics_server(runtime: Runtime, plan: Plan) -> uvicorn.Server | None:

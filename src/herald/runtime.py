@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 from dataclasses import dataclass, field
@@ -62,6 +63,14 @@ class Runtime:
     outbox_bell: PgDoorbell | None = None
     # Set in the processes that report the backlog at /metrics (herald.ops_server).
     backlog_gauges: BacklogGauges | None = None
+    # Set when the API stops serving: endless responses (event streams) end.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def end_streams(self) -> None:
+        """The API is stopping: every event stream ends (its client reconnects, with
+        Last-Event-ID, to this process restarted or to another)."""
+        self.stopping.set()
+        self.hub.end_streams()
 
     def __post_init__(self) -> None:
         if self.limits is None:

@@ -30,6 +30,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 
 import herald.security
+from herald import web
 from herald.api.app import ROUTE_MODULES, create_app, route_scopes
 from herald.config import Settings
 from herald.runtime import Runtime
@@ -297,7 +298,7 @@ def test_route_scopes_sees_every_route_of_the_app() -> None:
     own = {r.path for r in app.routes if isinstance(r, Route | APIRoute | Mount)}
     assert own == {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs/assets"}
     included = [r for r in app.routes if not isinstance(r, Route | APIRoute | Mount)]
-    assert len(included) == len(ROUTE_MODULES)
+    assert len(included) == len(ROUTE_MODULES) + len(web.page_routers())
 
 
 # -- API keys ---------------------------------------------------------------------------------

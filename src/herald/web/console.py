@@ -7,7 +7,6 @@ every form posts back with the session's CSRF token."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +21,7 @@ from herald.api.routes.activity import REPLAY_REASON
 from herald.api.routes.inbox import INBOX_TOKEN_TTL
 from herald.domain import Channel, DeliveryState, mask_target
 from herald.metrics import METRICS
+from herald.roles import wait_for_event
 from herald.runtime import Runtime
 from herald.storage import InvalidCursor
 from herald.storage.activity import NotificationFilter
@@ -419,7 +419,7 @@ async def broadcast_progress(broadcast_id: str, request: Request) -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         last: dict[str, Any] | None = None
-        while not await request.is_disconnected():
+        while not (rt.stopping.is_set() or await request.is_disconnected()):
             progress = await _progress(rt, broadcast_id)
             if progress is None:
                 return
@@ -428,7 +428,7 @@ async def broadcast_progress(broadcast_id: str, request: Request) -> Response:
                 last = progress
             if progress["final"]:
                 return
-            await asyncio.sleep(PROGRESS_SECONDS)
+            await wait_for_event(rt.stopping, PROGRESS_SECONDS)
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}

@@ -16,6 +16,7 @@ from herald.api.errors import ApiError, not_found
 from herald.api.responses import InboxOut, InboxTokenOut, MarkedOut
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import UserId
+from herald.live import STREAM_END
 from herald.metrics import METRICS
 from herald.providers.inbox import inbox_item_json
 from herald.storage import InvalidCursor
@@ -125,6 +126,8 @@ async def stream(
                         if remaining() > 0:
                             yield b": keepalive\n\n"
                         continue
+                    if item is STREAM_END:
+                        return  # the server is stopping
                     if remaining() <= 0:
                         continue  # arrived after the token's end: not delivered
                     if str(item.get("id")) not in sent:  # not already sent as missed
