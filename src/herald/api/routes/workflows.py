@@ -9,6 +9,15 @@ from fastapi import APIRouter, Body, Header, Response
 
 from herald.api.deps import Caller, RuntimeDep, require
 from herald.api.errors import ApiError, not_found
+from herald.api.openapi import errors, updated
+from herald.api.responses import (
+    EventAcceptedOut,
+    ListOut,
+    RunsCancelledOut,
+    TriggeredOut,
+    WorkflowOut,
+    WorkflowRunOut,
+)
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import EventIn, Name, WorkflowCancelIn, WorkflowTriggerIn
 from herald.domain.workflows import Workflow, WorkflowInvalid, parse_workflow, workflow_to_json
@@ -26,7 +35,13 @@ def _workflow_json(workflow: Workflow) -> dict[str, Any]:
     return {"key": workflow.key, **workflow_to_json(workflow)}
 
 
-@router.put("/workflows/{key}", dependencies=[require("manage")])
+@router.put(
+    "/workflows/{key}",
+    status_code=201,
+    response_model=WorkflowOut,
+    responses=updated(WorkflowOut),
+    dependencies=[require("manage")],
+)
 async def put_workflow(
     key: Name, rt: RuntimeDep, response: Response, body: Annotated[Any, Body()]
 ) -> dict[str, Any]:
@@ -45,7 +60,7 @@ async def put_workflow(
     return _workflow_json(workflow)
 
 
-@router.get("/workflows/{key}", dependencies=[require("read")])
+@router.get("/workflows/{key}", response_model=WorkflowOut, dependencies=[require("read")])
 async def get_workflow(key: Name, rt: RuntimeDep) -> dict[str, Any]:
     workflow = await rt.storage.workflows.get(key)
     if workflow is None:
@@ -61,7 +76,7 @@ async def delete_workflow(key: Name, rt: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/workflows", dependencies=[require("read")])
+@router.get("/workflows", response_model=ListOut[WorkflowOut], dependencies=[require("read")])
 async def list_workflows(rt: RuntimeDep) -> dict[str, Any]:
     return {
         "items": [_workflow_json(w) for w in await rt.storage.workflows.all()],
@@ -69,7 +84,16 @@ async def list_workflows(rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.post("/workflows/{key}/trigger", status_code=202)
+@router.post(
+    "/workflows/{key}/trigger",
+    status_code=202,
+    response_model=TriggeredOut,
+    response_model_exclude_none=True,
+    responses={
+        **updated(TriggeredOut, "the same Idempotency-Key and body again"),
+        **errors(409),
+    },
+)
 async def trigger(
     key: Name,
     body: WorkflowTriggerIn,
@@ -124,7 +148,9 @@ async def trigger(
     return {"ids": ids, "status": "accepted"}
 
 
-@router.get("/workflow-runs/{run_id}", dependencies=[require("read")])
+@router.get(
+    "/workflow-runs/{run_id}", response_model=WorkflowRunOut, dependencies=[require("read")]
+)
 async def get_run(run_id: str, rt: RuntimeDep) -> dict[str, Any]:
     run = await rt.storage.workflows.run(run_id)
     if run is None:
@@ -156,7 +182,9 @@ def _run_json(run: RunView) -> dict[str, Any]:
     }
 
 
-@router.post("/workflow-runs/cancel", dependencies=[require("send")])
+@router.post(
+    "/workflow-runs/cancel", response_model=RunsCancelledOut, dependencies=[require("send")]
+)
 async def cancel_runs(body: WorkflowCancelIn, rt: RuntimeDep) -> dict[str, int]:
     """Stops the runs with this key (of one user, or all of them): nothing more is sent
     for them, and what their sends made but has not gone out yet is cancelled too."""
@@ -166,7 +194,13 @@ async def cancel_runs(body: WorkflowCancelIn, rt: RuntimeDep) -> dict[str, int]:
     return {"cancelled": cancelled.runs}
 
 
-@router.post("/events", status_code=202, dependencies=[require("send")])
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=EventAcceptedOut,
+    responses=errors(404),
+    dependencies=[require("send")],
+)
 async def post_event(body: EventIn, rt: RuntimeDep) -> dict[str, Any]:
     """Resumes the user's runs waiting for this event (and counts for `if` conditions)."""
     if not await rt.storage.directory.existing_user_ids([body.user_id]):
