@@ -137,6 +137,7 @@ class Runtime:
             email_html=functools.partial(
                 compose_html, branding=EmailBranding.from_settings(self.settings)
             ),
+            workflows=self.storage.workflows,
         )
 
     def email_links(self, delivery_id: str) -> TrackedLinks:

@@ -236,10 +236,14 @@ class WorkflowOut(Out):
 
 
 class TriggeredOut(Out):
-    """`id` for a trigger with `user_id`; `ids`, one run per user in order, for `user_ids`."""
+    """`id` for a trigger with `user_id`; `ids`, one run per user in order, for `user_ids`;
+    for a `topic`, `trigger_id` and the subscribers `planned`: the runs are made as the
+    fan-out pages through them (`GET /v1/broadcasts/{trigger_id}` shows its `state`)."""
 
     id: str | None = Field(default=None, examples=["0f6c7a0e-6f7b-4b44-9a8e-3b5d0d7f1c2a"])
     ids: list[str] | None = None
+    trigger_id: str | None = None
+    planned: int | None = Field(default=None, examples=[20000])
     status: str = Field(examples=["accepted"])
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.domain.workflows import (
     RunStatus,
@@ -21,7 +22,9 @@ from herald.domain.workflows import (
     workflow_to_json,
 )
 from herald.storage import schema as t
+from herald.storage.broadcasts import CANCELLED
 from herald.storage.repository import Repository
+from herald.util import chunks
 
 R = t.workflow_runs.c
 ST = t.workflow_run_steps.c
@@ -119,24 +122,9 @@ class WorkflowRepository(Repository):
         runs that were there already are compared by request hash."""
         if not runs:
             return []
-        now = self.clock.now()
         first = runs[0]
         async with self.db.transaction() as db:
-            inserted = await db.execute(
-                self.dialect.insert(t.workflow_runs)
-                .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key", "user_id"])
-                .returning(R.id),
-                [_run_row(run, now) for run in runs],
-            )
-            created = {row.id for row in inserted}
-            steps = [
-                _step_row(run.id, position, step.id, step.type.value)
-                for run in runs
-                if run.id in created
-                for position, step in enumerate(run.workflow.steps)
-            ]
-            if steps:
-                await db.execute(t.workflow_run_steps.insert(), steps)
+            created = await self._insert_runs(db, runs)
             stored = {
                 (row.idempotency_key, row.user_id): (row.id, row.request_hash)
                 for row in await db.execute(
@@ -156,6 +144,41 @@ class WorkflowRepository(Repository):
                 )
             )
         return results
+
+    async def accept_trigger_page(self, trigger_id: str, runs: Sequence[NewRun]) -> bool:
+        """One page of a topic trigger's runs (see herald.router.fanout), unless the trigger
+        is cancelled, judged under its broadcast row's lock as a broadcast's page is. A page
+        written again (its message redelivered) adds nobody: the runs' ids and idempotency
+        keys are deterministic. False when it wrote nothing."""
+        b = t.broadcasts.c
+        async with self.db.transaction() as db:
+            state = await db.scalar(sa.select(b.state).where(b.id == trigger_id).with_for_update())
+            if state is None or state == CANCELLED:
+                return False
+            await self._insert_runs(db, runs)
+        return True
+
+    async def _insert_runs(self, db: AsyncConnection, runs: Sequence[NewRun]) -> set[str]:
+        """The runs that were not there yet, with their steps pending; their ids."""
+        now = self.clock.now()
+        created: set[str] = set()
+        for chunk in chunks(runs, self.db.batch_rows):
+            inserted = await db.execute(
+                self.dialect.insert(t.workflow_runs)
+                .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key", "user_id"])
+                .returning(R.id),
+                [_run_row(run, now) for run in chunk],
+            )
+            created |= {row.id for row in inserted}
+        steps = [
+            _step_row(run.id, position, step.id, step.type.value)
+            for run in runs
+            if run.id in created
+            for position, step in enumerate(run.workflow.steps)
+        ]
+        for rows in chunks(steps, self.db.batch_rows * 4):
+            await db.execute(t.workflow_run_steps.insert(), rows)
+        return created
 
     async def run(self, run_id: str) -> RunView | None:
         """The run and its steps, in one statement (one snapshot: a step never shows

@@ -21,6 +21,8 @@ from herald.api.responses import (
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import EventIn, Name, WorkflowCancelIn, WorkflowTriggerIn
 from herald.domain.workflows import Workflow, WorkflowInvalid, parse_workflow, workflow_to_json
+from herald.router.fanout import page_record, trigger_template
+from herald.runtime import Runtime
 from herald.storage import new_id
 from herald.storage.workflows import NewRun, RunView
 from herald.util import canonical_hash
@@ -107,6 +109,8 @@ async def trigger(
     workflow = await rt.storage.workflows.get(key)
     if workflow is None:
         raise not_found("workflow")
+    if body.topic is not None:
+        return await _trigger_topic(workflow, body, rt, response, caller, idempotency_key)
     users = body.recipients
     assert rt.limits is not None
     rt.limits.check_notifications(caller.key_id, len(users))
@@ -146,6 +150,43 @@ async def trigger(
     if body.user_id is not None:
         return {"id": ids[0], "status": "accepted"}
     return {"ids": ids, "status": "accepted"}
+
+
+async def _trigger_topic(
+    workflow: Workflow,
+    body: WorkflowTriggerIn,
+    rt: Runtime,
+    response: Response,
+    caller: Caller,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    """A broadcast whose pages are runs: the request writes the trigger and its first page
+    message; the router's fan-out makes one run per subscriber, a page at a time."""
+    given = body.model_dump(mode="json", exclude={"topic", "cancellation_key"}, exclude_none=True)
+    request_hash = canonical_hash({"workflow": workflow.key, **body.model_dump(mode="json")})
+    trigger_id = new_id()
+    record = page_record(trigger_id, None)
+    found, created, conflict = await rt.storage.broadcasts.create_broadcast(
+        broadcast_id=trigger_id,
+        # Its own namespace: a broadcast's key is not a trigger's.
+        idempotency_key=f"workflow:{workflow.key}:{idempotency_key or f'auto:{trigger_id}'}",
+        request_hash=request_hash,
+        api_key_id=caller.key_id or "",
+        topic=body.topic,
+        user_ids=None,
+        template=trigger_template(workflow, given, body.cancellation_key),
+        first_page=(record.topic, record.key, record.value),
+    )
+    if conflict:
+        raise ApiError(
+            409, "idempotency_conflict", "this Idempotency-Key was used with another body"
+        )
+    if created:
+        rt.wake_relay()
+    response.status_code = 202 if created else 200
+    broadcast = await rt.storage.broadcasts.get_broadcast(found)
+    assert broadcast is not None
+    return {"trigger_id": found, "status": "accepted", "planned": broadcast["planned"]}
 
 
 @router.get(
