@@ -317,18 +317,28 @@ async def test_a_redelivered_page_of_a_topic_trigger_adds_no_run(
     assert await fanout.fan_out_page(trigger_id, "s000249") == 0
 
 
+@pytest.mark.parametrize(
+    ("how", "pages_before"),
+    [("broadcast", 1), ("cancellation_key", 1), ("cancellation_key", 0)],
+)
 async def test_a_cancelled_topic_trigger_fans_out_no_further(
-    api: httpx.AsyncClient, runtime: Runtime
+    api: httpx.AsyncClient, runtime: Runtime, how: str, pages_before: int
 ) -> None:
     await add_subscribers(runtime, "news", 150)
     await define(api, "note", NOTE)
-    trigger_id = (await api.post("/v1/workflows/note/trigger", json={"topic": "news"})).json()[
-        "trigger_id"
-    ]
+    body = {"topic": "news", "cancellation_key": "release-2"}
+    trigger_id = (await api.post("/v1/workflows/note/trigger", json=body)).json()["trigger_id"]
     fanout = BroadcastFanout(
         runtime.storage.broadcasts, runtime.bus, page_size=100, workflows=runtime.storage.workflows
     )
-    assert await fanout.fan_out_page(trigger_id, None) == 100
-    assert (await api.post(f"/v1/broadcasts/{trigger_id}/cancel")).status_code == 200
-    assert await fanout.fan_out_page(trigger_id, "s000099") == 0
-    assert sum((await runs_of_trigger(runtime, trigger_id)).values()) == 100
+    if pages_before:
+        assert await fanout.fan_out_page(trigger_id, None) == 100
+    if how == "broadcast":
+        assert (await api.post(f"/v1/broadcasts/{trigger_id}/cancel")).status_code == 200
+    else:
+        cancel = await api.post("/v1/workflow-runs/cancel", json={"cancellation_key": "release-2"})
+        assert cancel.json() == {"cancelled": 100 * pages_before}
+    for after in (None, "s000099"):
+        assert await fanout.fan_out_page(trigger_id, after) == 0
+    assert sum((await runs_of_trigger(runtime, trigger_id)).values()) == 100 * pages_before
+    assert (await api.get(f"/v1/broadcasts/{trigger_id}")).json()["state"] == "cancelled"

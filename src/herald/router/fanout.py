@@ -35,13 +35,12 @@ from herald.domain.workflows import (
 from herald.roles import consume_loop
 from herald.storage import NewNotification
 from herald.storage.broadcasts import BroadcastRepository
-from herald.storage.workflows import NewRun, WorkflowRepository
+from herald.storage.workflows import TRIGGER_TEMPLATE, NewRun, WorkflowRepository
 from herald.wakeups import Wake
 
 log = structlog.get_logger()
 PAGE_SIZE = 1000
 _NAMESPACE = uuid.UUID("2b0f3f7e-1a3c-4f0e-9c55-6d1a0f4f8b21")
-WORKFLOW_TRIGGER = "workflow_trigger"  # in a broadcast's template: it is a topic trigger
 
 
 def page_record(broadcast_id: str, after: str | None) -> Record:
@@ -93,7 +92,7 @@ def trigger_template(
     """What a topic trigger's broadcast row keeps: the definition as it was triggered
     (its runs start with it, as a direct trigger's do) and the trigger's input."""
     return {
-        WORKFLOW_TRIGGER: {
+        TRIGGER_TEMPLATE: {
             "key": workflow.key,
             "definition": workflow_to_json(workflow),
             "input": given,
@@ -103,7 +102,7 @@ def trigger_template(
 
 
 def trigger_run(broadcast: dict[str, Any], user_id: str) -> NewRun:
-    trigger = broadcast["template"][WORKFLOW_TRIGGER]
+    trigger = broadcast["template"][TRIGGER_TEMPLATE]
     return NewRun(
         id=fanned_out_run_id(broadcast["id"], user_id),
         workflow=parse_workflow(trigger["key"], trigger["definition"]),
@@ -172,7 +171,7 @@ class BroadcastFanout:
     async def _accept_page(self, broadcast: dict[str, Any], users: list[str]) -> bool:
         """A broadcast's page is one notification per user; a topic trigger's is one
         workflow run per user."""
-        if WORKFLOW_TRIGGER in broadcast["template"]:
+        if TRIGGER_TEMPLATE in broadcast["template"]:
             if self.workflows is None:
                 raise RuntimeError("a workflow trigger's page needs the workflow repository")
             runs = [trigger_run(broadcast, user) for user in users]

@@ -28,6 +28,9 @@ from herald.util import chunks
 
 R = t.workflow_runs.c
 ST = t.workflow_run_steps.c
+# In a broadcast's template: the broadcast is a workflow trigger for a topic, whose pages
+# are runs (herald.router.fanout).
+TRIGGER_TEMPLATE = "workflow_trigger"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +247,9 @@ class WorkflowRepository(Repository):
             which.append(R.user_id == user_id)
         now = self.clock.now()
         async with self.db.transaction() as db:
+            if user_id is None:
+                # First, so a page being written commits before the runs are read below.
+                await self._stop_topic_triggers(db, cancellation_key)
             ids = [
                 row.id
                 for row in await db.execute(
@@ -274,6 +280,27 @@ class WorkflowRepository(Repository):
                 )
             )
             return Cancelled(len(ids), [row.notification_id for row in sent])
+
+    async def _stop_topic_triggers(self, db: AsyncConnection, cancellation_key: str) -> None:
+        """Topic triggers with this key still fanning out make no more runs: their
+        broadcast rows are cancelled (under the row lock each page takes). Few broadcasts
+        are fanning out at any time, so they are read and matched here."""
+        b = t.broadcasts.c
+        fanning = await db.execute(
+            sa.select(b.id, b.template).where(b.state == "fanning_out", b.topic.is_not(None))
+        )
+        ids = [
+            row.id
+            for row in fanning
+            if (row.template or {}).get(TRIGGER_TEMPLATE, {}).get("cancellation_key")
+            == cancellation_key
+        ]
+        if ids:
+            await db.execute(
+                t.broadcasts.update()
+                .where(self.dialect.among(b.id, ids), b.state != CANCELLED)
+                .values(state=CANCELLED, updated_at=self.clock.now())
+            )
 
     async def post_event(self, user_id: str, name: str, data: dict[str, Any]) -> int:
         """Record the event and make the user's runs waiting for it due now; returns how
