@@ -236,9 +236,11 @@ class WorkflowOut(Out):
 
 
 class TriggeredOut(Out):
-    """`id` for a trigger with `user_id`; `ids`, one run per user in order, for `user_ids`;
-    for a `topic`, `trigger_id` and the subscribers `planned`: the runs are made as the
-    fan-out pages through them (`GET /v1/broadcasts/{trigger_id}` shows its `state`)."""
+    """`id` for a trigger with `user_id`. For `user_ids`, `ids` (one run per user, in the
+    list's order) and `trigger_id`; for a `topic`, `trigger_id` and the subscribers
+    `planned`. Those runs are made as the fan-out pages through the users (each run can be
+    read once its page is done; `GET /v1/broadcasts/{trigger_id}` shows the fan-out's
+    `state`)."""
 
     id: str | None = Field(default=None, examples=["0f6c7a0e-6f7b-4b44-9a8e-3b5d0d7f1c2a"])
     ids: list[str] | None = None

@@ -282,13 +282,11 @@ class WorkflowRepository(Repository):
             return Cancelled(len(ids), [row.notification_id for row in sent])
 
     async def _stop_topic_triggers(self, db: AsyncConnection, cancellation_key: str) -> None:
-        """Topic triggers with this key still fanning out make no more runs: their
+        """Fanned-out triggers (a topic or a list) with this key make no more runs: their
         broadcast rows are cancelled (under the row lock each page takes). Few broadcasts
         are fanning out at any time, so they are read and matched here."""
         b = t.broadcasts.c
-        fanning = await db.execute(
-            sa.select(b.id, b.template).where(b.state == "fanning_out", b.topic.is_not(None))
-        )
+        fanning = await db.execute(sa.select(b.id, b.template).where(b.state == "fanning_out"))
         ids = [
             row.id
             for row in fanning

@@ -20,7 +20,13 @@ from herald.api.responses import (
 )
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import EventIn, Name, WorkflowCancelIn, WorkflowTriggerIn
-from herald.domain.workflows import Workflow, WorkflowInvalid, parse_workflow, workflow_to_json
+from herald.domain.workflows import (
+    Workflow,
+    WorkflowInvalid,
+    fanned_out_run_id,
+    parse_workflow,
+    workflow_to_json,
+)
 from herald.router.fanout import page_record, trigger_template
 from herald.runtime import Runtime
 from herald.storage import new_id
@@ -104,16 +110,22 @@ async def trigger(
     caller: Annotated[Caller, require("send")],
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    """One run per user (up to 1,000). The same Idempotency-Key and body again: 200 with
-    the same ids; another body: 409."""
+    """One run per user: a `user_id`'s is written at once; a list's (up to 1,000) and a
+    `topic`'s are made by the broadcast fan-out, a page at a time. The same
+    Idempotency-Key and body again: 200 with the same ids; another body: 409."""
     workflow = await rt.storage.workflows.get(key)
     if workflow is None:
         raise not_found("workflow")
-    if body.topic is not None:
-        return await _trigger_topic(workflow, body, rt, response, caller, idempotency_key)
-    users = body.recipients
     assert rt.limits is not None
-    rt.limits.check_notifications(caller.key_id, len(users))
+    if body.topic is None:
+        rt.limits.check_notifications(caller.key_id, len(body.recipients))
+        await _check_users(rt, body.recipients)
+    if body.user_id is not None:
+        return await _trigger_one(workflow, body, rt, response, caller, idempotency_key)
+    return await _trigger_fanned_out(workflow, body, rt, response, caller, idempotency_key)
+
+
+async def _check_users(rt: Runtime, users: list[str]) -> None:
     known = await rt.storage.directory.existing_user_ids(users)
     missing = [u for u in users if u not in known]
     if missing:
@@ -123,36 +135,13 @@ async def trigger(
             f"user {missing[0]!r} does not exist; PUT /v1/users/{{id}} first",
             [{"field": "user_ids", "message": f"unknown: {', '.join(missing[:10])}"}],
         )
-    given = body.model_dump(mode="json", exclude={"user_id", "user_ids", "cancellation_key"})
-    request_hash = canonical_hash({"workflow": key, **body.model_dump(mode="json")})
-    ids = [new_id() for _ in users]
-    runs = [
-        NewRun(
-            id=run_id,
-            workflow=workflow,
-            user_id=user,
-            # Without a key each run has its own, so no replay is ever matched.
-            idempotency_key=idempotency_key or f"auto:{run_id}",
-            request_hash=request_hash,
-            input=given,
-            api_key_id=caller.key_id or "",
-            cancellation_key=body.cancellation_key,
-        )
-        for run_id, user in zip(ids, users, strict=True)
-    ]
-    results = await rt.storage.workflows.trigger(runs)
-    if any(r.conflict for r in results):
-        raise ApiError(
-            409, "idempotency_conflict", "this Idempotency-Key was used with another body"
-        )
-    response.status_code = 202 if any(r.created for r in results) else 200
-    ids = [r.id for r in results]
-    if body.user_id is not None:
-        return {"id": ids[0], "status": "accepted"}
-    return {"ids": ids, "status": "accepted"}
 
 
-async def _trigger_topic(
+def _conflict() -> ApiError:
+    return ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with another body")
+
+
+async def _trigger_one(
     workflow: Workflow,
     body: WorkflowTriggerIn,
     rt: Runtime,
@@ -160,30 +149,76 @@ async def _trigger_topic(
     caller: Caller,
     idempotency_key: str | None,
 ) -> dict[str, Any]:
-    """A broadcast whose pages are runs: the request writes the trigger and its first page
-    message; the router's fan-out makes one run per subscriber, a page at a time."""
-    given = body.model_dump(mode="json", exclude={"topic", "cancellation_key"}, exclude_none=True)
-    request_hash = canonical_hash({"workflow": workflow.key, **body.model_dump(mode="json")})
+    """One user: the run is written in the request, and can be read at once."""
+    assert body.user_id is not None
+    run_id = new_id()
+    [result] = await rt.storage.workflows.trigger(
+        [
+            NewRun(
+                id=run_id,
+                workflow=workflow,
+                user_id=body.user_id,
+                # Without a key each run has its own, so no replay is ever matched.
+                idempotency_key=idempotency_key or f"auto:{run_id}",
+                request_hash=_request_hash(workflow, body),
+                input=_given(body),
+                api_key_id=caller.key_id or "",
+                cancellation_key=body.cancellation_key,
+            )
+        ]
+    )
+    if result.conflict:
+        raise _conflict()
+    response.status_code = 202 if result.created else 200
+    return {"id": result.id, "status": "accepted"}
+
+
+def _given(body: WorkflowTriggerIn) -> dict[str, Any]:
+    """What each run's sends take from the trigger."""
+    return body.model_dump(
+        mode="json", exclude={"user_id", "user_ids", "topic", "cancellation_key"}
+    )
+
+
+def _request_hash(workflow: Workflow, body: WorkflowTriggerIn) -> str:
+    return canonical_hash({"workflow": workflow.key, **body.model_dump(mode="json")})
+
+
+async def _trigger_fanned_out(
+    workflow: Workflow,
+    body: WorkflowTriggerIn,
+    rt: Runtime,
+    response: Response,
+    caller: Caller,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    """A list of users or a topic: a broadcast whose pages are runs. The request writes the
+    trigger, its audience (a list's user ids: far cheaper than their runs and steps, see
+    docs/benchmarks.md) and its first page message; the router's fan-out makes one run per
+    user, a page at a time. A list's run ids are known at once (deterministic per trigger
+    and user) and answered in the list's order; each run exists once its page is done."""
     trigger_id = new_id()
     record = page_record(trigger_id, None)
+    users = None if body.topic is not None else body.recipients
     found, created, conflict = await rt.storage.broadcasts.create_broadcast(
         broadcast_id=trigger_id,
         # Its own namespace: a broadcast's key is not a trigger's.
         idempotency_key=f"workflow:{workflow.key}:{idempotency_key or f'auto:{trigger_id}'}",
-        request_hash=request_hash,
+        request_hash=_request_hash(workflow, body),
         api_key_id=caller.key_id or "",
         topic=body.topic,
-        user_ids=None,
-        template=trigger_template(workflow, given, body.cancellation_key),
+        user_ids=users,
+        template=trigger_template(workflow, _given(body), body.cancellation_key),
         first_page=(record.topic, record.key, record.value),
     )
     if conflict:
-        raise ApiError(
-            409, "idempotency_conflict", "this Idempotency-Key was used with another body"
-        )
+        raise _conflict()
     if created:
         rt.wake_relay()
     response.status_code = 202 if created else 200
+    if users is not None:
+        ids = [fanned_out_run_id(found, user) for user in users]
+        return {"ids": ids, "trigger_id": found, "status": "accepted"}
     broadcast = await rt.storage.broadcasts.get_broadcast(found)
     assert broadcast is not None
     return {"trigger_id": found, "status": "accepted", "planned": broadcast["planned"]}
