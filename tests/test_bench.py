@@ -331,3 +331,5 @@ async def test_the_workflow_scenario_does_every_step_once_beside_parked_timers(
     assert report["parked_still_pending"] == 500
     assert report["steps_per_s"] > 0
     assert set(report["timer_lag_ms"]) == {"p50", "p95", "p99", "max"}
+    rss = report["scheduler_rss_mb"]
+    assert 0 < rss["before"] <= rss["peak"]

@@ -5,14 +5,20 @@ waits resumed and timed out, cancellation, idempotent triggers, quiet hours."""
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from herald.clock import FakeClock
+from herald.router.fanout import BroadcastFanout
+from herald.runtime import Runtime
+from herald.storage import schema as t
 from tests.fixtures.herald import Pipeline, eventually
+from tests.test_broadcasts import add_subscribers
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ESCALATION = {
@@ -79,8 +85,13 @@ def step_statuses(run: dict[str, Any]) -> dict[str, str]:
 
 
 async def until_step(api: httpx.AsyncClient, run_id: str, step: str, status: str) -> Any:
+    """(A list's runs exist once the fan-out has made their page: 404 until then.)"""
+
     async def check() -> dict[str, Any] | None:
-        run = await run_of(api, run_id)
+        response = await api.get(f"/v1/workflow-runs/{run_id}")
+        if response.status_code == 404:
+            return None
+        run = dict(response.json())
         return run if step_statuses(run)[step] == status else None
 
     return await eventually(check)
@@ -248,3 +259,97 @@ async def test_quiet_hours_defer_a_workflow_send_step(
     clock.advance(3600)  # 13:00: quiet hours over, and the delay is over too
     await eventually(lambda: delivered(api, push_notification))
     await eventually(lambda: _when(run_of(api, run_id), lambda r: r["status"] == "completed"))
+
+
+NOTE = {"category": "news", "steps": [{"id": "note", "type": "send", "channels": ["in_app"]}]}
+
+
+async def runs_of_trigger(runtime: Runtime, trigger_id: str) -> Counter[str]:
+    """How many runs each user has from this topic trigger."""
+    r = t.workflow_runs.c
+    async with runtime.storage.database.engine.connect() as db:
+        rows = await db.execute(
+            sa.select(r.user_id).where(r.idempotency_key == f"trigger:{trigger_id}")
+        )
+        return Counter(row.user_id for row in rows)
+
+
+async def test_a_topic_trigger_makes_one_run_per_subscriber_through_the_fan_out(
+    api: httpx.AsyncClient, pipeline: Pipeline, clock: FakeClock
+) -> None:
+    users = await add_subscribers(pipeline.runtime, "news", 120)
+    await define(api, "note", NOTE)
+    body = {"topic": "news", "title": "Release 2.0"}
+    headers = {"Idempotency-Key": "release-2"}
+    created = await api.post("/v1/workflows/note/trigger", json=body, headers=headers)
+    assert created.status_code == 202, created.text
+    assert created.json()["planned"] == 120
+    trigger_id = created.json()["trigger_id"]
+    replay = await api.post("/v1/workflows/note/trigger", json=body, headers=headers)
+    assert (replay.status_code, replay.json()["trigger_id"]) == (200, trigger_id)
+    other = {**body, "title": "Release 3.0"}
+    conflict = await api.post("/v1/workflows/note/trigger", json=other, headers=headers)
+    assert conflict.status_code == 409
+
+    async def every_user_has_its_item() -> Counter[str] | None:
+        async with pipeline.runtime.storage.database.engine.connect() as db:
+            rows = await db.execute(sa.select(t.inbox_items.c.user_id))
+            per_user = Counter(row.user_id for row in rows)
+        return per_user if len(per_user) == len(users) else None
+
+    per_user = await eventually(every_user_has_its_item, timeout=120, interval=0.5)
+    assert set(per_user) == set(users)
+    assert set(per_user.values()) == {1}
+    assert set((await runs_of_trigger(pipeline.runtime, trigger_id)).values()) == {1}
+    assert (await api.get(f"/v1/broadcasts/{trigger_id}")).json()["state"] == "fanned_out"
+
+
+@pytest.mark.parametrize("audience", ["topic", "user_ids"])
+async def test_a_redelivered_page_of_a_fanned_out_trigger_adds_no_run(
+    api: httpx.AsyncClient, runtime: Runtime, audience: str
+) -> None:
+    users = await add_subscribers(runtime, "news", 250)
+    await define(api, "note", NOTE)
+    body = {"topic": "news"} if audience == "topic" else {"user_ids": users[::-1]}
+    created = await api.post("/v1/workflows/note/trigger", json=body)
+    assert created.status_code == 202, created.text
+    trigger_id = created.json()["trigger_id"]
+    fanout = BroadcastFanout(
+        runtime.storage.broadcasts, runtime.bus, page_size=100, workflows=runtime.storage.workflows
+    )
+    for after in (None, None, "s000099", "s000199", "s000099"):  # a replay, a late duplicate
+        await fanout.fan_out_page(trigger_id, after)
+    runs = await runs_of_trigger(runtime, trigger_id)
+    assert set(runs) == set(users)
+    assert set(runs.values()) == {1}
+    assert await fanout.fan_out_page(trigger_id, "s000249") == 0
+    if audience == "user_ids":  # the ids answered, in the list's order, are the runs made
+        for run_id, user_id in zip(created.json()["ids"], users[::-1], strict=True):
+            assert (await run_of(api, run_id))["user_id"] == user_id
+
+
+@pytest.mark.parametrize(
+    ("how", "pages_before"),
+    [("broadcast", 1), ("cancellation_key", 1), ("cancellation_key", 0)],
+)
+async def test_a_cancelled_topic_trigger_fans_out_no_further(
+    api: httpx.AsyncClient, runtime: Runtime, how: str, pages_before: int
+) -> None:
+    await add_subscribers(runtime, "news", 150)
+    await define(api, "note", NOTE)
+    body = {"topic": "news", "cancellation_key": "release-2"}
+    trigger_id = (await api.post("/v1/workflows/note/trigger", json=body)).json()["trigger_id"]
+    fanout = BroadcastFanout(
+        runtime.storage.broadcasts, runtime.bus, page_size=100, workflows=runtime.storage.workflows
+    )
+    if pages_before:
+        assert await fanout.fan_out_page(trigger_id, None) == 100
+    if how == "broadcast":
+        assert (await api.post(f"/v1/broadcasts/{trigger_id}/cancel")).status_code == 200
+    else:
+        cancel = await api.post("/v1/workflow-runs/cancel", json={"cancellation_key": "release-2"})
+        assert cancel.json() == {"cancelled": 100 * pages_before}
+    for after in (None, "s000099"):
+        assert await fanout.fan_out_page(trigger_id, after) == 0
+    assert sum((await runs_of_trigger(runtime, trigger_id)).values()) == 100 * pages_before
+    assert (await api.get(f"/v1/broadcasts/{trigger_id}")).json()["state"] == "cancelled"

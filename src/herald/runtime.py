@@ -157,6 +157,7 @@ class Runtime:
                 ),
             ),
             on_outbox=self.wake_relay,
+            workflows=self.storage.workflows,
         )
 
     def email_links(self, delivery_id: str) -> TrackedLinks:

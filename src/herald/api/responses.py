@@ -209,3 +209,71 @@ class WebhookOut(Out):
 
 DevicesOut = ListOut[DeviceOut]
 EventsOut = ListOut[EventOut]
+
+
+class EngagementOut(Out):
+    delivery_id: str
+    event: str = Field(examples=["opened"])
+    first: bool = Field(description="false: this kind was already reported; nothing changed")
+
+
+WORKFLOW_STEPS_EXAMPLE = [
+    {"id": "push", "type": "send", "channels": ["push"]},
+    {"id": "pause", "type": "delay", "seconds": 3600},
+    {
+        "id": "email",
+        "type": "send",
+        "channels": ["email"],
+        "if": {"step": "push", "not": ["opened", "clicked"]},
+    },
+]
+
+
+class WorkflowOut(Out):
+    key: str = Field(examples=["order-shipped"])
+    category: str = Field(examples=["orders"])
+    steps: list[dict[str, Any]] = Field(examples=[WORKFLOW_STEPS_EXAMPLE])
+
+
+class TriggeredOut(Out):
+    """`id` for a trigger with `user_id`. For `user_ids`, `ids` (one run per user, in the
+    list's order) and `trigger_id`; for a `topic`, `trigger_id` and the subscribers
+    `planned`. Those runs are made as the fan-out pages through the users (each run can be
+    read once its page is done; `GET /v1/broadcasts/{trigger_id}` shows the fan-out's
+    `state`)."""
+
+    id: str | None = Field(default=None, examples=["0f6c7a0e-6f7b-4b44-9a8e-3b5d0d7f1c2a"])
+    ids: list[str] | None = None
+    trigger_id: str | None = None
+    planned: int | None = Field(default=None, examples=[20000])
+    status: str = Field(examples=["accepted"])
+
+
+class RunStepOut(Out):
+    id: str = Field(examples=["push"])
+    type: str = Field(examples=["send"])
+    status: str = Field(examples=["done"])  # pending | waiting | done | skipped | cancelled
+    notification_id: str | None = None
+    at: datetime | None = None
+    detail: dict[str, Any] | None = None
+
+
+class WorkflowRunOut(Out):
+    id: str
+    workflow: str = Field(examples=["order-shipped"])
+    user_id: str = Field(examples=["42"])
+    status: str = Field(examples=["running"])
+    cancellation_key: str | None = Field(examples=["order-1001"])
+    waiting_for: str | None = Field(examples=[None])
+    due_at: datetime | None
+    created_at: datetime
+    steps: list[RunStepOut]
+
+
+class RunsCancelledOut(Out):
+    cancelled: int = Field(examples=[1])
+
+
+class EventAcceptedOut(Out):
+    status: str = Field(examples=["accepted"])
+    resumed: int = Field(examples=[1], description="runs that were waiting for this event")

@@ -547,6 +547,7 @@ MAX_TRIGGER_USERS = 1000
 class WorkflowTriggerIn(Strict):
     user_id: UserId | None = None
     user_ids: list[UserId] | None = Field(default=None, min_length=1, max_length=MAX_TRIGGER_USERS)
+    topic: Name | None = None  # every subscriber, fanned out in pages like a broadcast
     priority: PriorityIn = Priority.NORMAL
     title: Annotated[str, StringConstraints(max_length=MAX_TITLE)] | None = None
     body: Annotated[str, StringConstraints(max_length=MAX_BODY)] | None = None
@@ -558,8 +559,9 @@ class WorkflowTriggerIn(Strict):
 
     @model_validator(mode="after")
     def _one_audience(self) -> WorkflowTriggerIn:
-        if (self.user_id is None) == (self.user_ids is None):
-            raise ValueError("a trigger names either a 'user_id' or a list of 'user_ids'")
+        audiences = [self.user_id, self.user_ids, self.topic]
+        if sum(audience is not None for audience in audiences) != 1:
+            raise ValueError("a trigger names one of 'user_id', 'user_ids' or 'topic'")
         return self
 
     @property

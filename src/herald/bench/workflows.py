@@ -9,7 +9,9 @@ and how late it fires due timers, with many timers pending that are not yet due.
    runners (each with its own connections, as separate schedulers would be) firing them.
 4. Figures: steps per second while the runs' first steps are done (a send and the start of
    a delay per run), the timer lag of the delays (when each was taken up, against when it
-   was due: p50/p99/max), lost or repeated steps, and this process's peak memory.
+   was due: p50/p99/max), lost or repeated steps, and the runners' memory: this process's
+   RSS before they start and its peak while they fire (the runners are this process's
+   only work then), so two sizes of `pending` show whether parked timers cost memory.
 
 The runners write each send's notification and outbox row; routing and sending them is
 the throughput scenario's part, not this one's.
@@ -104,6 +106,12 @@ class Firing:
 
     done: list[int]
     ticked: asyncio.Event = field(default_factory=asyncio.Event)
+    # This process's RSS after each pass: the runners' own memory while they work, next
+    # to what it was before they started (the parking and the triggers are done by then).
+    rss_peak: int = 0
+
+    def sample_rss(self) -> None:
+        self.rss_peak = max(self.rss_peak, psutil.Process().memory_info().rss)
 
     async def until(self, steps: int, timeout: float) -> None:
         """Until the runners have done `steps` steps between them, or the timeout."""
@@ -120,6 +128,7 @@ async def _fire(runners: list[WorkflowRunner], firing: Firing, stop: asyncio.Eve
     async def loop(index: int) -> None:
         while not stop.is_set():
             firing.done[index] += await runners[index].tick()
+            firing.sample_rss()
             firing.ticked.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.05)
@@ -183,6 +192,7 @@ async def _measure(
     await _trigger(main, measured, runs, "u")
     triggered_s = time.monotonic() - t0
     firing = Firing([0] * len(runners))
+    rss_before = psutil.Process().memory_info().rss
     task = asyncio.create_task(_fire(runners, firing, stop))
     await firing.until(runs, 600)  # every run's first send (and its delay begun)
     first_phase_s = time.monotonic() - t0
@@ -216,11 +226,16 @@ async def _measure(
         "duplicates": max(0, sum(per_runner) - 3 * runs),
         "parked_still_pending": parked_left,
         "peak_rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        "scheduler_rss_mb": {
+            "before": round(rss_before / 2**20, 1),
+            "peak": round(firing.rss_peak / 2**20, 1),
+            "growth": round((firing.rss_peak - rss_before) / 2**20, 1),
+        },
     }
 
 
 def workflow_table(report: dict[str, Any]) -> str:
-    lag = report["timer_lag_ms"]
+    lag, rss = report["timer_lag_ms"], report["scheduler_rss_mb"]
     lines = [
         f"herald bench --scenario workflow: {report['backend']} backend, {report['runs']} runs "
         f"(send; delay; send), {report['pending_timers']} timers pending, "
@@ -231,6 +246,8 @@ def workflow_table(report: dict[str, Any]) -> str:
         f"(by scheduler: {report['steps_by_scheduler']}); lost runs {report['lost']}, "
         f"duplicate steps {report['duplicates']}",
         f"parked timers still pending: {report['parked_still_pending']}; "
-        f"peak RSS {report['peak_rss_mb']} MB",
+        f"RSS at the end {report['peak_rss_mb']} MB",
+        f"scheduler RSS (MB): {rss['before']} before the runners started, peak {rss['peak']} "
+        f"while they fired (growth {rss['growth']})",
     ]
     return "\n".join(lines)

@@ -268,6 +268,11 @@ def step_notification_id(run_id: str, step_id: str) -> str:
     return str(uuid.uuid5(_RUN_NAMESPACE, f"{run_id}\x1f{step_id}"))
 
 
+def fanned_out_run_id(trigger_id: str, user_id: str) -> str:
+    """Deterministic: a page of a topic trigger fanned out again makes the same runs."""
+    return str(uuid.uuid5(_RUN_NAMESPACE, f"trigger\x1f{trigger_id}\x1f{user_id}"))
+
+
 @dataclass(frozen=True, slots=True)
 class StepProgress:
     """Where one step of a run stands."""

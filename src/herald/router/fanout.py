@@ -1,4 +1,5 @@
-"""Broadcast fan-out: one bus message per page of the audience.
+"""Broadcast fan-out: one bus message per page of the audience (of a broadcast, or of a
+workflow trigger for a topic, whose pages are workflow runs instead of notifications).
 
 A page message names the broadcast and the last user id of the previous page. Handling it
 reads the next page (keyset order, so no process holds the audience), accepts one
@@ -25,9 +26,16 @@ import structlog
 from herald.bus.interface import BROADCASTS_TOPIC, Bus, Message, Record
 from herald.bus.messages import ids_in
 from herald.domain import Channel, Notification, Priority
+from herald.domain.workflows import (
+    Workflow,
+    fanned_out_run_id,
+    parse_workflow,
+    workflow_to_json,
+)
 from herald.roles import consume_loop
 from herald.storage import NewNotification
 from herald.storage.broadcasts import BroadcastRepository
+from herald.storage.workflows import TRIGGER_TEMPLATE, NewRun, WorkflowRepository
 from herald.wakeups import Wake
 
 log = structlog.get_logger()
@@ -78,6 +86,35 @@ def recipient_notification(broadcast: dict[str, Any], user_id: str) -> NewNotifi
     )
 
 
+def trigger_template(
+    workflow: Workflow, given: dict[str, Any], cancellation_key: str | None
+) -> dict[str, Any]:
+    """What a topic trigger's broadcast row keeps: the definition as it was triggered
+    (its runs start with it, as a direct trigger's do) and the trigger's input."""
+    return {
+        TRIGGER_TEMPLATE: {
+            "key": workflow.key,
+            "definition": workflow_to_json(workflow),
+            "input": given,
+            "cancellation_key": cancellation_key,
+        }
+    }
+
+
+def trigger_run(broadcast: dict[str, Any], user_id: str) -> NewRun:
+    trigger = broadcast["template"][TRIGGER_TEMPLATE]
+    return NewRun(
+        id=fanned_out_run_id(broadcast["id"], user_id),
+        workflow=parse_workflow(trigger["key"], trigger["definition"]),
+        user_id=user_id,
+        idempotency_key=f"trigger:{broadcast['id']}",
+        request_hash=broadcast["request_hash"],
+        input=trigger["input"],
+        api_key_id=broadcast["api_key_id"],
+        cancellation_key=trigger["cancellation_key"],
+    )
+
+
 def _parse_time(value: str | None) -> Any:
     from datetime import datetime
 
@@ -93,8 +130,10 @@ class BroadcastFanout:
         bus: Bus,
         page_size: int = PAGE_SIZE,
         on_outbox: Wake | None = None,
+        workflows: WorkflowRepository | None = None,
     ) -> None:
         self.broadcasts = broadcasts
+        self.workflows = workflows
         self.bus = bus
         self.page_size = page_size
         self.on_outbox = on_outbox  # a page's notifications are in the outbox: wake the relay
@@ -116,9 +155,7 @@ class BroadcastFanout:
         users = await self.broadcasts.audience_page(
             topic=broadcast["topic"], broadcast_id=broadcast_id, after=after, limit=self.page_size
         )
-        if users and not await self.broadcasts.accept_broadcast_page(
-            broadcast_id, [recipient_notification(broadcast, u) for u in users]
-        ):
+        if users and not await self._accept_page(broadcast, users):
             return 0  # cancelled since it was read: the page is not written
         if users and self.on_outbox is not None:
             self.on_outbox()
@@ -130,6 +167,17 @@ class BroadcastFanout:
             )
             log.info("broadcast fanned out", broadcast_id=broadcast_id)
         return len(users)
+
+    async def _accept_page(self, broadcast: dict[str, Any], users: list[str]) -> bool:
+        """A broadcast's page is one notification per user; a topic trigger's is one
+        workflow run per user."""
+        if TRIGGER_TEMPLATE in broadcast["template"]:
+            if self.workflows is None:
+                raise RuntimeError("a workflow trigger's page needs the workflow repository")
+            runs = [trigger_run(broadcast, user) for user in users]
+            return await self.workflows.accept_trigger_page(broadcast["id"], runs)
+        notifications = [recipient_notification(broadcast, u) for u in users]
+        return await self.broadcasts.accept_broadcast_page(broadcast["id"], notifications)
 
     async def set_aside(self, message: Message, reason: str) -> None:
         """A page that cannot be fanned out: the broadcast is `failed` (unless cancelled)."""

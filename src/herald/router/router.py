@@ -30,6 +30,7 @@ from herald.router.fanout import BroadcastFanout
 from herald.router.planner import NO_EXTRAS, EmailExtras, RoutingPlan, plan_routing
 from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.routing import RoutingRepository
+from herald.storage.workflows import WorkflowRepository
 from herald.wakeups import Wake
 
 log = structlog.get_logger()
@@ -46,7 +47,9 @@ class Router:
         clock: Clock,
         email: EmailExtras = NO_EXTRAS,
         on_outbox: Wake | None = None,
+        workflows: WorkflowRepository | None = None,
     ) -> None:
+        self.workflows = workflows  # a topic trigger's fan-out writes runs
         self.routing = routing
         self.broadcasts = broadcasts
         self.bus = bus
@@ -101,5 +104,10 @@ class Router:
                 )
             if Lane.BULK in lanes:
                 group.create_task(
-                    BroadcastFanout(self.broadcasts, self.bus, on_outbox=self.on_outbox).run(stop)
+                    BroadcastFanout(
+                        self.broadcasts,
+                        self.bus,
+                        on_outbox=self.on_outbox,
+                        workflows=self.workflows,
+                    ).run(stop)
                 )

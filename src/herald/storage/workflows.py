@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.domain.workflows import (
     RunStatus,
@@ -21,10 +22,15 @@ from herald.domain.workflows import (
     workflow_to_json,
 )
 from herald.storage import schema as t
+from herald.storage.broadcasts import CANCELLED
 from herald.storage.repository import Repository
+from herald.util import chunks
 
 R = t.workflow_runs.c
 ST = t.workflow_run_steps.c
+# In a broadcast's template: the broadcast is a workflow trigger for a topic, whose pages
+# are runs (herald.router.fanout).
+TRIGGER_TEMPLATE = "workflow_trigger"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,24 +125,9 @@ class WorkflowRepository(Repository):
         runs that were there already are compared by request hash."""
         if not runs:
             return []
-        now = self.clock.now()
         first = runs[0]
         async with self.db.transaction() as db:
-            inserted = await db.execute(
-                self.dialect.insert(t.workflow_runs)
-                .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key", "user_id"])
-                .returning(R.id),
-                [_run_row(run, now) for run in runs],
-            )
-            created = {row.id for row in inserted}
-            steps = [
-                _step_row(run.id, position, step.id, step.type.value)
-                for run in runs
-                if run.id in created
-                for position, step in enumerate(run.workflow.steps)
-            ]
-            if steps:
-                await db.execute(t.workflow_run_steps.insert(), steps)
+            created = await self._insert_runs(db, runs)
             stored = {
                 (row.idempotency_key, row.user_id): (row.id, row.request_hash)
                 for row in await db.execute(
@@ -156,6 +147,41 @@ class WorkflowRepository(Repository):
                 )
             )
         return results
+
+    async def accept_trigger_page(self, trigger_id: str, runs: Sequence[NewRun]) -> bool:
+        """One page of a topic trigger's runs (see herald.router.fanout), unless the trigger
+        is cancelled, judged under its broadcast row's lock as a broadcast's page is. A page
+        written again (its message redelivered) adds nobody: the runs' ids and idempotency
+        keys are deterministic. False when it wrote nothing."""
+        b = t.broadcasts.c
+        async with self.db.transaction() as db:
+            state = await db.scalar(sa.select(b.state).where(b.id == trigger_id).with_for_update())
+            if state is None or state == CANCELLED:
+                return False
+            await self._insert_runs(db, runs)
+        return True
+
+    async def _insert_runs(self, db: AsyncConnection, runs: Sequence[NewRun]) -> set[str]:
+        """The runs that were not there yet, with their steps pending; their ids."""
+        now = self.clock.now()
+        created: set[str] = set()
+        for chunk in chunks(runs, self.db.batch_rows):
+            inserted = await db.execute(
+                self.dialect.insert(t.workflow_runs)
+                .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key", "user_id"])
+                .returning(R.id),
+                [_run_row(run, now) for run in chunk],
+            )
+            created |= {row.id for row in inserted}
+        steps = [
+            _step_row(run.id, position, step.id, step.type.value)
+            for run in runs
+            if run.id in created
+            for position, step in enumerate(run.workflow.steps)
+        ]
+        for rows in chunks(steps, self.db.batch_rows * 4):
+            await db.execute(t.workflow_run_steps.insert(), rows)
+        return created
 
     async def run(self, run_id: str) -> RunView | None:
         """The run and its steps, in one statement (one snapshot: a step never shows
@@ -221,6 +247,9 @@ class WorkflowRepository(Repository):
             which.append(R.user_id == user_id)
         now = self.clock.now()
         async with self.db.transaction() as db:
+            if user_id is None:
+                # First, so a page being written commits before the runs are read below.
+                await self._stop_topic_triggers(db, cancellation_key)
             ids = [
                 row.id
                 for row in await db.execute(
@@ -251,6 +280,25 @@ class WorkflowRepository(Repository):
                 )
             )
             return Cancelled(len(ids), [row.notification_id for row in sent])
+
+    async def _stop_topic_triggers(self, db: AsyncConnection, cancellation_key: str) -> None:
+        """Fanned-out triggers (a topic or a list) with this key make no more runs: their
+        broadcast rows are cancelled (under the row lock each page takes). Few broadcasts
+        are fanning out at any time, so they are read and matched here."""
+        b = t.broadcasts.c
+        fanning = await db.execute(sa.select(b.id, b.template).where(b.state == "fanning_out"))
+        ids = [
+            row.id
+            for row in fanning
+            if (row.template or {}).get(TRIGGER_TEMPLATE, {}).get("cancellation_key")
+            == cancellation_key
+        ]
+        if ids:
+            await db.execute(
+                t.broadcasts.update()
+                .where(self.dialect.among(b.id, ids), b.state != CANCELLED)
+                .values(state=CANCELLED, updated_at=self.clock.now())
+            )
 
     async def post_event(self, user_id: str, name: str, data: dict[str, Any]) -> int:
         """Record the event and make the user's runs waiting for it due now; returns how

@@ -12,6 +12,8 @@ from fastapi.responses import RedirectResponse
 
 from herald.api.deps import Caller, RuntimeDep, public, require_inbox_access
 from herald.api.errors import ApiError, not_found
+from herald.api.openapi import errors
+from herald.api.responses import EngagementOut
 from herald.api.routing import HeraldRoute
 from herald.api.schemas import Strict
 from herald.domain.engagement import Engagement
@@ -28,7 +30,7 @@ class EngagementIn(Strict):
     event: Literal["opened", "clicked", "dismissed"]
 
 
-@router.post("/v1/deliveries/{delivery_id}/engagement")
+@router.post("/v1/deliveries/{delivery_id}/engagement", response_model=EngagementOut)
 async def report_engagement(
     delivery_id: DeliveryId,
     body: EngagementIn,
@@ -52,7 +54,13 @@ async def report_engagement(
     "/v1/track/open/{token}.gif",
     dependencies=[public()],
     response_class=Response,
-    responses={200: {"content": {"image/gif": {}}}},
+    responses={
+        200: {
+            "description": "a 1x1 transparent GIF",
+            "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **errors(404),
+    },
 )
 async def open_pixel(token: Token, rt: RuntimeDep) -> Response:
     """The email's open pixel: records `opened` (once) and answers a 1x1 GIF."""
@@ -66,6 +74,13 @@ async def open_pixel(token: Token, rt: RuntimeDep) -> Response:
     dependencies=[public()],
     response_class=RedirectResponse,
     status_code=302,
+    responses={
+        302: {
+            "description": "to the URL signed into the link",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+        },
+        **errors(400, 404),
+    },
 )
 async def click_redirect(token: Token, rt: RuntimeDep) -> RedirectResponse:
     """A tracked link: records `clicked` (once) and redirects to the URL signed into the
