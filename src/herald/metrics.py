@@ -147,6 +147,16 @@ class Metrics:
             "How far past its due time the most overdue deferred delivery is",
             registry=b,
         )
+        self.workflow_timers_due = Gauge(
+            "herald_workflow_timers_due",
+            "Workflow runs whose timer is due and not taken by a scheduler",
+            registry=b,
+        )
+        self.workflow_timers_overdue = Gauge(
+            "herald_workflow_timers_overdue_seconds",
+            "How far past its due time the most overdue workflow timer is",
+            registry=b,
+        )
 
 
 METRICS = Metrics()

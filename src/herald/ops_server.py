@@ -47,6 +47,8 @@ class BacklogGauges:
             m.deliveries_waiting.labels(state.value).set(waiting.count)
             m.deliveries_oldest_age.labels(state.value).set(waiting.oldest_age_seconds)
         m.scheduler_lag.set(backlog.scheduler_lag_seconds)
+        m.workflow_timers_due.set(backlog.workflow_timers_due)
+        m.workflow_timers_overdue.set(backlog.workflow_timer_lag_seconds)
 
 
 async def render_metrics(runtime: Runtime) -> bytes:

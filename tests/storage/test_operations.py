@@ -56,6 +56,31 @@ async def test_deferred_deliveries_and_the_scheduler_lag(
     assert backlog.deliveries[DeliveryState.DEFERRED].oldest_age_seconds == 105
 
 
+async def test_workflow_timers_due_and_how_late_the_oldest_is(
+    api: httpx.AsyncClient, pipeline: Pipeline, runtime: Runtime, clock: FakeClock
+) -> None:
+    await api.put("/v1/users/42", json={"timezone": "UTC"})
+    pause = {"steps": [{"id": "pause", "type": "delay", "seconds": 60}]}
+    assert (await api.put("/v1/workflows/later", json=pause)).status_code in (200, 201)
+    for key in ("t1", "t2"):
+        triggered = await api.post(
+            "/v1/workflows/later/trigger", json={"user_id": "42"}, headers={"Idempotency-Key": key}
+        )
+        assert triggered.status_code == 202, triggered.text
+
+    async def delays_started() -> bool:  # the scheduler took both runs: their delay runs
+        return (await runtime.storage.operations.backlog()).workflow_timers_due == 0
+
+    await eventually(delays_started)
+    await pipeline.close()  # no scheduler from here on: the timers stay where they are
+    clock.advance(30)
+    backlog = await runtime.storage.operations.backlog()
+    assert (backlog.workflow_timers_due, backlog.workflow_timer_lag_seconds) == (0, 0)
+    clock.advance(30 + 20)
+    backlog = await runtime.storage.operations.backlog()
+    assert (backlog.workflow_timers_due, backlog.workflow_timer_lag_seconds) == (2, 20)
+
+
 async def test_the_log_after_an_entry_filtered_by_user_and_state(
     api: httpx.AsyncClient, pipeline: Pipeline, runtime: Runtime
 ) -> None:

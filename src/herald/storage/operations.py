@@ -1,6 +1,6 @@
 """What an operator watches: the backlog (outbox, deliveries waiting in each state and the
-age of the oldest), read at scrape time by the metrics endpoint and by `herald status`;
-and the delivery log as it is written, for `herald tail`.
+age of the oldest, workflow timers due), read at scrape time by the metrics endpoint and
+by `herald status`; and the delivery log as it is written, for `herald tail`.
 Each figure is one indexed lookup: ix_deliveries_state_updated and ix_deliveries_state_due
 answer the counts and the oldest rows without a scan of the finished deliveries."""
 
@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from herald.domain import DeliveryState
+from herald.domain.workflows import RunStatus
 from herald.storage import schema as t
 from herald.storage.repository import Repository
 
@@ -33,6 +34,10 @@ class Backlog:
     deliveries: dict[DeliveryState, StateBacklog] = field(default_factory=dict)
     # How far past its due time the most overdue deferred delivery is: the scheduler's lag.
     scheduler_lag_seconds: float = 0.0
+    # Workflow runs whose timer (a delay, a wait's timeout, the next step) is due and not
+    # taken by a scheduler, and how far past due the most overdue of them is.
+    workflow_timers_due: int = 0
+    workflow_timer_lag_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,12 +119,26 @@ class OperationsRepository(Repository):
                     t.deliveries.c.state == S.DEFERRED.value, t.deliveries.c.due_at <= now
                 )
             )
+            timers = (await db.execute(_due_timers(now))).one()
         return Backlog(
             outbox_depth=int(outbox[0]),
             outbox_oldest_age_seconds=_age(now, outbox[1]),
             deliveries=deliveries,
             scheduler_lag_seconds=_age(now, overdue),
+            workflow_timers_due=int(timers[0]),
+            workflow_timer_lag_seconds=_age(now, timers[1]),
         )
+
+
+def _due_timers(now: datetime) -> sa.Select[int, datetime]:
+    """The count and the earliest due time of the workflow timers a scheduler could take
+    now: ix_workflow_runs_status_due answers it."""
+    runs = t.workflow_runs.c
+    return sa.select(sa.func.count(), sa.func.min(runs.due_at)).where(
+        runs.status == RunStatus.RUNNING.value,
+        runs.due_at <= now,
+        sa.or_(runs.lease_until.is_(None), runs.lease_until < now),
+    )
 
 
 def _age(now: datetime, since: datetime | None) -> float:
