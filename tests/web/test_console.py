@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import httpx
@@ -19,6 +20,7 @@ PAGES = (
     "/console/notifications",
     "/console/users",
     "/console/broadcasts",
+    "/console/workflow-runs",
     "/console/providers",
     "/console/dead-letters",
     "/console/suppressions",
@@ -228,3 +230,88 @@ async def test_a_broadcast_is_followed_and_cancelled(
     after = await console.get(f"/console/broadcasts/{broadcast_id}")
     assert "Cancelled:" in after.text  # said once, after the action
     assert "Cancel the broadcast" not in after.text
+
+
+SEND_THEN_WAIT = {
+    "category": "orders",
+    "steps": [
+        {"id": "hello", "type": "send", "channels": ["in_app"]},
+        {"id": "wait", "type": "wait", "event": "paid", "timeout_seconds": 3600},
+        {"id": "thanks", "type": "send", "channels": ["in_app"]},
+    ],
+}
+
+
+async def start_run(api: httpx.AsyncClient, definition: dict[str, object]) -> str:
+    await api.put("/v1/users/42", json={"timezone": "UTC"})
+    assert (await api.put("/v1/workflows/shipped", json=definition)).status_code in (200, 201)
+    triggered = await api.post(
+        "/v1/workflows/shipped/trigger", json={"user_id": "42", "title": "Order <b>1</b>"}
+    )
+    assert triggered.status_code == 202, triggered.text
+    return str(triggered.json()["id"])
+
+
+async def test_a_workflow_run_is_listed_shown_with_its_sends_and_cancelled(
+    api: httpx.AsyncClient, console: httpx.AsyncClient, pipeline: Pipeline
+) -> None:
+    run_id = await start_run(api, SEND_THEN_WAIT)
+
+    async def waiting() -> dict[str, object] | None:
+        run = (await api.get(f"/v1/workflow-runs/{run_id}")).json()
+        return run if run["steps"][1]["status"] == "waiting" else None
+
+    run = await eventually(waiting)
+    notification_id = run["steps"][0]["notification_id"]  # type: ignore[index]
+    listing = await console.get("/console/workflow-runs")
+    assert f'href="/console/workflow-runs/{run_id}"' in listing.text
+    assert "shipped" in listing.text
+    page = await console.get(f"/console/workflow-runs/{run_id}")
+    assert page.status_code == 200
+    assert f'href="/console/notifications/{notification_id}"' in page.text
+    assert 'data-step="wait"' in page.text
+    assert 'data-live="1"' in page.text
+    detail = await console.get(f"/console/notifications/{notification_id}")
+    assert f'href="/console/workflow-runs/{run_id}"' in detail.text
+    assert "<dt>Workflow step</dt><dd>hello</dd>" in detail.text
+
+    cancelled = await console.post(
+        f"/console/workflow-runs/{run_id}/cancel", data={"csrf": csrf_of(page.text)}
+    )
+    assert cancelled.status_code == 303
+    assert (await api.get(f"/v1/workflow-runs/{run_id}")).json()["status"] == "cancelled"
+    after = await console.get(f"/console/workflow-runs/{run_id}")
+    assert "Cancelled: none of the run" in after.text  # said once, after the action
+    assert "Cancel the run" not in after.text
+    assert 'data-live="1"' not in after.text
+    # The stream of a run that has ended says so once and ends.
+    stream = await console.get(f"/console/workflow-runs/{run_id}/progress")
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.text.count("event: progress") == 1
+    assert '"final":true' in stream.text
+    assert '"status":"cancelled"' in stream.text
+
+
+async def test_a_read_key_cannot_cancel_a_run(
+    api: httpx.AsyncClient, runtime: Runtime, browser_client: httpx.AsyncClient
+) -> None:
+    run_id = await start_run(api, SEND_THEN_WAIT)
+    await sign_in(browser_client, await make_key(runtime, "read"))
+    page = await browser_client.get(f"/console/workflow-runs/{run_id}")
+    assert "Cancel the run" not in page.text
+    refused = await browser_client.post(
+        f"/console/workflow-runs/{run_id}/cancel", data={"csrf": csrf_of(page.text)}
+    )
+    assert refused.status_code == 403
+    assert (await api.get(f"/v1/workflow-runs/{run_id}")).json()["status"] == "running"
+
+
+async def test_a_running_runs_stream_ends_when_the_server_stops(
+    api: httpx.AsyncClient, runtime: Runtime, console: httpx.AsyncClient
+) -> None:
+    run_id = await start_run(api, SEND_THEN_WAIT)  # no pipeline: it stays running
+    stream = asyncio.create_task(console.get(f"/console/workflow-runs/{run_id}/progress"))
+    runtime.end_streams()
+    response = await asyncio.wait_for(stream, 15)
+    assert response.status_code == 200
+    assert '"final":true' not in response.text
