@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -315,3 +315,34 @@ async def test_a_running_runs_stream_ends_when_the_server_stops(
     response = await asyncio.wait_for(stream, 15)
     assert response.status_code == 200
     assert '"final":true' not in response.text
+
+
+async def test_a_deliverys_engagement_is_shown_on_its_notification(
+    api: httpx.AsyncClient, console: httpx.AsyncClient, pipeline: Pipeline
+) -> None:
+    await api.put("/v1/users/42", json={"email": "ada@example.com", "timezone": "UTC"})
+    created = await api.post(
+        "/v1/notifications", json={"user_id": "42", "title": "Hi", "channels": ["email"]}
+    )
+    notification_id = created.json()["id"]
+
+    async def sent() -> dict[str, object] | None:
+        body = (await api.get(f"/v1/notifications/{notification_id}")).json()
+        deliveries = body["deliveries"]
+        return deliveries[0] if deliveries and deliveries[0]["status"] == "sent" else None
+
+    delivery = await eventually(sent)
+    before = await console.get(f"/console/notifications/{notification_id}")
+    assert "<dt>Opened</dt>" not in before.text
+    for event in ("opened", "clicked"):
+        report = await api.post(
+            f"/v1/deliveries/{delivery['id']}/engagement", json={"event": event}
+        )
+        assert report.json()["first"] is True
+    engaged = (await api.get(f"/v1/notifications/{notification_id}")).json()["deliveries"][0]
+    page = await console.get(f"/console/notifications/{notification_id}")
+    for name, field in (("Opened", "opened_at"), ("Clicked", "clicked_at")):
+        shown = datetime.fromisoformat(engaged[field]).strftime("%Y-%m-%d %H:%M:%S")
+        assert f"<dt>{name}</dt><dd>{shown}</dd>" in page.text
+    assert "<dt>Read</dt>" not in page.text
+    assert "<dt>Dismissed</dt>" not in page.text

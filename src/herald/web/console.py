@@ -279,9 +279,6 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC) if moment else None
 
 
-ENGAGEMENT_FIELDS = ("opened_at", "clicked_at", "read_at")
-
-
 @router.get("/notifications/{notification_id}")
 async def notification(notification_id: str, request: Request) -> Response:
     rt, session = await _viewer(request)
@@ -290,6 +287,7 @@ async def notification(notification_id: str, request: Request) -> Response:
         return _page(request, "missing.html", session, "notifications", what="notification")
     deliveries = await rt.storage.notifications.deliveries_of(notification_id)
     events = await rt.storage.notifications.events_of(notification_id)
+    engaged = await rt.storage.engagement.of_notification(notification_id)
     by_delivery: dict[str, list[Any]] = {d.id: [] for d in deliveries}
     for event in events:
         by_delivery.setdefault(event.delivery_id, []).append(event)
@@ -299,9 +297,7 @@ async def notification(notification_id: str, request: Request) -> Response:
             "target": mask_target(d.channel, d.target),
             "events": by_delivery.get(d.id, []),
             "engagement": [
-                (name.removesuffix("_at"), getattr(d, name))
-                for name in ENGAGEMENT_FIELDS
-                if getattr(d, name, None) is not None
+                (kind.value, at) for kind, at in engaged.get(d.id, {}).items() if at is not None
             ],
         }
         for d in deliveries
