@@ -346,3 +346,16 @@ async def test_a_deliverys_engagement_is_shown_on_its_notification(
         assert f"<dt>{name}</dt><dd>{shown}</dd>" in page.text
     assert "<dt>Read</dt>" not in page.text
     assert "<dt>Dismissed</dt>" not in page.text
+
+
+async def test_a_provider_without_a_worker_here_says_where_its_circuit_is(
+    runtime: Runtime, console: httpx.AsyncClient
+) -> None:
+    """Under `herald api` the circuits are in the worker processes: the page says so
+    rather than showing a blank."""
+    runtime.settings.rate_limits["elsewhere-provider"] = 5.0  # known here, sent elsewhere
+    page = await console.get("/console/providers")
+    row = page.text.split('<th scope="row">elsewhere-provider</th>')[1].split("</tr>")[0]
+    assert ">in its workers</span>" in row
+    assert "herald_provider_circuit_open" in page.text
+    assert "docs/operations.md" in page.text

@@ -551,8 +551,12 @@ async def cancel_workflow_run(run_id: str, request: Request) -> Response:
 # -- provider health -----------------------------------------------------------------------
 
 
+CIRCUIT_ELSEWHERE = "in its workers"
+
+
 def _circuits() -> dict[str, bool]:
-    """Circuit state as this process's workers see it (embedded: all of them)."""
+    """Circuit state as this process's workers see it (embedded: all of them). Under
+    `herald api` no worker runs here: each worker process has its providers' circuits."""
     open_by_provider: dict[str, bool] = {}
     for metric in METRICS.circuit_open.collect():
         for sample in metric.samples:
@@ -590,7 +594,9 @@ async def providers(request: Request) -> Response:
             "name": name,
             **row,
             "retried": retries.get(name, 0),
-            "circuit": "open" if circuits.get(name) else ("closed" if name in circuits else "—"),
+            "circuit": "open"
+            if circuits.get(name)
+            else ("closed" if name in circuits else CIRCUIT_ELSEWHERE),
             "rate_limit": rt.settings.rate_limits.get(name),
         }
         for name, row in sorted(table.items())
