@@ -304,3 +304,42 @@ def test_broadcast_progress_and_provider_health(
     shoot(page, "suppressions", tmp_path)
     page.get_by_role("button", name="Lift").click()
     expect(page.get_by_text("Nothing is suppressed.")).to_be_visible()
+
+
+def test_a_workflow_run_and_its_steps_live(
+    browser_page: Page, server: HeraldProcess, api: httpx.Client, tmp_path: Path
+) -> None:
+    page = browser_page
+    definition = {
+        "category": "orders",
+        "steps": [
+            {"id": "confirm", "type": "send", "channels": ["in_app"]},
+            {"id": "payment", "type": "wait", "event": "paid", "timeout_seconds": 3600},
+            {"id": "thanks", "type": "send", "channels": ["in_app"], "if": {"event": "paid"}},
+        ],
+    }
+    api.put("/v1/workflows/checkout", json=definition).raise_for_status()
+    triggered = api.post(
+        "/v1/workflows/checkout/trigger", json={"user_id": "42", "title": "Order 1001"}
+    )
+    assert triggered.status_code == 202, triggered.text
+    run_id = triggered.json()["id"]
+    sign_in(page, server)
+    page.get_by_role("link", name="Workflow runs").click()
+    expect(page.get_by_role("heading", name="Workflow runs")).to_be_visible()
+    page.locator(f'a[href="/console/workflow-runs/{run_id}"]').click()
+    steps = page.locator('[data-field="steps"]')
+    waiting = steps.locator('tr[data-step="payment"]')
+    expect(waiting).to_contain_text("waiting", timeout=30_000)
+    expect(steps.locator('tr[data-step="confirm"]')).to_contain_text("done")
+    expect(page.locator('[data-field="waiting_for"]')).to_have_text("paid")
+    shoot(page, "workflow-run", tmp_path)
+
+    # The event resumes the run; the open page follows it over Server-Sent Events.
+    api.post("/v1/events", json={"user_id": "42", "name": "paid"}).raise_for_status()
+    expect(page.locator('[data-field="live"]')).to_have_text("Final.", timeout=30_000)
+    expect(page.locator('[data-field="status"]')).to_have_text("completed")
+    expect(steps.locator('tr[data-step="thanks"]')).to_contain_text("done")
+    steps.locator('tr[data-step="thanks"] a').click()  # the notification that step made
+    expect(page.get_by_role("heading", name="Order 1001")).to_be_visible()
+    expect(page.get_by_role("link", name="checkout")).to_be_visible()

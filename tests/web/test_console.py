@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ PAGES = (
     "/console/notifications",
     "/console/users",
     "/console/broadcasts",
+    "/console/workflow-runs",
     "/console/providers",
     "/console/dead-letters",
     "/console/suppressions",
@@ -228,3 +230,132 @@ async def test_a_broadcast_is_followed_and_cancelled(
     after = await console.get(f"/console/broadcasts/{broadcast_id}")
     assert "Cancelled:" in after.text  # said once, after the action
     assert "Cancel the broadcast" not in after.text
+
+
+SEND_THEN_WAIT = {
+    "category": "orders",
+    "steps": [
+        {"id": "hello", "type": "send", "channels": ["in_app"]},
+        {"id": "wait", "type": "wait", "event": "paid", "timeout_seconds": 3600},
+        {"id": "thanks", "type": "send", "channels": ["in_app"]},
+    ],
+}
+
+
+async def start_run(api: httpx.AsyncClient, definition: dict[str, object]) -> str:
+    await api.put("/v1/users/42", json={"timezone": "UTC"})
+    assert (await api.put("/v1/workflows/shipped", json=definition)).status_code in (200, 201)
+    triggered = await api.post(
+        "/v1/workflows/shipped/trigger", json={"user_id": "42", "title": "Order <b>1</b>"}
+    )
+    assert triggered.status_code == 202, triggered.text
+    return str(triggered.json()["id"])
+
+
+async def test_a_workflow_run_is_listed_shown_with_its_sends_and_cancelled(
+    api: httpx.AsyncClient, console: httpx.AsyncClient, pipeline: Pipeline
+) -> None:
+    run_id = await start_run(api, SEND_THEN_WAIT)
+
+    async def waiting() -> dict[str, object] | None:
+        run = (await api.get(f"/v1/workflow-runs/{run_id}")).json()
+        return run if run["steps"][1]["status"] == "waiting" else None
+
+    run = await eventually(waiting)
+    notification_id = run["steps"][0]["notification_id"]  # type: ignore[index]
+    listing = await console.get("/console/workflow-runs")
+    assert f'href="/console/workflow-runs/{run_id}"' in listing.text
+    assert "shipped" in listing.text
+    page = await console.get(f"/console/workflow-runs/{run_id}")
+    assert page.status_code == 200
+    assert f'href="/console/notifications/{notification_id}"' in page.text
+    assert 'data-step="wait"' in page.text
+    assert 'data-live="1"' in page.text
+    detail = await console.get(f"/console/notifications/{notification_id}")
+    assert f'href="/console/workflow-runs/{run_id}"' in detail.text
+    assert "<dt>Workflow step</dt><dd>hello</dd>" in detail.text
+
+    cancelled = await console.post(
+        f"/console/workflow-runs/{run_id}/cancel", data={"csrf": csrf_of(page.text)}
+    )
+    assert cancelled.status_code == 303
+    assert (await api.get(f"/v1/workflow-runs/{run_id}")).json()["status"] == "cancelled"
+    after = await console.get(f"/console/workflow-runs/{run_id}")
+    assert "Cancelled: none of the run" in after.text  # said once, after the action
+    assert "Cancel the run" not in after.text
+    assert 'data-live="1"' not in after.text
+    # The stream of a run that has ended says so once and ends.
+    stream = await console.get(f"/console/workflow-runs/{run_id}/progress")
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.text.count("event: progress") == 1
+    assert '"final":true' in stream.text
+    assert '"status":"cancelled"' in stream.text
+
+
+async def test_a_read_key_cannot_cancel_a_run(
+    api: httpx.AsyncClient, runtime: Runtime, browser_client: httpx.AsyncClient
+) -> None:
+    run_id = await start_run(api, SEND_THEN_WAIT)
+    await sign_in(browser_client, await make_key(runtime, "read"))
+    page = await browser_client.get(f"/console/workflow-runs/{run_id}")
+    assert "Cancel the run" not in page.text
+    refused = await browser_client.post(
+        f"/console/workflow-runs/{run_id}/cancel", data={"csrf": csrf_of(page.text)}
+    )
+    assert refused.status_code == 403
+    assert (await api.get(f"/v1/workflow-runs/{run_id}")).json()["status"] == "running"
+
+
+async def test_a_running_runs_stream_ends_when_the_server_stops(
+    api: httpx.AsyncClient, runtime: Runtime, console: httpx.AsyncClient
+) -> None:
+    run_id = await start_run(api, SEND_THEN_WAIT)  # no pipeline: it stays running
+    stream = asyncio.create_task(console.get(f"/console/workflow-runs/{run_id}/progress"))
+    runtime.end_streams()
+    response = await asyncio.wait_for(stream, 15)
+    assert response.status_code == 200
+    assert '"final":true' not in response.text
+
+
+async def test_a_deliverys_engagement_is_shown_on_its_notification(
+    api: httpx.AsyncClient, console: httpx.AsyncClient, pipeline: Pipeline
+) -> None:
+    await api.put("/v1/users/42", json={"email": "ada@example.com", "timezone": "UTC"})
+    created = await api.post(
+        "/v1/notifications", json={"user_id": "42", "title": "Hi", "channels": ["email"]}
+    )
+    notification_id = created.json()["id"]
+
+    async def sent() -> dict[str, object] | None:
+        body = (await api.get(f"/v1/notifications/{notification_id}")).json()
+        deliveries = body["deliveries"]
+        return deliveries[0] if deliveries and deliveries[0]["status"] == "sent" else None
+
+    delivery = await eventually(sent)
+    before = await console.get(f"/console/notifications/{notification_id}")
+    assert "<dt>Opened</dt>" not in before.text
+    for event in ("opened", "clicked"):
+        report = await api.post(
+            f"/v1/deliveries/{delivery['id']}/engagement", json={"event": event}
+        )
+        assert report.json()["first"] is True
+    engaged = (await api.get(f"/v1/notifications/{notification_id}")).json()["deliveries"][0]
+    page = await console.get(f"/console/notifications/{notification_id}")
+    for name, field in (("Opened", "opened_at"), ("Clicked", "clicked_at")):
+        shown = datetime.fromisoformat(engaged[field]).strftime("%Y-%m-%d %H:%M:%S")
+        assert f"<dt>{name}</dt><dd>{shown}</dd>" in page.text
+    assert "<dt>Read</dt>" not in page.text
+    assert "<dt>Dismissed</dt>" not in page.text
+
+
+async def test_a_provider_without_a_worker_here_says_where_its_circuit_is(
+    runtime: Runtime, console: httpx.AsyncClient
+) -> None:
+    """Under `herald api` the circuits are in the worker processes: the page says so
+    rather than showing a blank."""
+    runtime.settings.rate_limits["elsewhere-provider"] = 5.0  # known here, sent elsewhere
+    page = await console.get("/console/providers")
+    row = page.text.split('<th scope="row">elsewhere-provider</th>')[1].split("</tr>")[0]
+    assert ">in its workers</span>" in row
+    assert "herald_provider_circuit_open" in page.text
+    assert "docs/operations.md" in page.text

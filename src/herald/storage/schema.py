@@ -406,6 +406,7 @@ workflow_runs = sa.Table(
     sa.Index("ix_workflow_runs_status_due", "status", "due_at"),
     sa.Index("ix_workflow_runs_user_event", "user_id", "waiting_event"),
     sa.Index("ix_workflow_runs_cancellation", "cancellation_key"),
+    sa.Index("ix_workflow_runs_created_id", "created_at", "id"),
 )
 
 workflow_run_steps = sa.Table(

@@ -23,7 +23,9 @@ from herald.domain.workflows import (
 )
 from herald.storage import schema as t
 from herald.storage.broadcasts import CANCELLED
+from herald.storage.records import Page
 from herald.storage.repository import Repository
+from herald.storage.rows import page, paged
 from herald.util import chunks
 
 R = t.workflow_runs.c
@@ -77,6 +79,16 @@ class RunView:
     waiting_event: str | None
     created_at: datetime
     steps: list[RunStep]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    id: str
+    workflow_key: str
+    user_id: str
+    status: RunStatus
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,19 +249,44 @@ class WorkflowRepository(Repository):
             ],
         )
 
+    async def runs(self, limit: int, cursor: str | None) -> Page[RunSummary]:
+        """Recent runs, newest first, keyset-paged on (created_at, id)."""
+        query = sa.select(R.id, R.workflow_key, R.user_id, R.status, R.created_at, R.updated_at)
+        rows = paged(await page(self.db, query, t.workflow_runs, limit, cursor), limit)
+        return Page(
+            [
+                RunSummary(
+                    r.id, r.workflow_key, r.user_id, RunStatus(r.status), r.created_at, r.updated_at
+                )
+                for r in rows.items
+            ],
+            rows.next_cursor,
+        )
+
     async def cancel(self, cancellation_key: str, user_id: str | None = None) -> Cancelled:
         """Stop the running runs with this key (of one user, or all): none of their steps
         happens from now on. A step being applied at this moment either committed first
         (its notification is among those returned) or finds the run cancelled and rolls
         back (workflow_timers.apply guards on the status)."""
-        which = [R.cancellation_key == cancellation_key, R.status == RunStatus.RUNNING.value]
+        which = [R.cancellation_key == cancellation_key]
         if user_id is not None:
             which.append(R.user_id == user_id)
+        # Without a user, a topic or list trigger still fanning out stops too.
+        return await self._cancel(which, triggers_of=cancellation_key if user_id is None else None)
+
+    async def cancel_run(self, run_id: str) -> Cancelled:
+        """Stop one run (the console's cancel button), as `cancel` does."""
+        return await self._cancel([R.id == run_id])
+
+    async def _cancel(
+        self, which: list[sa.ColumnElement[bool]], triggers_of: str | None = None
+    ) -> Cancelled:
+        which = [*which, R.status == RunStatus.RUNNING.value]
         now = self.clock.now()
         async with self.db.transaction() as db:
-            if user_id is None:
+            if triggers_of is not None:
                 # First, so a page being written commits before the runs are read below.
-                await self._stop_topic_triggers(db, cancellation_key)
+                await self._stop_topic_triggers(db, triggers_of)
             ids = [
                 row.id
                 for row in await db.execute(

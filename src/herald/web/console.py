@@ -20,11 +20,13 @@ from fastapi.routing import APIRoute
 from herald.api.routes.activity import REPLAY_REASON
 from herald.api.routes.inbox import INBOX_TOKEN_TTL
 from herald.domain import Channel, DeliveryState, mask_target
+from herald.domain.workflows import RunStatus
 from herald.metrics import METRICS
 from herald.roles import wait_for_event
 from herald.runtime import Runtime
 from herald.storage import InvalidCursor
 from herald.storage.activity import NotificationFilter
+from herald.storage.workflows import RunView
 from herald.web import plots
 from herald.web.pages import render
 from herald.web.session import (
@@ -54,6 +56,7 @@ NAV = (
     ("notifications", "Notifications"),
     ("users", "Users"),
     ("broadcasts", "Broadcasts"),
+    ("workflow-runs", "Workflow runs"),
     ("providers", "Providers"),
     ("dead-letters", "Dead letters"),
     ("suppressions", "Suppressions"),
@@ -276,9 +279,6 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC) if moment else None
 
 
-ENGAGEMENT_FIELDS = ("opened_at", "clicked_at", "read_at")
-
-
 @router.get("/notifications/{notification_id}")
 async def notification(notification_id: str, request: Request) -> Response:
     rt, session = await _viewer(request)
@@ -287,6 +287,7 @@ async def notification(notification_id: str, request: Request) -> Response:
         return _page(request, "missing.html", session, "notifications", what="notification")
     deliveries = await rt.storage.notifications.deliveries_of(notification_id)
     events = await rt.storage.notifications.events_of(notification_id)
+    engaged = await rt.storage.engagement.of_notification(notification_id)
     by_delivery: dict[str, list[Any]] = {d.id: [] for d in deliveries}
     for event in events:
         by_delivery.setdefault(event.delivery_id, []).append(event)
@@ -296,15 +297,21 @@ async def notification(notification_id: str, request: Request) -> Response:
             "target": mask_target(d.channel, d.target),
             "events": by_delivery.get(d.id, []),
             "engagement": [
-                (name.removesuffix("_at"), getattr(d, name))
-                for name in ENGAGEMENT_FIELDS
-                if getattr(d, name, None) is not None
+                (kind.value, at) for kind, at in engaged.get(d.id, {}).items() if at is not None
             ],
         }
         for d in deliveries
     ]
     return _page(
-        request, "notification.html", session, "notifications", notification=found, rows=rows
+        request,
+        "notification.html",
+        session,
+        "notifications",
+        notification=found,
+        rows=rows,
+        workflow_run=(
+            await rt.storage.workflows.run(found.workflow_run_id) if found.workflow_run_id else None
+        ),
     )
 
 
@@ -446,11 +453,110 @@ async def cancel_broadcast(broadcast_id: str, request: Request) -> Response:
     return _back(path, f"Cancelled: {cancelled} deliveries will not go out.")
 
 
+# -- workflow runs -------------------------------------------------------------------------
+
+
+@router.get("/workflow-runs")
+async def workflow_runs(request: Request) -> Response:
+    rt, session = await _viewer(request)
+    try:
+        page = await rt.storage.workflows.runs(PAGE_SIZE, _arg(request, "cursor"))
+    except InvalidCursor:
+        raise BadInput("That page link is not valid any more.") from None
+    next_link = f"/console/workflow-runs?cursor={page.next_cursor}" if page.next_cursor else None
+    return _page(
+        request,
+        "workflow_runs.html",
+        session,
+        "workflow-runs",
+        page=page,
+        next_link=next_link,
+        first_page=_arg(request, "cursor") is None,
+    )
+
+
+def _run_progress(run: RunView) -> dict[str, Any]:
+    return {
+        "status": run.status.value,
+        "waiting_for": run.waiting_event,
+        "steps": [
+            {
+                "id": s.step_id,
+                "type": s.type,
+                "status": s.status.value,
+                "notification_id": s.notification_id,
+                "at": s.at.isoformat() if s.at else None,
+            }
+            for s in run.steps
+        ],
+        "final": run.status is not RunStatus.RUNNING,
+    }
+
+
+@router.get("/workflow-runs/{run_id}")
+async def workflow_run(run_id: str, request: Request) -> Response:
+    rt, session = await _viewer(request)
+    run = await rt.storage.workflows.run(run_id)
+    if run is None:
+        return _page(request, "missing.html", session, "workflow-runs", what="workflow run")
+    return _page(
+        request,
+        "workflow_run.html",
+        session,
+        "workflow-runs",
+        run=run,
+        final=run.status is not RunStatus.RUNNING,
+    )
+
+
+@router.get("/workflow-runs/{run_id}/progress")
+async def workflow_run_progress(run_id: str, request: Request) -> Response:
+    """Server-Sent Events: the run's steps as they change, until the run ends (or the
+    server stops: the browser reconnects)."""
+    rt, _ = await _viewer(request)
+
+    async def events() -> AsyncIterator[bytes]:
+        last: dict[str, Any] | None = None
+        while not (rt.stopping.is_set() or await request.is_disconnected()):
+            run = await rt.storage.workflows.run(run_id)
+            if run is None:
+                return
+            progress = _run_progress(run)
+            if progress != last:
+                yield b"event: progress\ndata: %s\n\n" % orjson.dumps(progress)
+                last = progress
+            if progress["final"]:
+                return
+            await wait_for_event(rt.stopping, PROGRESS_SECONDS)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.post("/workflow-runs/{run_id}/cancel")
+async def cancel_workflow_run(run_id: str, request: Request) -> Response:
+    rt, _, _ = await _actor(request)
+    cancelled = await rt.storage.workflows.cancel_run(run_id)
+    if cancelled.notification_ids:
+        await rt.storage.notifications.cancel(cancelled.notification_ids)
+    message = (
+        "Cancelled: none of the run's steps happens from now on."
+        if cancelled.runs
+        else "Nothing to cancel: the run has ended."
+    )
+    return _back(f"/console/workflow-runs/{run_id}", message)
+
+
 # -- provider health -----------------------------------------------------------------------
 
 
+CIRCUIT_ELSEWHERE = "in its workers"
+
+
 def _circuits() -> dict[str, bool]:
-    """Circuit state as this process's workers see it (embedded: all of them)."""
+    """Circuit state as this process's workers see it (embedded: all of them). Under
+    `herald api` no worker runs here: each worker process has its providers' circuits."""
     open_by_provider: dict[str, bool] = {}
     for metric in METRICS.circuit_open.collect():
         for sample in metric.samples:
@@ -488,7 +594,9 @@ async def providers(request: Request) -> Response:
             "name": name,
             **row,
             "retried": retries.get(name, 0),
-            "circuit": "open" if circuits.get(name) else ("closed" if name in circuits else "—"),
+            "circuit": "open"
+            if circuits.get(name)
+            else ("closed" if name in circuits else CIRCUIT_ELSEWHERE),
             "rate_limit": rt.settings.rate_limits.get(name),
         }
         for name, row in sorted(table.items())
