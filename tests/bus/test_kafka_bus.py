@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 
 from herald.bus.interface import NOTIFICATIONS_TOPIC, BusUnavailable, Record
-from herald.bus.kafka import KafkaBus
+from herald.bus.kafka import KafkaBus, LibrdkafkaLog
 
 
 @pytest.mark.timeout(30)  # a start that ignored connect_timeout would hang, not fail
@@ -42,3 +43,17 @@ async def test_a_cancelled_poll_hands_its_messages_to_the_next_poll(kafka_bus: K
 
     assert [m.value for m in await consumer.poll(timeout=10)] == [b"not lost"]
     await consumer.close()
+
+
+def test_librdkafka_fail_lines_go_out_at_debug_and_the_rest_as_they_come(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What confluent-kafka hands its `logger`: (level, "%s [%s] %s", facility, client, text).
+    caplog.set_level(logging.DEBUG, logger="herald.bus.kafka")
+    librdkafka = LibrdkafkaLog()
+    librdkafka.log(logging.ERROR, "%s [%s] %s", "FAIL", "herald#consumer-5", "Connect failed")
+    librdkafka.log(logging.WARNING, "%s [%s] %s", "SASL", "herald#producer-1", "Auth failed")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "FAIL [herald#consumer-5] Connect failed"),
+        (logging.WARNING, "SASL [herald#producer-1] Auth failed"),
+    ]

@@ -55,6 +55,18 @@ def _log_error(error: KafkaError) -> None:
     log.log(level, "kafka: %s", error.str())
 
 
+class LibrdkafkaLog:
+    """librdkafka's own log lines (its `logger` setting), passed on to `log`, except its FAIL
+    lines ("Connect to ... failed", "Disconnected"): every client repeats them while a
+    broker is unreachable, thousands in a short outage, and `_log_error` has already said
+    so, once a second at INFO, with the error's code. They go out at DEBUG."""
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        if args and args[0] == "FAIL":
+            level = logging.DEBUG
+        log.log(level, fmt, *args)
+
+
 def _has_leaders(topic: TopicMetadata | None) -> bool:
     return (
         topic is not None
@@ -158,7 +170,7 @@ class KafkaBus:
     def _polled_client_config(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Config of a client whose poll() we call often, which is where librdkafka's logs
         and errors are handed to these callbacks (the admin client is never polled)."""
-        return self._client_config({"error_cb": _log_error, "logger": log, **settings})
+        return self._client_config({"error_cb": _log_error, "logger": LibrdkafkaLog(), **settings})
 
     def _unavailable(self, what: str, error: object) -> BusUnavailable:
         return BusUnavailable(f"Kafka at {self.bootstrap}: {what}: {error}")

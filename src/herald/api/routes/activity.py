@@ -433,6 +433,7 @@ async def replay(rt: Runtime, delivery_ids: list[str]) -> list[ReplayOut]:
     responses={
         202: {"content": {"application/json": {"example": _REPLAY_EXAMPLE}}},
         200: {
+            "model": ReplayOut,
             "description": "already replayed (or not failed): nothing changed",
             "content": {"application/json": {"example": {**_REPLAY_EXAMPLE, "replayed": False}}},
         },
