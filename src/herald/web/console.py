@@ -7,7 +7,7 @@ every form posts back with the session's CSRF token."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -423,11 +423,20 @@ async def broadcast(broadcast_id: str, request: Request) -> Response:
 async def broadcast_progress(broadcast_id: str, request: Request) -> Response:
     """Server-Sent Events: the broadcast's progress once a second until it is final."""
     rt, _ = await _viewer(request)
+    return _progress_stream(rt, request, lambda: _progress(rt, broadcast_id))
+
+
+def _progress_stream(
+    rt: Runtime, request: Request, read: Callable[[], Awaitable[dict[str, Any] | None]]
+) -> StreamingResponse:
+    """Server-Sent Events: a `progress` event each time `read()` changes (looked at once a
+    PROGRESS_SECONDS), until it is final or gone, the browser leaves, or the server stops
+    (the browser then reconnects)."""
 
     async def events() -> AsyncIterator[bytes]:
         last: dict[str, Any] | None = None
         while not (rt.stopping.is_set() or await request.is_disconnected()):
-            progress = await _progress(rt, broadcast_id)
+            progress = await read()
             if progress is None:
                 return
             if progress != last:
@@ -515,23 +524,11 @@ async def workflow_run_progress(run_id: str, request: Request) -> Response:
     server stops: the browser reconnects)."""
     rt, _ = await _viewer(request)
 
-    async def events() -> AsyncIterator[bytes]:
-        last: dict[str, Any] | None = None
-        while not (rt.stopping.is_set() or await request.is_disconnected()):
-            run = await rt.storage.workflows.run(run_id)
-            if run is None:
-                return
-            progress = _run_progress(run)
-            if progress != last:
-                yield b"event: progress\ndata: %s\n\n" % orjson.dumps(progress)
-                last = progress
-            if progress["final"]:
-                return
-            await wait_for_event(rt.stopping, PROGRESS_SECONDS)
+    async def read() -> dict[str, Any] | None:
+        run = await rt.storage.workflows.run(run_id)
+        return _run_progress(run) if run is not None else None
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    return _progress_stream(rt, request, read)
 
 
 @router.post("/workflow-runs/{run_id}/cancel")
