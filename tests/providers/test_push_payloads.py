@@ -6,13 +6,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from herald.providers.apns.payload import APNS_MAX_PAYLOAD_BYTES, apns_payload, apns_payload_size
 from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES, fcm_message, fcm_payload_size
 from herald.providers.push_http import DELIVERY_ID_KEY
-from herald.providers.push_payloads import check_push_size, validate_push_device
+from herald.providers.push_payloads import (
+    PLAIN_ENVELOPE_BOUND,
+    check_push_size,
+    surely_fits,
+    validate_push_device,
+)
 from herald.providers.webpush.payload import WEBPUSH_MAX_PLAINTEXT_BYTES, webpush_payload_size
 from tests.providers.conftest import apns_token, b64url, fcm_token
 
@@ -83,6 +90,37 @@ def test_check_push_size_at_the_limit(platform: str, size_of: SizeOf, limit: int
     over = {"blob": "x" * (limit - base + 5)}
     assert check_push_size(platform, None, None, fits) is None
     assert check_push_size(platform, None, None, over) == 5
+
+
+SIZES: list[SizeOf] = [fcm_payload_size, apns_payload_size, webpush_payload_size]
+LIMITS = {
+    fcm_payload_size: FCM_MAX_PAYLOAD_BYTES,
+    apns_payload_size: APNS_MAX_PAYLOAD_BYTES,
+    webpush_payload_size: WEBPUSH_MAX_PLAINTEXT_BYTES,
+}
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@pytest.mark.parametrize("size_of", SIZES)
+def test_every_plain_envelope_is_within_the_bound(size_of: SizeOf) -> None:
+    assert 2 * size_of("", "", {}) <= PLAIN_ENVELOPE_BOUND
+
+
+@given(
+    title=st.none() | st.text(max_size=1500),
+    body=st.none() | st.text(max_size=1500),
+    data=st.none() | st.dictionaries(st.text(max_size=20), _json, max_size=8),
+)
+def test_surely_fits_never_passes_what_a_platform_refuses(
+    title: str | None, body: str | None, data: dict[str, Any] | None
+) -> None:
+    if surely_fits(title, body, data):
+        for size_of in SIZES:
+            assert size_of(title, body, data) <= LIMITS[size_of]
 
 
 def test_check_push_size_counts_utf8_bytes() -> None:

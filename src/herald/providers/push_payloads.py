@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from herald.providers.apns.payload import (
     APNS_MAX_PAYLOAD_BYTES,
     apns_payload_size,
@@ -42,6 +44,23 @@ def platform_kind(platform: str) -> str | None:
     return _PLATFORM_ALIASES.get(platform.lower())
 
 
+# What a platform's body adds around a plain push's title, body and data: each builder's
+# body with all three empty is under 100 bytes (tests/providers/test_push_payloads.py holds
+# every platform to this bound).
+PLAIN_ENVELOPE_BOUND = 256
+_SMALLEST_LIMIT = min(APNS_MAX_PAYLOAD_BYTES, FCM_MAX_PAYLOAD_BYTES, WEBPUSH_MAX_PLAINTEXT_BYTES)
+
+
+def surely_fits(title: str | None, body: str | None, data: Mapping[str, Any] | None) -> bool:
+    """True when a plain push (no rich options) fits every platform, judged from one JSON
+    encoding of its parts instead of building each platform's body: a body holds the parts
+    at most twice over (FCM carries non-string data values as JSON strings, whose quotes are
+    escaped) inside its envelope. Most pushes are far under the limits, and the API checks
+    every one it accepts (docs/benchmarks.md, "Figures behind code choices")."""
+    parts = len(orjson.dumps((title, body, data)))
+    return 2 * parts + PLAIN_ENVELOPE_BOUND <= _SMALLEST_LIMIT
+
+
 def check_push_size(
     platform: str,
     title: str | None,
@@ -53,6 +72,8 @@ def check_push_size(
     kind = platform_kind(platform)
     if kind is None:
         raise ValueError(f"unknown push platform {platform!r}")
+    if not rich and surely_fits(title, body, data):
+        return None
     size, limit = {
         FCM: lambda: (fcm_payload_size(title, body, data, rich), FCM_MAX_PAYLOAD_BYTES),
         APNS: lambda: (apns_payload_size(title, body, data, rich), APNS_MAX_PAYLOAD_BYTES),
