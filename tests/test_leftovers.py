@@ -1,0 +1,40 @@
+"""scripts/test prunes the topics earlier runs left on the broker, and only those."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.fixtures.leftovers import LEFTOVER, prune
+
+
+@pytest.mark.parametrize(
+    ("name", "left_over"),
+    [
+        (f"t{uuid.uuid4().hex[:10]}.herald.notifications", True),  # tests/fixtures/herald.py
+        (f"test-{uuid.uuid4().hex[:12]}.herald.deliveries.push", True),  # services.py
+        (f"bench{uuid.uuid4().hex[:8]}.herald.notifications.priority", True),  # herald bench
+        ("herald.notifications", False),  # a deployment's own topics
+        ("acme.herald.notifications", False),
+        ("__consumer_offsets", False),
+    ],
+)
+def test_only_the_test_and_bench_prefixes_are_left_overs(name: str, left_over: bool) -> None:
+    assert bool(LEFTOVER.match(name)) is left_over
+
+
+@pytest.mark.kafka
+async def test_prune_deletes_the_matching_topics(kafka_bootstrap: str) -> None:
+    mine = f"prune{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    names = [f"{mine}.a", f"{mine}.b"]
+    for future in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
+        await asyncio.wrap_future(future)
+    pruned = await asyncio.to_thread(prune, kafka_bootstrap, re.compile(rf"^{mine}\."))
+    assert pruned == names
+    left = await asyncio.to_thread(admin.list_topics, timeout=10)
+    assert not [n for n in left.topics if n.startswith(mine)]
