@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given
+from hypothesis import strategies as st
 
 from herald.providers.apns.payload import APNS_MAX_PAYLOAD_BYTES, apns_payload, apns_payload_size
 from herald.providers.fcm.payload import FCM_MAX_PAYLOAD_BYTES, fcm_message, fcm_payload_size
