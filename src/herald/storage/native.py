@@ -416,6 +416,9 @@ class SqliteNative(Native):
         return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
+# The API's accept: which of the users named exist (DirectoryRepository.existing_user_ids).
+EXISTING_USERS_SQL = "SELECT id FROM users WHERE id = ANY($1::text[])"
+
 # The router's reads for a batch (RoutingRepository.load).
 ROUTING_NOTIFICATIONS_SQL = (
     "SELECT * FROM notifications WHERE id = ANY($1::text[]) AND state = 'accepted' "
