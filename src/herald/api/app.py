@@ -12,7 +12,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from herald import __version__, web
 from herald.api import errors, openapi
 from herald.api.access import AccessLog
-from herald.api.keycache import ApiKeyCache
 from herald.api.routes import (
     activity,
     admin,
@@ -211,7 +210,6 @@ def create_app(runtime: Runtime) -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.runtime = runtime
-    app.state.api_keys = ApiKeyCache(runtime.storage.keys, runtime.clock)
     errors.install(app)
     for module in ROUTE_MODULES:
         app.include_router(module.router)

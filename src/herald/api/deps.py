@@ -59,7 +59,13 @@ def _challenge() -> dict[str, str]:
 
 
 def api_keys(request: Request) -> ApiKeyCache:
-    cache: ApiKeyCache = request.app.state.api_keys
+    """The app's cache of API keys, made on first use (an app is made over a runtime
+    before that runtime has started)."""
+    state = request.app.state
+    cache: ApiKeyCache | None = getattr(state, "api_keys", None)
+    if cache is None:
+        rt: Runtime = state.runtime
+        cache = state.api_keys = ApiKeyCache(rt.storage.keys, rt.clock)
     return cache
 
 

@@ -26,8 +26,8 @@ each shaped by the role that uses it; a role is handed only its own:
 
 What differs between the two databases lives in `dialect.py`; the hot statements (the
 claim, outcomes, the router's reads and its save, the accept's user check, the scheduler's
-probe) run on the driver itself, in `native.py`; row <-> domain mapping is in `rows.py`; the state guards of the SQL in
-`guards.py`, built from the domain's state machine."""
+probe) run on the driver itself, in `native.py`; row <-> domain mapping is in `rows.py`;
+the state guards of the SQL in `guards.py`, built from the domain's state machine."""
 
 from __future__ import annotations
 
