@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from herald.api.errors import ApiError
+from herald.api.keycache import ApiKeyCache
 from herald.runtime import Runtime
 from herald.security import TokenInvalid, key_from_secret, secret_matches
 
@@ -57,13 +58,24 @@ def _challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
 
-async def _api_key_caller(rt: Runtime, token: str) -> Caller:
+def api_keys(request: Request) -> ApiKeyCache:
+    """The app's cache of API keys, made on first use (an app is made over a runtime
+    before that runtime has started)."""
+    state = request.app.state
+    cache: ApiKeyCache | None = getattr(state, "api_keys", None)
+    if cache is None:
+        rt: Runtime = state.runtime
+        cache = state.api_keys = ApiKeyCache(rt.storage.keys, rt.clock)
+    return cache
+
+
+async def _api_key_caller(request: Request, rt: Runtime, token: str) -> Caller:
     presented = key_from_secret(token)
     # A key id is generated ASCII: anything else (a NUL, which PostgreSQL cannot even
     # compare) is simply not a key.
     if presented is not None and not (presented.id.isascii() and presented.id.isalnum()):
         presented = None
-    record = await rt.storage.keys.get_api_key(presented.id) if presented else None
+    record = await api_keys(request).get(presented.id) if presented else None
     if (
         presented is None
         or record is None
@@ -99,7 +111,7 @@ async def _key_or_inbox_token(request: Request, rt: Runtime, rule: str) -> Calle
                 "an API key goes in the Authorization header, not in ?token=",
                 headers=_challenge(),
             )
-        return _check_scope(await _api_key_caller(rt, token), rule)
+        return _check_scope(await _api_key_caller(request, rt, token), rule)
     try:
         claims = rt.signer.verify("inbox", token, rt.clock.now())
     except TokenInvalid as error:
@@ -127,7 +139,7 @@ async def authenticate(request: Request, rule: str) -> Caller:
     if rule.startswith(INBOX_RULE_PREFIX):
         caller = await _key_or_inbox_token(request, rt, rule.removeprefix(INBOX_RULE_PREFIX))
     else:
-        caller = _check_scope(await _api_key_caller(rt, _bearer(request)), rule)
+        caller = _check_scope(await _api_key_caller(request, rt, _bearer(request)), rule)
     request.scope[_CALLER] = caller
     return caller
 

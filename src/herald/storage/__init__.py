@@ -25,9 +25,9 @@ each shaped by the role that uses it; a role is handed only its own:
 | `activity` | API and console: lists, searches, dead letters and their replay | activity.py |
 
 What differs between the two databases lives in `dialect.py`; the hot statements (the
-claim, outcomes, the router's reads, the scheduler's probe) run on the driver itself, in
-`native.py`; row <-> domain mapping is in `rows.py`; the state guards of the SQL in
-`guards.py`, built from the domain's state machine."""
+claim, outcomes, the router's reads and its save, the accept's user check, the scheduler's
+probe) run on the driver itself, in `native.py`; row <-> domain mapping is in `rows.py`;
+the state guards of the SQL in `guards.py`, built from the domain's state machine."""
 
 from __future__ import annotations
 

@@ -64,6 +64,24 @@ class Database:
                     await connection.invalidate(error)
                 raise
 
+    @asynccontextmanager
+    async def native_transaction(self) -> AsyncIterator[tuple[Native, AsyncConnection]]:
+        """One transaction on the driver (herald.storage.native), and the SQLAlchemy
+        connection over the same driver connection, for the Core statements that must run
+        inside it. That connection begins no transaction of its own: on PostgreSQL it is
+        the readers' autocommit one (else asyncpg would nest a savepoint), on SQLite the
+        driver's transaction is the only one either way."""
+        async with self._read_engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            native = self.dialect.native(raw.driver_connection)
+            try:
+                async with native.transaction():
+                    yield native, connection
+            except Exception as error:
+                if is_outage(error):
+                    await connection.invalidate(error)
+                raise
+
     def point_at(self, engine: AsyncEngine) -> None:
         """Use another engine from now on (tests: one whose connections the server
         terminated)."""

@@ -10,9 +10,10 @@ SQL text, in PostgreSQL's syntax, and run on the driver: asyncpg (which prepares
 caches them per connection) or sqlite3 through aiosqlite, on the same pooled connection
 SQLAlchemy uses (SQLite: the one connection that serialises the process's writes).
 
-SQLite takes the same text with three translations (`$n` → `?n`, `= ANY($n::text[])` →
-`IN (SELECT value FROM json_each(?n))`, casts dropped), and its values in the form SQLAlchemy stores
-them (datetimes as naive UTC text, JSON as text): see the `Native` implementations.
+SQLite takes the same text with four translations (`$n` → `?n`, `= ANY($n::text[])` →
+`IN (SELECT value FROM json_each(?n))`, casts and `FOR UPDATE` dropped: it runs one writer
+at a time), and its values in the form SQLAlchemy stores them (datetimes as naive UTC text,
+JSON as text): see the `Native` implementations.
 The state guards in the text come from herald.storage.guards, like every other guard."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from herald.domain import DeliveryState
+from herald.domain import DeliveryState, NotificationState
 from herald.storage import schema
 from herald.storage.guards import (
     CLAIM,
@@ -198,6 +199,11 @@ class Native(abc.ABC):
         """Append rows to the delivery log."""
 
     @abc.abstractmethod
+    async def insert_deliveries(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Insert delivery rows (rows.delivery_row) unless their id exists; the ids
+        inserted now."""
+
+    @abc.abstractmethod
     def at(self, value: datetime | None) -> Any:
         """A datetime as this driver binds it."""
 
@@ -255,6 +261,17 @@ class AsyncpgNative(Native):
                 ],
             )
 
+    async def insert_deliveries(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        if not rows:
+            return set()
+        arrays = [
+            [json_dumps(row[name]) for row in rows]
+            if name == "payload"
+            else [row[name] for row in rows]
+            for name, _ in DELIVERY_INSERT
+        ]
+        return {r["id"] for r in await self.connection.fetch(INSERT_DELIVERIES_SQL, *arrays)}
+
     def at(self, value: datetime | None) -> Any:
         return value
 
@@ -272,7 +289,7 @@ def sqlite_sql(sql: str) -> str:
     """PostgreSQL's text for SQLite: numbered parameters, no casts, and arrays as JSON
     arrays."""
     arrays = _ANY_TEXT_ARRAY.sub(r"IN (SELECT value FROM json_each($\1))", sql)
-    return _POSITIONAL.sub(r"?\1", _CAST.sub("", arrays))
+    return _POSITIONAL.sub(r"?\1", _CAST.sub("", arrays)).replace(" FOR UPDATE", "")
 
 
 class SqliteNative(Native):
@@ -360,6 +377,31 @@ class SqliteNative(Native):
             )
             await cursor.close()
 
+    async def insert_deliveries(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """An executemany (sqlite3 returns no rows from one): what exists already is read
+        first, which no other writer can change before the commit."""
+        if not rows:
+            return set()
+        ids = [row["id"] for row in rows]
+        existing = {r["id"] for r in await self.fetch(EXISTING_DELIVERIES_SQL, ids)}
+        cursor = await self.connection.executemany(
+            INSERT_DELIVERY_SQLITE,
+            [
+                tuple(
+                    json_dumps(row[name])
+                    if name == "payload"
+                    else self.at(row[name])
+                    if kind == "timestamptz"
+                    else row[name]
+                    for name, kind in DELIVERY_INSERT
+                )
+                for row in rows
+                if row["id"] not in existing
+            ],
+        )
+        await cursor.close()
+        return set(ids) - existing
+
     def at(self, value: datetime | None) -> Any:
         if value is None:
             return None
@@ -373,6 +415,9 @@ class SqliteNative(Native):
     def read_json(self, value: Any) -> Any:
         return orjson.loads(value) if isinstance(value, str | bytes) else value
 
+
+# The API's accept: which of the users named exist (DirectoryRepository.existing_user_ids).
+EXISTING_USERS_SQL = "SELECT id FROM users WHERE id = ANY($1::text[])"
 
 # The router's reads for a batch (RoutingRepository.load).
 ROUTING_NOTIFICATIONS_SQL = (
@@ -388,6 +433,73 @@ ROUTING_SUPPRESSED_SQL = "SELECT channel, address FROM suppressions WHERE addres
 ROUTING_CATEGORIES_SQL = "SELECT name, definition FROM categories WHERE name = ANY($1::text[])"
 ROUTING_TEMPLATES_SQL = "SELECT name, definition FROM templates WHERE name = ANY($1::text[])"
 FREQUENCY_CAPS_SQL = "SELECT channel, cap_limit, window_seconds FROM frequency_caps"
+
+# The router's save (RoutingRepository.save). Only notifications still accepted move, locked
+# in id order first as a cancel locks them (statements.lock_accepted), so that the router and
+# a cancel queue behind each other instead of deadlocking.
+_ACCEPTED = NotificationState.ACCEPTED.value
+
+
+def _from_accepted(state: NotificationState, also: str = "") -> str:
+    return f"""
+UPDATE notifications SET state = '{state.value}'{also}
+WHERE id IN (SELECT id FROM notifications WHERE id = ANY($1::text[]) AND state = '{_ACCEPTED}'
+             ORDER BY id FOR UPDATE)
+  AND state = '{_ACCEPTED}'
+RETURNING id
+"""
+
+
+MARK_ROUTED_SQL = _from_accepted(NotificationState.ROUTED, ", routed_at = $2")
+SET_ASIDE_SQL = _from_accepted(NotificationState.FAILED)
+
+# The columns of rows.delivery_row, with their PostgreSQL array types (the payload is sent
+# as JSON text and cast).
+DELIVERY_INSERT: tuple[tuple[str, str], ...] = (
+    ("id", "text"),
+    ("notification_id", "text"),
+    ("user_id", "text"),
+    ("channel", "text"),
+    ("platform", "text"),
+    ("target", "text"),
+    ("target_ref", "text"),
+    ("state", "text"),
+    ("policy", "text"),
+    ("priority", "text"),
+    ("category", "text"),
+    ("payload", "text"),
+    ("attempts", "int"),
+    ("provider", "text"),
+    ("last_error", "text"),
+    ("due_at", "timestamptz"),
+    ("expires_at", "timestamptz"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+)
+_INSERT_NAMES = ", ".join(name for name, _ in DELIVERY_INSERT)
+
+# PostgreSQL: the whole batch in one statement, as arrays.
+INSERT_DELIVERIES_SQL = f"""
+INSERT INTO deliveries ({_INSERT_NAMES})
+SELECT {", ".join("u.payload::jsonb" if n == "payload" else f"u.{n}" for n, _ in DELIVERY_INSERT)}
+FROM unnest({", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(DELIVERY_INSERT, 1))})
+    AS u({_INSERT_NAMES})
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+# SQLite: one row per execution (an executemany).
+INSERT_DELIVERY_SQLITE = (
+    f"INSERT INTO deliveries ({_INSERT_NAMES}) "
+    f"VALUES ({', '.join('?' for _ in DELIVERY_INSERT)}) ON CONFLICT (id) DO NOTHING"
+)
+EXISTING_DELIVERIES_SQL = "SELECT id FROM deliveries WHERE id = ANY($1::text[])"
+
+# Of every notification of the batch: only what the publish needs, no payloads decoded.
+QUEUED_OF_SQL = (
+    "SELECT id, user_id, channel, priority FROM deliveries "
+    f"WHERE notification_id = ANY($1::text[]) AND state = '{S.QUEUED.value}'"
+)
 
 # The scheduler's question before its pass (SchedulingRepository.anything_due): the pass's
 # own conditions, over ix_deliveries_state_due, ix_deliveries_state_lease and

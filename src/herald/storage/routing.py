@@ -19,12 +19,13 @@ from herald.domain import (
     DeliveryState,
     Device,
     DigestFold,
-    NotificationState,
 )
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.native import (
     FREQUENCY_CAPS_SQL,
+    MARK_ROUTED_SQL,
+    QUEUED_OF_SQL,
     ROUTING_ADDRESSES_SQL,
     ROUTING_CATEGORIES_SQL,
     ROUTING_DEVICES_SQL,
@@ -32,6 +33,7 @@ from herald.storage.native import (
     ROUTING_SUPPRESSED_SQL,
     ROUTING_TEMPLATES_SQL,
     ROUTING_USERS_SQL,
+    SET_ASIDE_SQL,
 )
 from herald.storage.records import Released, RoutingInput
 from herald.storage.repository import Repository
@@ -47,8 +49,6 @@ from herald.storage.rows import (
     to_user,
 )
 from herald.storage.shaping import Shaping, ShapingChange, caps_by_channel
-from herald.storage.statements import lock_accepted
-from herald.util import chunks
 
 S = DeliveryState
 
@@ -144,51 +144,49 @@ class RoutingRepository(Repository):
         """Write the deliveries (idempotently), fold and count them (digests, caps), write
         their first events, and mark the notifications routed. Returns every queued delivery
         of these notifications, so a rerun after a crash publishes what the first run wrote
-        but did not publish."""
+        but did not publish.
+
+        One transaction on the driver (herald.storage.native): the mark, the insert, the
+        events and the read are its statements; shaping, rare, runs its Core statements
+        on the same connection inside it."""
         now = self.clock.now()
-        async with self.db.transaction() as db:
+        ids = list(notification_ids)
+        async with self.db.native_transaction() as (native, db):
             # First, and conditionally: a notification cancelled since it was loaded stays
             # cancelled and gets no deliveries (the rows stay locked until the commit, so a
             # cancel running now waits for this and then skips what it wrote).
-            routed = await self._mark_routed(db, notification_ids, now)
-            if len(routed) < len(set(notification_ids)):
+            routed = (
+                {r["id"] for r in await native.fetch(MARK_ROUTED_SQL, ids, native.at(now))}
+                if ids
+                else set()
+            )
+            if len(routed) < len(set(ids)):
                 deliveries = [d for d in deliveries if d.notification_id in routed]
                 folds = [f for f in folds if f.notification_id in routed]
                 claims = [c for c in claims if c.notification_id in routed]
-            new_ids: set[str] = set()
-            for chunk in chunks(deliveries, self.db.batch_rows):
-                inserted = await db.execute(  # an executemany: see _insert_notifications
-                    self.dialect.insert(t.deliveries)
-                    .on_conflict_do_nothing(index_elements=["id"])
-                    .returning(t.deliveries.c.id),
-                    [delivery_row(d, now) for d in chunk],
-                )
-                new_ids.update(row.id for row in inserted)
+            new_ids = await native.insert_deliveries([delivery_row(d, now) for d in deliveries])
             if folds or claims:
                 changes = await self.shaping.apply(db, folds, claims, new_ids)
                 deliveries = await self._record_shaping(db, deliveries, changes, now)
-            events = [
-                event_row(
-                    DeliveryEvent(d.id, d.notification_id, d.state, now, routing_detail(d), None)
-                )
-                for d in deliveries
-                # A plain `queued` says nothing the delivery row does not: the log shows it
-                # from the row's created_at (NotificationRepository.events_of).
-                if d.id in new_ids and (d.state != S.QUEUED or routing_detail(d))
-            ]
-            await self.dialect.insert_events(db, events)
+            await native.append_events(
+                [
+                    event_row(
+                        DeliveryEvent(
+                            d.id, d.notification_id, d.state, now, routing_detail(d), None
+                        )
+                    )
+                    for d in deliveries
+                    # A plain `queued` says nothing the delivery row does not: the log shows
+                    # it from the row's created_at (NotificationRepository.events_of).
+                    if d.id in new_ids and (d.state != S.QUEUED or routing_detail(d))
+                ]
+            )
             # Of every notification in the batch, not only those routed now: a batch handed
             # out again after a crash between this commit and the publish finds them routed
             # already, and must still publish what the first run wrote. (A cancelled one
             # has no queued delivery left.)
-            d = t.deliveries.c
-            rows = await db.execute(  # only what the publish needs: no payloads decoded
-                sa.select(d.id, d.user_id, d.channel, d.priority).where(
-                    self.dialect.among(d.notification_id, notification_ids),
-                    d.state == S.QUEUED.value,
-                )
-            )
-            return [Released(r.id, r.user_id, r.channel, r.priority) for r in rows]
+            rows = await native.fetch(QUEUED_OF_SQL, ids)
+        return [Released(r["id"], r["user_id"], r["channel"], r["priority"]) for r in rows]
 
     async def set_aside(self, notification_ids: Sequence[str], reason: str) -> int:
         """Notifications the router cannot route become `failed`, with an event naming the
@@ -196,42 +194,14 @@ class RoutingRepository(Repository):
         delivery). Only accepted ones: one routed or cancelled meanwhile keeps its state."""
         if not notification_ids:
             return 0
-        n = t.notifications.c
         now = self.clock.now()
-        async with self.db.transaction() as db:
-            rows = list(
-                await db.execute(
-                    t.notifications.update()
-                    .where(
-                        n.id.in_(lock_accepted(self.dialect.among(n.id, notification_ids))),
-                        n.state == NotificationState.ACCEPTED.value,
-                    )
-                    .values(state=NotificationState.FAILED.value)
-                    .returning(n.id)
-                )
+        detail = {"reason": reason, "set_aside": True}
+        async with self.db.native() as native, native.transaction():
+            failed = [r["id"] for r in await native.fetch(SET_ASIDE_SQL, list(notification_ids))]
+            await native.append_events(
+                [event_row(DeliveryEvent(i, i, S.FAILED, now, detail)) for i in failed]
             )
-            detail = {"reason": reason, "set_aside": True}
-            await self.dialect.insert_events(
-                db,
-                [event_row(DeliveryEvent(r.id, r.id, S.FAILED, now, detail)) for r in rows],
-            )
-        return len(rows)
-
-    async def _mark_routed(
-        self, db: AsyncConnection, notification_ids: Sequence[str], now: datetime
-    ) -> set[str]:
-        """Mark routed those of these notifications that are still accepted; their ids."""
-        if not notification_ids:
-            return set()
-        n = t.notifications.c
-        still_accepted = lock_accepted(self.dialect.among(n.id, notification_ids))
-        result = await db.execute(
-            t.notifications.update()
-            .where(n.id.in_(still_accepted), n.state == NotificationState.ACCEPTED.value)
-            .values(state=NotificationState.ROUTED.value, routed_at=now)
-            .returning(n.id)
-        )
-        return {row.id for row in result}
+        return len(failed)
 
     async def _record_shaping(
         self,

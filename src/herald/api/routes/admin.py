@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from herald.api.deps import RuntimeDep, require
+from herald.api.deps import RuntimeDep, api_keys, require
 from herald.api.errors import ApiError, not_found
 from herald.api.openapi import updated
 from herald.api.responses import (
@@ -217,8 +217,10 @@ async def list_keys(rt: RuntimeDep) -> dict[str, Any]:
 
 
 @router.delete("/keys/{key_id}", status_code=204, dependencies=[require("admin")])
-async def revoke_key(key_id: str, rt: RuntimeDep) -> Response:
-    if not await rt.storage.keys.revoke_api_key(key_id):
+async def revoke_key(key_id: str, rt: RuntimeDep, request: Request) -> Response:
+    revoked = await rt.storage.keys.revoke_api_key(key_id)
+    api_keys(request).forget(key_id)  # at once here; other API processes within the bound
+    if not revoked:
         raise not_found("active key")
     return Response(status_code=204)
 
