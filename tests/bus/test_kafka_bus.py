@@ -39,6 +39,9 @@ async def test_a_cancelled_poll_hands_its_messages_to_the_next_poll(kafka_bus: K
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+    # A poll without a timeout does not wait for the given-up one (a guard, not a timing:
+    # that fetch runs for 10 s).
+    assert await asyncio.wait_for(consumer.poll(timeout=0), 5) == []
     await kafka_bus.publish([Record(NOTIFICATIONS_TOPIC, "user-1", b"not lost")])
 
     assert [m.value for m in await consumer.poll(timeout=10)] == [b"not lost"]

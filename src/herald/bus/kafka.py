@@ -416,6 +416,8 @@ class KafkaConsumer:
             loop = asyncio.get_running_loop()
             self._in_flight = loop.run_in_executor(self._thread, self._fetch, max_messages, timeout)
             self.polls_on_thread += 1
+        elif timeout <= 0 and not self._in_flight.done():
+            return []  # a given-up poll is still waiting on the thread
         fetch = self._in_flight
         try:
             messages = await asyncio.shield(fetch)
