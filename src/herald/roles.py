@@ -125,6 +125,11 @@ def _report_lag(consumer: Consumer, group: str) -> None:
 async def _poll(consumer: Consumer, batch_size: int, stop: asyncio.Event) -> list[Message]:
     """The next batch, or nothing once `stop` is set: the poll is then given up (what it
     may have fetched is not committed, so the group hands it out again)."""
+    # While messages flow, what is ready is taken at once, without the two tasks and the
+    # wait that racing a long poll against `stop` costs.
+    ready = await consumer.poll(batch_size, timeout=0)
+    if ready or stop.is_set():
+        return ready
     poll = asyncio.ensure_future(consumer.poll(batch_size, timeout=POLL_SECONDS))
     stopped = asyncio.ensure_future(stop.wait())
     try:

@@ -223,6 +223,25 @@ async def test_poll_on_an_empty_topic_returns_nothing_after_the_timeout(bus: Bus
     await consumer.close()
 
 
+async def test_a_poll_without_a_timeout_takes_what_is_ready(bus: Bus) -> None:
+    consumer = bus.consumer([TOPIC], "router")
+    await settle([consumer], TOPIC)
+    assert await consumer.poll(timeout=0) == []
+    sent = records(30)
+    await bus.publish(sent)
+    got = await collect(consumer, len(sent))  # the prefetch is now filled
+    more = records(5, tag="more")
+    await bus.publish(more)
+    ready: list[Message] = []
+    deadline = time.monotonic() + WAIT
+    while len(ready) < len(more):
+        assert time.monotonic() < deadline, f"got {len(ready)} of {len(more)} messages"
+        ready += await consumer.poll(timeout=0)
+        await asyncio.sleep(0.01)  # nothing waits in poll(timeout=0): let the fetch run
+    await consumer.close()
+    assert sorted(values(got + ready)) == sorted(r.value for r in sent + more)
+
+
 async def test_describe_and_healthy(bus: Bus) -> None:
     assert str(PARTITIONS) in bus.describe()
     assert await bus.healthy()

@@ -39,9 +39,42 @@ async def test_a_cancelled_poll_hands_its_messages_to_the_next_poll(kafka_bus: K
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+    # A poll without a timeout does not wait for the given-up one (a guard, not a timing:
+    # that fetch runs for 10 s).
+    assert await asyncio.wait_for(consumer.poll(timeout=0), 5) == []
     await kafka_bus.publish([Record(NOTIFICATIONS_TOPIC, "user-1", b"not lost")])
 
     assert [m.value for m in await consumer.poll(timeout=10)] == [b"not lost"]
+    await consumer.close()
+
+
+@pytest.mark.kafka
+async def test_polls_while_messages_flow_take_what_is_fetched_without_the_thread(
+    kafka_bus: KafkaBus,
+) -> None:
+    sent = [Record(NOTIFICATIONS_TOPIC, f"user-{i % 24}", b"%d" % i) for i in range(300)]
+    await kafka_bus.publish(sent)
+    consumer = kafka_bus.consumer([NOTIFICATIONS_TOPIC], "router")
+    got: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while len(got) < len(sent):
+        assert time.monotonic() < deadline, f"got {len(got)} of {len(sent)} messages"
+        batch = await consumer.poll(max_messages=10, timeout=1.0)
+        await consumer.commit(batch)
+        got += [m.value for m in batch]
+    await consumer.close()
+
+    assert sorted(got) == sorted(r.value for r in sent)
+    # librdkafka prefetches far more than 10 messages, so most polls find them ready and
+    # are answered on the loop; the thread waits only when nothing is fetched yet.
+    assert consumer.polls_on_loop > consumer.polls_on_thread
+
+
+@pytest.mark.kafka
+async def test_a_poll_with_no_timeout_never_waits_on_the_thread(kafka_bus: KafkaBus) -> None:
+    consumer = kafka_bus.consumer([NOTIFICATIONS_TOPIC], "router")
+    assert await consumer.poll(timeout=0) == []
+    assert consumer.polls_on_thread == 0
     await consumer.close()
 
 

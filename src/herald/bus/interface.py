@@ -86,7 +86,8 @@ class BusUnavailable(RuntimeError):
 
 class Consumer(Protocol):
     async def poll(self, max_messages: int = 500, timeout: float = 1.0) -> list[Message]:
-        """Up to max_messages, waiting at most `timeout` seconds for the first one."""
+        """Up to max_messages, waiting at most `timeout` seconds for the first one; with
+        `timeout` 0, only what is ready, at once."""
         ...
 
     async def commit(self, messages: Sequence[Message]) -> None:

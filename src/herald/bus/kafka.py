@@ -1,9 +1,12 @@
 """The Kafka bus, on confluent-kafka (librdkafka).
 
-librdkafka calls block, so they never run on the event loop: the producer's delivery reports
-are served by one poller thread, and each consumer runs all of its calls on its own single
-thread (the client rejects concurrent calls on one consumer, and a single thread keeps
-poll, commit and close in the order they were made).
+librdkafka calls that block never run on the event loop: the producer's delivery reports are
+served by one poller thread, and each consumer waits for messages on its own single thread.
+What does not block runs on the loop, so a busy consumer pays no thread hop per batch: a
+poll first takes what librdkafka has already fetched (`consume(timeout=0)`), and only when
+nothing is ready waits on the thread; a commit is sent asynchronously (librdkafka's close
+waits for it). Calls on the loop are made only while no call is running on the thread, so
+poll, commit and close still reach the client one at a time and in the order they were made.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ _REBALANCE_ERRORS = frozenset(
 
 # A poll with a long timeout waits in slices of this on the consumer's thread (see _fetch).
 FETCH_SLICE_SECONDS = 0.5
+# A poll served on the loop measures the lag at most this often (it asks librdkafka for
+# every partition's position and watermarks, which per batch cost more than the batch's
+# own consume at light load); a poll that waits on the thread always measures it.
+LAG_REFRESH_SECONDS = 1.0
 
 # Reported about once a second while a broker is unreachable; BusUnavailable and healthy()
 # tell the caller, so these stay out of the warnings.
@@ -377,13 +384,17 @@ class KafkaConsumer:
         self.topics = topics
         self.group = group
         self._prefix_len = len(bus.topic_prefix)
-        self._consumer = Consumer(bus._consumer_config(group))
+        self._consumer = Consumer({**bus._consumer_config(group), "on_commit": self._committed})
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{group}")
         self._subscribed = False
         self._closed = False
         self._closing = threading.Event()  # ends a long fetch early (close)
         self._in_flight: asyncio.Future[list[Message]] | None = None
         self._lag: dict[str, int] = dict.fromkeys(topics, 0)
+        self._lag_measured = 0.0  # time.monotonic() of the last measurement
+        # Polls answered on the loop and on the consumer's thread (diagnostics and tests).
+        self.polls_on_loop = 0
+        self.polls_on_thread = 0
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -398,8 +409,15 @@ class KafkaConsumer:
             await self._call(self._consumer.subscribe, names)
             self._subscribed = True
         if self._in_flight is None:
+            ready = self._take_ready(max_messages)
+            if ready or timeout <= 0:
+                self.polls_on_loop += 1
+                return ready
             loop = asyncio.get_running_loop()
             self._in_flight = loop.run_in_executor(self._thread, self._fetch, max_messages, timeout)
+            self.polls_on_thread += 1
+        elif timeout <= 0 and not self._in_flight.done():
+            return []  # a given-up poll is still waiting on the thread
         fetch = self._in_flight
         try:
             messages = await asyncio.shield(fetch)
@@ -411,6 +429,18 @@ class KafkaConsumer:
             self._in_flight = None
             raise self._bus._unavailable(f"consumer {self.group}", exc) from exc
         self._in_flight = None
+        return messages
+
+    def _take_ready(self, max_messages: int) -> list[Message]:
+        """What librdkafka has already fetched, without waiting (on the loop: no thread hop
+        while messages are flowing)."""
+        try:
+            batch = self._consumer.consume(max_messages, 0)
+            messages = [message for raw in batch if (message := self._convert(raw)) is not None]
+        except KafkaException as exc:
+            raise self._bus._unavailable(f"consumer {self.group}", exc) from exc
+        if batch and time.monotonic() - self._lag_measured >= LAG_REFRESH_SECONDS:
+            self._measure_lag()
         return messages
 
     def _fetch(self, max_messages: int, timeout: float) -> list[Message]:
@@ -443,6 +473,7 @@ class KafkaConsumer:
                 topic = tp.topic[self._prefix_len :]
                 behind[topic] = behind.get(topic, 0) + max(0, high - tp.offset)
         self._lag = behind
+        self._lag_measured = time.monotonic()
 
     def lag(self) -> dict[str, int]:
         return dict(self._lag)
@@ -475,7 +506,10 @@ class KafkaConsumer:
             for (topic, partition), offset in positions.items()
         ]
         try:
-            await self._call(self._commit_sync, offsets)
+            if self._in_flight is None:
+                self._commit_async(offsets)  # does not block: no thread hop
+            else:  # a given-up poll still runs on the thread: queue behind it
+                await self._call(self._commit_async, offsets)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() in _REBALANCE_ERRORS:
@@ -483,8 +517,17 @@ class KafkaConsumer:
                 return
             raise self._bus._unavailable("commit failed", error.str()) from exc
 
-    def _commit_sync(self, offsets: list[TopicPartition]) -> None:
-        self._consumer.commit(offsets=offsets, asynchronous=False)
+    def _commit_async(self, offsets: list[TopicPartition]) -> None:
+        """Send the commit and return: its result comes to `_committed` from a later poll.
+        Processing is already recorded, so a commit that fails only means those messages
+        are handed out again (at-least-once), and close() waits for the commits in flight."""
+        self._consumer.commit(offsets=offsets, asynchronous=True)
+
+    def _committed(self, error: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        if error is None:
+            return
+        level = logging.INFO if error.code() in _REBALANCE_ERRORS else logging.WARNING
+        log.log(level, "kafka consumer %s: commit failed, redelivered later: %s", self.group, error)
 
     async def assigned_partitions(self) -> set[tuple[str, int]]:
         """(topic, partition) pairs this member holds now (for tests and diagnostics)."""

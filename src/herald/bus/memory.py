@@ -171,7 +171,7 @@ class MemoryConsumer:
         if self.closed:
             return []
         taken = self._take(max_messages)
-        if taken:
+        if taken or timeout <= 0:
             return taken
         try:
             async with self.bus._wakeup:
