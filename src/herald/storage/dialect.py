@@ -60,6 +60,11 @@ class Dialect(abc.ABC):
     async def plan_queue_by_index(self, db: AsyncConnection) -> None:  # noqa: B027
         """Make the rest of this transaction read a queue table through its indexes."""
 
+    async def relay_places(self, db: AsyncConnection, count: int) -> list[dict[str, Any]]:
+        """The relay_xid and relay_seq of `count` notifications about to be inserted (the
+        relay's order, herald.storage.outbox); none where the database fills them itself."""
+        return [{}] * count
+
     async def insert_events(self, db: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
         """Append rows to the delivery log."""
         if events:
@@ -100,6 +105,13 @@ class SqliteDialect(Dialect):
 
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
+
+    async def relay_places(self, db: AsyncConnection, count: int) -> list[dict[str, Any]]:
+        """Sequence numbers above every accepted notification's and both relay positions.
+        One writer at a time, so commit order is this order. Not the rowid: SQLite reuses
+        the newest rowid once its row is deleted (a user's erasure)."""
+        top = int(await db.scalar(sa.text(SQLITE_TOP_RELAY_SEQ)) or 0)
+        return [{"relay_xid": 0, "relay_seq": top + n} for n in range(1, count + 1)]
 
 
 class PostgresDialect(Dialect):
@@ -181,6 +193,18 @@ class PostgresDialect(Dialect):
             day = _partition_day(name)
             if day is not None and day < cutoff:
                 await db.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
+
+
+# Each a lookup at the end of ix_notifications_relay or of relay_positions.
+SQLITE_TOP_RELAY_SEQ = f"""
+SELECT max(coalesce((SELECT max(relay_seq) FROM notifications
+                     WHERE state = 'accepted' AND lane_order = {t.URGENT_LANE_ORDER}
+                       AND relay_xid = 0), 0),
+           coalesce((SELECT max(relay_seq) FROM notifications
+                     WHERE state = 'accepted' AND lane_order = {t.BULK_LANE_ORDER}
+                       AND relay_xid = 0), 0),
+           coalesce((SELECT max(position_seq) FROM relay_positions), 0))
+"""
 
 
 def dialect_for(url: str) -> Dialect:

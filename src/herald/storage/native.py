@@ -21,12 +21,14 @@ import abc
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
+from herald.bus.interface import Lane, notifications_topic
 from herald.domain import DeliveryState
 from herald.storage import schema
 from herald.storage.guards import (
@@ -122,6 +124,89 @@ WHERE id = ?1 AND ({_in(OUTCOME)} OR ({_in(LATE_ANSWER)} AND ?2 IN ({
 """
 
 
+# The relay's pass (herald.storage.outbox), on PostgreSQL in one round trip: lock the
+# lanes' positions (a lane another relay holds is skipped), read each lane's accepted
+# notifications after its position and below the snapshot's xmin (every transaction below
+# it has finished), and take the outbox table's rows.
+RELAY_TAKE_POSTGRES = """
+WITH lanes AS (
+    SELECT lane, position_xid, position_seq FROM relay_positions FOR UPDATE SKIP LOCKED
+), side AS (
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox ORDER BY lane_order, id LIMIT $1 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING lane_order, id, key, topic, payload
+)
+SELECT l.lane, n.relay_xid AS xid, n.relay_seq AS seq, n.id::text AS id, n.user_id AS key,
+       NULL::text AS topic, NULL::bytea AS payload
+FROM lanes AS l CROSS JOIN LATERAL (
+    SELECT relay_xid, relay_seq, id, user_id FROM notifications
+    WHERE state = 'accepted' AND lane_order = l.lane
+      AND (lane_order, relay_xid, relay_seq) > (l.lane, l.position_xid, l.position_seq)
+      AND relay_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+    ORDER BY lane_order, relay_xid, relay_seq
+    LIMIT $1
+) AS n
+UNION ALL
+SELECT lane_order, NULL, id, NULL, key, topic, payload FROM side
+ORDER BY 1, 2, 3
+"""
+
+RELAY_ADVANCE_POSTGRES = """
+UPDATE relay_positions AS p SET position_xid = u.xid, position_seq = u.seq
+FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS u(lane, xid, seq)
+WHERE p.lane = u.lane
+"""
+
+# SQLite, one writer at a time: the same reads as separate statements, no locks.
+RELAY_LANE_SQLITE = """
+SELECT n.relay_xid AS xid, n.relay_seq AS seq, n.id, n.user_id AS key
+FROM notifications AS n
+WHERE n.state = 'accepted' AND n.lane_order = $1
+  AND (n.lane_order, n.relay_xid, n.relay_seq) > (
+      $1,
+      (SELECT position_xid FROM relay_positions WHERE lane = $1),
+      (SELECT position_seq FROM relay_positions WHERE lane = $1))
+ORDER BY n.lane_order, n.relay_xid, n.relay_seq
+LIMIT $2
+"""
+RELAY_SIDE_SQLITE = (
+    "SELECT id, lane_order, key, topic, payload FROM outbox ORDER BY lane_order, id LIMIT $1"
+)
+RELAY_ADVANCE_SQLITE = (
+    "UPDATE relay_positions SET position_xid = ?2, position_seq = ?3 WHERE lane = ?1"
+)
+RELAY_LANES = (schema.URGENT_LANE_ORDER, schema.BULK_LANE_ORDER)
+_LANE_TOPICS = {
+    schema.URGENT_LANE_ORDER: notifications_topic(Lane.PRIORITY),
+    schema.BULK_LANE_ORDER: notifications_topic(Lane.BULK),
+}
+
+
+def notification_payload(notification_id: str) -> bytes:
+    return orjson.dumps({"notification_id": notification_id})
+
+
+@dataclass(slots=True)
+class RelayBatch:
+    """What a relay pass publishes, urgent first, and where each lane's position goes once
+    it is published: lane -> (relay_xid, relay_seq). Up to `limit` notifications in all
+    (the bulk lane gets what the urgent one leaves), and every outbox-table row taken."""
+
+    limit: int
+    records: list[tuple[str, str, bytes]] = field(default_factory=list)
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    notifications: int = 0
+
+    def add_notification(
+        self, lane: int, xid: int, seq: int, notification_id: str, key: str
+    ) -> None:
+        if self.notifications < self.limit:
+            self.notifications += 1
+            self.records.append((_LANE_TOPICS[lane], key, notification_payload(notification_id)))
+            self.positions[lane] = (xid, seq)
+
+
 class Record:
     """A row the driver returned, read by attribute like SQLAlchemy's rows (so rows.py maps
     it to the domain), its values converted as the schema types its table's columns."""
@@ -198,6 +283,14 @@ class Native(abc.ABC):
         """Append rows to the delivery log."""
 
     @abc.abstractmethod
+    async def relay_take(self, limit: int) -> RelayBatch:
+        """A relay pass's records (herald.storage.outbox), in the caller's transaction."""
+
+    @abc.abstractmethod
+    async def relay_advance(self, positions: Mapping[int, tuple[int, int]]) -> None:
+        """Move the lanes' positions past what was published."""
+
+    @abc.abstractmethod
     def at(self, value: datetime | None) -> Any:
         """A datetime as this driver binds it."""
 
@@ -253,6 +346,25 @@ class AsyncpgNative(Native):
                     )
                     for e in events
                 ],
+            )
+
+    async def relay_take(self, limit: int) -> RelayBatch:
+        batch = RelayBatch(limit)
+        for row in await self.connection.fetch(RELAY_TAKE_POSTGRES, limit):
+            if row["topic"] is None:
+                batch.add_notification(row["lane"], row["xid"], row["seq"], row["id"], row["key"])
+            else:
+                batch.records.append((row["topic"], row["key"], bytes(row["payload"])))
+        return batch
+
+    async def relay_advance(self, positions: Mapping[int, tuple[int, int]]) -> None:
+        if positions:
+            lanes = sorted(positions)
+            await self.connection.execute(
+                RELAY_ADVANCE_POSTGRES,
+                lanes,
+                [positions[lane][0] for lane in lanes],
+                [positions[lane][1] for lane in lanes],
             )
 
     def at(self, value: datetime | None) -> Any:
@@ -357,6 +469,30 @@ class SqliteNative(Native):
                     )
                     for e in events
                 ],
+            )
+            await cursor.close()
+
+    async def relay_take(self, limit: int) -> RelayBatch:
+        batch = RelayBatch(limit)
+        side = await self.fetch(RELAY_SIDE_SQLITE, limit)
+        for lane in RELAY_LANES:
+            for row in await self.fetch(RELAY_LANE_SQLITE, lane, limit):
+                batch.add_notification(lane, row["xid"], row["seq"], row["id"], row["key"])
+            batch.records += [
+                (r["topic"], r["key"], bytes(r["payload"])) for r in side if r["lane_order"] == lane
+            ]
+        if side:
+            await self.fetch(
+                "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))",
+                [r["id"] for r in side],
+            )
+        return batch
+
+    async def relay_advance(self, positions: Mapping[int, tuple[int, int]]) -> None:
+        if positions:
+            cursor = await self.connection.executemany(
+                RELAY_ADVANCE_SQLITE,
+                [(lane, xid, seq) for lane, (xid, seq) in sorted(positions.items())],
             )
             await cursor.close()
 

@@ -8,17 +8,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from herald.bus.interface import lane_for, notifications_topic
 from herald.domain import NotificationState
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.dialect import Dialect
 from herald.storage.records import NewNotification
-from herald.storage.rows import lane_order, notification_row
+from herald.storage.rows import notification_row
 from herald.util import chunks
 
 BATCH_ROWS = Database.batch_rows
@@ -27,9 +25,10 @@ BATCH_ROWS = Database.batch_rows
 async def insert_notifications(
     db: AsyncConnection, dialect: Dialect, items: Sequence[NewNotification], now: datetime
 ) -> dict[tuple[str, str], tuple[str, str, bool]]:
-    """Insert notifications with their outbox rows, in the caller's transaction (the API's
-    accept, a broadcast's page, a closing digest): (api key id, idempotency key) ->
-    (notification id, stored request hash, inserted now)."""
+    """Insert notifications, in the caller's transaction (the API's accept, a broadcast's
+    page, a closing digest, a workflow's step): (api key id, idempotency key) ->
+    (notification id, stored request hash, inserted now). The rows are the relay's outbox
+    (herald.storage.outbox): nothing else is written for the relay."""
 
     n = t.notifications.c
     stored: dict[tuple[str, str], tuple[str, str, bool]] = {}
@@ -41,7 +40,12 @@ async def insert_notifications(
             dialect.insert(t.notifications)
             .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key"])
             .returning(n.id, n.api_key_id, n.idempotency_key),
-            [notification_row(item, now) for item in chunk],
+            [
+                notification_row(item, now) | place
+                for item, place in zip(
+                    chunk, await dialect.relay_places(db, len(chunk)), strict=True
+                )
+            ],
         )
         created = {(row.api_key_id, row.idempotency_key) for row in inserted}
         new = [item for item in chunk if item.idempotency_scope in created]
@@ -59,20 +63,6 @@ async def insert_notifications(
             )
             for row in rows:
                 stored[(api_key_id, row.idempotency_key)] = (row.id, row.request_hash, False)
-        if new:
-            await db.execute(
-                t.outbox.insert(),
-                [
-                    {
-                        "topic": notifications_topic(lane_for(item.notification.priority)),
-                        "lane_order": lane_order(item.notification.priority),
-                        "key": item.notification.user_id,
-                        "payload": orjson.dumps({"notification_id": item.notification.id}),
-                        "created_at": now,
-                    }
-                    for item in new
-                ],
-            )
     return stored
 
 
