@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -13,10 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from herald.domain import Priority
-from herald.runtime import Runtime
-from herald.storage import Storage
+from herald.storage import Storage, open_storage
 from herald.storage.native import RELAY_TAKE_POSTGRES
 from herald.storage.statements import insert_notifications
+from tests.fixtures.activity import counting_statements
 from tests.fixtures.herald import eventually
 from tests.router.test_poison import new_notification
 
@@ -91,8 +93,22 @@ async def test_a_relay_does_not_take_a_lane_another_relay_is_publishing(
 
 
 @pytest.fixture
-def storage(runtime: Runtime) -> Storage:
-    return runtime.storage
+async def embedded_storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    storage = open_storage(f"sqlite:///{tmp_path / 'herald.db'}")
+    await storage.database.migrate()
+    try:
+        yield storage
+    finally:
+        await storage.database.close()
+
+
+@pytest.fixture(
+    params=["embedded_storage", pytest.param("postgres_storage", marks=pytest.mark.postgres)]
+)
+def storage(request: pytest.FixtureRequest) -> Storage:
+    """The store alone on either database (the relay's statements need no bus)."""
+    found: Storage = request.getfixturevalue(request.param)
+    return found
 
 
 async def test_a_crash_after_publishing_publishes_the_same_rows_again(storage: Storage) -> None:
@@ -121,20 +137,38 @@ async def test_urgent_notifications_go_first_and_the_limit_counts_both_lanes(
     assert await relayed(storage, 3) == ["n-b2", "n-b3", "n-b4"]
 
 
-async def test_a_rolled_back_accept_leaves_nothing_to_relay(storage: Storage) -> None:
+@pytest.mark.parametrize("before", [None, "SELECT 1"], ids=["first-statement", "after-another"])
+async def test_a_rolled_back_transaction_leaves_no_notification_to_relay(
+    storage: Storage, before: str | None
+) -> None:
+    """On PostgreSQL SQLAlchemy begins its transaction on its first statement: before it,
+    the insert goes through SQLAlchemy, after it on the driver, inside the transaction."""
     database = storage.database
 
-    async def accept_then_fail() -> None:
+    async def insert_then_fail() -> None:
         async with database.transaction() as db:
+            if before is not None:
+                await db.execute(sa.text(before))
             items = [new_notification("gone", "u")]
             await insert_notifications(db, database.dialect, items, database.clock.now())
             raise RuntimeError("the caller's transaction fails")
 
     with pytest.raises(RuntimeError):
-        await accept_then_fail()
+        await insert_then_fail()
     assert await storage.notifications.get("n-gone") is None
     assert await storage.outbox.size() == 0
     assert await taken(storage) == []
+
+
+async def test_the_accept_inserts_on_the_driver_and_a_replay_reads_back_its_id(
+    storage: Storage,
+) -> None:
+    with counting_statements(storage.database) as through_sqlalchemy:
+        first = await storage.notifications.accept([new_notification("k", "u")])
+        again = await storage.notifications.accept([new_notification("k", "u")])
+    assert [(r.id, r.created) for r in first + again] == [("n-k", True), ("n-k", False)]
+    assert [s for s in through_sqlalchemy if "notifications" in s] == []
+    assert await relayed(storage) == ["n-k"]
 
 
 async def test_a_seq_freed_by_an_erased_notification_is_not_given_below_the_position(

@@ -60,10 +60,10 @@ class Dialect(abc.ABC):
     async def plan_queue_by_index(self, db: AsyncConnection) -> None:  # noqa: B027
         """Make the rest of this transaction read a queue table through its indexes."""
 
-    async def relay_places(self, db: AsyncConnection, count: int) -> list[dict[str, Any]]:
-        """The relay_xid and relay_seq of `count` notifications about to be inserted (the
-        relay's order, herald.storage.outbox); none where the database fills them itself."""
-        return [{}] * count
+    @abc.abstractmethod
+    async def native_in_transaction(self, db: AsyncConnection) -> Native | None:
+        """The driver of `db` for hot statements inside the transaction `db` is in, or None
+        when a driver statement would not be part of it (then use SQLAlchemy)."""
 
     async def insert_events(self, db: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
         """Append rows to the delivery log."""
@@ -106,12 +106,11 @@ class SqliteDialect(Dialect):
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
-    async def relay_places(self, db: AsyncConnection, count: int) -> list[dict[str, Any]]:
-        """Sequence numbers above every accepted notification's and both relay positions.
-        One writer at a time, so commit order is this order. Not the rowid: SQLite reuses
-        the newest rowid once its row is deleted (a user's erasure)."""
-        top = int(await db.scalar(sa.text(SQLITE_TOP_RELAY_SEQ)) or 0)
-        return [{"relay_xid": 0, "relay_seq": top + n} for n in range(1, count + 1)]
+    async def native_in_transaction(self, db: AsyncConnection) -> Native | None:
+        # Python's sqlite3 begins the transaction before the first write on the connection,
+        # whoever sends it, and SQLAlchemy's commit or rollback ends it.
+        driver = (await db.get_raw_connection()).driver_connection
+        return SqliteNative(driver, in_transaction=True)
 
 
 class PostgresDialect(Dialect):
@@ -174,13 +173,19 @@ class PostgresDialect(Dialect):
         (docs/benchmarks.md, "Figures behind code choices")."""
         if not events:
             return
-        driver = (await db.get_raw_connection()).driver_connection
-        if driver is None or not driver.is_in_transaction():
-            # SQLAlchemy begins lazily, on its first statement: a COPY sent before that
-            # would commit on its own, outside the caller's transaction.
+        native = await self.native_in_transaction(db)
+        if native is None:
             await super().insert_events(db, events)
             return
-        await AsyncpgNative(driver).append_events(events)
+        await native.append_events(events)
+
+    async def native_in_transaction(self, db: AsyncConnection) -> Native | None:
+        driver = (await db.get_raw_connection()).driver_connection
+        if driver is None or not driver.is_in_transaction():
+            # SQLAlchemy begins lazily, on its first statement: a driver statement sent
+            # before that would commit on its own, outside the caller's transaction.
+            return None
+        return AsyncpgNative(driver)
 
     async def drop_expired_events(self, db: AsyncConnection, now: datetime, days: int) -> None:
         """Create the coming days' partitions of the delivery log; drop expired ones."""
@@ -193,18 +198,6 @@ class PostgresDialect(Dialect):
             day = _partition_day(name)
             if day is not None and day < cutoff:
                 await db.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
-
-
-# Each a lookup at the end of ix_notifications_relay or of relay_positions.
-SQLITE_TOP_RELAY_SEQ = f"""
-SELECT max(coalesce((SELECT max(relay_seq) FROM notifications
-                     WHERE state = 'accepted' AND lane_order = {t.URGENT_LANE_ORDER}
-                       AND relay_xid = 0), 0),
-           coalesce((SELECT max(relay_seq) FROM notifications
-                     WHERE state = 'accepted' AND lane_order = {t.BULK_LANE_ORDER}
-                       AND relay_xid = 0), 0),
-           coalesce((SELECT max(position_seq) FROM relay_positions), 0))
-"""
 
 
 def dialect_for(url: str) -> Dialect:

@@ -207,6 +207,69 @@ class RelayBatch:
             self.positions[lane] = (xid, seq)
 
 
+# The accept's insert (herald.storage.statements.insert_notifications): one statement per
+# batch, the idempotency conflicts skipped and the rows that went in returned.
+# Column -> its PostgreSQL type (for the arrays of unnest); JSON goes as text and is cast.
+_NOTIFICATION_TYPES = {
+    "id": "text",
+    "api_key_id": "text",
+    "idempotency_key": "text",
+    "request_hash": "text",
+    "user_id": "text",
+    "category": "text",
+    "priority": "text",
+    "content": "text",
+    "channels": "text",
+    "ttl_seconds": "int",
+    "send_at": "timestamptz",
+    "state": "text",
+    "created_at": "timestamptz",
+    "deliver_at_local": "text",
+    "broadcast_id": "text",
+    "lane_order": "smallint",
+}
+NOTIFICATION_COLUMNS = tuple(_NOTIFICATION_TYPES)
+_JSON_COLUMNS = ("content", "channels")
+_ARRAYS = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_NOTIFICATION_TYPES.values(), 1))
+_VALUES = ", ".join(f"{c}::jsonb" if c in _JSON_COLUMNS else c for c in NOTIFICATION_COLUMNS)
+_ON_CONFLICT = (
+    "ON CONFLICT (api_key_id, idempotency_key) DO NOTHING RETURNING id, api_key_id, idempotency_key"
+)
+INSERT_NOTIFICATIONS_POSTGRES = f"""
+INSERT INTO notifications ({", ".join(NOTIFICATION_COLUMNS)})
+SELECT {_VALUES}
+FROM unnest({_ARRAYS})
+    AS u({", ".join(NOTIFICATION_COLUMNS)})
+{_ON_CONFLICT}
+"""
+STORED_NOTIFICATIONS_SQL = (
+    "SELECT id, idempotency_key, request_hash FROM notifications "
+    "WHERE api_key_id = $1 AND idempotency_key = ANY($2::text[])"
+)
+# SQLite's relay order (herald.storage.outbox): above every accepted notification's
+# relay_seq and both positions, each a lookup at the end of an index. One writer at a time,
+# so the order of the inserts is the order of the commits. Not the rowid: SQLite reuses the
+# newest rowid once its row is deleted (a user's erasure).
+SQLITE_TOP_RELAY_SEQ = f"""
+SELECT max(coalesce((SELECT max(relay_seq) FROM notifications
+                     WHERE state = 'accepted' AND lane_order = {schema.URGENT_LANE_ORDER}
+                       AND relay_xid = 0), 0),
+           coalesce((SELECT max(relay_seq) FROM notifications
+                     WHERE state = 'accepted' AND lane_order = {schema.BULK_LANE_ORDER}
+                       AND relay_xid = 0), 0),
+           coalesce((SELECT max(position_seq) FROM relay_positions), 0)) AS top
+"""
+_SQLITE_NOTIFICATION_COLUMNS = (*NOTIFICATION_COLUMNS, "relay_xid", "relay_seq")
+
+
+def _sqlite_insert_notifications(rows: int) -> str:
+    one = f"({', '.join('?' * len(_SQLITE_NOTIFICATION_COLUMNS))})"
+    return (
+        f"INSERT INTO notifications ({', '.join(_SQLITE_NOTIFICATION_COLUMNS)}) "
+        f"VALUES {', '.join([one] * rows)} {_ON_CONFLICT}"
+    )
+
+
 class Record:
     """A row the driver returned, read by attribute like SQLAlchemy's rows (so rows.py maps
     it to the domain), its values converted as the schema types its table's columns."""
@@ -283,6 +346,18 @@ class Native(abc.ABC):
         """Append rows to the delivery log."""
 
     @abc.abstractmethod
+    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+        """Insert notification rows (herald.storage.rows.notification_row), skipping those
+        whose idempotency key is taken; the (id, api_key_id, idempotency_key) of those that
+        went in."""
+
+    async def stored_notifications(self, api_key_id: str, keys: Sequence[str]) -> list[Record]:
+        """(id, idempotency_key, request_hash) of an API key's notifications by key."""
+        return await self.records(
+            schema.notifications, STORED_NOTIFICATIONS_SQL, api_key_id, list(keys)
+        )
+
+    @abc.abstractmethod
     async def relay_take(self, limit: int) -> RelayBatch:
         """A relay pass's records (herald.storage.outbox), in the caller's transaction."""
 
@@ -348,6 +423,16 @@ class AsyncpgNative(Native):
                 ],
             )
 
+    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+        columns = [
+            [json_dumps(r[c]) for r in rows] if c in _JSON_COLUMNS else [r[c] for r in rows]
+            for c in NOTIFICATION_COLUMNS
+        ]
+        return [
+            Record(dict(row))
+            for row in await self.connection.fetch(INSERT_NOTIFICATIONS_POSTGRES, *columns)
+        ]
+
     async def relay_take(self, limit: int) -> RelayBatch:
         batch = RelayBatch(limit)
         for row in await self.connection.fetch(RELAY_TAKE_POSTGRES, limit):
@@ -391,9 +476,10 @@ class SqliteNative(Native):
     """sqlite3 through aiosqlite, on the pool's one connection. Python's sqlite3 begins a
     transaction before the first write; `transaction()` and single statements commit."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, *, in_transaction: bool = False) -> None:
         self.connection = connection
-        self._in_transaction = False
+        # True: inside a transaction SQLAlchemy opened and will end (commit nothing here).
+        self._in_transaction = in_transaction
 
     def _args(self, args: Sequence[Any]) -> list[Any]:
         return [
@@ -471,6 +557,30 @@ class SqliteNative(Native):
                 ],
             )
             await cursor.close()
+
+    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+        (top,) = await self.fetch(SQLITE_TOP_RELAY_SEQ)
+        seq = int(top["top"] or 0)
+        values: list[Any] = []
+        for number, row in enumerate(rows, start=seq + 1):
+            values += [
+                json_dumps(row[c])
+                if c in _JSON_COLUMNS
+                else self.at(row[c])
+                if isinstance(row[c], datetime)
+                else row[c]
+                for c in NOTIFICATION_COLUMNS
+            ]
+            values += [0, number]
+        cursor = await self.connection.execute(_sqlite_insert_notifications(len(rows)), values)
+        try:
+            names = [column[0] for column in cursor.description or ()]
+            inserted = [Record(dict(zip(names, r, strict=True))) for r in await cursor.fetchall()]
+        finally:
+            await cursor.close()
+        if not self._in_transaction:
+            await self.connection.commit()
+        return inserted
 
     async def relay_take(self, limit: int) -> RelayBatch:
         batch = RelayBatch(limit)

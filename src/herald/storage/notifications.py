@@ -1,4 +1,4 @@
-"""Notifications as the API takes them in: accept (idempotently, with the outbox row),
+"""Notifications as the API takes them in: accept (idempotently; the row is the relay's outbox),
 read, cancel."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from herald.storage.records import AcceptResult, NewNotification
 from herald.storage.repository import Repository
 from herald.storage.rows import event_row, to_delivery, to_notification
 from herald.storage.shaping import Shaping
-from herald.storage.statements import insert_notifications, lock_accepted
+from herald.storage.statements import insert_notifications_natively, lock_accepted
 
 S = DeliveryState
 Row = sa.Row[Any]
@@ -27,7 +27,7 @@ Row = sa.Row[Any]
 
 class NotificationRepository(Repository):
     async def accept(self, items: Sequence[NewNotification]) -> list[AcceptResult]:
-        """Insert notifications and their outbox rows in one transaction.
+        """Insert notifications in one transaction (the relay reads the rows themselves).
 
         Idempotency rests on the unique (api_key_id, idempotency_key): a key is one API
         key's own. INSERT ... ON CONFLICT DO NOTHING, then the rows that did not go in are
@@ -38,9 +38,9 @@ class NotificationRepository(Repository):
         firsts: dict[tuple[str, str], NewNotification] = {}
         for item in items:
             firsts.setdefault(item.idempotency_scope, item)
-        async with self.db.transaction() as db:
-            stored = await insert_notifications(
-                db, self.dialect, list(firsts.values()), self.clock.now()
+        async with self.db.native() as native, native.transaction():
+            stored = await insert_notifications_natively(
+                native, list(firsts.values()), self.clock.now()
             )
         results = []
         for item in items:
