@@ -125,12 +125,17 @@ WHERE id = ?1 AND ({_in(OUTCOME)} OR ({_in(LATE_ANSWER)} AND ?2 IN ({
 
 
 # The relay's pass (herald.storage.outbox), on PostgreSQL in one round trip: lock the
-# lanes' positions (a lane another relay holds is skipped), read each lane's accepted
-# notifications after its position and below the snapshot's xmin (every transaction below
-# it has finished), and take the outbox table's rows.
-RELAY_TAKE_POSTGRES = """
+# lanes (a lane another relay holds is skipped), read each lane's accepted notifications
+# after its position and below the snapshot's xmin (every transaction below it has
+# finished), and take the outbox table's rows. The lanes are locked with a transaction-level
+# advisory lock rather than FOR UPDATE on their rows: a row lock gives the pass a
+# transaction id while it publishes, and every open transaction id holds back the xmin
+# that all relays on the server read below (docs/operations.md, "The relay").
+RELAY_LOCK_KEY = 7263100  # + the lane
+RELAY_TAKE_POSTGRES = f"""
 WITH lanes AS (
-    SELECT lane, position_xid, position_seq FROM relay_positions FOR UPDATE SKIP LOCKED
+    SELECT lane, position_xid, position_seq FROM relay_positions
+    WHERE pg_try_advisory_xact_lock({RELAY_LOCK_KEY} + lane)
 ), side AS (
     DELETE FROM outbox WHERE id IN (
         SELECT id FROM outbox ORDER BY lane_order, id LIMIT $1 FOR UPDATE SKIP LOCKED

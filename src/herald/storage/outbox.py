@@ -16,8 +16,9 @@ orders them by transaction id first. SQLite has one writer at a time, so the ord
 inserts is the order of the commits. What differs lives in the driver connection
 (herald.storage.native: `relay_take`, `relay_advance`).
 
-On PostgreSQL a pass locks the lanes' position rows FOR UPDATE SKIP LOCKED: two relays
-never publish one lane at once, and a relay that finds a lane locked does the other.
+On PostgreSQL a pass takes each lane's advisory lock if it is free: two relays never
+publish one lane at once, and a relay that finds a lane locked does the other (native.py,
+RELAY_TAKE_POSTGRES, says why not FOR UPDATE SKIP LOCKED).
 """
 
 from __future__ import annotations

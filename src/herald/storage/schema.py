@@ -173,7 +173,7 @@ URGENT_LANE_ORDER = 0
 BULK_LANE_ORDER = 1
 
 # How far the relay has published each lane's notifications: the (relay_xid, relay_seq) of
-# the last one. Locked FOR UPDATE SKIP LOCKED by a relay pass on PostgreSQL, so two relays
+# the last one. A relay pass on PostgreSQL holds the lane's advisory lock, so two relays
 # never publish the same lane at once.
 relay_positions = sa.Table(
     "relay_positions",
