@@ -3,6 +3,7 @@ read, cancel."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from herald.storage.records import AcceptResult, NewNotification
 from herald.storage.repository import Repository
 from herald.storage.rows import event_row, to_delivery, to_notification
 from herald.storage.shaping import Shaping
-from herald.storage.statements import insert_notifications_natively, lock_accepted
+from herald.storage.statements import BATCH_ROWS, insert_notifications_natively, lock_accepted
 
 S = DeliveryState
 Row = sa.Row[Any]
@@ -38,10 +39,13 @@ class NotificationRepository(Repository):
         firsts: dict[tuple[str, str], NewNotification] = {}
         for item in items:
             firsts.setdefault(item.idempotency_scope, item)
-        async with self.db.native() as native, native.transaction():
-            stored = await insert_notifications_natively(
-                native, list(firsts.values()), self.clock.now()
-            )
+        new = list(firsts.values())
+        async with self.db.native() as native:
+            # Up to one batch is one INSERT, atomic on its own: no BEGIN and COMMIT round
+            # trips (the replays' read-back after it reads committed rows either way).
+            atomic = len(new) <= BATCH_ROWS
+            async with contextlib.nullcontext() if atomic else native.transaction():
+                stored = await insert_notifications_natively(native, new, self.clock.now())
         results = []
         for item in items:
             notification_id, stored_hash, created = stored[item.idempotency_scope]
