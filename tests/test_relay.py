@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from herald.bus.interface import BusUnavailable, Lane, Record, notifications_topic
+from herald.clock import FakeClock
 from herald.domain import DeliveryState
 from herald.relay import Relay
 from herald.runtime import Runtime
@@ -66,6 +67,7 @@ class FailingBus:
         self.bus = bus
         self.errors = list(errors)
         self.published: list[Record] = []
+        self.batches: list[int] = []
 
     def held_in_memory(self) -> int:
         return int(self.bus.held_in_memory())
@@ -74,6 +76,7 @@ class FailingBus:
         if self.errors:
             raise self.errors.pop(0)
         self.published.extend(records)
+        self.batches.append(len(records))
         await self.bus.publish(records)
 
 
@@ -81,6 +84,49 @@ async def _accept(api: httpx.AsyncClient, count: int) -> None:
     await api.put("/v1/users/u", json={})
     items = [{"idempotency_key": f"e{n}", "user_id": "u", "title": "x"} for n in range(count)]
     assert (await api.post("/v1/notifications/batch", json={"notifications": items})).is_success
+
+
+class GatedClock(FakeClock):
+    """A clock whose sleep lasts until the test opens the gate: the relay's linger, held
+    open while the test makes more requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeping = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeping.set()
+        await self.gate.wait()
+        self.advance(seconds)
+
+
+async def test_wake_ups_within_the_linger_make_one_pass(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    await api.put("/v1/users/u", json={})
+    bus = FailingBus(runtime.bus)
+    clock = GatedClock()
+    relay = Relay(runtime.storage.outbox, bus, linger_seconds=0.003, clock=clock)  # type: ignore[arg-type]
+    runtime.relay = relay  # the API's accepts wake this relay
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: _passes(relay, 1))  # the first pass found nothing
+        for n in range(5):
+            sent = await api.post("/v1/notifications", json={"user_id": "u", "title": f"{n}"})
+            assert sent.status_code == 202
+            await asyncio.wait_for(clock.sleeping.wait(), 20)  # the first wake-up lingers
+        clock.gate.set()
+        await eventually(lambda: _outbox_is(runtime, 0))
+    finally:
+        stop.set()
+        await task
+    assert bus.batches == [5]  # five requests, one pass
+
+
+async def _passes(relay: Relay, count: int) -> bool:
+    return relay.passes >= count
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,11 @@ An idle relay does not poll: it waits for its `wakeup` event, set by the writers
 rows in this process and by `wake_source` (LISTEN, herald.wakeups) for those elsewhere.
 A pass that finds nothing doubles the wait of the fallback pass (from `idle_poll_seconds`
 up to `idle_poll_max_seconds`), which only matters for a wake-up that was lost.
+
+A wake-up from idle lingers `linger_seconds` (HERALD_RELAY_LINGER_MS) before the pass: at
+a light load every accepted request rings, and without the linger each request cost a pass
+of its own. Within the budget several requests' rows go in one pass. Passes that follow a
+pass which found rows do not linger: the rows are already waiting.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import structlog
 
 from herald.bus.interface import Bus, BusUnavailable, Record
+from herald.clock import SYSTEM_CLOCK, Clock
 from herald.metrics import METRICS
 from herald.roles import wait_for_event
 from herald.storage.outbox import OutboxRepository
@@ -40,6 +46,8 @@ class Relay:
         # are the embedded backend's only memory that follows the backlog (docs/benchmarks.md,
         # "Figures behind code choices").
         max_in_memory: int = 5_000,
+        linger_seconds: float = 0.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.outbox = outbox
         self.bus = bus
@@ -50,6 +58,8 @@ class Relay:
         self.passes = 0  # outbox passes made (diagnostics, tests)
         self.max_in_memory = max_in_memory
         self.wakeup = asyncio.Event()
+        self.linger = linger_seconds
+        self.clock = clock
 
     async def relay_once(self) -> int:
         self.passes += 1
@@ -95,7 +105,8 @@ class Relay:
                 log.exception("relay pass failed; rows stay in the outbox")
                 await wait_for_event(stop, 1.0)
                 continue
-            await wait_for_event(self.wakeup, fallback)
+            if await wait_for_event(self.wakeup, fallback) and self.linger > 0:
+                await self.clock.sleep(self.linger)
             fallback = min(fallback * 2, self.idle_poll_max)
 
 

@@ -196,7 +196,12 @@ class Runtime:
             listener = None
             if self.settings.uses_postgres:
                 listener = PgListener(_asyncpg_dsn(self.settings.effective_database_url))
-            self.relay = Relay(self.storage.outbox, self.bus, wake_source=listener)
+            self.relay = Relay(
+                self.storage.outbox,
+                self.bus,
+                wake_source=listener,
+                linger_seconds=self.settings.relay_linger_ms / 1000,
+            )
         return self.relay
 
     def wake_relay(self) -> None:

@@ -1,7 +1,8 @@
 """Wake-ups instead of polls: what lets an idle role sleep.
 
-The relay publishes outbox rows that others write: the API (notifications, broadcasts), the
-router's broadcast fan-out and the scheduler's digests. Each writer wakes it once its
+The relay publishes what others write (new notification rows, and outbox rows for the rest;
+herald.storage.outbox): the API (notifications, broadcasts), the router's broadcast fan-out
+and the scheduler's digests. Each writer wakes it once its
 transaction has committed: in one process by setting the relay's event, across processes
 on PostgreSQL with `NOTIFY herald_outbox` on a connection of the writer's own
 (`PgDoorbell`), which the relay LISTENs to (`PgListener`). The relay keeps a slow fallback

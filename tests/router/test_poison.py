@@ -28,13 +28,15 @@ from tests.test_broadcasts import add_subscribers
 FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
-def new_notification(key: str, user_id: str, send_at: datetime | None = None) -> NewNotification:
+def new_notification(
+    key: str, user_id: str, send_at: datetime | None = None, priority: Priority = Priority.NORMAL
+) -> NewNotification:
     """Straight into the store, as the API's own checks would not let it in."""
     notification = Notification(
         id=f"n-{key}",
         user_id=user_id,
         category="default",
-        priority=Priority.NORMAL,
+        priority=priority,
         title="hello",
         body="world",
         channels=None,

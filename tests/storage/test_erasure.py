@@ -35,6 +35,7 @@ NOT_PERSONAL = {
     "frequency_caps": "shared configuration",
     "broadcasts": "the broadcast itself; its recipients are user-keyed",
     "outbox": "transient bus records, gone once relayed",
+    "relay_positions": "how far the relay has published each lane: two numbers per lane",
     "suppressions": "kept on purpose: an address that bounced or said STOP stays suppressed",
     "webhook_events": "provider event ids seen, kept to refuse replays; no address or user",
     "workflows": "shared configuration",

@@ -1,72 +1,224 @@
-"""The outbox under a deep backlog: the relay's statements must stay index lookups."""
+"""The notification rows as the relay's outbox: read by position, never skipping a row that
+commits late, one relay per lane at a time, republished after a crash, and an index range
+scan however many notifications lie behind the position."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 import sqlalchemy as sa
 
-from herald.storage import Storage
+from herald.domain import Priority
+from herald.storage import Storage, open_storage
+from herald.storage.native import RELAY_TAKE_POSTGRES
+from herald.storage.statements import insert_notifications
+from tests.fixtures.activity import counting_statements
+from tests.fixtures.herald import eventually
+from tests.router.test_poison import new_notification
 
-pytestmark = pytest.mark.postgres
+BEHIND = 100_000
 
-BACKLOG = 20_000
+
+def ids(records: list[tuple[str, str, bytes]]) -> list[str]:
+    return [orjson.loads(payload)["notification_id"] for _, _, payload in records]
+
+
+async def accept(storage: Storage, *keys: str, priority: Priority = Priority.NORMAL) -> None:
+    await storage.notifications.accept([new_notification(k, "u", priority=priority) for k in keys])
+
+
+async def taken(storage: Storage, limit: int = 1000) -> list[str]:
+    async with storage.outbox.take(limit) as records:
+        return ids(records)
+
+
+async def relayed(storage: Storage, limit: int = 1000) -> list[str]:
+    """The next pass that finds something. On a shared PostgreSQL server a write transaction
+    in another database holds the snapshot's xmin back for a moment (docs/operations.md)."""
+    result: list[str] = await eventually(lambda: taken(storage, limit))
+    return result
+
+
+@pytest.mark.postgres
+async def test_a_notification_that_commits_late_is_relayed_after_it_commits(
+    postgres_storage: Storage,
+) -> None:
+    """A takes its sequence number first but commits last. A relay reading "seq > position"
+    would move past A's number when it publishes B, and never publish A."""
+    database = postgres_storage.database
+    now = postgres_storage.database.clock.now()
+    still_open = contextlib.AsyncExitStack()
+    async with database.transaction() as b:
+        await b.execute(sa.text("SELECT pg_current_xact_id()"))  # B's transaction id is lower
+        a = await still_open.enter_async_context(database.transaction())
+        await insert_notifications(a, database.dialect, [new_notification("a", "u")], now)
+        await insert_notifications(b, database.dialect, [new_notification("b", "u")], now)
+    try:
+        assert await relayed(postgres_storage) == ["n-b"]  # B committed, A is still open
+    finally:
+        await still_open.aclose()
+    assert await relayed(postgres_storage) == ["n-a"]  # A committed
+    assert await taken(postgres_storage) == []
+
+
+@pytest.mark.postgres
+async def test_a_relay_does_not_take_a_lane_another_relay_is_publishing(
+    postgres_storage: Storage,
+) -> None:
+    await accept(postgres_storage, *(f"k{n}" for n in range(10)))
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> list[str]:
+        while True:
+            async with postgres_storage.outbox.take(1000) as records:
+                if records:
+                    holding.set()
+                    await release.wait()  # publishing, the lanes' positions locked
+                    return ids(records)
+            await asyncio.sleep(0.05)  # the horizon was held back (see `relayed`)
+
+    task = asyncio.create_task(first())
+    await holding.wait()
+    assert await taken(postgres_storage) == []  # skipped, not waited for
+    release.set()
+    assert len(await task) == 10
+    assert await taken(postgres_storage) == []
 
 
 @pytest.fixture
-async def deep_outbox(postgres_storage: Storage, postgres_test_url: str) -> Storage:
-    """A PostgreSQL outbox holding BACKLOG rows (one in 1,000 urgent) whose statistics
-    describe it as empty: what autovacuum records when it runs on a queue table just
-    drained, whose pages it cannot hand back. PostgreSQL then estimates one row for any
-    lookup, and picks among indexes by their cost for one row."""
+async def embedded_storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    storage = open_storage(f"sqlite:///{tmp_path / 'herald.db'}")
+    await storage.database.migrate()
+    try:
+        yield storage
+    finally:
+        await storage.database.close()
+
+
+@pytest.fixture(
+    params=["embedded_storage", pytest.param("postgres_storage", marks=pytest.mark.postgres)]
+)
+def storage(request: pytest.FixtureRequest) -> Storage:
+    """The store alone on either database (the relay's statements need no bus)."""
+    found: Storage = request.getfixturevalue(request.param)
+    return found
+
+
+async def test_a_crash_after_publishing_publishes_the_same_rows_again(storage: Storage) -> None:
+    await accept(storage, "x", "y")
+    published: list[str] = []
+
+    async def publish_then_crash() -> None:
+        async with storage.outbox.take(1000) as records:
+            published.extend(ids(records))
+            raise RuntimeError("the process dies before the position moves")
+
+    while not published:  # (the horizon, see `relayed`)
+        with pytest.raises(RuntimeError):
+            await publish_then_crash()
+    assert published == ["n-x", "n-y"]
+    assert await relayed(storage) == ["n-x", "n-y"]
+    assert await storage.outbox.size() == 0
+
+
+async def test_urgent_notifications_go_first_and_the_limit_counts_both_lanes(
+    storage: Storage,
+) -> None:
+    await accept(storage, *(f"b{n}" for n in range(5)), priority=Priority.LOW)
+    await accept(storage, "otp", priority=Priority.CRITICAL)
+    assert await relayed(storage, 3) == ["n-otp", "n-b0", "n-b1"]
+    assert await relayed(storage, 3) == ["n-b2", "n-b3", "n-b4"]
+
+
+@pytest.mark.parametrize("before", [None, "SELECT 1"], ids=["first-statement", "after-another"])
+async def test_a_rolled_back_transaction_leaves_no_notification_to_relay(
+    storage: Storage, before: str | None
+) -> None:
+    """On PostgreSQL SQLAlchemy begins its transaction on its first statement: before it,
+    the insert goes through SQLAlchemy, after it on the driver, inside the transaction."""
+    database = storage.database
+
+    async def insert_then_fail() -> None:
+        async with database.transaction() as db:
+            if before is not None:
+                await db.execute(sa.text(before))
+            items = [new_notification("gone", "u")]
+            await insert_notifications(db, database.dialect, items, database.clock.now())
+            raise RuntimeError("the caller's transaction fails")
+
+    with pytest.raises(RuntimeError):
+        await insert_then_fail()
+    assert await storage.notifications.get("n-gone") is None
+    assert await storage.outbox.size() == 0
+    assert await taken(storage) == []
+
+
+async def test_the_accept_inserts_on_the_driver_and_a_replay_reads_back_its_id(
+    storage: Storage,
+) -> None:
+    with counting_statements(storage.database) as through_sqlalchemy:
+        first = await storage.notifications.accept([new_notification("k", "u")])
+        again = await storage.notifications.accept([new_notification("k", "u")])
+    assert [(r.id, r.created) for r in first + again] == [("n-k", True), ("n-k", False)]
+    assert [s for s in through_sqlalchemy if "notifications" in s] == []
+    assert await relayed(storage) == ["n-k"]
+
+
+async def test_a_seq_freed_by_an_erased_notification_is_not_given_below_the_position(
+    storage: Storage,
+) -> None:
+    """SQLite's rowid would be: its newest rowid is reused once that row is deleted."""
+    await accept(storage, "old")
+    assert await relayed(storage) == ["n-old"]
+    async with storage.database.transaction() as db:
+        await db.execute(sa.text("DELETE FROM notifications WHERE id = 'n-old'"))
+    await accept(storage, "new")
+    assert await relayed(storage) == ["n-new"]
+
+
+@pytest.fixture
+async def far_behind(postgres_storage: Storage, postgres_test_url: str) -> Storage:
+    """BEHIND notifications already relayed (half routed, half still accepted: the router
+    lags), with statistics that know it."""
     raw = await asyncpg.connect(postgres_test_url)
     try:
-        for drained in (True, False):
-            await raw.execute(
-                "INSERT INTO outbox (topic, key, payload, created_at, lane_order) "
-                "SELECT 'notifications.bulk', 'u' || n, '\\x00', now(), "
-                "CASE WHEN n % 1000 = 0 THEN 0 ELSE 1 END FROM generate_series(1, $1) AS n",
-                BACKLOG,
-            )
-            if drained:
-                await raw.execute("DELETE FROM outbox")
-                await raw.execute("VACUUM (TRUNCATE false, ANALYZE) outbox")
+        await raw.execute(
+            "INSERT INTO notifications (id, idempotency_key, request_hash, user_id, category,"
+            " priority, content, state, created_at, lane_order) "
+            "SELECT 'old' || n, 'old' || n, '', 'u', 'default', 'normal', '{}',"
+            " CASE WHEN n % 2 = 0 THEN 'routed' ELSE 'accepted' END, now(), 1"
+            " FROM generate_series(1, $1) AS n",
+            BEHIND,
+        )
+        await raw.execute(
+            "UPDATE relay_positions SET (position_xid, position_seq) ="
+            " (SELECT relay_xid, relay_seq FROM notifications"
+            "  ORDER BY relay_xid DESC, relay_seq DESC LIMIT 1) WHERE lane = 1"
+        )
+        await raw.execute("ANALYZE notifications")
     finally:
         await raw.close()
     return postgres_storage
 
 
-async def test_the_relay_deletes_published_rows_through_the_primary_key(
-    deep_outbox: Storage,
+@pytest.mark.postgres
+async def test_the_relay_reads_a_short_index_range_however_far_behind(
+    far_behind: Storage,
 ) -> None:
-    statements: list[tuple[str, Any]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.startswith("DELETE FROM outbox"):
-            statements.append((statement, params))
-
-    sa.event.listen(deep_outbox.database.engine.sync_engine, "before_cursor_execute", capture)
-    async with deep_outbox.outbox.take(500) as rows:
-        assert len(rows) == 500
-    [(delete, params)] = statements
-    async with (
-        deep_outbox.database.transaction() as db
-    ):  # planned as the relay's transaction plans it
-        await deep_outbox.database.dialect.plan_queue_by_index(db)
-        raw = (await db.get_raw_connection()).driver_connection
-        assert raw is not None
-        plan = "\n".join(r[0] for r in await raw.fetch("EXPLAIN " + delete, *params))
-    assert "outbox_pkey" in plan, plan
-    assert await deep_outbox.outbox.size() == BACKLOG - 500
-
-
-async def test_urgent_rows_are_taken_first_then_bulk_rows_in_order(
-    deep_outbox: Storage,
-) -> None:
-    async with deep_outbox.outbox.take(30) as rows:
-        keys = [key for _, key, _ in rows]
-    urgent = [f"u{n}" for n in range(1000, BACKLOG + 1, 1000)]  # one in 1,000
-    bulk = [f"u{n}" for n in range(1, 11)]
-    assert keys == urgent + bulk
+    await accept(far_behind, "fresh")
+    async with far_behind.database.native() as native, native.transaction():
+        plan = "\n".join(
+            row["QUERY PLAN"]
+            for row in await native.fetch("EXPLAIN (ANALYZE, BUFFERS) " + RELAY_TAKE_POSTGRES, 500)
+        )
+    assert "Index Scan using ix_notifications_relay" in plan, plan
+    assert "Seq Scan on notifications" not in plan, plan
+    assert await relayed(far_behind) == ["n-fresh"]
+    assert await far_behind.outbox.size() == 0

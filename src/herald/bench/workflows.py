@@ -13,8 +13,8 @@ and how late it fires due timers, with many timers pending that are not yet due.
    RSS before they start and its peak while they fire (the runners are this process's
    only work then), so two sizes of `pending` show whether parked timers cost memory.
 
-The runners write each send's notification and outbox row; routing and sending them is
-the throughput scenario's part, not this one's.
+The runners write each send's notification (the relay reads it as its outbox); routing and
+sending them is the throughput scenario's part, not this one's.
 """
 
 from __future__ import annotations

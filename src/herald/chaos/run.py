@@ -546,7 +546,11 @@ class Chaos:
         url = self.services.database_url
         rows = await pg_fetch(
             url,
-            "SELECT 'outbox' AS what, count(*) AS n FROM outbox "
+            "SELECT 'outbox' AS what, count(*) AS n FROM ("
+            " SELECT 1 FROM notifications n JOIN relay_positions p ON p.lane = n.lane_order"
+            " WHERE n.state = 'accepted' AND (n.lane_order, n.relay_xid, n.relay_seq)"
+            " > (p.lane, p.position_xid, p.position_seq)"
+            " UNION ALL SELECT 1 FROM outbox) AS waiting "
             "UNION ALL SELECT 'unrouted', count(*) FROM notifications WHERE state = 'accepted' "
             "UNION ALL SELECT 'workflow_runs', count(*) FROM workflow_runs "
             "WHERE status = 'running' "

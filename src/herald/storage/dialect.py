@@ -60,6 +60,11 @@ class Dialect(abc.ABC):
     async def plan_queue_by_index(self, db: AsyncConnection) -> None:  # noqa: B027
         """Make the rest of this transaction read a queue table through its indexes."""
 
+    @abc.abstractmethod
+    async def native_in_transaction(self, db: AsyncConnection) -> Native | None:
+        """The driver of `db` for hot statements inside the transaction `db` is in, or None
+        when a driver statement would not be part of it (then use SQLAlchemy)."""
+
     async def insert_events(self, db: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
         """Append rows to the delivery log."""
         if events:
@@ -100,6 +105,12 @@ class SqliteDialect(Dialect):
 
     def insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
+
+    async def native_in_transaction(self, db: AsyncConnection) -> Native | None:
+        # Python's sqlite3 begins the transaction before the first write on the connection,
+        # whoever sends it, and SQLAlchemy's commit or rollback ends it.
+        driver = (await db.get_raw_connection()).driver_connection
+        return SqliteNative(driver, in_transaction=True)
 
 
 class PostgresDialect(Dialect):
@@ -162,13 +173,19 @@ class PostgresDialect(Dialect):
         (docs/benchmarks.md, "Figures behind code choices")."""
         if not events:
             return
-        driver = (await db.get_raw_connection()).driver_connection
-        if driver is None or not driver.is_in_transaction():
-            # SQLAlchemy begins lazily, on its first statement: a COPY sent before that
-            # would commit on its own, outside the caller's transaction.
+        native = await self.native_in_transaction(db)
+        if native is None:
             await super().insert_events(db, events)
             return
-        await AsyncpgNative(driver).append_events(events)
+        await native.append_events(events)
+
+    async def native_in_transaction(self, db: AsyncConnection) -> Native | None:
+        driver = (await db.get_raw_connection()).driver_connection
+        if driver is None or not driver.is_in_transaction():
+            # SQLAlchemy begins lazily, on its first statement: a driver statement sent
+            # before that would commit on its own, outside the caller's transaction.
+            return None
+        return AsyncpgNative(driver)
 
     async def drop_expired_events(self, db: AsyncConnection, now: datetime, days: int) -> None:
         """Create the coming days' partitions of the delivery log; drop expired ones."""

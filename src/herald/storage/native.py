@@ -22,12 +22,14 @@ import abc
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
+from herald.bus.interface import Lane, notifications_topic
 from herald.domain import DeliveryState, NotificationState
 from herald.storage import schema
 from herald.storage.guards import (
@@ -123,6 +125,157 @@ WHERE id = ?1 AND ({_in(OUTCOME)} OR ({_in(LATE_ANSWER)} AND ?2 IN ({
 """
 
 
+# The relay's pass (herald.storage.outbox), on PostgreSQL in one round trip: lock the
+# lanes (a lane another relay holds is skipped), read each lane's accepted notifications
+# after its position and below the snapshot's xmin (every transaction below it has
+# finished), and take the outbox table's rows. The lanes are locked with a transaction-level
+# advisory lock rather than FOR UPDATE on their rows: a row lock gives the pass a
+# transaction id while it publishes, and every open transaction id holds back the xmin
+# that all relays on the server read below (docs/operations.md, "The relay").
+RELAY_LOCK_KEY = 7263100  # + the lane
+RELAY_TAKE_POSTGRES = f"""
+WITH lanes AS (
+    SELECT lane, position_xid, position_seq FROM relay_positions
+    WHERE pg_try_advisory_xact_lock({RELAY_LOCK_KEY} + lane)
+), side AS (
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox ORDER BY lane_order, id LIMIT $1 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING lane_order, id, key, topic, payload
+)
+SELECT l.lane, n.relay_xid AS xid, n.relay_seq AS seq, n.id::text AS id, n.user_id AS key,
+       NULL::text AS topic, NULL::bytea AS payload
+FROM lanes AS l CROSS JOIN LATERAL (
+    SELECT relay_xid, relay_seq, id, user_id FROM notifications
+    WHERE state = 'accepted' AND lane_order = l.lane
+      AND (lane_order, relay_xid, relay_seq) > (l.lane, l.position_xid, l.position_seq)
+      AND relay_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+    ORDER BY lane_order, relay_xid, relay_seq
+    LIMIT $1
+) AS n
+UNION ALL
+SELECT lane_order, NULL, id, NULL, key, topic, payload FROM side
+ORDER BY 1, 2, 3
+"""
+
+RELAY_ADVANCE_POSTGRES = """
+UPDATE relay_positions AS p SET position_xid = u.xid, position_seq = u.seq
+FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS u(lane, xid, seq)
+WHERE p.lane = u.lane
+"""
+
+# SQLite, one writer at a time: the same reads as separate statements, no locks.
+RELAY_LANE_SQLITE = """
+SELECT n.relay_xid AS xid, n.relay_seq AS seq, n.id, n.user_id AS key
+FROM notifications AS n
+WHERE n.state = 'accepted' AND n.lane_order = $1
+  AND (n.lane_order, n.relay_xid, n.relay_seq) > (
+      $1,
+      (SELECT position_xid FROM relay_positions WHERE lane = $1),
+      (SELECT position_seq FROM relay_positions WHERE lane = $1))
+ORDER BY n.lane_order, n.relay_xid, n.relay_seq
+LIMIT $2
+"""
+RELAY_SIDE_SQLITE = (
+    "SELECT id, lane_order, key, topic, payload FROM outbox ORDER BY lane_order, id LIMIT $1"
+)
+RELAY_ADVANCE_SQLITE = (
+    "UPDATE relay_positions SET position_xid = ?2, position_seq = ?3 WHERE lane = ?1"
+)
+RELAY_LANES = (schema.URGENT_LANE_ORDER, schema.BULK_LANE_ORDER)
+_LANE_TOPICS = {
+    schema.URGENT_LANE_ORDER: notifications_topic(Lane.PRIORITY),
+    schema.BULK_LANE_ORDER: notifications_topic(Lane.BULK),
+}
+
+
+def notification_payload(notification_id: str) -> bytes:
+    return orjson.dumps({"notification_id": notification_id})
+
+
+@dataclass(slots=True)
+class RelayBatch:
+    """What a relay pass publishes, urgent first, and where each lane's position goes once
+    it is published: lane -> (relay_xid, relay_seq). Up to `limit` notifications in all
+    (the bulk lane gets what the urgent one leaves), and every outbox-table row taken."""
+
+    limit: int
+    records: list[tuple[str, str, bytes]] = field(default_factory=list)
+    positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    notifications: int = 0
+
+    def add_notification(
+        self, lane: int, xid: int, seq: int, notification_id: str, key: str
+    ) -> None:
+        if self.notifications < self.limit:
+            self.notifications += 1
+            self.records.append((_LANE_TOPICS[lane], key, notification_payload(notification_id)))
+            self.positions[lane] = (xid, seq)
+
+
+# The accept's insert (herald.storage.statements.insert_notifications): one statement per
+# batch, the idempotency conflicts skipped and the rows that went in returned.
+# Column -> its PostgreSQL type (for the arrays of unnest); JSON goes as text and is cast.
+_NOTIFICATION_TYPES = {
+    "id": "text",
+    "api_key_id": "text",
+    "idempotency_key": "text",
+    "request_hash": "text",
+    "user_id": "text",
+    "category": "text",
+    "priority": "text",
+    "content": "text",
+    "channels": "text",
+    "ttl_seconds": "int",
+    "send_at": "timestamptz",
+    "state": "text",
+    "created_at": "timestamptz",
+    "deliver_at_local": "text",
+    "broadcast_id": "text",
+    "lane_order": "smallint",
+}
+NOTIFICATION_COLUMNS = tuple(_NOTIFICATION_TYPES)
+_JSON_COLUMNS = ("content", "channels")
+_ARRAYS = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_NOTIFICATION_TYPES.values(), 1))
+_VALUES = ", ".join(f"{c}::jsonb" if c in _JSON_COLUMNS else c for c in NOTIFICATION_COLUMNS)
+_ON_CONFLICT = (
+    "ON CONFLICT (api_key_id, idempotency_key) DO NOTHING RETURNING id, api_key_id, idempotency_key"
+)
+INSERT_NOTIFICATIONS_POSTGRES = f"""
+INSERT INTO notifications ({", ".join(NOTIFICATION_COLUMNS)})
+SELECT {_VALUES}
+FROM unnest({_ARRAYS})
+    AS u({", ".join(NOTIFICATION_COLUMNS)})
+{_ON_CONFLICT}
+"""
+STORED_NOTIFICATIONS_SQL = (
+    "SELECT id, idempotency_key, request_hash FROM notifications "
+    "WHERE api_key_id = $1 AND idempotency_key = ANY($2::text[])"
+)
+# SQLite's relay order (herald.storage.outbox): above every accepted notification's
+# relay_seq and both positions, each a lookup at the end of an index. One writer at a time,
+# so the order of the inserts is the order of the commits. Not the rowid: SQLite reuses the
+# newest rowid once its row is deleted (a user's erasure).
+SQLITE_TOP_RELAY_SEQ = f"""
+SELECT max(coalesce((SELECT max(relay_seq) FROM notifications
+                     WHERE state = 'accepted' AND lane_order = {schema.URGENT_LANE_ORDER}
+                       AND relay_xid = 0), 0),
+           coalesce((SELECT max(relay_seq) FROM notifications
+                     WHERE state = 'accepted' AND lane_order = {schema.BULK_LANE_ORDER}
+                       AND relay_xid = 0), 0),
+           coalesce((SELECT max(position_seq) FROM relay_positions), 0)) AS top
+"""
+_SQLITE_NOTIFICATION_COLUMNS = (*NOTIFICATION_COLUMNS, "relay_xid", "relay_seq")
+
+
+def _sqlite_insert_notifications(rows: int) -> str:
+    one = f"({', '.join('?' * len(_SQLITE_NOTIFICATION_COLUMNS))})"
+    return (
+        f"INSERT INTO notifications ({', '.join(_SQLITE_NOTIFICATION_COLUMNS)}) "
+        f"VALUES {', '.join([one] * rows)} {_ON_CONFLICT}"
+    )
+
+
 class Record:
     """A row the driver returned, read by attribute like SQLAlchemy's rows (so rows.py maps
     it to the domain), its values converted as the schema types its table's columns."""
@@ -204,6 +357,26 @@ class Native(abc.ABC):
         inserted now."""
 
     @abc.abstractmethod
+    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+        """Insert notification rows (herald.storage.rows.notification_row), skipping those
+        whose idempotency key is taken; the (id, api_key_id, idempotency_key) of those that
+        went in."""
+
+    async def stored_notifications(self, api_key_id: str, keys: Sequence[str]) -> list[Record]:
+        """(id, idempotency_key, request_hash) of an API key's notifications by key."""
+        return await self.records(
+            schema.notifications, STORED_NOTIFICATIONS_SQL, api_key_id, list(keys)
+        )
+
+    @abc.abstractmethod
+    async def relay_take(self, limit: int) -> RelayBatch:
+        """A relay pass's records (herald.storage.outbox), in the caller's transaction."""
+
+    @abc.abstractmethod
+    async def relay_advance(self, positions: Mapping[int, tuple[int, int]]) -> None:
+        """Move the lanes' positions past what was published."""
+
+    @abc.abstractmethod
     def at(self, value: datetime | None) -> Any:
         """A datetime as this driver binds it."""
 
@@ -272,6 +445,35 @@ class AsyncpgNative(Native):
         ]
         return {r["id"] for r in await self.connection.fetch(INSERT_DELIVERIES_SQL, *arrays)}
 
+    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+        columns = [
+            [json_dumps(r[c]) for r in rows] if c in _JSON_COLUMNS else [r[c] for r in rows]
+            for c in NOTIFICATION_COLUMNS
+        ]
+        return [
+            Record(dict(row))
+            for row in await self.connection.fetch(INSERT_NOTIFICATIONS_POSTGRES, *columns)
+        ]
+
+    async def relay_take(self, limit: int) -> RelayBatch:
+        batch = RelayBatch(limit)
+        for row in await self.connection.fetch(RELAY_TAKE_POSTGRES, limit):
+            if row["topic"] is None:
+                batch.add_notification(row["lane"], row["xid"], row["seq"], row["id"], row["key"])
+            else:
+                batch.records.append((row["topic"], row["key"], bytes(row["payload"])))
+        return batch
+
+    async def relay_advance(self, positions: Mapping[int, tuple[int, int]]) -> None:
+        if positions:
+            lanes = sorted(positions)
+            await self.connection.execute(
+                RELAY_ADVANCE_POSTGRES,
+                lanes,
+                [positions[lane][0] for lane in lanes],
+                [positions[lane][1] for lane in lanes],
+            )
+
     def at(self, value: datetime | None) -> Any:
         return value
 
@@ -296,9 +498,10 @@ class SqliteNative(Native):
     """sqlite3 through aiosqlite, on the pool's one connection. Python's sqlite3 begins a
     transaction before the first write; `transaction()` and single statements commit."""
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, *, in_transaction: bool = False) -> None:
         self.connection = connection
-        self._in_transaction = False
+        # True: inside a transaction SQLAlchemy opened and will end (commit nothing here).
+        self._in_transaction = in_transaction
 
     def _args(self, args: Sequence[Any]) -> list[Any]:
         return [
@@ -401,6 +604,54 @@ class SqliteNative(Native):
         )
         await cursor.close()
         return set(ids) - existing
+
+    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+        (top,) = await self.fetch(SQLITE_TOP_RELAY_SEQ)
+        seq = int(top["top"] or 0)
+        values: list[Any] = []
+        for number, row in enumerate(rows, start=seq + 1):
+            values += [
+                json_dumps(row[c])
+                if c in _JSON_COLUMNS
+                else self.at(row[c])
+                if isinstance(row[c], datetime)
+                else row[c]
+                for c in NOTIFICATION_COLUMNS
+            ]
+            values += [0, number]
+        cursor = await self.connection.execute(_sqlite_insert_notifications(len(rows)), values)
+        try:
+            names = [column[0] for column in cursor.description or ()]
+            inserted = [Record(dict(zip(names, r, strict=True))) for r in await cursor.fetchall()]
+        finally:
+            await cursor.close()
+        if not self._in_transaction:
+            await self.connection.commit()
+        return inserted
+
+    async def relay_take(self, limit: int) -> RelayBatch:
+        batch = RelayBatch(limit)
+        side = await self.fetch(RELAY_SIDE_SQLITE, limit)
+        for lane in RELAY_LANES:
+            for row in await self.fetch(RELAY_LANE_SQLITE, lane, limit):
+                batch.add_notification(lane, row["xid"], row["seq"], row["id"], row["key"])
+            batch.records += [
+                (r["topic"], r["key"], bytes(r["payload"])) for r in side if r["lane_order"] == lane
+            ]
+        if side:
+            await self.fetch(
+                "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))",
+                [r["id"] for r in side],
+            )
+        return batch
+
+    async def relay_advance(self, positions: Mapping[int, tuple[int, int]]) -> None:
+        if positions:
+            cursor = await self.connection.executemany(
+                RELAY_ADVANCE_SQLITE,
+                [(lane, xid, seq) for lane, (xid, seq) in sorted(positions.items())],
+            )
+            await cursor.close()
 
     def at(self, value: datetime | None) -> Any:
         if value is None:

@@ -1,8 +1,9 @@
-"""Notifications as the API takes them in: accept (idempotently, with the outbox row),
+"""Notifications as the API takes them in: accept (idempotently; the row is the relay's outbox),
 read, cancel."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from herald.storage.records import AcceptResult, NewNotification
 from herald.storage.repository import Repository
 from herald.storage.rows import event_row, to_delivery, to_notification
 from herald.storage.shaping import Shaping
-from herald.storage.statements import insert_notifications, lock_accepted
+from herald.storage.statements import BATCH_ROWS, insert_notifications_natively, lock_accepted
 
 S = DeliveryState
 Row = sa.Row[Any]
@@ -27,7 +28,7 @@ Row = sa.Row[Any]
 
 class NotificationRepository(Repository):
     async def accept(self, items: Sequence[NewNotification]) -> list[AcceptResult]:
-        """Insert notifications and their outbox rows in one transaction.
+        """Insert notifications in one transaction (the relay reads the rows themselves).
 
         Idempotency rests on the unique (api_key_id, idempotency_key): a key is one API
         key's own. INSERT ... ON CONFLICT DO NOTHING, then the rows that did not go in are
@@ -38,10 +39,13 @@ class NotificationRepository(Repository):
         firsts: dict[tuple[str, str], NewNotification] = {}
         for item in items:
             firsts.setdefault(item.idempotency_scope, item)
-        async with self.db.transaction() as db:
-            stored = await insert_notifications(
-                db, self.dialect, list(firsts.values()), self.clock.now()
-            )
+        new = list(firsts.values())
+        async with self.db.native() as native:
+            # Up to one batch is one INSERT, atomic on its own: no BEGIN and COMMIT round
+            # trips (the replays' read-back after it reads committed rows either way).
+            atomic = len(new) <= BATCH_ROWS
+            async with contextlib.nullcontext() if atomic else native.transaction():
+                stored = await insert_notifications_natively(native, new, self.clock.now())
         results = []
         for item in items:
             notification_id, stored_hash, created = stored[item.idempotency_scope]

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from herald.domain import DeliveryState
 from herald.domain.workflows import RunStatus
 from herald.storage import schema as t
+from herald.storage.outbox import backlog_query
 from herald.storage.repository import Repository
 
 S = DeliveryState
@@ -101,9 +102,7 @@ class OperationsRepository(Repository):
     async def backlog(self) -> Backlog:
         now = self.clock.now()
         async with self.db.reading() as db:
-            outbox = (
-                await db.execute(sa.select(sa.func.count(), sa.func.min(t.outbox.c.created_at)))
-            ).one()
+            outbox = (await db.execute(backlog_query())).one()
             deliveries = {}
             for state in WAITING_STATES:
                 row = (

@@ -1,4 +1,25 @@
-"""The transactional outbox, as the relay drains it."""
+"""The outbox, as the relay drains it: the notification rows themselves, read by position,
+and the outbox table for the rare records that are not a new notification.
+
+A notification is relayable from the moment its insert commits: nothing else is written
+for the relay (migration 0014 says why). Each lane (urgent, bulk) has a position in
+relay_positions, the (relay_xid, relay_seq) of the last notification published; a pass
+reads the accepted notifications after it, in that order, and moves it forward in the same
+transaction once the publish succeeded. A crash in between publishes them again, which the
+deterministic delivery ids absorb.
+
+Why (relay_xid, relay_seq) and not a sequence alone: on PostgreSQL a sequence value is taken
+before its transaction commits, so a row that commits late would have a number below a
+position already passed. The relay reads only rows whose transaction is below the snapshot's
+xmin (every such transaction has finished, so the set before that horizon is final) and
+orders them by transaction id first. SQLite has one writer at a time, so the order of the
+inserts is the order of the commits. What differs lives in the driver connection
+(herald.storage.native: `relay_take`, `relay_advance`).
+
+On PostgreSQL a pass takes each lane's advisory lock if it is free: two relays never
+publish one lane at once, and a relay that finds a lane locked does the other (native.py,
+RELAY_TAKE_POSTGRES, says why not FOR UPDATE SKIP LOCKED).
+"""
 
 from __future__ import annotations
 
@@ -7,49 +28,43 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from herald.domain import DeliveryState
+from herald.domain import NotificationState
 from herald.storage import schema as t
 from herald.storage.repository import Repository
-
-S = DeliveryState
 
 
 class OutboxRepository(Repository):
     @asynccontextmanager
     async def take(self, limit: int) -> AsyncIterator[list[tuple[str, str, bytes]]]:
-        """Take up to `limit` outbox rows; they are deleted when the block exits cleanly.
-
-        The rows stay locked (PostgreSQL: FOR UPDATE SKIP LOCKED) while the caller
-        publishes, so each is published by one relay; a crash before the commit leaves
-        them in place and they are published again, which the deterministic delivery ids
-        absorb.
-        """
-        async with self.db.transaction() as db:
-            await self.dialect.plan_queue_by_index(db)
-            rows = await self._take_outbox_lane(db, t.URGENT_LANE_ORDER, limit)
-            if len(rows) < limit:
-                rows += await self._take_outbox_lane(db, t.BULK_LANE_ORDER, limit - len(rows))
-            yield [(row.topic, row.key, row.payload) for row in rows]
-            if rows:
-                await db.execute(
-                    t.outbox.delete().where(self.dialect.among(t.outbox.c.id, [r.id for r in rows]))
-                )
-
-    async def _take_outbox_lane(
-        self, db: AsyncConnection, lane_order: int, limit: int
-    ) -> list[sa.Row[Any]]:
-        """One lane's oldest rows: urgent ones through the partial index ix_outbox_urgent,
-        bulk ones in primary-key order."""
-        query = (
-            sa.select(t.outbox)
-            .where(t.outbox.c.lane_order == lane_order)
-            .order_by(t.outbox.c.id)
-            .limit(limit)
-        )
-        return list(await db.execute(self.dialect.lock_skip(query)))
+        """Up to `limit` records per lane, urgent ones first, as (topic, key, payload).
+        When the block exits cleanly the positions move past them (and their outbox-table
+        rows are gone); when it raises, nothing moved and the next pass takes them again."""
+        async with self.db.native() as native, native.transaction():
+            batch = await native.relay_take(limit)
+            yield batch.records
+            await native.relay_advance(batch.positions)
 
     async def size(self) -> int:
+        """How many records wait for the relay."""
         async with self.db.reading() as db:
-            return int(await db.scalar(sa.select(sa.func.count()).select_from(t.outbox)) or 0)
+            return int((await db.execute(backlog_query())).one()[0])
+
+
+def backlog_query() -> sa.Select[int, Any]:
+    """(records waiting for the relay, the oldest one's created_at): the notifications after
+    their lane's position and the rows of the outbox table."""
+    n = t.notifications.c
+    p = t.relay_positions.c
+    waiting = (
+        sa.select(n.created_at)
+        .join(t.relay_positions, p.lane == n.lane_order)
+        .where(
+            n.state == NotificationState.ACCEPTED.value,
+            sa.tuple_(n.lane_order, n.relay_xid, n.relay_seq)
+            > sa.tuple_(p.lane, p.position_xid, p.position_seq),
+        )
+        .union_all(sa.select(t.outbox.c.created_at))
+        .subquery()
+    )
+    return sa.select(sa.func.count(), sa.func.min(waiting.c.created_at))

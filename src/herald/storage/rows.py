@@ -340,6 +340,7 @@ def notification_row(item: NewNotification, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "deliver_at_local": n.deliver_at_local,
         "broadcast_id": n.broadcast_id,
+        "lane_order": lane_order(n.priority),
     }
 
 

@@ -139,7 +139,26 @@ notifications = sa.Table(
     sa.Column("routed_at", UtcDateTime),
     sa.Column("broadcast_id", Id),
     sa.Column("deliver_at_local", sa.String(5)),
+    # The notification row is the relay's outbox (migration 0014, herald.storage.outbox): the
+    # relay reads each lane's accepted rows after its position in relay_positions, in
+    # (relay_xid, relay_seq) order. PostgreSQL fills both itself (defaults
+    # pg_current_xact_id() and nextval('notifications_relay_seq')); SQLite gets relay_xid 0
+    # and a relay_seq above every one in use (Dialect.relay_columns). Rows written before
+    # 0014 have neither and are never relayed again.
+    sa.Column("lane_order", sa.SmallInteger, nullable=False, server_default="1"),
+    sa.Column("relay_xid", sa.BigInteger),
+    sa.Column("relay_seq", sa.BigInteger),
     sa.Index("ix_notifications_broadcast", "broadcast_id"),
+    # Accepted rows only: the index holds what the router has not taken yet, so the relay's
+    # range scan stays short however big the table grows.
+    sa.Index(
+        "ix_notifications_relay",
+        "lane_order",
+        "relay_xid",
+        "relay_seq",
+        postgresql_where=sa.text("state = 'accepted'"),
+        sqlite_where=sa.text("state = 'accepted'"),
+    ),
     # The activity API's keyset pages (migration 0012; they replaced the indexes on
     # created_at and on user_id alone, which PostgreSQL preferred and then sorted).
     sa.Index("ix_notifications_created_id", "created_at", "id"),
@@ -148,10 +167,25 @@ notifications = sa.Table(
     sa.UniqueConstraint("api_key_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
-# The outbox's lane_order: the relay publishes urgent rows first, so a broadcast's fan-out
-# in the outbox does not hold up a one-time password.
+# The relay's lanes (lane_order of notifications and outbox rows): the relay publishes
+# urgent rows first, so a broadcast's fan-out does not hold up a one-time password.
 URGENT_LANE_ORDER = 0
 BULK_LANE_ORDER = 1
+
+# How far the relay has published each lane's notifications: the (relay_xid, relay_seq) of
+# the last one. A relay pass on PostgreSQL holds the lane's advisory lock, so two relays
+# never publish the same lane at once.
+relay_positions = sa.Table(
+    "relay_positions",
+    metadata,
+    sa.Column("lane", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("position_xid", sa.BigInteger, nullable=False),
+    sa.Column("position_seq", sa.BigInteger, nullable=False),
+)
+
+# Records other than a new notification's that must reach the bus with the transaction that
+# made them (a broadcast's first fan-out page, a dead letter's replay): rare, and deleted by
+# the relay once published.
 
 outbox = sa.Table(
     "outbox",

@@ -8,35 +8,42 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from herald.bus.interface import lane_for, notifications_topic
 from herald.domain import NotificationState
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.dialect import Dialect
+from herald.storage.native import Native
 from herald.storage.records import NewNotification
-from herald.storage.rows import lane_order, notification_row
+from herald.storage.rows import notification_row
 from herald.util import chunks
 
 BATCH_ROWS = Database.batch_rows
 
 
+Stored = dict[tuple[str, str], tuple[str, str, bool]]
+
+
 async def insert_notifications(
     db: AsyncConnection, dialect: Dialect, items: Sequence[NewNotification], now: datetime
-) -> dict[tuple[str, str], tuple[str, str, bool]]:
-    """Insert notifications with their outbox rows, in the caller's transaction (the API's
-    accept, a broadcast's page, a closing digest): (api key id, idempotency key) ->
-    (notification id, stored request hash, inserted now)."""
+) -> Stored:
+    """Insert notifications, in the caller's transaction (the API's accept, a broadcast's
+    page, a closing digest, a workflow's step): (api key id, idempotency key) ->
+    (notification id, stored request hash, inserted now). The rows are the relay's outbox
+    (herald.storage.outbox): nothing else is written for the relay.
 
+    On the driver when it is inside that transaction already (herald.storage.native), else
+    through SQLAlchemy (PostgreSQL, before the transaction's first statement)."""
+    native = await dialect.native_in_transaction(db)
+    if native is not None:
+        return await insert_notifications_natively(native, items, now)
     n = t.notifications.c
-    stored: dict[tuple[str, str], tuple[str, str, bool]] = {}
+    stored: Stored = {}
     for chunk in chunks(items, BATCH_ROWS):
         # An executemany, not .values([...]): SQLAlchemy caches one compiled
-        # statement and batches the rows itself ("insertmanyvalues"), where a
-        # multi-row VALUES was compiled again for every batch (most of the API's CPU).
+        # statement and batches the rows itself ("insertmanyvalues").
         inserted = await db.execute(
             dialect.insert(t.notifications)
             .on_conflict_do_nothing(index_elements=["api_key_id", "idempotency_key"])
@@ -44,14 +51,7 @@ async def insert_notifications(
             [notification_row(item, now) for item in chunk],
         )
         created = {(row.api_key_id, row.idempotency_key) for row in inserted}
-        new = [item for item in chunk if item.idempotency_scope in created]
-        for item in new:
-            stored[item.idempotency_scope] = (item.notification.id, item.request_hash, True)
-        existing: dict[str, list[str]] = {}
-        for item in chunk:
-            if item.idempotency_scope not in created:
-                existing.setdefault(item.api_key_id, []).append(item.idempotency_key)
-        for api_key_id, keys in existing.items():  # one API key per request, as a rule
+        for api_key_id, keys in _settle(stored, chunk, created).items():
             rows = await db.execute(
                 sa.select(n.id, n.idempotency_key, n.request_hash).where(
                     n.api_key_id == api_key_id, n.idempotency_key.in_(keys)
@@ -59,21 +59,36 @@ async def insert_notifications(
             )
             for row in rows:
                 stored[(api_key_id, row.idempotency_key)] = (row.id, row.request_hash, False)
-        if new:
-            await db.execute(
-                t.outbox.insert(),
-                [
-                    {
-                        "topic": notifications_topic(lane_for(item.notification.priority)),
-                        "lane_order": lane_order(item.notification.priority),
-                        "key": item.notification.user_id,
-                        "payload": orjson.dumps({"notification_id": item.notification.id}),
-                        "created_at": now,
-                    }
-                    for item in new
-                ],
-            )
     return stored
+
+
+async def insert_notifications_natively(
+    native: Native, items: Sequence[NewNotification], now: datetime
+) -> Stored:
+    """`insert_notifications` on a driver connection, in its current transaction: one
+    statement per batch, and the read-back of idempotent replays when there are any."""
+    stored: Stored = {}
+    for chunk in chunks(items, BATCH_ROWS):
+        inserted = await native.insert_notifications([notification_row(i, now) for i in chunk])
+        created = {(row.api_key_id, row.idempotency_key) for row in inserted}
+        for api_key_id, keys in _settle(stored, chunk, created).items():
+            for row in await native.stored_notifications(api_key_id, keys):
+                stored[(api_key_id, row.idempotency_key)] = (row.id, row.request_hash, False)
+    return stored
+
+
+def _settle(
+    stored: Stored, chunk: Sequence[NewNotification], created: set[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """Record the chunk's new notifications in `stored`; the idempotency keys, per API key,
+    that were taken already (one API key per request, as a rule)."""
+    existing: dict[str, list[str]] = {}
+    for item in chunk:
+        if item.idempotency_scope in created:
+            stored[item.idempotency_scope] = (item.notification.id, item.request_hash, True)
+        else:
+            existing.setdefault(item.api_key_id, []).append(item.idempotency_key)
+    return existing
 
 
 def lock_accepted(which: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:

@@ -92,7 +92,7 @@ def _observe_accept_to_provider(
     by_provider: dict[str, list[float]] = defaultdict(list)
     for update in updates:
         delivery = claimed.get(update.delivery_id)
-        if update.state in HANDED_OVER_STATES and delivery is not None:
+        if update.state in HANDED_OVER_STATES and delivery and delivery.created_at:
             seconds = max(0.0, (now - delivery.created_at).total_seconds())
             by_provider[update.provider or "none"].append(seconds)
     for provider, values in by_provider.items():
