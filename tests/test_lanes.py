@@ -14,7 +14,7 @@ from herald.domain import Channel
 from herald.relay import Relay
 from herald.runtime import Runtime
 from herald.workers.worker import ChannelWorker
-from tests.fixtures.herald import Pipeline, eventually
+from tests.fixtures.herald import Pipeline, all_relayable, eventually
 
 
 async def drain(runtime: Runtime, topic: str, field: str) -> list[str]:
@@ -35,6 +35,7 @@ async def test_each_priority_takes_its_lane(api: httpx.AsyncClient, runtime: Run
     for priority in ("critical", "high", "normal", "low"):
         body = {"user_id": "u", "title": priority, "priority": priority, "channels": ["in_app"]}
         ids[priority] = (await api.post("/v1/notifications", json=body)).json()["id"]
+    await all_relayable(runtime)
     await runtime.make_relay().relay_once()
     assert sorted(
         await drain(runtime, notifications_topic(Lane.PRIORITY), "notification_id")
@@ -130,6 +131,7 @@ async def test_the_relay_publishes_urgent_outbox_rows_before_a_bulk_backlog(
     otp = {"user_id": "u", "title": "code", "priority": "critical"}
     urgent = (await api.post("/v1/notifications", json=otp)).json()["id"]
     relay = Relay(runtime.storage.outbox, runtime.bus, batch=100)
+    await all_relayable(runtime)
     assert await relay.relay_once() == 100
     first = await drain(runtime, notifications_topic(Lane.PRIORITY), "notification_id")
     assert first == [urgent]

@@ -1,9 +1,15 @@
 """The outbox relay: publishes what the API wrote to the outbox, the priority lane's rows
 first, each lane in the order written.
 
-Rows are taken under a lock (SKIP LOCKED on PostgreSQL, so many relays share the work),
-published, and deleted in the same transaction. A crash after publishing and before the
-delete publishes them again: a duplicate notification message, which routing absorbs.
+What it publishes is the notification rows themselves, read after each lane's position
+(herald.storage.outbox says how), and the few outbox-table records that are not a new
+notification. A lane is taken by one relay at a time; the position moves in the pass's
+transaction after the publish, so a crash in between publishes the same rows again: a
+duplicate notification message, which routing absorbs.
+
+On PostgreSQL a committed row can be held back for a moment: the relay reads only below the
+oldest open transaction, which may be another one's. A pass that found nothing asks whether
+that is so, and comes back within milliseconds instead of at the next wake-up.
 
 An idle relay does not poll: it waits for its `wakeup` event, set by the writers of outbox
 rows in this process and by `wake_source` (LISTEN, herald.wakeups) for those elsewhere.
@@ -30,6 +36,11 @@ from herald.storage.outbox import OutboxRepository
 from herald.wakeups import WakeSource
 
 log = structlog.get_logger()
+
+# How soon a relay comes back for rows held back by an open transaction (doubling while
+# they stay held back: a long transaction elsewhere must not make it spin).
+HELD_BACK_FIRST_WAIT_SECONDS = 0.002
+HELD_BACK_MAX_WAIT_SECONDS = 0.05
 
 
 class Relay:
@@ -85,6 +96,7 @@ class Relay:
 
     async def _run(self, stop: asyncio.Event) -> None:
         fallback = self.idle_poll
+        held_back_wait = HELD_BACK_FIRST_WAIT_SECONDS
         while not stop.is_set():
             if self.bus.held_in_memory() >= self.max_in_memory:
                 # Backpressure (in-process bus): the backlog waits in the outbox, on disk.
@@ -105,9 +117,22 @@ class Relay:
                 log.exception("relay pass failed; rows stay in the outbox")
                 await wait_for_event(stop, 1.0)
                 continue
+            if await self._held_back():
+                # Rows are there but behind an open transaction: back soon, not at the
+                # next wake-up (which was spent on this pass).
+                await wait_for_event(self.wakeup, held_back_wait)
+                held_back_wait = min(held_back_wait * 2, HELD_BACK_MAX_WAIT_SECONDS)
+                continue
+            held_back_wait = HELD_BACK_FIRST_WAIT_SECONDS
             if await wait_for_event(self.wakeup, fallback) and self.linger > 0:
                 await self.clock.sleep(self.linger)
             fallback = min(fallback * 2, self.idle_poll_max)
+
+    async def _held_back(self) -> bool:
+        try:
+            return await self.outbox.held_back()
+        except Exception:  # the pass's own errors are handled above; this is a hint only
+            return False
 
 
 async def _set_when(stop: asyncio.Event, event: asyncio.Event) -> None:

@@ -14,7 +14,9 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from herald.bus.interface import Record
 from herald.domain import Priority
+from herald.relay import Relay
 from herald.storage import Storage, open_storage
 from herald.storage.native import RELAY_TAKE_POSTGRES
 from herald.storage.statements import insert_notifications
@@ -65,6 +67,65 @@ async def test_a_notification_that_commits_late_is_relayed_after_it_commits(
         await still_open.aclose()
     assert await relayed(postgres_storage) == ["n-a"]  # A committed
     assert await taken(postgres_storage) == []
+
+
+class ListBus:
+    """A bus that keeps what is published (the relay's only use of a bus)."""
+
+    def __init__(self) -> None:
+        self.published: list[Record] = []
+
+    async def publish(self, records: list[Record]) -> None:
+        self.published.extend(records)
+
+    def held_in_memory(self) -> int:
+        return 0
+
+
+@pytest.mark.postgres
+async def test_a_relay_comes_back_soon_for_rows_an_open_transaction_holds_back(
+    postgres_storage: Storage,
+) -> None:
+    """The wake-up is spent on a pass that cannot see the row yet; with a fallback poll of
+    a minute, only the held-back check brings the relay back for it."""
+    database = postgres_storage.database
+    bus = ListBus()
+    relay = Relay(postgres_storage.outbox, bus, idle_poll_seconds=60)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    async with database.transaction() as older:
+        await older.execute(sa.text("SELECT pg_current_xact_id()"))  # open, with a lower xid
+        await accept(postgres_storage, "late")
+        assert await postgres_storage.outbox.held_back()
+        task = asyncio.create_task(relay.run(stop))
+        relay.wakeup.set()  # the accept's wake-up
+        await eventually(lambda: _passes_at_least(relay, 2))  # it keeps asking meanwhile
+        assert bus.published == []
+    try:
+        await eventually(lambda: _published(bus))
+        assert [orjson.loads(r.value)["notification_id"] for r in bus.published] == ["n-late"]
+        assert not await postgres_storage.outbox.held_back()
+    finally:
+        stop.set()
+        await task
+
+
+async def _passes_at_least(relay: Relay, n: int) -> bool:
+    return relay.passes >= n
+
+
+async def _published(bus: ListBus) -> bool:
+    return bool(bus.published)
+
+
+async def test_nothing_is_held_back_once_every_row_is_visible(storage: Storage) -> None:
+    await accept(storage, "a")
+    await eventually(lambda: _not_held_back(storage))  # (another database's transaction)
+    assert await taken(storage) == ["n-a"]
+    assert not await storage.outbox.held_back()
+
+
+async def _not_held_back(storage: Storage) -> bool:
+    return not await storage.outbox.held_back()
 
 
 @pytest.mark.postgres

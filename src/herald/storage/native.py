@@ -158,6 +158,22 @@ SELECT lane_order, NULL, id, NULL, key, topic, payload FROM side
 ORDER BY 1, 2, 3
 """
 
+# Committed notifications the relay cannot take yet: after their lane's position but at or
+# above the snapshot's xmin (a transaction that began before theirs is still open, on any
+# database of the server). The relay asks after a pass that found nothing, so that it comes
+# back for them soon instead of sleeping until the next wake-up.
+RELAY_HELD_BACK_POSTGRES = """
+SELECT EXISTS (
+    SELECT 1 FROM relay_positions AS p CROSS JOIN LATERAL (
+        SELECT 1 FROM notifications
+        WHERE state = 'accepted' AND lane_order = p.lane
+          AND (lane_order, relay_xid, relay_seq) > (p.lane, p.position_xid, p.position_seq)
+          AND relay_xid >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+        LIMIT 1
+    ) AS n
+) AS held_back
+"""
+
 RELAY_ADVANCE_POSTGRES = """
 UPDATE relay_positions AS p SET position_xid = u.xid, position_seq = u.seq
 FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS u(lane, xid, seq)
@@ -377,6 +393,10 @@ class Native(abc.ABC):
         """Move the lanes' positions past what was published."""
 
     @abc.abstractmethod
+    async def relay_held_back(self) -> bool:
+        """Whether committed notifications wait that a pass cannot take yet."""
+
+    @abc.abstractmethod
     def at(self, value: datetime | None) -> Any:
         """A datetime as this driver binds it."""
 
@@ -473,6 +493,9 @@ class AsyncpgNative(Native):
                 [positions[lane][0] for lane in lanes],
                 [positions[lane][1] for lane in lanes],
             )
+
+    async def relay_held_back(self) -> bool:
+        return bool(await self.connection.fetchval(RELAY_HELD_BACK_POSTGRES))
 
     def at(self, value: datetime | None) -> Any:
         return value
@@ -652,6 +675,9 @@ class SqliteNative(Native):
                 [(lane, xid, seq) for lane, (xid, seq) in sorted(positions.items())],
             )
             await cursor.close()
+
+    async def relay_held_back(self) -> bool:
+        return False  # one writer at a time: a pass sees every committed row, in order
 
     def at(self, value: datetime | None) -> Any:
         if value is None:

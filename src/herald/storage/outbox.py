@@ -45,6 +45,12 @@ class OutboxRepository(Repository):
             yield batch.records
             await native.relay_advance(batch.positions)
 
+    async def held_back(self) -> bool:
+        """Whether committed notifications wait that a pass cannot take yet (PostgreSQL: a
+        transaction older than theirs is still open somewhere on the server)."""
+        async with self.db.native() as native:
+            return await native.relay_held_back()
+
     async def size(self) -> int:
         """How many records wait for the relay."""
         async with self.db.reading() as db:
