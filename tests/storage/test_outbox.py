@@ -18,7 +18,7 @@ from herald.bus.interface import Record
 from herald.domain import Priority
 from herald.relay import Relay
 from herald.storage import Storage, open_storage
-from herald.storage.native import RELAY_TAKE_POSTGRES
+from herald.storage.native import RELAY_TAKE_POSTGRES, ROUTING_NOTIFICATIONS_SQL
 from herald.storage.statements import insert_notifications
 from tests.fixtures.activity import counting_statements
 from tests.fixtures.herald import eventually
@@ -283,3 +283,42 @@ async def test_the_relay_reads_a_short_index_range_however_far_behind(
     assert "Seq Scan on notifications" not in plan, plan
     assert await relayed(far_behind) == ["n-fresh"]
     assert await far_behind.outbox.size() == 0
+
+
+WAITING = 20_000
+
+
+@pytest.fixture
+async def router_behind(postgres_storage: Storage, postgres_test_url: str) -> Storage:
+    """A flat-out burst: statistics taken while the table was empty, then BEHIND accepted
+    notifications the router has not read yet."""
+    raw = await asyncpg.connect(postgres_test_url)
+    try:
+        await raw.execute("ANALYZE notifications")
+        await raw.execute(
+            "INSERT INTO notifications (id, idempotency_key, request_hash, user_id, category,"
+            " priority, content, state, created_at, lane_order) "
+            "SELECT 'w' || n, 'w' || n, '', 'u', 'default', 'normal', '{}', 'accepted', now(), 1"
+            " FROM generate_series(1, $1) AS n",
+            WAITING,
+        )
+    finally:
+        await raw.close()
+    return postgres_storage
+
+
+@pytest.mark.postgres
+async def test_the_router_reads_its_batch_by_id_however_many_wait(
+    router_behind: Storage,
+) -> None:
+    """The router's read by an array of ids must not go through the relay's index: when that
+    index held the accepted rows alone, the planner took it for the router's `state =
+    'accepted'` and read every waiting row for each batch (150 ms a batch in a flat-out
+    benchmark; migration 0014)."""
+    batch = [f"w{n}" for n in range(1, WAITING, WAITING // 300)]
+    async with router_behind.database.native() as native:
+        plan = "\n".join(
+            row["QUERY PLAN"]
+            for row in await native.fetch("EXPLAIN " + ROUTING_NOTIFICATIONS_SQL, batch)
+        )
+    assert "ix_notifications_relay" not in plan, plan

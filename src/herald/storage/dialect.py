@@ -135,11 +135,10 @@ class PostgresDialect(Dialect):
             # pool, the role retries its batch and the API answers 503 with Retry-After
             # (safe to repeat).
             pool_recycle=3600,
-            # No JIT: Herald's statements are short, and PostgreSQL's cost estimate for
-            # some of them (the relay's, the router's over an array of ids) passes
-            # jit_above_cost, so every execution compiled code it then ran once: about
-            # half of the server's CPU per delivery (docs/benchmarks.md, "Figures behind
-            # code choices").
+            # No JIT: Herald's statements are short, and the cost estimates of some (the
+            # relay's pass: a lateral read per lane) pass jit_above_cost, so executions
+            # compiled code they then ran once (docs/benchmarks.md, "Figures behind code
+            # choices").
             connect_args={"server_settings": {"jit": "off"}},
             json_serializer=json_dumps,
             json_deserializer=orjson.loads,
