@@ -15,9 +15,9 @@ from tests.fixtures.leftovers import LEFTOVER, prune
 @pytest.mark.parametrize(
     ("name", "left_over"),
     [
-        (f"t{uuid.uuid4().hex[:10]}.herald.notifications", True),  # tests/fixtures/herald.py
-        (f"test-{uuid.uuid4().hex[:12]}.herald.deliveries.push", True),  # services.py
-        (f"bench{uuid.uuid4().hex[:8]}.herald.notifications.priority", True),  # herald bench
+        ("t0a1b2c3d4e.herald.notifications", True),  # tests/fixtures/herald.py
+        ("test-0a1b2c3d4e5f.herald.deliveries.push", True),  # tests/fixtures/services.py
+        ("bench0a1b2c3d.herald.notifications.priority", True),  # herald bench
         ("herald.notifications", False),  # a deployment's own topics
         ("acme.herald.notifications", False),
         ("__consumer_offsets", False),
