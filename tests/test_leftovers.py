@@ -9,6 +9,7 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.fixtures.herald import eventually
 from tests.fixtures.leftovers import LEFTOVER, prune
 
 
@@ -34,6 +35,12 @@ async def test_prune_deletes_the_matching_topics(kafka_bootstrap: str) -> None:
     names = [f"{mine}.a", f"{mine}.b"]
     for future in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
         await asyncio.wrap_future(future)
+
+    async def listed() -> bool:  # a created topic reaches the metadata a moment later
+        metadata = await asyncio.to_thread(admin.list_topics, timeout=10)
+        return set(names) <= set(metadata.topics)
+
+    await eventually(listed)
     pruned = await asyncio.to_thread(prune, kafka_bootstrap, re.compile(rf"^{mine}\."))
     assert pruned == names
     left = await asyncio.to_thread(admin.list_topics, timeout=10)

@@ -244,19 +244,33 @@ async def test_a_seq_freed_by_an_erased_notification_is_not_given_below_the_posi
     assert await relayed(storage) == ["n-new"]
 
 
+async def plan_of(storage: Storage, explain: str, *args: object) -> str:
+    """What PostgreSQL prints for an EXPLAIN, run in one driver transaction."""
+    async with storage.database.native() as native, native.transaction():
+        return "\n".join(row["QUERY PLAN"] for row in await native.fetch(explain, *args))
+
+
+async def insert_many(raw: asyncpg.Connection, prefix: str, count: int, state_sql: str) -> None:
+    """`count` notifications '<prefix>1'... in one statement, their state from `state_sql`
+    (an SQL expression of the series number `n`)."""
+    await raw.execute(
+        "INSERT INTO notifications (id, idempotency_key, request_hash, user_id, category,"
+        " priority, content, state, created_at, lane_order) "
+        f"SELECT $1 || n, $1 || n, '', 'u', 'default', 'normal', '{{}}', {state_sql}, now(), 1"
+        " FROM generate_series(1, $2) AS n",
+        prefix,
+        count,
+    )
+
+
 @pytest.fixture
 async def far_behind(postgres_storage: Storage, postgres_test_url: str) -> Storage:
     """BEHIND notifications already relayed (half routed, half still accepted: the router
     lags), with statistics that know it."""
     raw = await asyncpg.connect(postgres_test_url)
     try:
-        await raw.execute(
-            "INSERT INTO notifications (id, idempotency_key, request_hash, user_id, category,"
-            " priority, content, state, created_at, lane_order) "
-            "SELECT 'old' || n, 'old' || n, '', 'u', 'default', 'normal', '{}',"
-            " CASE WHEN n % 2 = 0 THEN 'routed' ELSE 'accepted' END, now(), 1"
-            " FROM generate_series(1, $1) AS n",
-            BEHIND,
+        await insert_many(
+            raw, "old", BEHIND, "CASE WHEN n % 2 = 0 THEN 'routed' ELSE 'accepted' END"
         )
         await raw.execute(
             "UPDATE relay_positions SET (position_xid, position_seq) ="
@@ -274,11 +288,7 @@ async def test_the_relay_reads_a_short_index_range_however_far_behind(
     far_behind: Storage,
 ) -> None:
     await accept(far_behind, "fresh")
-    async with far_behind.database.native() as native, native.transaction():
-        plan = "\n".join(
-            row["QUERY PLAN"]
-            for row in await native.fetch("EXPLAIN (ANALYZE, BUFFERS) " + RELAY_TAKE_POSTGRES, 500)
-        )
+    plan = await plan_of(far_behind, "EXPLAIN (ANALYZE, BUFFERS) " + RELAY_TAKE_POSTGRES, 500)
     assert "Index Scan using ix_notifications_relay" in plan, plan
     assert "Seq Scan on notifications" not in plan, plan
     assert await relayed(far_behind) == ["n-fresh"]
@@ -290,18 +300,12 @@ WAITING = 20_000
 
 @pytest.fixture
 async def router_behind(postgres_storage: Storage, postgres_test_url: str) -> Storage:
-    """A flat-out burst: statistics taken while the table was empty, then BEHIND accepted
+    """A flat-out burst: statistics taken while the table was empty, then WAITING accepted
     notifications the router has not read yet."""
     raw = await asyncpg.connect(postgres_test_url)
     try:
         await raw.execute("ANALYZE notifications")
-        await raw.execute(
-            "INSERT INTO notifications (id, idempotency_key, request_hash, user_id, category,"
-            " priority, content, state, created_at, lane_order) "
-            "SELECT 'w' || n, 'w' || n, '', 'u', 'default', 'normal', '{}', 'accepted', now(), 1"
-            " FROM generate_series(1, $1) AS n",
-            WAITING,
-        )
+        await insert_many(raw, "w", WAITING, "'accepted'")
     finally:
         await raw.close()
     return postgres_storage
@@ -316,9 +320,5 @@ async def test_the_router_reads_its_batch_by_id_however_many_wait(
     'accepted'` and read every waiting row for each batch (150 ms a batch in a flat-out
     benchmark; migration 0014)."""
     batch = [f"w{n}" for n in range(1, WAITING, WAITING // 300)]
-    async with router_behind.database.native() as native:
-        plan = "\n".join(
-            row["QUERY PLAN"]
-            for row in await native.fetch("EXPLAIN " + ROUTING_NOTIFICATIONS_SQL, batch)
-        )
+    plan = await plan_of(router_behind, "EXPLAIN " + ROUTING_NOTIFICATIONS_SQL, batch)
     assert "ix_notifications_relay" not in plan, plan
