@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     events_retention_days: int = 30
     worker_concurrency: int = 200
     # How long the relay waits after a wake-up from idle before its pass, so the rows of
-    # several requests go in one pass (0: no wait). docs/benchmarks.md, "Relay linger".
+    # several requests go in one pass (0: no wait). docs/operations.md, "The relay".
     relay_linger_ms: float = Field(default=3.0, ge=0, le=1000)
     rate_limits: dict[str, float] = Field(default_factory=dict)  # provider name -> msg/s
     # Per API key and API process, so one caller cannot starve the rest (0: no limit).
