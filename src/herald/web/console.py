@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import orjson
@@ -24,7 +24,7 @@ from herald.domain.workflows import RunStatus
 from herald.metrics import METRICS
 from herald.roles import wait_for_event
 from herald.runtime import Runtime
-from herald.storage import InvalidCursor
+from herald.storage import InvalidCursor, Page
 from herald.storage.activity import NotificationFilter
 from herald.storage.workflows import RunView
 from herald.web import plots
@@ -113,6 +113,21 @@ async def _actor(request: Request) -> tuple[Runtime, Session, dict[str, str]]:
 
 
 FLASH_COOKIE = "herald_flash"
+
+
+T = TypeVar("T")
+
+
+async def _listed(
+    request: Request, path: str, fetch: Callable[[str | None], Awaitable[Page[T]]]
+) -> tuple[Page[T], str | None]:
+    """A list page at the request's cursor, and the link to the next one (None on the last);
+    a cursor that no longer decodes is a clear 400, not a 500."""
+    try:
+        page = await fetch(_arg(request, "cursor"))
+    except InvalidCursor:
+        raise BadInput("That page link is not valid any more.") from None
+    return page, f"{path}?cursor={page.next_cursor}" if page.next_cursor else None
 
 
 def _page(
@@ -369,11 +384,11 @@ async def user(user_id: str, request: Request) -> Response:
 @router.get("/broadcasts")
 async def broadcasts(request: Request) -> Response:
     rt, session = await _viewer(request)
-    try:
-        page = await rt.storage.activity.broadcasts(PAGE_SIZE, _arg(request, "cursor"))
-    except InvalidCursor:
-        raise BadInput("That page link is not valid any more.") from None
-    next_link = f"/console/broadcasts?cursor={page.next_cursor}" if page.next_cursor else None
+    page, next_link = await _listed(
+        request,
+        "/console/broadcasts",
+        lambda cursor: rt.storage.activity.broadcasts(PAGE_SIZE, cursor),
+    )
     return _page(request, "broadcasts.html", session, "broadcasts", page=page, next_link=next_link)
 
 
@@ -468,11 +483,11 @@ async def cancel_broadcast(broadcast_id: str, request: Request) -> Response:
 @router.get("/workflow-runs")
 async def workflow_runs(request: Request) -> Response:
     rt, session = await _viewer(request)
-    try:
-        page = await rt.storage.workflows.runs(PAGE_SIZE, _arg(request, "cursor"))
-    except InvalidCursor:
-        raise BadInput("That page link is not valid any more.") from None
-    next_link = f"/console/workflow-runs?cursor={page.next_cursor}" if page.next_cursor else None
+    page, next_link = await _listed(
+        request,
+        "/console/workflow-runs",
+        lambda cursor: rt.storage.workflows.runs(PAGE_SIZE, cursor),
+    )
     return _page(
         request,
         "workflow_runs.html",
@@ -617,11 +632,11 @@ async def providers(request: Request) -> Response:
 @router.get("/dead-letters")
 async def dead_letters(request: Request) -> Response:
     rt, session = await _viewer(request)
-    try:
-        page = await rt.storage.activity.dead_letters(PAGE_SIZE, _arg(request, "cursor"))
-    except InvalidCursor:
-        raise BadInput("That page link is not valid any more.") from None
-    next_link = f"/console/dead-letters?cursor={page.next_cursor}" if page.next_cursor else None
+    page, next_link = await _listed(
+        request,
+        "/console/dead-letters",
+        lambda cursor: rt.storage.activity.dead_letters(PAGE_SIZE, cursor),
+    )
     rows = [(d, mask_target(d.channel, d.target)) for d in page.items]
     return _page(
         request, "dead_letters.html", session, "dead-letters", rows=rows, next_link=next_link
@@ -660,13 +675,12 @@ async def replay_all(request: Request) -> Response:
 async def suppressions(request: Request) -> Response:
     rt, session = await _viewer(request)
     channel = _choice(_arg(request, "channel"), {"email", "sms"}, "channel")
-    try:
-        page = await rt.storage.suppressions.page(
-            channel, _arg(request, "address", 320), PAGE_SIZE, _arg(request, "cursor")
-        )
-    except InvalidCursor:
-        raise BadInput("That page link is not valid any more.") from None
-    next_link = f"/console/suppressions?cursor={page.next_cursor}" if page.next_cursor else None
+    address = _arg(request, "address", 320)
+    page, next_link = await _listed(
+        request,
+        "/console/suppressions",
+        lambda cursor: rt.storage.suppressions.page(channel, address, PAGE_SIZE, cursor),
+    )
     return _page(
         request,
         "suppressions.html",
