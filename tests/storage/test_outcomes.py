@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from herald.domain import Delivery
@@ -57,6 +58,39 @@ async def test_an_answer_changes_a_delivery_still_sending_or_settles_an_unknown_
         recovered: ("queued", None),
     }
     assert changed == 2
+    async with storage.database.engine.connect() as db:
+        logged = await db.execute(
+            sa.select(t.delivery_events.c.delivery_id, t.delivery_events.c.state).where(
+                t.delivery_events.c.delivery_id.in_(ids)
+            )
+        )
+        answers = sorted((row.delivery_id, row.state) for row in logged)
+    # Every answer is logged, the late and the stale ones too, though they changed nothing.
+    assert answers == sorted(
+        [
+            (answered, "sent"),
+            (sending, "sent"),
+            (answered, "failed"),
+            (unknown_sent, "sent"),
+            (unknown_retry, "deferred"),
+            (recovered, "sent"),
+        ]
+    )
+
+
+async def test_an_outcome_is_not_recorded_without_its_event(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """The state change and the log event are written together or not at all."""
+    storage = runtime.storage
+    ids = await make_deliveries(api, runtime, 1)
+    [delivery] = (await storage.deliveries.claim(ids, 30)).claimed
+    # The event needs the notification's id (NOT NULL); the state change does not.
+    unloggable = DeliveryUpdate(delivery.id, None, S.SENT, provider="p")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match=r"(?i)not null|null value"):
+        await storage.deliveries.record_outcomes([unloggable])
+    [after] = await storage.deliveries.get([delivery.id])
+    assert after.state == S.SENDING
 
 
 def _update(

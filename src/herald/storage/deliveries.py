@@ -107,9 +107,10 @@ class DeliveryRepository(Repository):
         return int(result.rowcount)
 
     async def record_outcomes(self, updates: Sequence[DeliveryUpdate]) -> int:
-        """Record what happened to claimed deliveries, with their events, in one
-        transaction. Only deliveries still `sending` change (a late answer for a delivery
-        whose lease expired and was recovered is logged but does not overwrite)."""
+        """Record what happened to claimed deliveries, with their events, together (on
+        PostgreSQL in one statement). Only deliveries still `sending` change (a late answer
+        for a delivery whose lease expired and was recovered is logged but does not
+        overwrite)."""
         if not updates:
             return 0
         now = self.clock.now()
@@ -136,10 +137,8 @@ class DeliveryRepository(Repository):
             )
             for u in updates
         ]
-        async with self.db.native() as native, native.transaction():
-            changed = await native.record_outcomes(updates, now)
-            await native.append_events(events)
-        return changed
+        async with self.db.native() as native:
+            return await native.record_outcomes(updates, events, now)
 
     async def get(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         found: list[Delivery] = []

@@ -106,12 +106,26 @@ def _late_answer_guard(row: str) -> str:
 
 
 # One UPDATE joined to the whole batch as arrays.
+# One statement, so no BEGIN and COMMIT: the guarded change and the attempts' log events
+# ($9-$14, every attempt's, a late answer's too) are written together or not at all. At a
+# light load a batch is one or two outcomes, and the round trips were most of its cost
+# (docs/benchmarks.md, "Figures behind code choices").
 RECORD_SQL_POSTGRES = f"""
-UPDATE deliveries AS d SET {_RECORD_SET}
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::timestamptz[], $7::int[])
-    AS u(id, state, provider, message_id, error, due, refund)
-WHERE d.id = u.id AND {_late_answer_guard("u")}
+WITH changed AS (
+    UPDATE deliveries AS d SET {_RECORD_SET}
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                $6::timestamptz[], $7::int[])
+        AS u(id, state, provider, message_id, error, due, refund)
+    WHERE d.id = u.id AND {_late_answer_guard("u")}
+    RETURNING 1
+), logged AS (
+    INSERT INTO delivery_events ({", ".join(EVENT_COLUMNS)})
+    SELECT e.delivery_id, e.notification_id, e.state, e.provider, e.detail::jsonb, e.created_at
+    FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                $14::timestamptz[])
+        AS e({", ".join(EVENT_COLUMNS)})
+)
+SELECT count(*) FROM changed
 """
 
 # SQLite has no arrays: the same change once per delivery (an executemany).
@@ -360,8 +374,11 @@ class Native(abc.ABC):
         """`async with`: the statements inside commit together."""
 
     @abc.abstractmethod
-    async def record_outcomes(self, updates: Sequence[DeliveryUpdate], now: datetime) -> int:
-        """The guarded state change of recording outcomes; how many rows changed."""
+    async def record_outcomes(
+        self, updates: Sequence[DeliveryUpdate], events: Sequence[dict[str, Any]], now: datetime
+    ) -> int:
+        """The guarded state change of recording outcomes, and their events in the delivery
+        log, committed together; how many deliveries changed."""
 
     @abc.abstractmethod
     async def append_events(self, events: Sequence[dict[str, Any]]) -> None:
@@ -408,6 +425,14 @@ class Native(abc.ABC):
         return value
 
 
+def _event_arrays(events: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The log events as one array per column (EVENT_COLUMNS), the detail as JSON text."""
+    return [
+        [json_dumps(e["detail"]) if name == "detail" else e[name] for e in events]
+        for name in EVENT_COLUMNS
+    ]
+
+
 class AsyncpgNative(Native):
     """asyncpg: statements are prepared once per connection and cached by asyncpg."""
 
@@ -420,8 +445,10 @@ class AsyncpgNative(Native):
     def transaction(self) -> Any:
         return self.connection.transaction()
 
-    async def record_outcomes(self, updates: Sequence[DeliveryUpdate], now: datetime) -> int:
-        status = await self.connection.execute(
+    async def record_outcomes(
+        self, updates: Sequence[DeliveryUpdate], events: Sequence[dict[str, Any]], now: datetime
+    ) -> int:
+        changed = await self.connection.fetchval(
             RECORD_SQL_POSTGRES,
             [u.delivery_id for u in updates],
             [u.state.value for u in updates],
@@ -431,8 +458,9 @@ class AsyncpgNative(Native):
             [u.due_at for u in updates],
             [1 if u.attempts_refund else 0 for u in updates],
             now,
+            *_event_arrays(events),
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return int(changed)
 
     async def append_events(self, events: Sequence[dict[str, Any]]) -> None:
         """COPY: the delivery log is append-only, and COPY is cheaper than a multi-row
@@ -562,7 +590,15 @@ class SqliteNative(Native):
         finally:
             self._in_transaction = False
 
-    async def record_outcomes(self, updates: Sequence[DeliveryUpdate], now: datetime) -> int:
+    async def record_outcomes(
+        self, updates: Sequence[DeliveryUpdate], events: Sequence[dict[str, Any]], now: datetime
+    ) -> int:
+        async with self.transaction():
+            changed = await self._record_states(updates, now)
+            await self.append_events(events)
+        return changed
+
+    async def _record_states(self, updates: Sequence[DeliveryUpdate], now: datetime) -> int:
         cursor = await self.connection.executemany(
             RECORD_SQL_SQLITE,
             [
