@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 import sqlalchemy as sa
@@ -308,18 +308,18 @@ def _sqlite_insert_notifications(rows: int) -> str:
 
 class Record:
     """A row the driver returned, read by attribute like SQLAlchemy's rows (so rows.py maps
-    it to the domain), its values converted as the schema types its table's columns."""
+    it to the domain), its values converted as the schema types its table's columns.
 
-    __slots__ = ("_values",)
+    The values are the instance's own `__dict__`: an attribute read is then a plain dict
+    lookup, where a `__getattr__` first failed the normal lookup, an exception inside the
+    interpreter for every column of every row (a tenth of a worker's CPU flat out)."""
 
     def __init__(self, values: dict[str, Any]) -> None:
-        self._values = values
+        self.__dict__ = values
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
 
 
 _KINDS: dict[str, dict[str, str]] = {}
@@ -345,25 +345,38 @@ def _column_kinds(table: sa.Table) -> dict[str, str]:
 class Native(abc.ABC):
     """One driver connection, for the hot statements."""
 
+    # The column kinds (_column_kinds) this driver already returns as SQLAlchemy would.
+    returns_as_schema: ClassVar[frozenset[str]] = frozenset()
+
     async def records(self, table: sa.Table, sql: str, *args: Any) -> list[Record]:
         """Rows of `table` (all or some of its columns), as `Record`s."""
-        kinds = _column_kinds(table)
-        convert: dict[str, Callable[[Any], Any]] = {
+        convert = self._converters(table)
+        rows = await self.fetch(sql, *args)
+        if not convert:
+            return [Record(dict(row)) for row in rows]
+        return [
+            Record(
+                {
+                    name: value if value is None or name not in convert else convert[name](value)
+                    for name, value in row.items()
+                }
+            )
+            for row in rows
+        ]
+
+    def _converters(self, table: sa.Table) -> dict[str, Callable[[Any], Any]]:
+        """Column name -> how to read its value, for the columns this driver returns in
+        another form."""
+        by_kind: dict[str, Callable[[Any], Any]] = {
             "datetime": self.read_at,
             "json": self.read_json,
             "bool": bool,
         }
-        return [
-            Record(
-                {
-                    name: value
-                    if value is None or name not in kinds
-                    else convert[kinds[name]](value)
-                    for name, value in row.items()
-                }
-            )
-            for row in await self.fetch(sql, *args)
-        ]
+        return {
+            name: by_kind[kind]
+            for name, kind in _column_kinds(table).items()
+            if kind not in self.returns_as_schema
+        }
 
     @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
@@ -435,6 +448,10 @@ def _event_arrays(events: Sequence[dict[str, Any]]) -> list[list[Any]]:
 
 class AsyncpgNative(Native):
     """asyncpg: statements are prepared once per connection and cached by asyncpg."""
+
+    # Aware datetimes, bools, and JSON decoded by the codec SQLAlchemy's dialect installs
+    # on every connection of the pool.
+    returns_as_schema = frozenset({"datetime", "json", "bool"})
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
