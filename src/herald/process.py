@@ -16,6 +16,7 @@ import uvicorn
 
 from herald.bus.interface import LANES, BusUnavailable, Lane
 from herald.bus.memory import MemoryBus
+from herald.collector import settle_after_startup
 from herald.config import Settings
 from herald.domain import Channel
 from herald.ops_server import BacklogGauges, ops_app
@@ -188,6 +189,7 @@ async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
     if metrics_server is not None:
         roles.append(metrics_server.serve())
     _banner(runtime, plan)
+    settle_after_startup()
     async with asyncio.TaskGroup() as group:
         for role in roles:
             group.create_task(role)
