@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = None
     kafka_partitions: int = 12
     kafka_topic_prefix: str = ""
+    # How often a consumer commits the offsets of what it handled (docs/operations.md,
+    # "Consumer offsets"); librdkafka takes 1 ms to 24 h.
+    kafka_commit_interval_ms: int = Field(default=500, ge=1, le=86_400_000)
     api_key: str | None = None
     public_url: str | None = None
     host: str = "127.0.0.1"

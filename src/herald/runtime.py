@@ -41,6 +41,7 @@ def make_bus(settings: Settings) -> Bus:
             settings.kafka_bootstrap,
             partitions=settings.kafka_partitions,
             topic_prefix=settings.kafka_topic_prefix,
+            commit_interval_ms=settings.kafka_commit_interval_ms,
         )
     from herald.bus.memory import MemoryBus
 

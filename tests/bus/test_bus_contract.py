@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 
 import pytest
 
-from herald.bus.interface import NOTIFICATIONS_TOPIC, Bus, Consumer, Message, Record
-from herald.bus.kafka import KafkaConsumer
+from herald.bus.interface import Bus, Message, Record
 from herald.bus.memory import MemoryBus
-
-PARTITIONS = 12
-TOPIC = NOTIFICATIONS_TOPIC
-WAIT = 30.0  # seconds; generous upper bounds, the tests end as soon as the condition holds
+from tests.fixtures.bus import (
+    PARTITIONS,
+    TOPIC,
+    WAIT,
+    assert_nothing_more,
+    collect,
+    records,
+    settle,
+    values,
+)
 
 
 @pytest.fixture
@@ -27,54 +31,6 @@ def memory_bus() -> MemoryBus:
 def bus(request: pytest.FixtureRequest) -> Bus:
     bus: Bus = request.getfixturevalue(f"{request.param}_bus")
     return bus
-
-
-def records(count: int, *, keys: int = 24, topic: str = TOPIC, tag: str = "m") -> list[Record]:
-    return [Record(topic, f"user-{i % keys}", f"{tag}-{i}".encode()) for i in range(count)]
-
-
-async def collect(
-    consumer: Consumer, count: int, *, commit: bool = False, wait: float = WAIT
-) -> list[Message]:
-    """Poll until `count` messages arrived (or fail after `wait` seconds)."""
-    got: list[Message] = []
-    deadline = time.monotonic() + wait
-    while len(got) < count:
-        assert time.monotonic() < deadline, f"got {len(got)} of {count} messages"
-        batch = await consumer.poll(max_messages=100, timeout=0.2)
-        if commit and batch:
-            await consumer.commit(batch)
-        got += batch
-    return got
-
-
-async def assert_nothing_more(consumer: Consumer, seconds: float = 1.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert await consumer.poll(timeout=0.2) == []
-
-
-async def assigned(consumer: Consumer) -> set[tuple[str, int]]:
-    if isinstance(consumer, KafkaConsumer):
-        return await consumer.assigned_partitions()
-    return set(getattr(consumer, "assignment", {}))
-
-
-async def settle(consumers: Sequence[Consumer], topic: str, wait: float = WAIT) -> None:
-    """Poll (an empty topic) until the group has shared out every partition of `topic`."""
-    everything = {(topic, p) for p in range(PARTITIONS)}
-    deadline = time.monotonic() + wait
-    while True:
-        polled = await asyncio.gather(*(c.poll(timeout=0.2) for c in consumers))
-        assert not any(polled), "settle() expects an empty topic"
-        shares = [await assigned(c) for c in consumers]
-        if all(shares) and sum(map(len, shares)) == len(everything) == len(set().union(*shares)):
-            return
-        assert time.monotonic() < deadline, f"group did not settle: {shares}"
-
-
-def values(messages: Sequence[Message]) -> list[bytes]:
-    return [m.value for m in messages]
 
 
 @pytest.mark.parametrize("topic", [TOPIC, "herald.test.extra"])

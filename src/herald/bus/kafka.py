@@ -4,9 +4,11 @@ librdkafka calls that block never run on the event loop: the producer's delivery
 served by one poller thread, and each consumer waits for messages on its own single thread.
 What does not block runs on the loop, so a busy consumer pays no thread hop per batch: a
 poll first takes what librdkafka has already fetched (`consume(timeout=0)`), and only when
-nothing is ready waits on the thread; a commit is sent asynchronously (librdkafka's close
-waits for it). Calls on the loop are made only while no call is running on the thread, so
-poll, commit and close still reach the client one at a time and in the order they were made.
+nothing is ready waits on the thread. A commit only stores the offsets in librdkafka
+(`store_offsets`); its background thread sends them to the broker on its auto-commit timer,
+when a rebalance revokes partitions, and in close(), so a batch costs no request of its own.
+Calls on the loop are made only while no call is running on the thread, so poll, commit and
+close still reach the client one at a time and in the order they were made.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ _REBALANCE_ERRORS = frozenset(
         KafkaError._ASSIGNMENT_LOST,
     }
 )
+# What store_offsets raises when none of the offsets could be stored because a rebalance
+# took their partitions from this member (_STATE: no longer assigned; _UNKNOWN_PARTITION:
+# not known to this client any more): the same case as above, seen before the commit.
+_UNASSIGNED_ERRORS = frozenset({KafkaError._STATE, KafkaError._UNKNOWN_PARTITION})
 
 
 # A poll with a long timeout waits in slices of this on the consumer's thread (see _fetch).
@@ -128,6 +134,14 @@ class KafkaBus:
         # How long the broker holds a fetch that finds nothing: it answers as soon as a
         # message arrives, so this costs no latency, only how often an idle consumer asks.
         fetch_wait_max_ms: int = 2000,
+        # How often librdkafka commits the offsets stored since its last commit (one
+        # OffsetCommit request per consumer, none while nothing moved). A member that
+        # crashes hands out again what it handled in the last interval (at 1,000/s, about
+        # 500 messages, which the deterministic delivery ids turn into no second send); a
+        # member that closes or loses partitions in a rebalance commits at once. 500 ms
+        # caps the requests at two a second per consumer, where one per batch was up to
+        # one per delivery at light load.
+        commit_interval_ms: int = 500,
         connect_timeout: float = 5.0,
         delivery_timeout: float = 30.0,
         leader_timeout: float = 60.0,
@@ -146,6 +160,7 @@ class KafkaBus:
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.fetch_wait_max_ms = fetch_wait_max_ms
+        self.commit_interval_ms = commit_interval_ms
         self.connect_timeout = connect_timeout
         self.delivery_timeout = delivery_timeout
         self.leader_timeout = leader_timeout
@@ -358,7 +373,11 @@ class KafkaBus:
     def _consumer_config(self, group: str) -> dict[str, Any]:
         config = {
             "group.id": group,
-            "enable.auto.commit": False,
+            # At-least-once with cheap commits: only offsets that commit() stored, after
+            # their batch was handled, are committed, by librdkafka in the background.
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": self.commit_interval_ms,
             "auto.offset.reset": "earliest",
             # Prefetch a few batches, not librdkafka's default of up to 100,000 messages or
             # 64 MB, and fetch at most 1 MB at a time (default: 1 MB per partition, 50 MB
@@ -495,6 +514,8 @@ class KafkaConsumer:
         )
 
     async def commit(self, messages: Sequence[Message]) -> None:
+        """Mark the messages handled: their offsets are committed within the commit
+        interval, or at once when this member closes or a rebalance takes the partition."""
         if not messages or self._closed:
             return
         positions: dict[tuple[str, int], int] = {}
@@ -507,23 +528,26 @@ class KafkaConsumer:
         ]
         try:
             if self._in_flight is None:
-                self._commit_async(offsets)  # does not block: no thread hop
+                self._store(offsets)  # does not block: no thread hop
             else:  # a given-up poll still runs on the thread: queue behind it
-                await self._call(self._commit_async, offsets)
+                await self._call(self._store, offsets)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.code() in _REBALANCE_ERRORS:
+            if error.code() in _UNASSIGNED_ERRORS:
                 log.info("kafka consumer %s: commit after a rebalance: %s", self.group, error)
                 return
             raise self._bus._unavailable("commit failed", error.str()) from exc
 
-    def _commit_async(self, offsets: list[TopicPartition]) -> None:
-        """Send the commit and return: its result comes to `_committed` from a later poll.
-        Processing is already recorded, so a commit that fails only means those messages
-        are handed out again (at-least-once), and close() waits for the commits in flight."""
-        self._consumer.commit(offsets=offsets, asynchronous=True)
+    def _store(self, offsets: list[TopicPartition]) -> None:
+        """Store the offsets for librdkafka's next commit (in memory, no request). It raises
+        only when none could be stored; offsets of partitions another member took are
+        dropped, and that member is handed those messages again (at-least-once)."""
+        self._consumer.store_offsets(offsets=offsets)
 
     def _committed(self, error: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        """The result of librdkafka's commits (timer, revoke, close), served by a poll or by
+        close(). Processing is already recorded, so a commit that fails only means those
+        messages are handed out again."""
         if error is None:
             return
         level = logging.INFO if error.code() in _REBALANCE_ERRORS else logging.WARNING
