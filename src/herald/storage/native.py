@@ -309,45 +309,32 @@ class Record:
             raise AttributeError(name) from None
 
 
-_KINDS: dict[tuple[str, ...], dict[str, str]] = {}
-Tables = sa.Table | Sequence[sa.Table]
+_KINDS: dict[str, dict[str, str]] = {}
 
 
-def _column_kinds(tables: Tables) -> dict[str, str]:
+def _column_kinds(table: sa.Table) -> dict[str, str]:
     """Column name -> "datetime", "json" or "bool", for the columns a driver may return in
-    another form than SQLAlchemy would: of one table, or of several whose rows a statement
-    returns in one shape (a column of that name must then be of one kind in all)."""
-    group = (tables,) if isinstance(tables, sa.Table) else tuple(tables)
-    key = tuple(table.name for table in group)
-    kinds = _KINDS.get(key)
+    another form than SQLAlchemy would."""
+    kinds = _KINDS.get(table.name)
     if kinds is None:
         kinds = {}
-        for column in (column for table in group for column in table.columns):
-            kind = _kind_of(column.type)
-            if kinds.setdefault(column.name, kind) != kind:
-                raise TypeError(f"column {column.name} is of two kinds in {key}")
-        kinds = {name: kind for name, kind in kinds.items() if kind}
-        _KINDS[key] = kinds
+        for column in table.columns:
+            if isinstance(column.type, schema.UtcDateTime):
+                kinds[column.name] = "datetime"
+            elif isinstance(column.type, sa.JSON):
+                kinds[column.name] = "json"
+            elif isinstance(column.type, sa.Boolean):
+                kinds[column.name] = "bool"
+        _KINDS[table.name] = kinds
     return kinds
-
-
-def _kind_of(column_type: Any) -> str:
-    if isinstance(column_type, schema.UtcDateTime):
-        return "datetime"
-    if isinstance(column_type, sa.JSON):
-        return "json"
-    if isinstance(column_type, sa.Boolean):
-        return "bool"
-    return ""
 
 
 class Native(abc.ABC):
     """One driver connection, for the hot statements."""
 
-    async def records(self, tables: Tables, sql: str, *args: Any) -> list[Record]:
-        """Rows of a table (all or some of its columns), or of several in one shape, as
-        `Record`s."""
-        kinds = _column_kinds(tables)
+    async def records(self, table: sa.Table, sql: str, *args: Any) -> list[Record]:
+        """Rows of `table` (all or some of its columns), as `Record`s."""
+        kinds = _column_kinds(table)
         convert: dict[str, Callable[[Any], Any]] = {
             "datetime": self.read_at,
             "json": self.read_json,
@@ -763,17 +750,27 @@ ROUTING_COLUMNS: dict[str, str] = {
     "created_at": "timestamptz",
     "updated_at": "timestamptz",
 }
-# The tables whose columns the union returns (their datetimes, JSON and booleans are
-# converted as theirs are).
-ROUTING_TABLES = (
-    schema.notifications,
-    schema.users,
-    schema.devices,
-    schema.channel_addresses,
-    schema.suppressions,
-    schema.frequency_caps,
-    schema.categories,
-    schema.templates,
+_COLUMN_TYPES = {
+    column.name: column.type
+    for table in (
+        schema.notifications,
+        schema.users,
+        schema.devices,
+        schema.channel_addresses,
+        schema.suppressions,
+        schema.frequency_caps,
+        schema.categories,
+        schema.templates,
+    )
+    for column in table.columns
+}
+# The shape of ROUTING_LOAD_SQL's rows as a table (in no schema, never created): each column
+# typed as in its own table, so `Native.records` reads the datetimes, JSON and booleans as
+# it reads the tables'.
+ROUTING_ROW = sa.Table(
+    "routing_load",
+    sa.MetaData(),
+    *(sa.Column(name, _COLUMN_TYPES.get(name, sa.Text())) for name in ROUTING_COLUMNS),
 )
 
 

@@ -26,7 +26,7 @@ from herald.storage.native import (
     MARK_ROUTED_SQL,
     QUEUED_OF_SQL,
     ROUTING_LOAD_SQL,
-    ROUTING_TABLES,
+    ROUTING_ROW,
     SET_ASIDE_SQL,
     Record,
 )
@@ -58,7 +58,7 @@ class RoutingRepository(Repository):
         (herald.storage.native, ROUTING_LOAD_SQL), without a transaction: what is committed,
         so a category, template or cap changed a moment ago is what this batch sees."""
         async with self.db.native() as native:
-            rows = await native.records(ROUTING_TABLES, ROUTING_LOAD_SQL, list(notification_ids))
+            rows = await native.records(ROUTING_ROW, ROUTING_LOAD_SQL, list(notification_ids))
         of: dict[str, list[Record]] = {}
         for row in rows:
             of.setdefault(row.source, []).append(row)
