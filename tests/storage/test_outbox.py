@@ -18,7 +18,7 @@ from herald.bus.interface import Record
 from herald.domain import Priority
 from herald.relay import Relay
 from herald.storage import Storage, open_storage
-from herald.storage.native import RELAY_TAKE_POSTGRES, ROUTING_NOTIFICATIONS_SQL
+from herald.storage.native import RELAY_TAKE_POSTGRES, ROUTING_LOAD_SQL
 from herald.storage.statements import insert_notifications
 from tests.fixtures.activity import counting_statements
 from tests.fixtures.herald import eventually
@@ -320,5 +320,5 @@ async def test_the_router_reads_its_batch_by_id_however_many_wait(
     'accepted'` and read every waiting row for each batch (150 ms a batch in a flat-out
     benchmark; migration 0014)."""
     batch = [f"w{n}" for n in range(1, WAITING, WAITING // 300)]
-    plan = await plan_of(router_behind, "EXPLAIN " + ROUTING_NOTIFICATIONS_SQL, batch)
+    plan = await plan_of(router_behind, "EXPLAIN " + ROUTING_LOAD_SQL, batch)
     assert "ix_notifications_relay" not in plan, plan

@@ -1,21 +1,44 @@
-"""The router's save (RoutingRepository.save), on the driver: what it writes, once, in one
-transaction with the shaping statements that run inside it."""
+"""The router's repository on the driver: its load (everything a batch needs, in one
+statement, as the table-by-table reads returned it) and its save (what it writes, once, in
+one transaction with the shaping statements that run inside it)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from herald.domain import DeliveryState, NotificationState
+from herald.config import Settings
+from herald.domain import (
+    AddressKind,
+    CategorySettings,
+    Channel,
+    DeliveryPolicy,
+    DeliveryState,
+    FrequencyCap,
+    NotificationState,
+    Platform,
+)
 from herald.router.planner import RoutingPlan, plan_routing
 from herald.runtime import Runtime
-from herald.storage import Released
+from herald.storage import Released, RoutingInput, Storage, open_storage
 from herald.storage import schema as t
+from herald.storage.rows import (
+    category_from_json,
+    preferences_from_json,
+    to_channel_address,
+    to_device,
+    to_notification,
+    to_user,
+)
+from herald.storage.shaping import caps_by_channel
+from tests.api.test_admin import TEMPLATE
+from tests.fixtures.activity import counting_driver_statements, counting_statements
+from tests.router.test_poison import new_notification
 
 
 async def accept(api: httpx.AsyncClient, *bodies: dict[str, Any]) -> list[str]:
@@ -136,3 +159,219 @@ async def test_the_shaping_statements_commit_and_roll_back_with_the_save(
     assert [d.state for d in await runtime.storage.notifications.deliveries_of(ids[0])] == [
         DeliveryState.DIGESTED
     ]
+
+
+async def loaded_table_by_table(
+    storage: Storage, notification_ids: list[str]
+) -> list[RoutingInput]:
+    """The batch as the router read it before ROUTING_LOAD_SQL: one SQLAlchemy read per
+    table, mapped by rows.py (the reference the one statement must match)."""
+    async with storage.database.reading() as db:
+
+        async def rows(query: sa.Select[Any]) -> list[Any]:
+            return list(await db.execute(query))
+
+        n, u = t.notifications.c, t.users.c
+        notifications = [
+            to_notification(r)
+            for r in await rows(
+                sa.select(t.notifications)
+                .where(n.id.in_(notification_ids), n.state == "accepted")
+                .order_by(n.created_at, n.id)
+            )
+        ]
+        user_ids = {x.user_id for x in notifications}
+        users = {r.id: r for r in await rows(sa.select(t.users).where(u.id.in_(user_ids)))}
+        devices = await rows(
+            sa.select(t.devices)
+            .where(t.devices.c.user_id.in_(user_ids), t.devices.c.active)
+            .order_by(t.devices.c.created_at, t.devices.c.id)
+        )
+        addresses = await rows(
+            sa.select(t.channel_addresses)
+            .where(t.channel_addresses.c.user_id.in_(user_ids), t.channel_addresses.c.active)
+            .order_by(t.channel_addresses.c.kind)
+        )
+        emails_and_phones = [a for r in users.values() for a in (r.email, r.phone) if a]
+        suppressed = {
+            (r.channel, r.address)
+            for r in await rows(
+                sa.select(t.suppressions).where(t.suppressions.c.address.in_(emails_and_phones))
+            )
+        }
+        categories = {
+            r.name: category_from_json(r.name, r.definition)
+            for r in await rows(sa.select(t.categories))
+        }
+        templates = {r.name: r.definition for r in await rows(sa.select(t.templates))}
+        caps = caps_by_channel(await rows(sa.select(t.frequency_caps)))
+    return [
+        RoutingInput(
+            notification=x,
+            user=to_user(users[x.user_id]) if x.user_id in users else None,
+            preferences=preferences_from_json(
+                users[x.user_id].preferences if x.user_id in users else None
+            ),
+            devices=[to_device(r) for r in devices if r.user_id == x.user_id],
+            category=categories.get(x.category) or CategorySettings(x.category),
+            template=templates.get(x.template) if x.template else None,
+            suppressed=suppressed,
+            channel_caps=caps,
+            addresses=[to_channel_address(r) for r in addresses if r.user_id == x.user_id],
+        )
+        for x in notifications
+    ]
+
+
+@pytest.fixture
+async def mixed_batch(api: httpx.AsyncClient, runtime: Runtime) -> list[str]:
+    """A batch that needs every table the router reads: a user with devices (one of them
+    gone), addresses (one deactivated), a suppressed email and preferences; one with only a
+    phone; one whose row was never written; a category with a definition, a template, one
+    named template deleted since, frequency caps; and a notification cancelled
+    before the batch is read."""
+    storage = runtime.storage
+    for method, path, body in [
+        ("PUT", "/v1/users/ada", {"email": "ada@example.com", "locale": "de-AT"}),
+        ("PUT", "/v1/users/ada/preferences", {"channels": {"sms": False}}),
+        ("PUT", "/v1/users/bob", {"phone": "+14155550100", "timezone": "Europe/Vienna"}),
+        ("POST", "/v1/suppressions", {"channel": "email", "address": "ada@example.com"}),
+        ("POST", "/v1/suppressions", {"channel": "sms", "address": "+14155550199"}),
+        ("PUT", "/v1/templates/welcome", TEMPLATE),
+        ("PUT", "/v1/templates/gone", TEMPLATE),
+        (
+            "PUT",
+            "/v1/categories/news",
+            {
+                "channels": ["push", "email"],
+                "policy": {"push": "at_most_once"},
+                "caps": {"email": {"limit": 2, "window_seconds": 3600}},
+            },
+        ),
+        ("PUT", "/v1/frequency-caps/push", {"limit": 5, "window_seconds": 60}),
+    ]:
+        response = await api.request(method, path, json=body)
+        assert response.is_success, response.text
+    directory = storage.directory
+    await directory.register_device("ada", Platform.IOS, "ab" * 32)
+    gone, _ = await directory.register_device("ada", Platform.ANDROID, "token-gone")
+    await directory.register_device(
+        "ada",
+        Platform.WEB,
+        "https://push.example.com/1",
+        {"endpoint": "https://push.example.com/1", "keys": {"p256dh": "k", "auth": "a"}},
+    )
+    await storage.addresses.put("ada", AddressKind.WEBHOOK, "https://hooks.example.com/a", {})
+    await storage.addresses.put("ada", AddressKind.SLACK, "C0123ABCD", {"team": "T1"})
+    await storage.addresses.put("bob", AddressKind.DISCORD, "https://discord.example.com/b", {})
+    async with storage.database.transaction() as db:
+        await db.execute(t.devices.update().where(t.devices.c.id == gone.id).values(active=False))
+        await db.execute(
+            t.channel_addresses.update()
+            .where(t.channel_addresses.c.user_id == "bob")
+            .values(active=False)
+        )
+    ids = await accept(
+        api,
+        {"user_id": "ada", "category": "news", "template": "welcome", "variables": {"name": "A"}},
+        {"user_id": "ada", "channels": ["in_app", "email"], "ttl_seconds": 600},
+        {
+            "user_id": "bob",
+            "template": "gone",
+            "variables": {"name": "B"},
+            "deliver_at_local": "09:00",
+        },
+        {"user_id": "bob", "category": "news"},
+    )
+    assert (await api.post(f"/v1/notifications/{ids[-1]}/cancel")).status_code == 200
+    assert (await api.delete("/v1/templates/gone")).status_code == 204
+    [ghost] = await storage.notifications.accept([new_notification("ghost", "nobody")])
+    return [*ids, ghost.id]
+
+
+async def test_the_load_returns_what_the_table_by_table_reads_return(
+    runtime: Runtime, mixed_batch: list[str]
+) -> None:
+    loaded = await runtime.storage.routing.load(mixed_batch)
+    assert loaded == await loaded_table_by_table(runtime.storage, mixed_batch)
+
+    # What equality alone would let through: the rows of the right users, and their types.
+    assert sorted((i.notification.user_id, i.user and i.user.id) for i in loaded) == [
+        ("ada", "ada"),
+        ("ada", "ada"),
+        ("bob", "bob"),
+        ("nobody", None),
+    ]
+    of = {i.notification.id: i for i in loaded}
+    ada, bob, ghost = of[mixed_batch[0]], of[mixed_batch[2]], of[mixed_batch[4]]
+    assert sorted(d.platform for d in ada.devices) == ["ios", "web"]
+    assert all(d.active is True and d.created_at.tzinfo is UTC for d in ada.devices)
+    [web] = [d for d in ada.devices if d.platform == Platform.WEB]
+    assert web.subscription == {
+        "endpoint": "https://push.example.com/1",
+        "keys": {"p256dh": "k", "auth": "a"},
+    }
+    assert [(a.kind, a.config) for a in ada.addresses] == [
+        (AddressKind.SLACK, {"team": "T1"}),
+        (AddressKind.WEBHOOK, {}),
+    ]
+    assert bob.devices == []
+    assert bob.addresses == []
+    assert ada.suppressed == {("email", "ada@example.com")}
+    assert ada.preferences.channels == {Channel.SMS: False}
+    assert ada.category.policy == {Channel.PUSH: DeliveryPolicy.AT_MOST_ONCE}
+    assert ada.category.caps == {Channel.EMAIL: FrequencyCap(2, 3600)}
+    assert ada.template == await runtime.storage.directory.get_template("welcome")
+    assert ada.template is not None
+    assert ada.template["default_locale"] == "en"
+    assert bob.template is None
+    assert bob.notification.deliver_at_local == "09:00"
+    assert ghost.user is None
+    assert ghost.category == CategorySettings("default")
+    assert ada.channel_caps == {Channel.PUSH: FrequencyCap(5, 60)}
+    assert ada.user is not None
+    assert ada.user.updated_at.tzinfo is UTC
+    assert ada.notification.created_at.tzinfo is UTC
+
+
+async def test_the_load_is_one_statement_on_the_driver(
+    runtime: Runtime, mixed_batch: list[str]
+) -> None:
+    """A regression to one statement per table (eight round trips) fails here."""
+    with (
+        counting_statements(runtime.storage.database) as through_sqlalchemy,
+        counting_driver_statements(runtime.storage.database) as on_the_driver,
+    ):
+        assert len(await runtime.storage.routing.load(mixed_batch)) == 4
+        assert await runtime.storage.routing.load(["n-none"]) == []
+    assert through_sqlalchemy == []
+    assert len(on_the_driver) == 2
+
+
+async def test_a_changed_category_template_or_cap_is_seen_by_the_next_load(
+    api: httpx.AsyncClient, runtime: Runtime, settings_factory: Callable[..., Settings]
+) -> None:
+    """Nothing is cached: what another process changed is what the next batch reads."""
+    await api.put("/v1/users/ada", json={"email": "ada@example.com"})
+    await api.put("/v1/templates/welcome", json=TEMPLATE)
+    await api.put("/v1/categories/news", json={"channels": ["email"]})
+    ids = await accept(
+        api,
+        {"user_id": "ada", "category": "news", "template": "welcome", "variables": {"name": "A"}},
+    )
+    [before] = await runtime.storage.routing.load(ids)
+    assert (before.category.channels, before.channel_caps) == ((Channel.EMAIL,), {})
+
+    other = open_storage(settings_factory().effective_database_url)
+    try:
+        await other.directory.put_category("news", {"channels": ["in_app"]})
+        changed = TEMPLATE | {"default_locale": "de"}
+        await other.directory.put_template("welcome", changed)
+        await other.shaping.put_frequency_cap(Channel.EMAIL, FrequencyCap(3, 60))
+    finally:
+        await other.database.close()
+    [after] = await runtime.storage.routing.load(ids)
+    assert after.category.channels == (Channel.IN_APP,)
+    assert after.template is not None
+    assert after.template["default_locale"] == "de"
+    assert after.channel_caps == {Channel.EMAIL: FrequencyCap(3, 60)}

@@ -23,17 +23,12 @@ from herald.domain import (
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.native import (
-    FREQUENCY_CAPS_SQL,
     MARK_ROUTED_SQL,
     QUEUED_OF_SQL,
-    ROUTING_ADDRESSES_SQL,
-    ROUTING_CATEGORIES_SQL,
-    ROUTING_DEVICES_SQL,
-    ROUTING_NOTIFICATIONS_SQL,
-    ROUTING_SUPPRESSED_SQL,
-    ROUTING_TEMPLATES_SQL,
-    ROUTING_USERS_SQL,
+    ROUTING_LOAD_SQL,
+    ROUTING_ROW,
     SET_ASIDE_SQL,
+    Record,
 )
 from herald.storage.records import Released, RoutingInput
 from herald.storage.repository import Repository
@@ -59,63 +54,30 @@ class RoutingRepository(Repository):
         self.shaping = Shaping(database)
 
     async def load(self, notification_ids: Sequence[str]) -> list[RoutingInput]:
-        """Everything the router needs for a batch: a handful of reads on the driver
-        (herald.storage.native), without a transaction (each sees what is committed)."""
+        """Everything the router needs for a batch, in one statement on the driver
+        (herald.storage.native, ROUTING_LOAD_SQL), without a transaction: what is committed,
+        so a category, template or cap changed a moment ago is what this batch sees."""
         async with self.db.native() as native:
-            notifications = [
-                to_notification(row)
-                for row in await native.records(
-                    t.notifications, ROUTING_NOTIFICATIONS_SQL, list(notification_ids)
-                )
-            ]
-            if not notifications:
-                return []
-            user_ids = list({n.user_id for n in notifications})
-            user_rows = {
-                row.id: row for row in await native.records(t.users, ROUTING_USERS_SQL, user_ids)
-            }
-            devices: dict[str, list[Device]] = {}
-            for row in await native.records(t.devices, ROUTING_DEVICES_SQL, user_ids):
-                devices.setdefault(row.user_id, []).append(to_device(row))
-            addresses_of: dict[str, list[ChannelAddress]] = {}
-            for row in await native.records(t.channel_addresses, ROUTING_ADDRESSES_SQL, user_ids):
-                addresses_of.setdefault(row.user_id, []).append(to_channel_address(row))
-            addresses = [
-                a for row in user_rows.values() for a in (row.email, row.phone) if a is not None
-            ]
-            suppressed = (
-                {
-                    (row.channel, row.address)
-                    for row in await native.records(
-                        t.suppressions, ROUTING_SUPPRESSED_SQL, addresses
-                    )
-                }
-                if addresses
-                else set()
-            )
-            categories = {
-                row.name: category_from_json(row.name, row.definition)
-                for row in await native.records(
-                    t.categories, ROUTING_CATEGORIES_SQL, list({n.category for n in notifications})
-                )
-            }
-            template_names = list({n.template for n in notifications if n.template})
-            templates = (
-                {
-                    row.name: dict(row.definition)
-                    for row in await native.records(
-                        t.templates, ROUTING_TEMPLATES_SQL, template_names
-                    )
-                }
-                if template_names
-                else {}
-            )
-            channel_caps = caps_by_channel(
-                await native.records(t.frequency_caps, FREQUENCY_CAPS_SQL)
-            )
+            rows = await native.records(ROUTING_ROW, ROUTING_LOAD_SQL, list(notification_ids))
+        of: dict[str, list[Record]] = {}
+        for row in rows:
+            of.setdefault(row.source, []).append(row)
+        users = {row.id: row for row in of.get("user", [])}
+        devices: dict[str, list[Device]] = {}
+        for row in of.get("device", []):
+            devices.setdefault(row.user_id, []).append(to_device(row))
+        addresses: dict[str, list[ChannelAddress]] = {}
+        for row in of.get("address", []):
+            addresses.setdefault(row.user_id, []).append(to_channel_address(row))
+        suppressed = {(row.channel, row.address) for row in of.get("suppression", [])}
+        categories = {
+            row.name: category_from_json(row.name, row.definition) for row in of.get("category", [])
+        }
+        templates = {row.name: dict(row.definition) for row in of.get("template", [])}
+        channel_caps = caps_by_channel(of.get("cap", []))
         inputs = []
-        for notification in notifications:
-            user_row = user_rows.get(notification.user_id)
+        for notification in map(to_notification, of.get("notification", [])):
+            user_row = users.get(notification.user_id)
             inputs.append(
                 RoutingInput(
                     notification=notification,
@@ -129,7 +91,7 @@ class RoutingRepository(Repository):
                     else None,
                     suppressed=suppressed,
                     channel_caps=channel_caps,
-                    addresses=addresses_of.get(notification.user_id, []),
+                    addresses=addresses.get(notification.user_id, []),
                 )
             )
         return inputs
