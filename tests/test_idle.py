@@ -117,48 +117,6 @@ async def _relayed(relay: CommitDuringPass) -> bool:
     return relay.injected and await relay.outbox.size() == 0
 
 
-class CountingHeldBack(Relay):
-    """A relay that remembers what its held-back checks answered."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.answers: list[bool] = []
-
-    async def _held_back(self) -> bool:
-        answer = await super()._held_back()
-        self.answers.append(answer)
-        return answer
-
-
-async def test_a_pass_that_was_not_full_is_not_followed_by_another_until_woken(
-    runtime: Runtime, client: httpx.AsyncClient
-) -> None:
-    """It took what its snapshot could see: only rows held back (each a pass after the
-    check said so) or written since (a wake-up) can be left, so a pass more reads nothing."""
-    relay = CountingHeldBack(
-        runtime.storage.outbox, runtime.bus, idle_poll_seconds=HOUR, idle_poll_max_seconds=HOUR
-    )
-    runtime.relay = relay  # the API in this process wakes it
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        await eventually(lambda: _waiting(relay))  # the first pass, on start
-        started = relay.passes - relay.answers.count(True)
-        await _accept(client, "one")
-        await eventually(lambda: _outbox_empty(runtime))
-        await eventually(lambda: _waiting(relay))
-        await _settle()
-        assert relay.passes - relay.answers.count(True) == started + 1
-    finally:
-        stop.set()
-        await task
-
-
-async def _waiting(relay: CountingHeldBack) -> bool:
-    """The relay asked after its last pass and was told nothing is held back."""
-    return bool(relay.answers) and not relay.answers[-1]
-
-
 @PRODUCTION_ONLY
 async def test_an_idle_relay_makes_no_pass_until_another_process_writes_the_outbox(
     runtime: Runtime, client: httpx.AsyncClient

@@ -16,9 +16,6 @@ rows in this process and by `wake_source` (LISTEN, herald.wakeups) for those els
 A pass that finds nothing doubles the wait of the fallback pass (from `idle_poll_seconds`
 up to `idle_poll_max_seconds`), which only matters for a wake-up that was lost.
 
-A pass that was not full is not followed by another at once: it took what its snapshot
-could see, so what is left is held back (asked for) or was written since (which rang).
-
 A wake-up from idle lingers `linger_seconds` (HERALD_RELAY_LINGER_MS) before the pass: at
 a light load every accepted request rings, and without the linger each request cost a pass
 of its own. Within the budget several requests' rows go in one pass. Passes that follow a
@@ -109,7 +106,9 @@ class Relay:
             # it again, so the wait below returns at once instead of missing that row.
             self.wakeup.clear()
             try:
-                taken = await self.relay_once()
+                if await self.relay_once():
+                    fallback = self.idle_poll
+                    continue
             except BusUnavailable as error:
                 log.warning("bus unavailable; outbox rows wait", error=str(error))
                 await wait_for_event(stop, 1.0)
@@ -118,14 +117,6 @@ class Relay:
                 log.exception("relay pass failed; rows stay in the outbox")
                 await wait_for_event(stop, 1.0)
                 continue
-            if taken >= self.batch:
-                fallback = self.idle_poll
-                continue  # a lane gave all the pass may take: more wait behind it
-            if taken:
-                # A pass that was not full took everything its snapshot could see: another
-                # pass now would read nothing (at a light load, one in two passes did), so
-                # only what is held back or written since (the wake-up) is left.
-                fallback = self.idle_poll
             if await self._held_back():
                 # Rows are there but behind an open transaction: back soon, not at the
                 # next wake-up (which was spent on this pass).
