@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -188,3 +188,46 @@ async def _push_delivery(
                 updated_at=clock.now(),
             )
         )
+
+
+MINUTE = timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("status", "due_in", "lease_in"),
+    [
+        ("running", -MINUTE, None),  # due
+        ("running", -MINUTE, -MINUTE),  # due, its lease ran out
+        ("running", -MINUTE, MINUTE),  # due, but another scheduler holds it
+        ("running", MINUTE, None),  # not due yet
+        ("running", None, None),  # waiting for an event, no timer
+        ("completed", -MINUTE, None),  # done
+    ],
+    ids=["due", "lease-expired", "leased", "later", "no-timer", "completed"],
+)
+async def test_the_due_probe_answers_as_the_claim_would(
+    runtime: Runtime,
+    clock: FakeClock,
+    status: str,
+    due_in: timedelta | None,
+    lease_in: timedelta | None,
+) -> None:
+    """The scheduler asks the probe four times a second and ticks only when it says yes: it
+    must say yes exactly when a claim would take a run."""
+    [run_id] = await trigger_runs(runtime, 1)
+    now = clock.now()
+    async with runtime.storage.database.transaction() as db:
+        await db.execute(
+            t.workflow_runs.update()
+            .where(t.workflow_runs.c.id == run_id)
+            .values(
+                status=status,
+                due_at=None if due_in is None else now + due_in,
+                lease_until=None if lease_in is None else now + lease_in,
+            )
+        )
+    timers = runtime.storage.workflow_timers
+    answer = await timers.anything_due()
+    claimed = await timers.claim_due(10, 30)
+    assert answer is bool(claimed)
+    assert answer is (status == "running" and due_in == -MINUTE and lease_in != MINUTE)
