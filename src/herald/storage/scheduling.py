@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.domain import DeliveryEvent, DeliveryPolicy, DeliveryState, NotificationState
-from herald.outages import is_outage
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.guards import LEASE_EXPIRED_REQUEUE, LEASE_EXPIRED_UNKNOWN, RELEASE_DUE, Guard
@@ -34,14 +33,7 @@ class SchedulingRepository(Repository):
         conditions: a quiet fleet's scheduler asks this four times a second instead of
         running the pass's three to five transactions. An outage answers yes, so the pass
         runs and meets it as it always has (logged, tried again next interval)."""
-        try:
-            async with self.db.native() as native:
-                rows = await native.fetch(ANYTHING_DUE_SQL, native.at(self.clock.now()))
-        except Exception as error:
-            if not is_outage(error):
-                raise
-            return True
-        return bool(rows and rows[0]["due"])
+        return await self._probe_due(ANYTHING_DUE_SQL)
 
     async def release_due(self, limit: int) -> list[Released]:
         """Deferred deliveries whose time has come go back to `queued`; the caller

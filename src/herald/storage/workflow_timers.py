@@ -30,7 +30,6 @@ from herald.domain.workflows import (
     Workflow,
     parse_workflow,
 )
-from herald.outages import is_outage
 from herald.storage import schema as t
 from herald.storage.native import WORKFLOWS_DUE_SQL
 from herald.storage.records import NewNotification
@@ -120,14 +119,7 @@ class WorkflowTimerRepository(Repository):
     async def anything_due(self) -> bool:
         """Would a tick find a due run? One read on the driver (WORKFLOWS_DUE_SQL, the
         conditions of `_due`). An outage answers yes: the tick then meets it as before."""
-        try:
-            async with self.db.native() as native:
-                rows = await native.fetch(WORKFLOWS_DUE_SQL, native.at(self.clock.now()))
-        except Exception as error:
-            if not is_outage(error):
-                raise
-            return True
-        return bool(rows and rows[0]["due"])
+        return await self._probe_due(WORKFLOWS_DUE_SQL)
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[DueRun]:
         """Take up to `limit` due runs, oldest due first, for `lease_seconds`."""
