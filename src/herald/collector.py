@@ -1,13 +1,12 @@
 """Python's garbage collector, set for a long-running role.
 
 What a process builds while it starts (the modules, the app and its schemas, SQLAlchemy's
-metadata, the pools: 170,000-190,000 objects) lives as long as the process. Left in the
-collector's oldest generation, every full collection walked all of it: 100-200 ms each, and
-flat out a fifth of the API's CPU. Frozen (`gc.freeze`), a full collection walks only what
-the work allocated since. The young generation's threshold is raised from 700 to 10,000
-allocations: a batch of a few hundred notifications allocates thousands of short-lived
-objects, and at 700 each batch paid several collections for objects that were about to die
-anyway. Figures: docs/benchmarks.md, "The garbage collector".
+metadata, the pools) lives as long as the process. Left in the collector's oldest
+generation, every full collection walked all of it. Frozen (`gc.freeze`), a full collection
+walks only what the work allocated since. The young generation's threshold is raised from
+700 to 10,000 allocations: a batch of a few hundred notifications allocates thousands of
+short-lived objects, and at 700 each batch paid several collections for objects that were
+about to die anyway. Figures: docs/benchmarks.md, "Figures behind code choices".
 """
 
 from __future__ import annotations

@@ -107,11 +107,10 @@ def _late_answer_guard(row: str) -> str:
     return f"(d.{_in(OUTCOME)} OR (d.{_in(LATE_ANSWER)} AND {row}.state IN ({targets})))"
 
 
-# One UPDATE joined to the whole batch as arrays.
-# One statement, so no BEGIN and COMMIT: the guarded change and the attempts' log events
-# ($9-$14, every attempt's, a late answer's too) are written together or not at all. At a
-# light load a batch is one or two outcomes, and the round trips were most of its cost
-# (docs/benchmarks.md, "Figures behind code choices").
+# One UPDATE joined to the whole batch as arrays, and the attempts' log events ($9-$14,
+# every attempt's, a late answer's too) in the same statement: written together or not at
+# all, with no BEGIN and COMMIT. At a light load a batch is one or two outcomes, and the
+# round trips were most of its cost (docs/benchmarks.md, "Figures behind code choices").
 RECORD_SQL_POSTGRES = f"""
 WITH changed AS (
     UPDATE deliveries AS d SET {_RECORD_SET}
@@ -314,7 +313,8 @@ class Record:
 
     The values are the instance's own `__dict__`: an attribute read is then a plain dict
     lookup, where a `__getattr__` first failed the normal lookup, an exception inside the
-    interpreter for every column of every row (a tenth of a worker's CPU flat out)."""
+    interpreter for every column of every row (docs/benchmarks.md, "Figures behind code
+    choices")."""
 
     def __init__(self, values: dict[str, Any]) -> None:
         self.__dict__ = values
@@ -558,7 +558,8 @@ _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a DateTime in S
 
 
 # Cached: the statements are a few constants, and translating the router's load (a long
-# UNION ALL) took ~0.4 ms, more than running it.
+# UNION ALL) on every call cost more than running it (docs/benchmarks.md, "Figures behind
+# code choices").
 @functools.lru_cache(maxsize=64)
 def sqlite_sql(sql: str) -> str:
     """PostgreSQL's text for SQLite: numbered parameters, no casts, and arrays as JSON
