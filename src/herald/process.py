@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -189,24 +190,35 @@ async def _run_roles(runtime: Runtime, plan: Plan, stop: asyncio.Event) -> None:
     if metrics_server is not None:
         roles.append(metrics_server.serve())
     _banner(runtime, plan)
+    _Readiness([server, metrics_server])
     settle_after_startup()
     async with asyncio.TaskGroup() as group:
         for role in roles:
             group.create_task(role)
         group.create_task(_stop_api_on(stop, server))
         group.create_task(_stop_api_on(stop, metrics_server))
-        await _announce_ready([server, metrics_server], stop)
         await stop.wait()
         log.info("stopping: finishing in-flight batches")
 
 
-async def _announce_ready(servers: Sequence[uvicorn.Server | None], stop: asyncio.Event) -> None:
-    """Log `ready` once the API and the metrics port listen (uvicorn exposes no event for
-    it, so poll)."""
-    while any(server is not None and not server.started for server in servers):
-        if await wait_for_event(stop, 0.02):
-            return
-    log.info("ready")
+class _Readiness:
+    """Logs `ready` once the API and the metrics port listen: from the startup of the last
+    server to listen, before it can answer anything (a request answered in between would
+    be logged before `ready`)."""
+
+    def __init__(self, servers: Sequence[uvicorn.Server | None]) -> None:
+        self.waiting = 0
+        for server in servers:
+            if isinstance(server, _ApiServer):
+                server.on_started = self.started
+                self.waiting += 1
+        if not self.waiting:
+            log.info("ready")
+
+    def started(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            log.info("ready")
 
 
 async def _stop_api_on(stop: asyncio.Event, server: uvicorn.Server | None) -> None:
@@ -228,7 +240,13 @@ class _ApiServer(uvicorn.Server):
         super().__init__(config)
         self.exiting = asyncio.Event()
         self.on_exit = on_exit
+        self.on_started: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:  # listening; nothing served yet
+            self.on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """uvicorn's signal handler (it holds SIGTERM and SIGINT while it serves)."""
