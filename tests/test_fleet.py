@@ -202,14 +202,16 @@ def private_kafka(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 async def run_services(env: dict[str, str], command: str) -> None:
-    await asyncio.to_thread(
+    done = await asyncio.to_thread(
         subprocess.run,
         [env["services"], command],
         env=env,
-        check=True,
         timeout=180,
         capture_output=True,
+        text=True,
     )
+    # The script's own words say why (a broker that exited, a port taken, a timeout).
+    assert done.returncode == 0, f"services.sh {command}: {done.stdout}{done.stderr}"
 
 
 async def test_work_pauses_while_the_broker_is_down_and_nothing_is_lost(
