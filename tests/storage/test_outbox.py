@@ -18,7 +18,7 @@ from herald.bus.interface import Record
 from herald.domain import Priority
 from herald.relay import Relay
 from herald.storage import Storage, open_storage
-from herald.storage.native import RELAY_TAKE_POSTGRES, ROUTING_LOAD_SQL
+from herald.storage.native import RELAY_LANES, RELAY_TAKE_POSTGRES, ROUTING_LOAD_SQL
 from herald.storage.statements import insert_notifications
 from tests.fixtures.activity import counting_statements
 from tests.fixtures.herald import eventually
@@ -288,7 +288,9 @@ async def test_the_relay_reads_a_short_index_range_however_far_behind(
     far_behind: Storage,
 ) -> None:
     await accept(far_behind, "fresh")
-    plan = await plan_of(far_behind, "EXPLAIN (ANALYZE, BUFFERS) " + RELAY_TAKE_POSTGRES, 500)
+    plan = await plan_of(
+        far_behind, "EXPLAIN (ANALYZE, BUFFERS) " + RELAY_TAKE_POSTGRES, 500, list(RELAY_LANES)
+    )
     assert "Index Scan using ix_notifications_relay" in plan, plan
     assert "Seq Scan on notifications" not in plan, plan
     assert await relayed(far_behind) == ["n-fresh"]

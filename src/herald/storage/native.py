@@ -140,18 +140,27 @@ WHERE id = ?1 AND ({_in(OUTCOME)} OR ({_in(LATE_ANSWER)} AND ?2 IN ({
 """
 
 
-# The relay's pass (herald.storage.outbox), on PostgreSQL in one round trip: lock the
-# lanes (a lane another relay holds is skipped), read each lane's accepted notifications
-# after its position and below the snapshot's xmin (every transaction below it has
-# finished), and take the outbox table's rows. The lanes are locked with a transaction-level
-# advisory lock rather than FOR UPDATE on their rows: a row lock gives the pass a
-# transaction id while it publishes, and every open transaction id holds back the xmin
-# that all relays on the server read below (docs/operations.md, "The relay").
+# The relay's pass (herald.storage.outbox), on PostgreSQL in two round trips: lock the
+# lanes (a lane another relay holds is skipped), then read each locked lane's accepted
+# notifications after its position and below the snapshot's xmin (every transaction below
+# it has finished), and take the outbox table's rows.
+#
+# The lanes are locked with a transaction-level advisory lock rather than FOR UPDATE on
+# their rows: a row lock gives the pass a transaction id while it publishes, and every open
+# transaction id holds back the xmin that all relays on the server read below
+# (docs/operations.md, "The relay"). The locks are taken by a statement of their own: a
+# statement reads what was committed when it began, so a read that took a lane's lock
+# itself could begin before the lane's previous holder committed its new position and
+# released the lock, then get the lock and read the old position (publishing that
+# holder's rows a second time).
 RELAY_LOCK_KEY = 7263100  # + the lane
-RELAY_TAKE_POSTGRES = f"""
+RELAY_LOCK_LANES_POSTGRES = f"""
+SELECT coalesce(array_agg(lane), '{{}}') AS lanes FROM relay_positions
+WHERE pg_try_advisory_xact_lock({RELAY_LOCK_KEY} + lane)
+"""
+RELAY_TAKE_POSTGRES = """
 WITH lanes AS (
-    SELECT lane, position_xid, position_seq FROM relay_positions
-    WHERE pg_try_advisory_xact_lock({RELAY_LOCK_KEY} + lane)
+    SELECT lane, position_xid, position_seq FROM relay_positions WHERE lane = ANY($2::smallint[])
 ), side AS (
     DELETE FROM outbox WHERE id IN (
         SELECT id FROM outbox ORDER BY lane_order, id LIMIT $1 FOR UPDATE SKIP LOCKED
@@ -524,7 +533,8 @@ class AsyncpgNative(Native):
 
     async def relay_take(self, limit: int) -> RelayBatch:
         batch = RelayBatch(limit)
-        for row in await self.connection.fetch(RELAY_TAKE_POSTGRES, limit):
+        lanes = await self.connection.fetchval(RELAY_LOCK_LANES_POSTGRES)
+        for row in await self.connection.fetch(RELAY_TAKE_POSTGRES, limit, lanes):
             if row["topic"] is None:
                 batch.add_notification(row["lane"], row["xid"], row["seq"], row["id"], row["key"])
             else:

@@ -18,7 +18,7 @@ inserts is the order of the commits. What differs lives in the driver connection
 
 On PostgreSQL a pass takes each lane's advisory lock if it is free: two relays never
 publish one lane at once, and a relay that finds a lane locked does the other (native.py,
-RELAY_TAKE_POSTGRES, says why not FOR UPDATE SKIP LOCKED).
+RELAY_LOCK_LANES_POSTGRES and RELAY_TAKE_POSTGRES, say why not FOR UPDATE SKIP LOCKED).
 """
 
 from __future__ import annotations
