@@ -63,7 +63,8 @@ def final_deliveries(
 async def read_sse(
     herald: HeraldProcess, user: str, token: str, ready: asyncio.Event
 ) -> dict[str, Any]:
-    """Open the stream as a browser would (token in the query) and return the first event."""
+    """Open the stream as a browser would (token in the query), set `ready` on its `ready`
+    event and return the first event after it."""
     async with (
         httpx.AsyncClient(base_url=herald.url, timeout=30) as client,
         client.stream("GET", f"/v1/users/{user}/inbox/stream", params={"token": token}) as response,
@@ -72,11 +73,12 @@ async def read_sse(
         assert response.headers["content-type"].startswith("text/event-stream")
         event: dict[str, str] = {}
         async for line in response.aiter_lines():
-            if line.startswith(": connected"):
-                ready.set()
-            elif line.startswith(("event:", "data:", "id:")):
+            if line.startswith(("event:", "data:", "id:")):
                 name, _, value = line.partition(":")
                 event[name] = value.strip()
+            elif not line and event.get("event") == "ready":
+                ready.set()
+                event = {}
             elif not line and "data" in event:
                 return {
                     "event": event["event"],
@@ -206,10 +208,10 @@ def test_serve_after_sigkill_sends_what_it_had_accepted(launch_herald: HeraldLau
     restarted = launch_herald("serve", env={"HERALD_LEASE_SECONDS": "2"})
     with restarted.client() as client:
 
-        def all_done() -> bool:
-            sandbox = client.get("/v1/sandbox/messages", params={"limit": 200}).json()
+        def all_done() -> bool:  # 300 in the inbox and 600 pushes (two devices each)
             inbox = client.get("/v1/users/42/inbox").json()
-            return bool(inbox["unread_count"] == 300 and sandbox["next_cursor"])
+            pushed = {row["delivery_id"] for row in sandbox_rows_sync(client)}
+            return bool(inbox["unread_count"] == 300 and len(pushed) == 600)
 
         wait_for(all_done, timeout=90)
         counts = sends_per_delivery(sandbox_rows_sync(client), inbox_items_sync(client, "42"))

@@ -82,7 +82,7 @@ async def test_a_stream_ends_when_its_inbox_token_expires(
     app = create_app(runtime)
 
     async with open_stream(app, "/v1/users/42/inbox/stream", f"token={token}") as stream:
-        await stream.until(b": connected")
+        await stream.until(b"event: ready")  # subscribed: what is published now comes
         await runtime.hub.publish("42", {"id": "before-expiry"})
         await stream.until(b"before-expiry")
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.fixtures.browser import shoot
 from tests.fixtures.serve import HeraldLauncher, HeraldProcess
@@ -191,6 +191,25 @@ def _open_inbox(page: Page, server: HeraldProcess) -> Any:
     inbox = page.locator("herald-inbox")
     expect(inbox.locator(".bell")).to_be_visible()
     return inbox
+
+
+def test_an_item_stored_while_the_inbox_stream_connects_is_shown(
+    browser_page: Page, server: HeraldProcess, api: httpx.Client
+) -> None:
+    """The inbox is empty when the element loads its first page, so the stream has no item
+    to replay from; an item stored before the stream subscribes must still show."""
+    page = browser_page
+    held: list[Route] = []
+    page.route("**/inbox/stream?*", lambda route: held.append(route))  # it waits there
+    inbox = _open_inbox(page, server)
+    while not held:  # Playwright calls the route handler while the page is waited on
+        page.wait_for_timeout(20)
+    send(api, title="While you connected", channels=["in_app"])
+    until(lambda: api.get("/v1/users/42/inbox").json()["unread_count"] == 1)
+    held[0].continue_()
+    expect(inbox.locator(".badge")).to_have_text("1")
+    inbox.locator(".bell").click()
+    expect(inbox.get_by_text("While you connected")).to_be_visible()
 
 
 def test_the_inbox_element_gets_a_live_item_and_marks_it_read(

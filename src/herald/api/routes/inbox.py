@@ -83,10 +83,10 @@ async def stream(
     request: Request,
     caller: Annotated[Caller, require_inbox_access("read")],
 ) -> StreamingResponse:
-    """One `inbox` event per new item, as it is stored; a comment line every 15 s keeps
-    proxies from closing an idle stream. A stream opened with an inbox token ends when the
-    token expires, with an `expired` event (the client fetches a new token and reconnects);
-    nothing is delivered after that moment."""
+    """A `ready` event once subscribed, then one `inbox` event per new item, as it is
+    stored; a comment line every 15 s keeps proxies from closing an idle stream. A stream
+    opened with an inbox token ends when the token expires, with an `expired` event (the
+    client fetches a new token and reconnects); nothing is delivered after that moment."""
     expires_at = caller.expires_at
 
     def remaining() -> float:
@@ -110,7 +110,10 @@ async def stream(
         async with rt.hub.subscribe(user_id) as queue:
             METRICS.inbox_streams.inc()
             try:
-                yield b": connected\n\n"
+                # `ready` says the stream is subscribed: what is stored from now on
+                # comes through it, so a client that knew no event id reads the newest
+                # page once more for what was stored while it connected.
+                yield b": connected\nevent: ready\ndata: {}\n\n"
                 if last_seen and len(last_seen) <= 64:
                     for missed in await rt.storage.inbox.since(user_id, last_seen, MISSED_LIMIT):
                         yield event(inbox_item_json(missed))

@@ -232,6 +232,9 @@ export class HeraldInbox extends HTMLElement {
       if (this.#dropped) this.#catchUp(); // after a drop: also ask for the newest page
       this.#dropped = false;
     });
+    // Subscribed. With no event id to replay from (the first page was empty), an item stored
+    // between that page's read and now would be missed: read the newest page once more.
+    source.addEventListener("ready", () => { if (this.#lastEventId === null) this.#catchUp(); });
     source.addEventListener("inbox", (event) => this.#arrived(event));
     source.addEventListener("expired", () => { this.#close(); this.#emit("token-expired", {}); });
     source.addEventListener("error", () => {
