@@ -165,7 +165,6 @@ class KafkaBus:
         self.delivery_timeout = delivery_timeout
         self.leader_timeout = leader_timeout
         self._extra = dict(config or {})
-        self._admin: AdminClient | None = None
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -202,17 +201,16 @@ class KafkaBus:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        admin = AdminClient(self._client_config())
+        producer = self._new_producer()
         try:
-            metadata = await asyncio.to_thread(admin.list_topics, timeout=self.connect_timeout)
+            metadata = await asyncio.to_thread(producer.list_topics, timeout=self.connect_timeout)
         except KafkaException as exc:
             raise self._unavailable(
                 f"no broker answered within {self.connect_timeout:g} s", exc
             ) from exc
-        self._admin = admin
         self._known_topics = set(metadata.topics)
         await self.ensure_topics(ALL_TOPICS)
-        self._producer = self._new_producer()
+        self._producer = producer
         self._stopping.clear()
         self._poller = threading.Thread(
             target=self._serve_deliveries, name="kafka-producer-poll", daemon=True
@@ -258,18 +256,17 @@ class KafkaBus:
             if remaining:
                 log.warning("kafka: %d messages not delivered at close", remaining)
             self._producer = None
-        self._admin = None
 
     def describe(self) -> str:
         prefix = f", topic prefix {self.topic_prefix!r}" if self.topic_prefix else ""
         return f"kafka {self.bootstrap} ({self.partitions} partitions{prefix})"
 
     async def healthy(self) -> bool:
-        if self._admin is None:
+        if self._producer is None:
             return False
         try:
             await asyncio.to_thread(
-                self._admin.list_topics, self.topic_name(ALL_TOPICS[0]), timeout=2.0
+                self._producer.list_topics, self.topic_name(ALL_TOPICS[0]), timeout=2.0
             )
         except KafkaException:
             return False
@@ -282,11 +279,13 @@ class KafkaBus:
         missing = {self.topic_name(t) for t in topics} - self._known_topics
         if not missing:
             return
-        admin = self._require(self._admin)
         async with self._topics_lock:
             missing -= self._known_topics
             if not missing:
                 return
+            # An admin client only while topics are created (at start, in practice): an idle
+            # librdkafka instance costs threads, timers and broker connections for good.
+            admin = AdminClient(self._client_config())
             futures = admin.create_topics(
                 [NewTopic(name, self.partitions, replication_factor=-1) for name in missing],
                 request_timeout=self.connect_timeout,
