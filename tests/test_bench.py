@@ -333,3 +333,24 @@ async def test_the_workflow_scenario_does_every_step_once_beside_parked_timers(
     assert set(report["timer_lag_ms"]) == {"p50", "p95", "p99", "max"}
     rss = report["scheduler_rss_mb"]
     assert 0 < rss["before"] <= rss["peak"]
+
+
+async def test_an_idle_run_measures_the_source_tree_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--idle --herald-src` runs the fleet from that tree, as the other scenarios do."""
+    from herald.bench import idle
+    from herald.bench.harness import BenchConfig
+
+    measured: list[BenchConfig] = []
+
+    class Measured:
+        def __init__(self, config: BenchConfig, _: idle.IdleConfig) -> None:
+            measured.append(config)
+
+        async def run(self) -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setattr(idle, "IdleBench", Measured)
+    await idle.run_idle(BenchConfig(backend="production", herald_src=tmp_path), idle.IdleConfig())
+    assert [config.herald_src for config in measured] == [tmp_path]

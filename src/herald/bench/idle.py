@@ -181,6 +181,7 @@ async def run_idle(config: BenchConfig, idle: IdleConfig) -> dict[str, Any]:
         keep=config.keep,
         extra_env=config.extra_env,
         baseline=False,
+        herald_src=config.herald_src,  # else an idle pair would measure this tree twice
     ).resolved()
     return await IdleBench(config, idle).run()
 
