@@ -230,3 +230,39 @@ async def test_a_consume_loop_waiting_on_a_long_poll_stops_at_once(
     # A guard against a hang, not a timing: the poll would otherwise wait an hour.
     await asyncio.wait_for(loop, 60)
     assert handled == []
+
+
+async def test_the_scheduler_sleeps_its_idle_interval_until_something_falls_due_within_it(
+    runtime: Runtime, client: httpx.AsyncClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its question looks one idle interval ahead: a deferral 10 s away lets it sleep 1 s at
+    a time; once it is due within that second, the scheduler comes back every 0.25 s and
+    releases it when it is due."""
+    notification = await _accept(client, "k")
+    await runtime.router().route([notification])
+    (delivery,) = await runtime.storage.notifications.deliveries_of(notification)
+    (claimed,) = (await runtime.storage.deliveries.claim([delivery.id], 30)).claimed
+    due_at = clock.now() + timedelta(seconds=10)
+    deferral = DeliveryUpdate(
+        claimed.id, claimed.notification_id, DeliveryState.DEFERRED, due_at=due_at
+    )
+    await runtime.storage.deliveries.record_outcomes([deferral])
+    scheduler = runtime.scheduler()
+    assert (scheduler.interval, scheduler.idle_interval) == (0.25, 1.0)
+    assert not await runtime.storage.scheduling.anything_due(within_seconds=9)
+    assert await runtime.storage.scheduling.anything_due(within_seconds=10)
+
+    waits: list[tuple[float, DeliveryState]] = []
+    stop = asyncio.Event()
+
+    async def record_wait(event: asyncio.Event, timeout: float) -> None:
+        (current,) = await runtime.storage.deliveries.get([delivery.id])
+        waits.append((timeout, current.state))
+        clock.advance(4.75)  # the passes run 0, 4.75, 9.5 and 14.25 s after the deferral
+        if len(waits) == 4:
+            stop.set()
+
+    monkeypatch.setattr("herald.scheduler.wait_for_event", record_wait)
+    await scheduler.run(stop)
+    deferred, queued = DeliveryState.DEFERRED, DeliveryState.QUEUED
+    assert waits == [(1.0, deferred), (1.0, deferred), (0.25, deferred), (0.25, queued)]

@@ -10,7 +10,11 @@
 Several schedulers may run: every step is one atomic statement (SKIP LOCKED on PostgreSQL).
 
 A pass first asks one cheap question (SchedulingRepository.anything_due), and runs its
-statements only when something is due: an idle scheduler costs one read per interval.
+statements only when something is due. The loop asks it for the next idle interval
+(1 s by default): with nothing due that soon it sleeps that long, so an idle scheduler
+costs two reads a second (deliveries, workflow runs); with something due soon it passes
+every `interval` (0.25 s). What it already knows of runs on time; work another process
+defers to less than the idle interval ahead may wait up to that interval.
 Digests closed into notifications wake the relay (`on_outbox`). Due workflow runs are
 fired by `workflows` (herald.workflows.runner), on its own repository.
 """
@@ -43,6 +47,7 @@ class Scheduler:
         clock: Clock,
         *,
         interval_seconds: float = 0.25,
+        idle_interval_seconds: float | None = None,
         stale_after_seconds: float = 300.0,
         sweep_every_seconds: float = 30.0,
         maintain_every_seconds: float = 3600.0,
@@ -54,6 +59,7 @@ class Scheduler:
         self.bus = bus
         self.clock = clock
         self.interval = interval_seconds
+        self.idle_interval = idle_interval_seconds or 4 * interval_seconds
         self.stale_after = stale_after_seconds
         self.sweep_every = sweep_every_seconds
         self.maintain_every = maintain_every_seconds
@@ -109,10 +115,9 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         last_sweep = last_maintain = float("-inf")
         while not stop.is_set():
+            soon = True  # after a failed pass, try again at the short interval
             try:
-                await self.tick()
-                if self.workflows is not None:
-                    await self.workflows.tick()
+                soon = await self._pass_if_due_soon()
                 now = self.clock.time()
                 if now - last_sweep >= self.sweep_every:
                     last_sweep = now
@@ -122,4 +127,17 @@ class Scheduler:
                     await self.scheduling.maintain()
             except Exception:
                 log.exception("scheduler pass failed; retrying")
-            await wait_for_event(stop, self.interval)
+            await wait_for_event(stop, self.interval if soon else self.idle_interval)
+
+    async def _pass_if_due_soon(self) -> bool:
+        """A pass over what is due, if anything is due within the idle interval; returns
+        whether anything was (the loop then comes back after the short interval)."""
+        deliveries = await self.scheduling.anything_due(self.idle_interval)
+        if deliveries:
+            await self.tick()
+        runs = False
+        if self.workflows is not None:
+            runs = await self.workflows.due_within(self.idle_interval)
+            if runs:
+                await self.workflows.tick()
+        return deliveries or runs

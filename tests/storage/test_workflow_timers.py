@@ -212,8 +212,8 @@ async def test_the_due_probe_answers_as_the_claim_would(
     due_in: timedelta | None,
     lease_in: timedelta | None,
 ) -> None:
-    """The scheduler asks the probe four times a second and ticks only when it says yes: it
-    must say yes exactly when a claim would take a run."""
+    """The scheduler ticks only when the probe says yes: it must say yes exactly when a
+    claim would take a run, and, looking ahead, when one would within that time."""
     [run_id] = await trigger_runs(runtime, 1)
     now = clock.now()
     async with runtime.storage.database.transaction() as db:
@@ -227,6 +227,8 @@ async def test_the_due_probe_answers_as_the_claim_would(
             )
         )
     timers = runtime.storage.workflow_timers
+    ahead = await timers.anything_due(within_seconds=2 * MINUTE.total_seconds())
+    assert ahead is (status == "running" and due_in is not None)
     answer = await timers.anything_due()
     claimed = await timers.claim_due(10, 30)
     assert answer is bool(claimed)

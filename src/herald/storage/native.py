@@ -965,7 +965,7 @@ QUEUED_OF_SQL = (
 )
 
 # The workflow runner's question before its tick (WorkflowTimerRepository.anything_due),
-# with the claim's conditions (its `_due`): asked four times a second by a quiet scheduler,
+# with the claim's conditions (its `_due`): asked once a second by a quiet scheduler,
 # it was a SQLAlchemy transaction of three round trips each time.
 WORKFLOWS_DUE_SQL = f"""
 SELECT EXISTS (SELECT 1 FROM workflow_runs

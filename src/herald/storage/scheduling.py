@@ -28,12 +28,13 @@ class SchedulingRepository(Repository):
         super().__init__(database)
         self.shaping = Shaping(database)
 
-    async def anything_due(self) -> bool:
-        """Would a pass change anything? One read, on the driver, with the pass's own
-        conditions: a quiet fleet's scheduler asks this four times a second instead of
-        running the pass's three to five transactions. An outage answers yes, so the pass
-        runs and meets it as it always has (logged, tried again next interval)."""
-        return await self._probe_due(ANYTHING_DUE_SQL)
+    async def anything_due(self, within_seconds: float = 0.0) -> bool:
+        """Would a pass change anything now (or within the next `within_seconds`)? One
+        read, on the driver, with the pass's own conditions: a quiet fleet's scheduler asks
+        this instead of running the pass's three to five transactions. An outage answers
+        yes, so the pass runs and meets it as it always has (logged, tried again next
+        interval)."""
+        return await self._probe_due(ANYTHING_DUE_SQL, within_seconds)
 
     async def release_due(self, limit: int) -> list[Released]:
         """Deferred deliveries whose time has come go back to `queued`; the caller

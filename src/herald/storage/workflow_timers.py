@@ -116,10 +116,11 @@ class WorkflowTimerRepository(Repository):
             sa.or_(R.lease_until.is_(None), R.lease_until < now),
         ]
 
-    async def anything_due(self) -> bool:
-        """Would a tick find a due run? One read on the driver (WORKFLOWS_DUE_SQL, the
-        conditions of `_due`). An outage answers yes: the tick then meets it as before."""
-        return await self._probe_due(WORKFLOWS_DUE_SQL)
+    async def anything_due(self, within_seconds: float = 0.0) -> bool:
+        """Would a tick find a due run now (or within the next `within_seconds`)? One read
+        on the driver (WORKFLOWS_DUE_SQL, the conditions of `_due`). An outage answers yes:
+        the tick then meets it as before."""
+        return await self._probe_due(WORKFLOWS_DUE_SQL, within_seconds)
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[DueRun]:
         """Take up to `limit` due runs, oldest due first, for `lease_seconds`."""

@@ -42,6 +42,10 @@ class WorkflowRunner:
         self.batch = batch
         self.on_outbox = on_outbox
 
+    async def due_within(self, seconds: float) -> bool:
+        """Whether a run falls due (or its lease runs out) within the next `seconds`."""
+        return await self.timers.anything_due(seconds)
+
     async def tick(self) -> int:
         """Advance every due run; returns how many steps were done or skipped."""
         if not await self.timers.anything_due():
