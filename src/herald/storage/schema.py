@@ -380,7 +380,8 @@ digests = sa.Table(
     sa.Column("notification_id", Id),  # the digest's own notification, once closed
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("closed_at", UtcDateTime),
-    sa.UniqueConstraint("user_id", "category", "channel", "window_start", name="uq_digests_window"),
+    # One unique key: the id is derived from (user_id, category, channel, window_start), and
+    # a fold's ON CONFLICT can arbitrate only one (migration 0015 says why).
     sa.Index("ix_digests_state_end", "state", "window_end"),
 )
 

@@ -146,7 +146,7 @@ class Shaping:
                 created_at=now,
             )
             .on_conflict_do_update(
-                index_elements=["user_id", "category", "channel", "window_start"],
+                index_elements=["id"],  # digest_id() of the window: its only unique key
                 set_={"item_count": d.item_count + 1},
                 where=d.state == OPEN,
             )
