@@ -346,9 +346,13 @@ kafka_launch() {
 }
 
 kafka_wait() {
-    local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    local deadline=$((SECONDS + KAFKA_START_TIMEOUT)) launched
+    launched="$(cat "$KAFKA_PID" 2>/dev/null)"
     until kafka_ready; do
-        if ! kafka_pid >/dev/null; then
+        # Alive is enough for the pid just launched: until the forked shell has exec'd the
+        # JVM, /proc/<pid>/cmdline is still the shell's, and kafka_pid would call a broker
+        # that is starting dead (under load it did: "exited during startup", empty log).
+        if ! { [ -n "$launched" ] && kill -0 "$launched" 2>/dev/null; }; then
             tail -n 40 "$KAFKA_LOG" >&2
             die "Kafka exited during startup (log tail above, full log: $KAFKA_LOG)"
         fi
