@@ -202,8 +202,11 @@ def test_an_item_stored_while_the_inbox_stream_connects_is_shown(
     held: list[Route] = []
     page.route("**/inbox/stream?*", lambda route: held.append(route))  # it waits there
     inbox = _open_inbox(page, server)
-    while not held:  # Playwright calls the route handler while the page is waited on
+    for _ in range(500):  # Playwright calls the route handler while the page is waited on
+        if held:
+            break
         page.wait_for_timeout(20)
+    assert held, "the element opened no stream within 10 s"
     send(api, title="While you connected", channels=["in_app"])
     until(lambda: api.get("/v1/users/42/inbox").json()["unread_count"] == 1)
     held[0].continue_()

@@ -229,12 +229,14 @@ export class HeraldInbox extends HTMLElement {
     source.addEventListener("open", () => {
       this.#retry = 0;
       this.#status("live");
-      if (this.#dropped) this.#catchUp(); // after a drop: also ask for the newest page
+    });
+    // Subscribed: what is stored from now on comes through the stream. The newest page is
+    // read once more after a drop, and when there was no event id to replay from (the first
+    // page was empty), for what was stored while the stream was away or connecting.
+    source.addEventListener("ready", () => {
+      if (this.#dropped || this.#lastEventId === null) this.#catchUp();
       this.#dropped = false;
     });
-    // Subscribed. With no event id to replay from (the first page was empty), an item stored
-    // between that page's read and now would be missed: read the newest page once more.
-    source.addEventListener("ready", () => { if (this.#lastEventId === null) this.#catchUp(); });
     source.addEventListener("inbox", (event) => this.#arrived(event));
     source.addEventListener("expired", () => { this.#close(); this.#emit("token-expired", {}); });
     source.addEventListener("error", () => {
