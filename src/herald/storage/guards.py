@@ -41,8 +41,29 @@ class Guard:
 
     def holds(self, state: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         """The SQL condition: the row's state is one of the sources."""
-        values = self.values
-        return state == values[0] if len(values) == 1 else state.in_(values)
+        return state_in(self.sources, state)
+
+
+def state_in(
+    states: Iterable[DeliveryState], state: sa.ColumnElement[Any]
+) -> sa.ColumnElement[bool]:
+    """`state = 'x'` for one state, `state IN ('x', 'y')` for several, with the states
+    written into the SQL rather than bound: a partial index (schema.py) serves a statement
+    only when the database can prove the index's predicate from the statement's own text,
+    which SQLite does term by term and PostgreSQL cannot do from a parameter in a plan it
+    keeps for every execution."""
+    values: list[sa.ColumnElement[Any]] = [
+        sa.literal_column(f"'{value}'") for value in sorted(s.value for s in states)
+    ]
+    return state == values[0] if len(values) == 1 else state.in_(values)
+
+
+def state_in_sql(states: Iterable[DeliveryState], column: str = "state") -> str:
+    """`state_in` as SQL text, for the statements written on the drivers (native.py)."""
+    values = sorted(s.value for s in states)
+    if len(values) == 1:
+        return f"{column} = '{values[0]}'"
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
 def _guard(name: str, sources: Iterable[S], targets: Iterable[S]) -> Guard:

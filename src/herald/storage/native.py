@@ -41,6 +41,7 @@ from herald.storage.guards import (
     OUTCOME,
     RELEASE_DUE,
     Guard,
+    state_in_sql,
 )
 from herald.storage.records import DeliveryUpdate
 from herald.util import json_dumps
@@ -55,7 +56,7 @@ EVENT_COLUMNS = ("delivery_id", "notification_id", "state", "provider", "detail"
 
 
 def _in(guard: Guard, column: str = "state") -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in guard.values)})"
+    return state_in_sql(guard.sources, column)
 
 
 def _alive(then: str, otherwise: str) -> str:

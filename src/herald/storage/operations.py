@@ -1,8 +1,9 @@
 """What an operator watches: the backlog (outbox, deliveries waiting in each state and the
 age of the oldest, workflow timers due), read at scrape time by the metrics endpoint and
 by `herald status`; and the delivery log as it is written, for `herald tail`.
-Each figure is one indexed lookup: ix_deliveries_state_updated and ix_deliveries_state_due
-answer the counts and the oldest rows without a scan of the finished deliveries."""
+Each figure is one indexed lookup: the partial indexes ix_deliveries_unsent_updated and
+ix_deliveries_deferred_due answer the counts and the oldest rows without a scan of the
+finished deliveries."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from herald.storage.outbox import backlog_query
 from herald.storage.repository import Repository
 
 S = DeliveryState
-WAITING_STATES = (S.QUEUED, S.DEFERRED, S.SENDING)
+# The unsent states (UNSENT_STATES), in the order they are shown.
+BACKLOG_STATES = (S.QUEUED, S.DEFERRED, S.SENDING)
 
 
 @dataclass(frozen=True)
@@ -104,14 +106,8 @@ class OperationsRepository(Repository):
         async with self.db.reading() as db:
             outbox = (await db.execute(backlog_query())).one()
             deliveries = {}
-            for state in WAITING_STATES:
-                row = (
-                    await db.execute(
-                        sa.select(sa.func.count(), sa.func.min(t.deliveries.c.updated_at)).where(
-                            t.deliveries.c.state == state.value
-                        )
-                    )
-                ).one()
+            for state in BACKLOG_STATES:
+                row = (await db.execute(_backlog_of(state))).one()
                 deliveries[state] = StateBacklog(int(row[0]), _age(now, row[1]))
             overdue = await db.scalar(
                 sa.select(sa.func.min(t.deliveries.c.due_at)).where(
@@ -127,6 +123,12 @@ class OperationsRepository(Repository):
             workflow_timers_due=int(timers[0]),
             workflow_timer_lag_seconds=_age(now, timers[1]),
         )
+
+
+def _backlog_of(state: DeliveryState) -> sa.Select[int, datetime]:
+    return sa.select(sa.func.count(), sa.func.min(t.deliveries.c.updated_at)).where(
+        t.unsent_in(state)
+    )
 
 
 def _due_timers(now: datetime) -> sa.Select[int, datetime]:

@@ -90,7 +90,7 @@ class SchedulingRepository(Repository):
                     t.deliveries.c.id.in_(
                         sa.select(t.deliveries.c.id)
                         .where(
-                            t.deliveries.c.state == S.QUEUED.value,
+                            t.unsent_in(S.QUEUED),
                             t.deliveries.c.updated_at <= older_than,
                         )
                         .limit(limit)
