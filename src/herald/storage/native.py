@@ -21,11 +21,12 @@ from __future__ import annotations
 import abc
 import functools
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import orjson
 import sqlalchemy as sa
@@ -46,6 +47,7 @@ from herald.storage.guards import (
 from herald.storage.records import DeliveryUpdate
 from herald.util import json_dumps
 
+T = TypeVar("T")
 S = DeliveryState
 DELIVERY_COLUMNS = (
     "id, notification_id, user_id, channel, platform, target, target_ref, state, policy, "
@@ -572,6 +574,7 @@ _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a DateTime in S
 # UNION ALL) on every call cost more than running it (docs/benchmarks.md, "Figures behind
 # code choices").
 @functools.lru_cache(maxsize=64)
+@functools.cache
 def sqlite_sql(sql: str) -> str:
     """PostgreSQL's text for SQLite: numbered parameters, no casts, and arrays as JSON
     arrays."""
@@ -579,14 +582,68 @@ def sqlite_sql(sql: str) -> str:
     return _POSITIONAL.sub(r"?\1", _CAST.sub("", arrays)).replace(" FOR UPDATE", "")
 
 
+INSERT_EVENT_SQLITE = (
+    "INSERT INTO delivery_events "
+    "(delivery_id, notification_id, state, provider, detail, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _sqlite_rows(
+    connection: sqlite3.Connection, sql: str, values: Sequence[Any]
+) -> list[dict[str, Any]]:
+    """A statement's rows as mappings (on the connection's thread)."""
+    cursor = connection.execute(sql, values)
+    try:
+        names = [column[0] for column in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def _sqlite_many(connection: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    """An executemany; how many rows it changed (on the connection's thread)."""
+    cursor = connection.executemany(sql, rows)
+    try:
+        return int(cursor.rowcount)
+    finally:
+        cursor.close()
+
+
 class SqliteNative(Native):
     """sqlite3 through aiosqlite, on the pool's one connection. Python's sqlite3 begins a
-    transaction before the first write; `transaction()` and single statements commit."""
+    transaction before the first write; `transaction()` and single statements commit.
+
+    Each method sends all of its statements (and the commit of a statement on its own) to
+    the connection's thread as one function: one hop from the event loop and back, not one
+    per execute, fetch, cursor close and commit. Every hop waits for the loop to take its
+    result, behind whatever else the loop is running, and the process's one connection
+    is held, idle, meanwhile (docs/benchmarks.md, "One hop per statement on SQLite")."""
 
     def __init__(self, connection: Any, *, in_transaction: bool = False) -> None:
         self.connection = connection
         # True: inside a transaction SQLAlchemy opened and will end (commit nothing here).
         self._in_transaction = in_transaction
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T], *, commit: bool = False) -> T:
+        """`work(connection)` on the connection's thread; with `commit` (outside a
+        transaction), committed there too, or rolled back when it raises. aiosqlite's
+        `_execute` is its one way to run a function on that thread (private API of the
+        version uv.lock pins; the whole embedded suite runs through it)."""
+        driver = self.connection
+        if not commit or self._in_transaction:
+            return cast(T, await driver._execute(work, driver._conn))
+
+        def committed(connection: sqlite3.Connection) -> T:
+            try:
+                result = work(connection)
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+            return result
+
+        return cast(T, await driver._execute(committed, driver._conn))
 
     def _args(self, args: Sequence[Any]) -> list[Any]:
         return [
@@ -599,16 +656,9 @@ class SqliteNative(Native):
         ]
 
     async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
-        cursor = await self.connection.execute(sqlite_sql(sql), self._args(args))
-        try:
-            names = [column[0] for column in cursor.description or ()]
-            rows: list[Mapping[str, Any]] = [
-                dict(zip(names, row, strict=True)) for row in await cursor.fetchall()
-            ]
-        finally:
-            await cursor.close()
-        if not self._in_transaction:
-            await self.connection.commit()
+        query, values = sqlite_sql(sql), self._args(args)
+        found = await self._run(lambda c: _sqlite_rows(c, query, values), commit=True)
+        rows: list[Mapping[str, Any]] = [*found]
         return rows
 
     @asynccontextmanager
@@ -627,51 +677,52 @@ class SqliteNative(Native):
     async def record_outcomes(
         self, updates: Sequence[DeliveryUpdate], events: Sequence[dict[str, Any]], now: datetime
     ) -> int:
-        async with self.transaction():
-            changed = await self._record_states(updates, now)
-            await self.append_events(events)
-        return changed
+        states = self._record_rows(updates, now)
+        logged = self._event_rows(events)
 
-    async def _record_states(self, updates: Sequence[DeliveryUpdate], now: datetime) -> int:
-        cursor = await self.connection.executemany(
-            RECORD_SQL_SQLITE,
-            [
-                (
-                    u.delivery_id,
-                    u.state.value,
-                    u.provider,
-                    u.provider_message_id,
-                    u.last_error,
-                    self.at(u.due_at),
-                    1 if u.attempts_refund else 0,
-                    self.at(now),
-                )
-                for u in updates
-            ],
-        )
-        changed = int(cursor.rowcount)
-        await cursor.close()
-        return changed
+        def record(connection: sqlite3.Connection) -> int:
+            changed = _sqlite_many(connection, RECORD_SQL_SQLITE, states)
+            if logged:
+                _sqlite_many(connection, INSERT_EVENT_SQLITE, logged)
+            return changed
+
+        return await self._run(record, commit=True)
+
+    def _record_rows(
+        self, updates: Sequence[DeliveryUpdate], now: datetime
+    ) -> list[tuple[Any, ...]]:
+        at = self.at(now)
+        return [
+            (
+                u.delivery_id,
+                u.state.value,
+                u.provider,
+                u.provider_message_id,
+                u.last_error,
+                self.at(u.due_at),
+                1 if u.attempts_refund else 0,
+                at,
+            )
+            for u in updates
+        ]
+
+    def _event_rows(self, events: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [
+            (
+                e["delivery_id"],
+                e["notification_id"],
+                e["state"],
+                e["provider"],
+                json_dumps(e["detail"]),
+                self.at(e["created_at"]),
+            )
+            for e in events
+        ]
 
     async def append_events(self, events: Sequence[dict[str, Any]]) -> None:
         if events:
-            cursor = await self.connection.executemany(
-                "INSERT INTO delivery_events "
-                "(delivery_id, notification_id, state, provider, detail, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e["delivery_id"],
-                        e["notification_id"],
-                        e["state"],
-                        e["provider"],
-                        json_dumps(e["detail"]),
-                        self.at(e["created_at"]),
-                    )
-                    for e in events
-                ],
-            )
-            await cursor.close()
+            logged = self._event_rows(events)
+            await self._run(lambda c: _sqlite_many(c, INSERT_EVENT_SQLITE, logged))
 
     async def insert_deliveries(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """An executemany (sqlite3 returns no rows from one): what exists already is read
@@ -679,31 +730,30 @@ class SqliteNative(Native):
         if not rows:
             return set()
         ids = [row["id"] for row in rows]
-        existing = {r["id"] for r in await self.fetch(EXISTING_DELIVERIES_SQL, ids)}
-        cursor = await self.connection.executemany(
-            INSERT_DELIVERY_SQLITE,
-            [
-                tuple(
-                    json_dumps(row[name])
-                    if name == "payload"
-                    else self.at(row[name])
-                    if kind == "timestamptz"
-                    else row[name]
-                    for name, kind in DELIVERY_INSERT
-                )
-                for row in rows
-                if row["id"] not in existing
-            ],
-        )
-        await cursor.close()
-        return set(ids) - existing
+        existing_sql, existing_args = sqlite_sql(EXISTING_DELIVERIES_SQL), self._args([ids])
+        values = {
+            row["id"]: tuple(
+                json_dumps(row[name])
+                if name == "payload"
+                else self.at(row[name])
+                if kind == "timestamptz"
+                else row[name]
+                for name, kind in DELIVERY_INSERT
+            )
+            for row in rows
+        }
+
+        def insert(connection: sqlite3.Connection) -> set[str]:
+            existing = {r["id"] for r in _sqlite_rows(connection, existing_sql, existing_args)}
+            new = [v for delivery_id, v in values.items() if delivery_id not in existing]
+            _sqlite_many(connection, INSERT_DELIVERY_SQLITE, new)
+            return set(ids) - existing
+
+        return await self._run(insert)
 
     async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
-        (top,) = await self.fetch(SQLITE_TOP_RELAY_SEQ)
-        seq = int(top["top"] or 0)
-        values: list[Any] = []
-        for number, row in enumerate(rows, start=seq + 1):
-            values += [
+        columns = [
+            [
                 json_dumps(row[c])
                 if c in _JSON_COLUMNS
                 else self.at(row[c])
@@ -711,40 +761,47 @@ class SqliteNative(Native):
                 else row[c]
                 for c in NOTIFICATION_COLUMNS
             ]
-            values += [0, number]
-        cursor = await self.connection.execute(_sqlite_insert_notifications(len(rows)), values)
-        try:
-            names = [column[0] for column in cursor.description or ()]
-            inserted = [Record(dict(zip(names, r, strict=True))) for r in await cursor.fetchall()]
-        finally:
-            await cursor.close()
-        if not self._in_transaction:
-            await self.connection.commit()
-        return inserted
+            for row in rows
+        ]
+        insert_sql = _sqlite_insert_notifications(len(rows))
+        top_sql = sqlite_sql(SQLITE_TOP_RELAY_SEQ)
+
+        def insert(connection: sqlite3.Connection) -> list[Record]:
+            (top,) = _sqlite_rows(connection, top_sql, [])
+            seq = int(top["top"] or 0)
+            values: list[Any] = []
+            for number, row in enumerate(columns, start=seq + 1):
+                values += [*row, 0, number]
+            return [Record(r) for r in _sqlite_rows(connection, insert_sql, values)]
+
+        return await self._run(insert, commit=True)
 
     async def relay_take(self, limit: int) -> RelayBatch:
-        batch = RelayBatch(limit)
-        side = await self.fetch(RELAY_SIDE_SQLITE, limit)
-        for lane in RELAY_LANES:
-            for row in await self.fetch(RELAY_LANE_SQLITE, lane, limit):
-                batch.add_notification(lane, row["xid"], row["seq"], row["id"], row["key"])
-            batch.records += [
-                (r["topic"], r["key"], bytes(r["payload"])) for r in side if r["lane_order"] == lane
-            ]
-        if side:
-            await self.fetch(
-                "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))",
-                [r["id"] for r in side],
-            )
-        return batch
+        side_sql, lane_sql = sqlite_sql(RELAY_SIDE_SQLITE), sqlite_sql(RELAY_LANE_SQLITE)
+        delete_sql = sqlite_sql("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))")
+
+        def take(connection: sqlite3.Connection) -> RelayBatch:
+            batch = RelayBatch(limit)
+            side = _sqlite_rows(connection, side_sql, [limit])
+            for lane in RELAY_LANES:
+                for row in _sqlite_rows(connection, lane_sql, [lane, limit]):
+                    batch.add_notification(lane, row["xid"], row["seq"], row["id"], row["key"])
+                batch.records += [
+                    (r["topic"], r["key"], bytes(r["payload"]))
+                    for r in side
+                    if r["lane_order"] == lane
+                ]
+            if side:
+                ids = orjson.dumps([r["id"] for r in side]).decode()
+                _sqlite_rows(connection, delete_sql, [ids])
+            return batch
+
+        return await self._run(take, commit=True)
 
     async def relay_advance(self, positions: Mapping[int, tuple[int, int]]) -> None:
         if positions:
-            cursor = await self.connection.executemany(
-                RELAY_ADVANCE_SQLITE,
-                [(lane, xid, seq) for lane, (xid, seq) in sorted(positions.items())],
-            )
-            await cursor.close()
+            rows = [(lane, xid, seq) for lane, (xid, seq) in sorted(positions.items())]
+            await self._run(lambda c: _sqlite_many(c, RELAY_ADVANCE_SQLITE, rows))
 
     async def relay_held_back(self) -> bool:
         return False  # one writer at a time: a pass sees every committed row, in order
