@@ -161,7 +161,26 @@ RELAY_LOCK_LANES_POSTGRES = f"""
 SELECT coalesce(array_agg(lane), '{{}}') AS lanes FROM relay_positions
 WHERE pg_try_advisory_xact_lock({RELAY_LOCK_KEY} + lane)
 """
-RELAY_TAKE_POSTGRES = """
+# The relay's horizon: the oldest transaction still running that could have written a
+# notification, i.e. one of this database's. The snapshot's xmin is the oldest of the whole
+# server's, so a write transaction left open in any database of the server (a migration, a
+# bulk load, another application's session idle in transaction) held every relay back
+# until it ended. A running transaction is passed over only on evidence that it is another
+# database's: pg_stat_activity shows it as the transaction of a backend connected to
+# another database. One that ended before that view was read, a prepared transaction, or
+# one whose backend this role may not see (without pg_read_all_stats, another role's
+# backend_xid reads NULL) still counts, so the horizon is never later than the truth.
+# The subquery is uncorrelated: PostgreSQL runs it once per statement.
+RELAY_HORIZON_POSTGRES = """(
+    SELECT coalesce(min(x::text::bigint), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+    FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+    WHERE x::xid NOT IN (
+        SELECT backend_xid FROM pg_stat_activity
+        WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()
+    )
+)"""
+
+RELAY_TAKE_POSTGRES = f"""
 WITH lanes AS (
     SELECT lane, position_xid, position_seq FROM relay_positions WHERE lane = ANY($2::smallint[])
 ), side AS (
@@ -176,7 +195,7 @@ FROM lanes AS l CROSS JOIN LATERAL (
     SELECT relay_xid, relay_seq, id, user_id FROM notifications
     WHERE state = 'accepted' AND lane_order = l.lane
       AND (lane_order, relay_xid, relay_seq) > (l.lane, l.position_xid, l.position_seq)
-      AND relay_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+      AND relay_xid < {RELAY_HORIZON_POSTGRES}
     ORDER BY lane_order, relay_xid, relay_seq
     LIMIT $1
 ) AS n
@@ -186,16 +205,16 @@ ORDER BY 1, 2, 3
 """
 
 # Committed notifications the relay cannot take yet: after their lane's position but at or
-# above the snapshot's xmin (a transaction that began before theirs is still open, on any
-# database of the server). The relay asks after a pass that found nothing, so that it comes
-# back for them soon instead of sleeping until the next wake-up.
-RELAY_HELD_BACK_POSTGRES = """
+# above the horizon (a transaction of this database that began before theirs is open).
+# The relay asks after a pass that found nothing, so that it comes back for them soon
+# instead of sleeping until the next wake-up.
+RELAY_HELD_BACK_POSTGRES = f"""
 SELECT EXISTS (
     SELECT 1 FROM relay_positions AS p CROSS JOIN LATERAL (
         SELECT 1 FROM notifications
         WHERE state = 'accepted' AND lane_order = p.lane
           AND (lane_order, relay_xid, relay_seq) > (p.lane, p.position_xid, p.position_seq)
-          AND relay_xid >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+          AND relay_xid >= {RELAY_HORIZON_POSTGRES}
         LIMIT 1
     ) AS n
 ) AS held_back
