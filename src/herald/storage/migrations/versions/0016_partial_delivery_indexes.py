@@ -14,6 +14,9 @@ update when the row's page has room for the new version; at the default fillfact
 a quarter of them found none (pg_stat_user_tables, docs/benchmarks.md). Pages filled to
 85 % keep that room. The setting applies to pages written from now on.
 
+Each CREATE INDEX reads the whole of deliveries while it holds off writes to it (the
+workers' claims and outcomes wait, they do not fail): docs/operations.md, "Upgrading".
+
 Revision ID: 0016
 Revises: 0015
 """
