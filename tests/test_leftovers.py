@@ -19,6 +19,8 @@ from tests.fixtures.leftovers import LEFTOVER, prune
         ("t0a1b2c3d4e.herald.notifications", True),  # tests/fixtures/herald.py
         ("test-0a1b2c3d4e5f.herald.deliveries.push", True),  # tests/fixtures/services.py
         ("bench0a1b2c3d.herald.notifications.priority", True),  # herald bench
+        ("fleet0a1b2c3d.herald.deliveries.sms", True),  # tests/fixtures/serve.py
+        ("sse0a1b2c3d.herald.deliveries.in_app", True),  # tests/test_serve.py
         ("herald.notifications", False),  # a deployment's own topics
         ("acme.herald.notifications", False),
         ("__consumer_offsets", False),
