@@ -35,10 +35,6 @@ class Guard:
     sources: frozenset[DeliveryState]
     targets: frozenset[DeliveryState]
 
-    @property
-    def values(self) -> list[str]:
-        return sorted(s.value for s in self.sources)
-
     def holds(self, state: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         """The SQL condition: the row's state is one of the sources."""
         return state_in(self.sources, state)
@@ -52,18 +48,20 @@ def state_in(
     only when the database can prove the index's predicate from the statement's own text,
     which SQLite does term by term and PostgreSQL cannot do from a parameter in a plan it
     keeps for every execution."""
-    values: list[sa.ColumnElement[Any]] = [
-        sa.literal_column(f"'{value}'") for value in sorted(s.value for s in states)
-    ]
+    values: list[sa.ColumnElement[Any]] = [sa.literal_column(v) for v in _quoted(states)]
     return state == values[0] if len(values) == 1 else state.in_(values)
 
 
 def state_in_sql(states: Iterable[DeliveryState], column: str = "state") -> str:
     """`state_in` as SQL text, for the statements written on the drivers (native.py)."""
-    values = sorted(s.value for s in states)
-    if len(values) == 1:
-        return f"{column} = '{values[0]}'"
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    values = _quoted(states)
+    return f"{column} = {values[0]}" if len(values) == 1 else f"{column} IN ({', '.join(values)})"
+
+
+def _quoted(states: Iterable[DeliveryState]) -> list[str]:
+    """The states' values as SQL string literals, in a stable order (a state value is a
+    lowercase word: nothing to escape)."""
+    return [f"'{value}'" for value in sorted(s.value for s in states)]
 
 
 def _guard(name: str, sources: Iterable[S], targets: Iterable[S]) -> Guard:

@@ -676,9 +676,8 @@ class SqliteNative(Native):
 
     async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
         query, values = sqlite_sql(sql), self._args(args)
-        found = await self._run(lambda c: _sqlite_rows(c, query, values), commit=True)
-        rows: list[Mapping[str, Any]] = [*found]
-        return rows
+        rows = await self._run(lambda c: _sqlite_rows(c, query, values), commit=True)
+        return cast(list[Mapping[str, Any]], rows)  # the dicts, read as mappings
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
