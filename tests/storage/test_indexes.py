@@ -22,11 +22,7 @@ from herald.storage import Storage
 from herald.storage import schema as t
 from herald.storage.native import ANYTHING_DUE_SQL
 from herald.storage.records import ProviderReport
-from tests.fixtures.activity import explaining
-
-
-def _explain(backend: str) -> str:
-    return "EXPLAIN" if backend == "production" else "EXPLAIN QUERY PLAN"
+from tests.fixtures.activity import explain_prefix, explaining
 
 
 def _reads_deliveries(statement: str) -> bool:
@@ -73,17 +69,12 @@ SWEEPS: list[tuple[str, Callable[[Storage], Awaitable[Any]], set[str]]] = [
 @pytest.mark.parametrize(("what", "call", "indexes"), SWEEPS, ids=[s[0] for s in SWEEPS])
 async def test_each_sweep_reads_a_partial_index(
     runtime: Runtime,
-    backend: str,
     what: str,
     call: Callable[[Storage], Awaitable[Any]],
     indexes: set[str],
 ) -> None:
     storage = runtime.storage
-    explain = _explain(backend)
-    without_seqscan = backend == "production"
-    with explaining(
-        storage.database, _reads_deliveries, explain, without_seqscan=without_seqscan
-    ) as plans:
+    with explaining(storage.database, _reads_deliveries, without_seqscan=True) as plans:
         await call(storage)
     assert plans, f"{what}: no statement read deliveries"
     assert not [plan for plan in plans if _scans_deliveries(plan)], plans
@@ -99,7 +90,7 @@ async def test_the_schedulers_probe_reads_the_due_and_lease_indexes(
         if backend == "production":
             await native.fetch("SET LOCAL enable_seqscan = off")
         rows = await native.fetch(
-            f"{_explain(backend)} {ANYTHING_DUE_SQL}", native.at(database.clock.now())
+            f"{explain_prefix(database)} {ANYTHING_DUE_SQL}", native.at(database.clock.now())
         )
     plan = "\n".join(str(list(row.values())[-1]) for row in rows)
     assert not _scans_deliveries(plan), plan
