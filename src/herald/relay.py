@@ -8,8 +8,10 @@ transaction after the publish, so a crash in between publishes the same rows aga
 duplicate notification message, which routing absorbs.
 
 On PostgreSQL a committed row can be held back for a moment: the relay reads only below the
-oldest open transaction, which may be another one's. A pass that found nothing asks whether
-that is so, and comes back within milliseconds instead of at the next wake-up.
+oldest open transaction, which may be another one's, and its wake-up may have been spent
+on the pass that could not see it. A pass that found nothing, with no wake-up pending, asks
+whether notifications wait after the positions all the same, and if so comes back within
+milliseconds instead of at the fallback pass.
 
 An idle relay does not poll: it waits for its `wakeup` event, set by the writers of outbox
 rows in this process and by `wake_source` (LISTEN, herald.wakeups) for those elsewhere.
@@ -118,8 +120,6 @@ class Relay:
                 await wait_for_event(stop, 1.0)
                 continue
             if await self._held_back():
-                # Rows are there but behind an open transaction: back soon, not at the
-                # next wake-up (which was spent on this pass).
                 await wait_for_event(self.wakeup, held_back_wait)
                 held_back_wait = min(held_back_wait * 2, HELD_BACK_MAX_WAIT_SECONDS)
                 continue
@@ -129,10 +129,18 @@ class Relay:
             fallback = min(fallback * 2, self.idle_poll_max)
 
     async def _held_back(self) -> bool:
+        """After a pass that found nothing: rows wait that the pass did not see, and no
+        wake-up is pending for them. Their wake-up rang before the pass and was spent on it
+        while an open transaction held them back, so the relay comes back soon rather than
+        at the fallback. Rows committed since the pass rang again: the wait for the wake-up
+        returns at once, and lingers as any wake-up does."""
+        if self.wakeup.is_set():
+            return False
         try:
-            return await self.outbox.held_back()
+            waiting = await self.outbox.waiting()
         except Exception:  # the pass's own errors are handled above; this is a hint only
             return False
+        return waiting and not self.wakeup.is_set()
 
 
 async def _set_when(stop: asyncio.Event, event: asyncio.Event) -> None:

@@ -204,20 +204,21 @@ SELECT lane_order, NULL, id, NULL, key, topic, payload FROM side
 ORDER BY 1, 2, 3
 """
 
-# Committed notifications the relay cannot take yet: after their lane's position but at or
-# above the horizon (a transaction of this database that began before theirs is open).
-# The relay asks after a pass that found nothing, so that it comes back for them soon
-# instead of sleeping until the next wake-up.
-RELAY_HELD_BACK_POSTGRES = f"""
+# Whether accepted notifications wait after a lane's position. The relay asks after a pass
+# that took nothing: what waits then is held back (a transaction of this database older
+# than theirs is still open) or committed since, and either way the relay comes back soon
+# instead of sleeping until the next wake-up. Not "at or above the horizon": the horizon
+# read a moment after the pass may have moved past rows that pass could not see yet, and
+# the relay then slept through them until its fallback poll.
+RELAY_WAITING_POSTGRES = """
 SELECT EXISTS (
     SELECT 1 FROM relay_positions AS p CROSS JOIN LATERAL (
         SELECT 1 FROM notifications
         WHERE state = 'accepted' AND lane_order = p.lane
           AND (lane_order, relay_xid, relay_seq) > (p.lane, p.position_xid, p.position_seq)
-          AND relay_xid >= {RELAY_HORIZON_POSTGRES}
         LIMIT 1
     ) AS n
-) AS held_back
+) AS waiting
 """
 
 RELAY_ADVANCE_POSTGRES = """
@@ -226,17 +227,18 @@ FROM unnest($1::smallint[], $2::bigint[], $3::bigint[]) AS u(lane, xid, seq)
 WHERE p.lane = u.lane
 """
 
-# SQLite, one writer at a time: the same reads as separate statements, no locks.
+# SQLite, one writer at a time: the same reads as separate statements, no locks. The
+# position goes in as parameters: with it as subqueries (or as the first member of the row
+# value) SQLite searched the index by lane alone and walked every notification the lane
+# ever had, 13 ms a pass at 50,000 behind (docs/benchmarks.md, "Figures behind code
+# choices").
+RELAY_POSITIONS_SQLITE = "SELECT lane, position_xid, position_seq FROM relay_positions"
 RELAY_LANE_SQLITE = """
-SELECT n.relay_xid AS xid, n.relay_seq AS seq, n.id, n.user_id AS key
-FROM notifications AS n
-WHERE n.state = 'accepted' AND n.lane_order = $1
-  AND (n.lane_order, n.relay_xid, n.relay_seq) > (
-      $1,
-      (SELECT position_xid FROM relay_positions WHERE lane = $1),
-      (SELECT position_seq FROM relay_positions WHERE lane = $1))
-ORDER BY n.lane_order, n.relay_xid, n.relay_seq
-LIMIT $2
+SELECT relay_xid AS xid, relay_seq AS seq, id, user_id AS key
+FROM notifications
+WHERE state = 'accepted' AND lane_order = $1 AND (relay_xid, relay_seq) > ($2, $3)
+ORDER BY relay_xid, relay_seq
+LIMIT $4
 """
 RELAY_SIDE_SQLITE = (
     "SELECT id, lane_order, key, topic, payload FROM outbox ORDER BY lane_order, id LIMIT $1"
@@ -456,8 +458,8 @@ class Native(abc.ABC):
         """Move the lanes' positions past what was published."""
 
     @abc.abstractmethod
-    async def relay_held_back(self) -> bool:
-        """Whether committed notifications wait that a pass cannot take yet."""
+    async def relay_waiting(self) -> bool:
+        """Whether accepted notifications wait after a lane's position."""
 
     @abc.abstractmethod
     def at(self, value: datetime | None) -> Any:
@@ -573,8 +575,8 @@ class AsyncpgNative(Native):
                 [positions[lane][1] for lane in lanes],
             )
 
-    async def relay_held_back(self) -> bool:
-        return bool(await self.connection.fetchval(RELAY_HELD_BACK_POSTGRES))
+    async def relay_waiting(self) -> bool:
+        return bool(await self.connection.fetchval(RELAY_WAITING_POSTGRES))
 
     def at(self, value: datetime | None) -> Any:
         return value
@@ -592,7 +594,6 @@ _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a DateTime in S
 # Cached: the statements are a few constants, and translating the router's load (a long
 # UNION ALL) on every call cost more than running it (docs/benchmarks.md, "Figures behind
 # code choices").
-@functools.lru_cache(maxsize=64)
 @functools.cache
 def sqlite_sql(sql: str) -> str:
     """PostgreSQL's text for SQLite: numbered parameters, no casts, and arrays as JSON
@@ -618,6 +619,14 @@ def _sqlite_rows(
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     finally:
         cursor.close()
+
+
+def _sqlite_positions(connection: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """The relay's lane -> (position_xid, position_seq)."""
+    return {
+        row["lane"]: (row["position_xid"], row["position_seq"])
+        for row in _sqlite_rows(connection, RELAY_POSITIONS_SQLITE, [])
+    }
 
 
 def _sqlite_many(connection: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
@@ -801,8 +810,10 @@ class SqliteNative(Native):
         def take(connection: sqlite3.Connection) -> RelayBatch:
             batch = RelayBatch(limit)
             side = _sqlite_rows(connection, side_sql, [limit])
+            positions = _sqlite_positions(connection)
             for lane in RELAY_LANES:
-                for row in _sqlite_rows(connection, lane_sql, [lane, limit]):
+                xid, seq = positions[lane]
+                for row in _sqlite_rows(connection, lane_sql, [lane, xid, seq, limit]):
                     batch.add_notification(lane, row["xid"], row["seq"], row["id"], row["key"])
                 batch.records += [
                     (r["topic"], r["key"], bytes(r["payload"]))
@@ -821,8 +832,16 @@ class SqliteNative(Native):
             rows = [(lane, xid, seq) for lane, (xid, seq) in sorted(positions.items())]
             await self._run(lambda c: _sqlite_many(c, RELAY_ADVANCE_SQLITE, rows))
 
-    async def relay_held_back(self) -> bool:
-        return False  # one writer at a time: a pass sees every committed row, in order
+    async def relay_waiting(self) -> bool:
+        lane_sql = sqlite_sql(RELAY_LANE_SQLITE)
+
+        def waiting(connection: sqlite3.Connection) -> bool:
+            return any(
+                _sqlite_rows(connection, lane_sql, [lane, xid, seq, 1])
+                for lane, (xid, seq) in _sqlite_positions(connection).items()
+            )
+
+        return await self._run(waiting)
 
     def at(self, value: datetime | None) -> Any:
         if value is None:

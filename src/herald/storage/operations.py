@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from herald.domain import DeliveryState
 from herald.domain.workflows import RunStatus
 from herald.storage import schema as t
-from herald.storage.outbox import backlog_query
+from herald.storage.outbox import read_backlog
 from herald.storage.repository import Repository
 
 S = DeliveryState
@@ -104,7 +104,7 @@ class OperationsRepository(Repository):
     async def backlog(self) -> Backlog:
         now = self.clock.now()
         async with self.db.reading() as db:
-            outbox = (await db.execute(backlog_query())).one()
+            outbox_depth, outbox_oldest = await read_backlog(db)
             deliveries = {}
             for state in BACKLOG_STATES:
                 row = (await db.execute(_backlog_of(state))).one()
@@ -116,8 +116,8 @@ class OperationsRepository(Repository):
             )
             timers = (await db.execute(_due_timers(now))).one()
         return Backlog(
-            outbox_depth=int(outbox[0]),
-            outbox_oldest_age_seconds=_age(now, outbox[1]),
+            outbox_depth=outbox_depth,
+            outbox_oldest_age_seconds=_age(now, outbox_oldest),
             deliveries=deliveries,
             scheduler_lag_seconds=_age(now, overdue),
             workflow_timers_due=int(timers[0]),

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.domain import NotificationState
 from herald.storage import schema as t
@@ -45,32 +47,44 @@ class OutboxRepository(Repository):
             yield batch.records
             await native.relay_advance(batch.positions)
 
-    async def held_back(self) -> bool:
-        """Whether committed notifications wait that a pass cannot take yet (PostgreSQL: a
-        transaction older than theirs is still open somewhere on the server)."""
+    async def waiting(self) -> bool:
+        """Whether accepted notifications wait after a lane's position. After a pass that
+        took nothing they are held back (PostgreSQL: a transaction of this database older
+        than theirs is still open) or committed since."""
         async with self.db.native() as native:
-            return await native.relay_held_back()
+            return await native.relay_waiting()
 
     async def size(self) -> int:
         """How many records wait for the relay."""
         async with self.db.reading() as db:
-            return int((await db.execute(backlog_query())).one()[0])
+            depth, _ = await read_backlog(db)
+        return depth
 
 
-def backlog_query() -> sa.Select[int, Any]:
-    """(records waiting for the relay, the oldest one's created_at): the notifications after
-    their lane's position and the rows of the outbox table."""
-    n = t.notifications.c
+async def read_backlog(db: AsyncConnection) -> tuple[int, datetime | None]:
+    """(records waiting for the relay, the oldest one's created_at), on a reading
+    connection: the notifications after their lane's position and the rows of the outbox
+    table. The positions are read first and go in as values: SQLite, given them as a join
+    or subqueries, searches the index by lane alone and counts through every notification
+    the lane ever had (docs/benchmarks.md, "Figures behind code choices")."""
     p = t.relay_positions.c
-    waiting = (
-        sa.select(n.created_at)
-        .join(t.relay_positions, p.lane == n.lane_order)
-        .where(
+    positions = [
+        (int(lane), int(xid), int(seq))
+        for lane, xid, seq in await db.execute(sa.select(p.lane, p.position_xid, p.position_seq))
+    ]
+    row = (await db.execute(_backlog_query(positions))).one()
+    return int(row[0]), row[1]
+
+
+def _backlog_query(positions: list[tuple[int, int, int]]) -> sa.Select[Any, Any]:
+    n = t.notifications.c
+    after_positions = [
+        sa.select(n.created_at).where(
             n.state == NotificationState.ACCEPTED.value,
-            sa.tuple_(n.lane_order, n.relay_xid, n.relay_seq)
-            > sa.tuple_(p.lane, p.position_xid, p.position_seq),
+            n.lane_order == lane,
+            sa.tuple_(n.relay_xid, n.relay_seq) > sa.tuple_(sa.literal(xid), sa.literal(seq)),
         )
-        .union_all(sa.select(t.outbox.c.created_at))
-        .subquery()
-    )
+        for lane, xid, seq in positions
+    ]
+    waiting = sa.union_all(*after_positions, sa.select(t.outbox.c.created_at)).subquery()
     return sa.select(sa.func.count(), sa.func.min(waiting.c.created_at))
