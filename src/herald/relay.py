@@ -134,7 +134,7 @@ class Relay:
         while an open transaction held them back, so the relay comes back soon rather than
         at the fallback. Rows committed since the pass rang again: the wait for the wake-up
         returns at once, and lingers as any wake-up does."""
-        if self.wakeup.is_set():
+        if self.wakeup.is_set() or not self.outbox.reads_lag_commits:
             return False
         try:
             waiting = await self.outbox.waiting()

@@ -47,6 +47,12 @@ class OutboxRepository(Repository):
             yield batch.records
             await native.relay_advance(batch.positions)
 
+    @property
+    def reads_lag_commits(self) -> bool:
+        """Whether a notification committed before a pass can be invisible to it (PostgreSQL:
+        it waits behind an older open transaction). On SQLite a pass sees every commit."""
+        return self.db.dialect.relay_reads_lag_commits
+
     async def waiting(self) -> bool:
         """Whether accepted notifications wait after a lane's position. After a pass that
         took nothing they are held back (PostgreSQL: a transaction of this database older
