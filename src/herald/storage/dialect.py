@@ -116,6 +116,18 @@ class SqliteDialect(Dialect):
         return SqliteNative(driver, in_transaction=True)
 
 
+# Every PostgreSQL connection's settings (docs/benchmarks.md, "Figures behind code choices"):
+# - No JIT: Herald's statements are short, and the cost estimates of some (the relay's
+#   pass: a lateral read per lane) pass jit_above_cost, so executions compiled code they
+#   then ran once.
+# - A plan for each execution, not the prepared statement's generic one: PostgreSQL settles
+#   on a generic plan after five executions and keeps it until the table is analyzed
+#   again. Made while notifications and deliveries were nearly empty (a new database, or a
+#   process started early in a burst), it scans the whole table for a batch looked up by
+#   id, and goes on doing so as the table grows, for as long as autovacuum takes to come by.
+SERVER_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
+
+
 class PostgresDialect(Dialect):
     """The production backend: PostgreSQL through asyncpg, pooled. Queues are read with
     FOR UPDATE SKIP LOCKED, ids are bound as one array, the delivery log is loaded with
@@ -139,11 +151,7 @@ class PostgresDialect(Dialect):
             # pool, the role retries its batch and the API answers 503 with Retry-After
             # (safe to repeat).
             pool_recycle=3600,
-            # No JIT: Herald's statements are short, and the cost estimates of some (the
-            # relay's pass: a lateral read per lane) pass jit_above_cost, so executions
-            # compiled code they then ran once (docs/benchmarks.md, "Figures behind code
-            # choices").
-            connect_args={"server_settings": {"jit": "off"}},
+            connect_args={"server_settings": SERVER_SETTINGS},
             json_serializer=json_dumps,
             json_deserializer=orjson.loads,
         )
