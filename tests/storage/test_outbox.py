@@ -345,7 +345,8 @@ async def test_sqlite_reads_each_lane_from_its_position_not_from_its_start(
 ) -> None:
     """A relay pass and the backlog read the index range after each lane's position. Given
     the position by a subquery or a join, SQLite searched the index by lane alone and
-    walked every notification the lane ever had: 13 ms a pass at 50,000 behind."""
+    walked every notification the lane ever had (docs/benchmarks.md, "Figures behind code
+    choices")."""
     database = embedded_storage.database
     async with database.native() as native:
         rows = await native.fetch("EXPLAIN QUERY PLAN " + RELAY_LANE_SQLITE, 1, 0, 0, 10)

@@ -36,7 +36,7 @@ async def test_a_lookup_by_id_prepared_on_an_empty_table_reads_its_index_once_it
                 row[0] for row in await connection.fetch("EXPLAIN EXECUTE lookup ('{n1,n2,n3}')")
             )
         finally:
-            await connection.execute("DEALLOCATE ALL")
+            await connection.execute("DEALLOCATE lookup")  # asyncpg's own statements stay
             await connection.execute("DROP TABLE plan_probe")
     assert "Seq Scan" not in plan
     assert "plan_probe_pkey" in plan

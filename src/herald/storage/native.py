@@ -230,8 +230,7 @@ WHERE p.lane = u.lane
 # SQLite, one writer at a time: the same reads as separate statements, no locks. The
 # position goes in as parameters: with it as subqueries (or as the first member of the row
 # value) SQLite searched the index by lane alone and walked every notification the lane
-# ever had, 13 ms a pass at 50,000 behind (docs/benchmarks.md, "Figures behind code
-# choices").
+# ever had (docs/benchmarks.md, "Figures behind code choices").
 RELAY_POSITIONS_SQLITE = "SELECT lane, position_xid, position_seq FROM relay_positions"
 RELAY_LANE_SQLITE = """
 SELECT relay_xid AS xid, relay_seq AS seq, id, user_id AS key
