@@ -23,6 +23,7 @@ from herald.domain import DeliveryState
 from herald.relay import Relay
 from herald.runtime import Runtime
 from herald.storage import DeliveryUpdate
+from herald.storage.native import RelayBatch
 from herald.wakeups import PgDoorbell, PgListener
 from tests.fixtures.herald import eventually
 
@@ -83,13 +84,13 @@ class CommitDuringPass(Relay):
         self.api = api
         self.injecting = self.injected = False
 
-    async def relay_once(self) -> int:
-        taken = await super().relay_once()
-        if not taken and not self.injecting:
+    async def relay_pass(self) -> RelayBatch:
+        batch = await super().relay_pass()
+        if not batch.records and not self.injecting:
             self.injecting = True
             await _accept(self.api, "during-the-pass")
             self.injected = True
-        return taken
+        return batch
 
 
 async def test_a_row_committed_while_the_relay_reads_the_outbox_is_not_missed(

@@ -101,8 +101,8 @@ async def test_notifications_pending_in_the_old_outbox_are_relayed_after_0014(
         published: list[tuple[str, bytes]] = []
 
         async def relayed_all() -> bool:
-            async with storage.outbox.take(100) as records:
-                published.extend((topic, payload) for topic, _, payload in records)
+            async with storage.outbox.take(100) as batch:
+                published.extend((topic, payload) for topic, _, payload in batch.records)
             return len(published) >= 3
 
         await eventually(relayed_all)  # PostgreSQL: the horizon may lag on a shared server

@@ -41,8 +41,14 @@ async def accept(storage: Storage, *keys: str, priority: Priority = Priority.NOR
 
 
 async def taken(storage: Storage, limit: int = 1000) -> list[str]:
-    async with storage.outbox.take(limit) as records:
-        return ids(records)
+    async with storage.outbox.take(limit) as batch:
+        return ids(batch.records)
+
+
+async def held_back(storage: Storage) -> bool:
+    async with storage.outbox.take(1000) as batch:
+        assert batch.records == []
+        return batch.held_back
 
 
 async def relayed(storage: Storage, limit: int = 1000) -> list[str]:
@@ -92,7 +98,7 @@ async def test_a_write_transaction_open_in_another_database_does_not_hold_the_re
                 )
             assert row["xmin"] <= other  # the server's horizon is held back by it
             assert await relayed(postgres_storage) == ["n-while-another-database-writes"]
-            assert not await postgres_storage.outbox.waiting()
+            assert not await held_back(postgres_storage)
     finally:
         await elsewhere.close()
 
@@ -123,7 +129,6 @@ async def test_a_relay_comes_back_soon_for_rows_an_open_transaction_holds_back(
     async with database.transaction() as older:
         await older.execute(sa.text("SELECT pg_current_xact_id()"))  # open, with a lower xid
         await accept(postgres_storage, "late")
-        assert await postgres_storage.outbox.waiting()
         task = asyncio.create_task(relay.run(stop))
         relay.wakeup.set()  # the accept's wake-up
         await eventually(lambda: _passes_at_least(relay, 2))  # it keeps asking meanwhile
@@ -134,7 +139,7 @@ async def test_a_relay_comes_back_soon_for_rows_an_open_transaction_holds_back(
         stop.set()
         await task  # its pass ends, and commits the lane's new position, before it stops
     assert [orjson.loads(r.value)["notification_id"] for r in bus.published] == ["n-late"]
-    assert not await postgres_storage.outbox.waiting()
+    assert await postgres_storage.outbox.size() == 0
 
 
 async def _passes_at_least(relay: Relay, n: int) -> bool:
@@ -145,27 +150,54 @@ async def _published(bus: ListBus) -> bool:
     return bool(bus.published)
 
 
-async def test_nothing_waits_once_a_pass_took_every_row(storage: Storage) -> None:
+@pytest.mark.parametrize(("batch", "passes"), [(10, 2), (3, 3)], ids=["less", "a-full-batch"])
+async def test_a_relay_passes_again_at_once_only_after_a_full_batch(
+    storage: Storage, batch: int, passes: int
+) -> None:
+    """Three rows, then a fourth with its wake-up. A pass that took less than a batch took
+    all it could see: the next pass is the wake-up's. After a full batch the relay passes
+    again at once (and finds nothing), then waits for the wake-up as well."""
+    bus = ListBus()
+    relay = Relay(storage.outbox, bus, batch=batch, idle_poll_seconds=60)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    await accept(storage, "a", "b", "c")
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: _published_count(bus, 3))
+        await eventually(lambda: _passes_at_least(relay, passes - 1))
+        await accept(storage, "d")
+        relay.wakeup.set()  # the accept's wake-up
+        await eventually(lambda: _published_count(bus, 4))
+    finally:
+        stop.set()
+        await task
+    assert relay.passes == passes
+
+
+async def _published_count(bus: ListBus, count: int) -> bool:
+    return len(bus.published) >= count
+
+
+async def test_a_pass_that_took_every_row_saw_nothing_held_back(storage: Storage) -> None:
     await accept(storage, "a")
-    assert await storage.outbox.waiting()
-    assert await relayed(storage) == ["n-a"]
-    assert not await storage.outbox.waiting()
+    async with storage.outbox.take(1000) as batch:
+        assert (ids(batch.records), batch.held_back) == (["n-a"], False)
+    assert not await held_back(storage)
 
 
 @pytest.mark.postgres
-async def test_rows_a_pass_could_not_see_still_wait_once_their_transaction_ends(
+async def test_a_pass_says_it_saw_rows_an_open_transaction_holds_back(
     postgres_storage: Storage,
 ) -> None:
-    """The race the relay lost (CI, 2026-12-02): a pass finds nothing because an older
-    transaction is open; it ends; the question that follows must still say that something
-    waits, or the relay sleeps until its fallback poll. A check "at or above the horizon",
-    read after the horizon moved, said no."""
+    """Said by the pass itself, in its snapshot: a question asked after it ("at or above
+    the horizon"), read once the older transaction had ended, said no (CI, 2026-12-02), and
+    the relay slept through the row until its fallback poll."""
     async with postgres_storage.database.transaction() as older:
         await older.execute(sa.text("SELECT pg_current_xact_id()"))
         await accept(postgres_storage, "late")
-        assert await taken(postgres_storage) == []  # held back
-    assert await postgres_storage.outbox.waiting()
+        assert await held_back(postgres_storage)
     assert await relayed(postgres_storage) == ["n-late"]
+    assert not await held_back(postgres_storage)
 
 
 @pytest.mark.postgres
@@ -178,11 +210,11 @@ async def test_a_relay_does_not_take_a_lane_another_relay_is_publishing(
 
     async def first() -> list[str]:
         while True:
-            async with postgres_storage.outbox.take(1000) as records:
-                if records:
+            async with postgres_storage.outbox.take(1000) as batch:
+                if batch.records:
                     holding.set()
                     await release.wait()  # publishing, the lanes' positions locked
-                    return ids(records)
+                    return ids(batch.records)
             await asyncio.sleep(0.05)  # the horizon was held back (see `relayed`)
 
     task = asyncio.create_task(first())
@@ -217,8 +249,8 @@ async def test_a_crash_after_publishing_publishes_the_same_rows_again(storage: S
     published: list[str] = []
 
     async def publish_then_crash() -> None:
-        async with storage.outbox.take(1000) as records:
-            published.extend(ids(records))
+        async with storage.outbox.take(1000) as batch:
+            published.extend(ids(batch.records))
             raise RuntimeError("the process dies before the position moves")
 
     while not published:  # (the horizon, see `relayed`)

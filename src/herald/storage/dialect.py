@@ -31,9 +31,6 @@ from herald.util import json_dumps
 
 class Dialect(abc.ABC):
     name: str
-    # Whether a committed notification can be invisible to the relay's next read: true where
-    # the relay reads below a horizon of running transactions (herald.storage.outbox).
-    relay_reads_lag_commits: bool = False
 
     @abc.abstractmethod
     def native(self, driver_connection: Any) -> Native:
@@ -135,7 +132,6 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     partitions_ahead = 3
-    relay_reads_lag_commits = True
 
     def __init__(self, pool_size: int = 10) -> None:
         self.pool_size = pool_size

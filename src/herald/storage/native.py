@@ -180,9 +180,20 @@ RELAY_HORIZON_POSTGRES = """(
     )
 )"""
 
+# The pass also says, in the same snapshot, whether a locked lane holds notifications after
+# its position that the horizon kept it from taking (a transaction of this database older
+# than theirs is still open): a row with `held_back` true and nothing else. The relay then
+# comes back for them within milliseconds, since their wake-up was spent on this pass. Read
+# in the same statement, the answer cannot miss a row: whatever committed before the pass is
+# in its snapshot, either below the horizon (taken) or at or above it (held back), and
+# whatever commits after rings the wake-up again. (A separate question asked after the pass
+# cost a round trip per pass, and one "at or above the horizon", read a moment later, missed
+# rows once the horizon had moved past them.)
 RELAY_TAKE_POSTGRES = f"""
 WITH lanes AS (
     SELECT lane, position_xid, position_seq FROM relay_positions WHERE lane = ANY($2::smallint[])
+), horizon AS (
+    SELECT {RELAY_HORIZON_POSTGRES} AS xid
 ), side AS (
     DELETE FROM outbox WHERE id IN (
         SELECT id FROM outbox ORDER BY lane_order, id LIMIT $1 FOR UPDATE SKIP LOCKED
@@ -190,35 +201,27 @@ WITH lanes AS (
     RETURNING lane_order, id, key, topic, payload
 )
 SELECT l.lane, n.relay_xid AS xid, n.relay_seq AS seq, n.id::text AS id, n.user_id AS key,
-       NULL::text AS topic, NULL::bytea AS payload
-FROM lanes AS l CROSS JOIN LATERAL (
+       NULL::text AS topic, NULL::bytea AS payload, false AS held_back
+FROM lanes AS l CROSS JOIN horizon AS h CROSS JOIN LATERAL (
     SELECT relay_xid, relay_seq, id, user_id FROM notifications
     WHERE state = 'accepted' AND lane_order = l.lane
       AND (lane_order, relay_xid, relay_seq) > (l.lane, l.position_xid, l.position_seq)
-      AND relay_xid < {RELAY_HORIZON_POSTGRES}
+      AND relay_xid < h.xid
     ORDER BY lane_order, relay_xid, relay_seq
     LIMIT $1
 ) AS n
 UNION ALL
-SELECT lane_order, NULL, id, NULL, key, topic, payload FROM side
+SELECT l.lane, NULL, NULL, NULL, NULL, NULL, NULL, true
+FROM lanes AS l CROSS JOIN horizon AS h CROSS JOIN LATERAL (
+    SELECT 1 FROM notifications
+    WHERE state = 'accepted' AND lane_order = l.lane AND relay_xid >= h.xid
+      AND (lane_order, relay_xid, relay_seq) > (l.lane, l.position_xid, l.position_seq)
+    ORDER BY lane_order, relay_xid, relay_seq
+    LIMIT 1
+) AS held
+UNION ALL
+SELECT lane_order, NULL, id, NULL, key, topic, payload, false FROM side
 ORDER BY 1, 2, 3
-"""
-
-# Whether accepted notifications wait after a lane's position. The relay asks after a pass
-# that took nothing: what waits then is held back (a transaction of this database older
-# than theirs is still open) or committed since, and either way the relay comes back soon
-# instead of sleeping until the next wake-up. Not "at or above the horizon": the horizon
-# read a moment after the pass may have moved past rows that pass could not see yet, and
-# the relay then slept through them until its fallback poll.
-RELAY_WAITING_POSTGRES = """
-SELECT EXISTS (
-    SELECT 1 FROM relay_positions AS p CROSS JOIN LATERAL (
-        SELECT 1 FROM notifications
-        WHERE state = 'accepted' AND lane_order = p.lane
-          AND (lane_order, relay_xid, relay_seq) > (p.lane, p.position_xid, p.position_seq)
-        LIMIT 1
-    ) AS n
-) AS waiting
 """
 
 RELAY_ADVANCE_POSTGRES = """
@@ -266,6 +269,9 @@ class RelayBatch:
     records: list[tuple[str, str, bytes]] = field(default_factory=list)
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
     notifications: int = 0
+    # Notifications after a lane's position that this pass could not see yet (PostgreSQL:
+    # an older transaction of this database is still open; RELAY_TAKE_POSTGRES).
+    held_back: bool = False
 
     def add_notification(
         self, lane: int, xid: int, seq: int, notification_id: str, key: str
@@ -457,10 +463,6 @@ class Native(abc.ABC):
         """Move the lanes' positions past what was published."""
 
     @abc.abstractmethod
-    async def relay_waiting(self) -> bool:
-        """Whether accepted notifications wait after a lane's position."""
-
-    @abc.abstractmethod
     def at(self, value: datetime | None) -> Any:
         """A datetime as this driver binds it."""
 
@@ -558,7 +560,9 @@ class AsyncpgNative(Native):
         batch = RelayBatch(limit)
         lanes = await self.connection.fetchval(RELAY_LOCK_LANES_POSTGRES)
         for row in await self.connection.fetch(RELAY_TAKE_POSTGRES, limit, lanes):
-            if row["topic"] is None:
+            if row["held_back"]:
+                batch.held_back = True
+            elif row["topic"] is None:
                 batch.add_notification(row["lane"], row["xid"], row["seq"], row["id"], row["key"])
             else:
                 batch.records.append((row["topic"], row["key"], bytes(row["payload"])))
@@ -573,9 +577,6 @@ class AsyncpgNative(Native):
                 [positions[lane][0] for lane in lanes],
                 [positions[lane][1] for lane in lanes],
             )
-
-    async def relay_waiting(self) -> bool:
-        return bool(await self.connection.fetchval(RELAY_WAITING_POSTGRES))
 
     def at(self, value: datetime | None) -> Any:
         return value
@@ -830,17 +831,6 @@ class SqliteNative(Native):
         if positions:
             rows = [(lane, xid, seq) for lane, (xid, seq) in sorted(positions.items())]
             await self._run(lambda c: _sqlite_many(c, RELAY_ADVANCE_SQLITE, rows))
-
-    async def relay_waiting(self) -> bool:
-        lane_sql = sqlite_sql(RELAY_LANE_SQLITE)
-
-        def waiting(connection: sqlite3.Connection) -> bool:
-            return any(
-                _sqlite_rows(connection, lane_sql, [lane, xid, seq, 1])
-                for lane, (xid, seq) in _sqlite_positions(connection).items()
-            )
-
-        return await self._run(waiting)
 
     def at(self, value: datetime | None) -> Any:
         if value is None:

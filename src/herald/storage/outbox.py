@@ -19,6 +19,8 @@ inserts is the order of the commits. What differs lives in the driver connection
 On PostgreSQL a pass takes each lane's advisory lock if it is free: two relays never
 publish one lane at once, and a relay that finds a lane locked does the other (native.py,
 RELAY_LOCK_LANES_POSTGRES and RELAY_TAKE_POSTGRES, say why not FOR UPDATE SKIP LOCKED).
+Reading below the horizon, a pass may see rows it cannot take yet; it says so
+(`RelayBatch.held_back`), so that the relay comes back for them soon.
 """
 
 from __future__ import annotations
@@ -33,32 +35,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from herald.domain import NotificationState
 from herald.storage import schema as t
+from herald.storage.native import RelayBatch
 from herald.storage.repository import Repository
 
 
 class OutboxRepository(Repository):
     @asynccontextmanager
-    async def take(self, limit: int) -> AsyncIterator[list[tuple[str, str, bytes]]]:
-        """Up to `limit` records per lane, urgent ones first, as (topic, key, payload).
+    async def take(self, limit: int) -> AsyncIterator[RelayBatch]:
+        """Up to `limit` records per lane, urgent ones first, as (topic, key, payload) in
+        `records`, and whether rows wait that this pass could not see yet (`held_back`).
         When the block exits cleanly the positions move past them (and their outbox-table
         rows are gone); when it raises, nothing moved and the next pass takes them again."""
         async with self.db.native() as native, native.transaction():
             batch = await native.relay_take(limit)
-            yield batch.records
+            yield batch
             await native.relay_advance(batch.positions)
-
-    @property
-    def reads_lag_commits(self) -> bool:
-        """Whether a notification committed before a pass can be invisible to it (PostgreSQL:
-        it waits behind an older open transaction). On SQLite a pass sees every commit."""
-        return self.db.dialect.relay_reads_lag_commits
-
-    async def waiting(self) -> bool:
-        """Whether accepted notifications wait after a lane's position. After a pass that
-        took nothing they are held back (PostgreSQL: a transaction of this database older
-        than theirs is still open) or committed since."""
-        async with self.db.native() as native:
-            return await native.relay_waiting()
 
     async def size(self) -> int:
         """How many records wait for the relay."""
