@@ -7,7 +7,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # How long the relay waits after a wake-up from idle before its pass, so the rows of
     # several requests go in one pass (0: no wait). docs/operations.md, "The relay".
     relay_linger_ms: float = Field(default=3.0, ge=0, le=1000)
+    # How PostgreSQL plans this process's statements (docs/operations.md, "Query plans"):
+    # auto is "generic" for a process that runs only relay, router and worker roles, and
+    # "per_execution" for every other (the API, the scheduler, `herald serve`, the tools).
+    postgres_plans: Literal["auto", "per_execution", "generic"] = "auto"
     rate_limits: dict[str, float] = Field(default_factory=dict)  # provider name -> msg/s
     # Per API key and API process, so one caller cannot starve the rest (0: no limit).
     api_requests_per_s: float = 1000.0

@@ -140,11 +140,25 @@ def example_key() -> str:
     return generate_key().token
 
 
+# The roles whose processes run little but the per-delivery statements, thousands of times a
+# second: their connections keep generic plans (herald.storage.dialect.PlanMode).
+HOT_PATH_ROLES = frozenset({"relay", "router", "worker"})
+
+
+def postgres_plans(configured: str, roles: Sequence[str]) -> str:
+    """HERALD_POSTGRES_PLANS for a process running `roles`, "auto" resolved."""
+    if configured != "auto":
+        return configured
+    return "generic" if set(roles) <= HOT_PATH_ROLES else "per_execution"
+
+
 async def run(settings: Settings, plan: Plan) -> None:
     if "api" in plan.roles:
         # --host/--port win over HERALD_HOST/HERALD_PORT, and the default public URL
         # (status callbacks, unsubscribe links) must name where the API really listens.
         settings = settings.model_copy(update={"host": plan.host, "port": plan.port})
+    plans = postgres_plans(settings.postgres_plans, plan.roles)
+    settings = settings.model_copy(update={"postgres_plans": plans})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -304,6 +318,7 @@ def _banner(runtime: Runtime, plan: Plan) -> None:
         listen=f"http://{plan.host}:{plan.port}" if "api" in plan.roles else None,
         metrics=_metrics_url(runtime, plan),
         database=runtime.storage.database.describe(),
+        postgres_plans=runtime.settings.postgres_plans if runtime.settings.uses_postgres else None,
         bus=runtime.bus.describe(),
         providers=providers or None,
     )

@@ -24,7 +24,7 @@ from herald.router.planner import EmailExtras
 from herald.router.router import Router
 from herald.scheduler import Scheduler
 from herald.security import Signer
-from herald.storage import Storage, open_storage
+from herald.storage import PlanMode, Storage, open_storage
 from herald.wakeups import PgDoorbell, PgListener
 from herald.workers.worker import WorkerSettings
 from herald.workflows.runner import WorkflowRunner
@@ -82,7 +82,10 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Runtime:
         storage = open_storage(
-            settings.effective_database_url, clock, retention_days=settings.events_retention_days
+            settings.effective_database_url,
+            clock,
+            retention_days=settings.events_retention_days,
+            plans=_plan_mode(settings),
         )
         hub: LiveHub = (
             PostgresHub(_asyncpg_dsn(settings.effective_database_url))
@@ -221,6 +224,12 @@ class Runtime:
         if self.outbox_bell is not None:
             await self.outbox_bell.close()
         await self.storage.database.close()
+
+
+def _plan_mode(settings: Settings) -> PlanMode:
+    # "auto" is resolved by the role's process (herald.process.run); anything else that
+    # opens a runtime (tests, tools) plans per execution.
+    return PlanMode.GENERIC if settings.postgres_plans == "generic" else PlanMode.PER_EXECUTION
 
 
 def _asyncpg_dsn(url: str) -> str:

@@ -39,6 +39,7 @@ from herald.storage.addresses import AddressRepository
 from herald.storage.broadcasts import BroadcastRepository
 from herald.storage.database import Database
 from herald.storage.deliveries import DeliveryRepository
+from herald.storage.dialect import PlanMode
 from herald.storage.directory import DirectoryRepository
 from herald.storage.engagement import EngagementRepository
 from herald.storage.feedback import FeedbackRepository
@@ -121,9 +122,15 @@ class Storage:
         )
 
 
-def open_storage(url: str, clock: Clock = SYSTEM_CLOCK, *, retention_days: int = 30) -> Storage:
+def open_storage(
+    url: str,
+    clock: Clock = SYSTEM_CLOCK,
+    *,
+    retention_days: int = 30,
+    plans: PlanMode = PlanMode.PER_EXECUTION,
+) -> Storage:
     """The storage at a database URL: sqlite:///path or postgresql://user:pw@host/db."""
-    return Storage.over(Database.open(url, clock, retention_days=retention_days))
+    return Storage.over(Database.open(url, clock, retention_days=retention_days, plans=plans))
 
 
 __all__ = [
@@ -135,6 +142,7 @@ __all__ = [
     "InvalidCursor",
     "NewNotification",
     "Page",
+    "PlanMode",
     "ProviderReport",
     "Released",
     "RoutingInput",

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from herald.clock import SYSTEM_CLOCK, Clock
 from herald.outages import is_outage
-from herald.storage.dialect import Dialect, dialect_for
+from herald.storage.dialect import Dialect, PlanMode, dialect_for
 from herald.storage.native import Native
 
 
@@ -36,9 +36,16 @@ class Database:
         self._read_engine = engine.execution_options(**dialect.read_options())
 
     @classmethod
-    def open(cls, url: str, clock: Clock = SYSTEM_CLOCK, *, retention_days: int = 30) -> Database:
+    def open(
+        cls,
+        url: str,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        retention_days: int = 30,
+        plans: PlanMode = PlanMode.PER_EXECUTION,
+    ) -> Database:
         """The database at sqlite:///path or postgresql://user:pw@host/db."""
-        dialect = dialect_for(url)
+        dialect = dialect_for(url, plans)
         return cls(dialect.create_engine(url), dialect, clock, retention_days=retention_days)
 
     @asynccontextmanager

@@ -15,6 +15,7 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -113,16 +114,39 @@ class SqliteDialect(Dialect):
         return SqliteNative(driver, in_transaction=True)
 
 
-# Every PostgreSQL connection's settings (docs/benchmarks.md, "Figures behind code choices"):
+class PlanMode(StrEnum):
+    """How PostgreSQL plans the prepared statements of a process's connections
+    (HERALD_POSTGRES_PLANS; docs/operations.md, "Query plans")."""
+
+    # A plan for each execution: for processes that run ad-hoc reads (API, console,
+    # scheduler, tools), whose best plan depends on the values.
+    PER_EXECUTION = "per_execution"
+    # One plan per statement and connection, made once: for the relay, router and worker
+    # processes, which run a few key and index lookups thousands of times a second.
+    GENERIC = "generic"
+
+
+# A PostgreSQL connection's settings by plan mode (docs/benchmarks.md, "Figures behind code
+# choices"):
 # - No JIT: Herald's statements are short, and the cost estimates of some (the relay's
 #   pass: a lateral read per lane) pass jit_above_cost, so executions compiled code they
 #   then ran once.
-# - A plan for each execution, not the prepared statement's generic one: PostgreSQL settles
-#   on a generic plan after five executions and keeps it until the table is analyzed
-#   again. Made while notifications and deliveries were nearly empty (a new database, or a
-#   process started early in a burst), it scans the whole table for a batch looked up by
-#   id, and goes on doing so as the table grows, for as long as autovacuum takes to come by.
-SERVER_SETTINGS = {"jit": "off", "plan_cache_mode": "force_custom_plan"}
+# - Never PostgreSQL's default, which settles on a generic plan after five executions and
+#   keeps it until the table is analyzed again. Made while notifications and deliveries
+#   were nearly empty (a new database, or a process started early in a burst), that plan
+#   scans the whole table for a batch looked up by id, and goes on doing so as the table
+#   grows, for as long as autovacuum takes to come by. Either each execution is planned
+#   for the table as it is, or the generic plan is made without sequential scans: every
+#   statement of the hot path reads by an index, and planning was most of PostgreSQL's
+#   CPU per delivery at a light load.
+SERVER_SETTINGS: dict[PlanMode, dict[str, str]] = {
+    PlanMode.PER_EXECUTION: {"jit": "off", "plan_cache_mode": "force_custom_plan"},
+    PlanMode.GENERIC: {
+        "jit": "off",
+        "plan_cache_mode": "force_generic_plan",
+        "enable_seqscan": "off",
+    },
+}
 
 
 class PostgresDialect(Dialect):
@@ -133,8 +157,9 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     partitions_ahead = 3
 
-    def __init__(self, pool_size: int = 10) -> None:
+    def __init__(self, pool_size: int = 10, plans: PlanMode = PlanMode.PER_EXECUTION) -> None:
         self.pool_size = pool_size
+        self.plans = plans
 
     def create_engine(self, url: str) -> AsyncEngine:
         return create_async_engine(
@@ -147,7 +172,7 @@ class PostgresDialect(Dialect):
             # pool, the role retries its batch and the API answers 503 with Retry-After
             # (safe to repeat).
             pool_recycle=3600,
-            connect_args={"server_settings": SERVER_SETTINGS},
+            connect_args={"server_settings": SERVER_SETTINGS[self.plans]},
             json_serializer=json_dumps,
             json_deserializer=orjson.loads,
         )
@@ -213,11 +238,12 @@ class PostgresDialect(Dialect):
                 await db.execute(sa.text(f'DROP TABLE IF EXISTS "{name}"'))
 
 
-def dialect_for(url: str) -> Dialect:
+def dialect_for(url: str, plans: PlanMode = PlanMode.PER_EXECUTION) -> Dialect:
+    """The dialect of a database URL; `plans` says how PostgreSQL plans (SQLite: unused)."""
     if url.startswith("sqlite"):
         return SqliteDialect()
     if url.startswith(("postgresql", "postgres")):
-        return PostgresDialect()
+        return PostgresDialect(plans=plans)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
 
 
