@@ -129,6 +129,7 @@ async def test_a_relay_comes_back_soon_for_rows_an_open_transaction_holds_back(
     async with database.transaction() as older:
         await older.execute(sa.text("SELECT pg_current_xact_id()"))  # open, with a lower xid
         await accept(postgres_storage, "late")
+        assert await postgres_storage.outbox.size() == 1
         task = asyncio.create_task(relay.run(stop))
         relay.wakeup.set()  # the accept's wake-up
         await eventually(lambda: _passes_at_least(relay, 2))  # it keeps asking meanwhile
@@ -180,6 +181,7 @@ async def _published_count(bus: ListBus, count: int) -> bool:
 
 async def test_a_pass_that_took_every_row_saw_nothing_held_back(storage: Storage) -> None:
     await accept(storage, "a")
+    assert await storage.outbox.size() == 1
     async with storage.outbox.take(1000) as batch:
         assert (ids(batch.records), batch.held_back) == (["n-a"], False)
     assert not await held_back(storage)
