@@ -5,6 +5,7 @@ counts that must hold on any machine."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from herald.bench import REPORT_KEYS
 from herald.bench.memory import MemoryTimeline, slope_per_minute
 from herald.bench.peer import PeerResult, peer_block
 from herald.bench.pgstats import Snapshot, statements, written
+from herald.bench.profile import Profiler
 from herald.bench.server import PostgresCpu, read_stat
 from herald.bench.sweep import markdown, parse_counts
 
@@ -354,3 +356,27 @@ async def test_an_idle_run_measures_the_source_tree_it_is_given(
     monkeypatch.setattr(idle, "IdleBench", Measured)
     await idle.run_idle(BenchConfig(backend="production", herald_src=tmp_path), idle.IdleConfig())
     assert [config.herald_src for config in measured] == [tmp_path]
+
+
+_BUSY = "while True:\n    sum(range(10_000))\n"
+
+
+def test_a_profile_stopped_as_soon_as_it_started_still_writes_its_file(tmp_path: Path) -> None:
+    # py-spy interrupted before it attached writes nothing (CI, 2026-12-03: a 40-notification
+    # window on a loaded machine was shorter than the attach); start waits for the attach.
+    script = tmp_path / "busy.py"  # a file, as Herald runs: py-spy reads its version from it
+    script.write_text(_BUSY)
+    busy = subprocess.Popen([sys.executable, str(script)])
+    profiler = Profiler(tmp_path / "profiles")
+
+    async def start_and_stop() -> tuple[dict[str, str], list[str]]:
+        await profiler.start({"busy": busy.pid})
+        return await profiler.stop()
+
+    try:
+        files, notes = asyncio.run(start_and_stop())
+    finally:
+        busy.kill()
+        busy.wait(10)
+    assert notes == []
+    assert Path(files["busy"]).read_text().startswith("<?xml")

@@ -114,7 +114,7 @@ class BroadcastBench(Bench):
     ) -> Fanout:
         config = self.config
         base = await db.final_count()
-        profiler = self._profiler()
+        profiler = await self._profiler()
         servers = self._server_meter(db)
         meter = self._cpu_meter(sink)
         if servers is not None:

@@ -593,12 +593,12 @@ class Bench:
         name = self.database_url.rpartition("/")[2]
         return server_meter([pid], name, self.kafka_bootstrap, self.notes)
 
-    def _profiler(self) -> Profiler | None:
+    async def _profiler(self) -> Profiler | None:
         if self.config.profile_dir is None:
             return None
         profiler = Profiler(self.config.profile_dir, self.config.profile_format)
         pids = {p.name: p.popen.pid for p in self.processes if p.popen is not None}
-        profiler.start(pids)
+        await profiler.start(pids)
         stage(f"profiling {', '.join(pids)} with py-spy into {self.config.profile_dir}")
         return profiler
 
@@ -615,7 +615,7 @@ class Bench:
         stage(f"submitting {config.notifications:,} notifications ({expected:,} deliveries){paced}")
         submit_progress = Progress("accepted", config.notifications)
         deliver_progress = Progress("delivered (final)", expected)
-        profiler = self._profiler()
+        profiler = await self._profiler()
         servers = self._server_meter(db)
         meter = self._cpu_meter(sink)
         calls_before = await self.pg.calls() if self.pg is not None else None
