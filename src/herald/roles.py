@@ -83,10 +83,11 @@ async def consume_loop(
     backoff = backoff or Backoff(initial=0.5, cap=5.0)  # resume within seconds of a recovery
     while not stop.is_set():
         consumer = bus.consumer(topics, group)
+        reported: dict[str, int] = {}
         try:
             while not stop.is_set():
                 messages = await _poll(consumer, batch_size, stop)
-                _report_lag(consumer, group)
+                reported = _report_lag(consumer, group, reported)
                 if not messages:
                     continue
                 await _handle_isolating(bus, group, name, handle, messages, set_aside)
@@ -117,9 +118,14 @@ async def consume_loop(
                 log.warning("closing the consumer failed", role=name, error=describe_error(error))
 
 
-def _report_lag(consumer: Consumer, group: str) -> None:
-    for topic, behind in consumer.lag().items():
-        METRICS.consumer_lag.labels(topic, group).set(behind)
+def _report_lag(consumer: Consumer, group: str, reported: dict[str, int]) -> dict[str, int]:
+    """Set the lag gauges when the consumer's figures changed since `reported`; returns
+    what the gauges now hold (a gauge's labels() lookup per batch shows at light load)."""
+    lag = consumer.lag()
+    if lag != reported:
+        for topic, behind in lag.items():
+            METRICS.consumer_lag.labels(topic, group).set(behind)
+    return lag
 
 
 async def _poll(consumer: Consumer, batch_size: int, stop: asyncio.Event) -> list[Message]:

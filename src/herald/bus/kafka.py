@@ -53,9 +53,10 @@ _UNASSIGNED_ERRORS = frozenset({KafkaError._STATE, KafkaError._UNKNOWN_PARTITION
 
 # A poll with a long timeout waits in slices of this on the consumer's thread (see _fetch).
 FETCH_SLICE_SECONDS = 0.5
-# A poll served on the loop measures the lag at most this often (it asks librdkafka for
-# every partition's position and watermarks, which per batch cost more than the batch's
-# own consume at light load); a poll that waits on the thread always measures it.
+# A poll measures the lag at most this often (it asks librdkafka for every partition's
+# position and watermarks, which per batch cost more than the batch's own consume at light
+# load), except a poll that found nothing, which always does: a consumer that caught up
+# reads 0 within one poll timeout.
 LAG_REFRESH_SECONDS = 1.0
 
 # Reported about once a second while a broker is unreachable; BusUnavailable and healthy()
@@ -457,8 +458,8 @@ class KafkaConsumer:
             messages = [message for raw in batch if (message := self._convert(raw)) is not None]
         except KafkaException as exc:
             raise self._bus._unavailable(f"consumer {self.group}", exc) from exc
-        if batch and time.monotonic() - self._lag_measured >= LAG_REFRESH_SECONDS:
-            self._measure_lag()
+        if batch:
+            self._measure_lag_now_and_then()
         return messages
 
     def _fetch(self, max_messages: int, timeout: float) -> list[Message]:
@@ -479,8 +480,12 @@ class KafkaConsumer:
         batch = [first]
         if max_messages > 1:
             batch += self._consumer.consume(max_messages - 1, 0)
-        self._measure_lag()
+        self._measure_lag_now_and_then()
         return [message for raw in batch if (message := self._convert(raw)) is not None]
+
+    def _measure_lag_now_and_then(self) -> None:
+        if time.monotonic() - self._lag_measured >= LAG_REFRESH_SECONDS:
+            self._measure_lag()
 
     def _measure_lag(self) -> None:
         """From the high watermarks the last fetches brought (cached: no request)."""
