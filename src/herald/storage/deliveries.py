@@ -12,7 +12,6 @@ from herald.domain import Delivery, DeliveryEvent, DeliveryState
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.guards import LEASE_RENEWAL, SET_ASIDE
-from herald.storage.native import CLAIM_NEEDS_DEVICE_SQL, CLAIM_SQL
 from herald.storage.records import DeliveryUpdate
 from herald.storage.repository import Repository
 from herald.storage.rows import event_row, to_delivery
@@ -50,44 +49,33 @@ class DeliveryRepository(Repository):
         delivery already sent is not claimable, so the duplicate message is a no-op.
 
         With `needs_device` (push), the same statement skips instead of claiming a delivery
-        whose device was deleted or deactivated since it was planned (one statement, where
-        a check before the claim cost a transaction of its own per batch). The claim writes
-        no log event: the row keeps `claimed_at`, and the attempt's outcome event carries it.
+        whose device was deleted or deactivated since it was planned, and logs the skip
+        (one statement, where a check before the claim cost a transaction of its own per
+        batch). The claim writes no other log event: the row keeps `claimed_at`, and the
+        attempt's outcome event carries it.
+
+        The statement commits on its own. When a row it returns cannot be read back (a bug,
+        a bad value), the claim is undone before the error goes up, so the whole batch is
+        claimable again: the worker then finds that row alone and sets it aside
+        (roles.consume_loop). Should the undo itself fail, the lease runs out as after a
+        worker's crash.
         """
         if not delivery_ids:
             return Claim([], [])
         now = self.clock.now()
         lease_until = now + timedelta(seconds=lease_seconds)
-        # One transaction, so that a row the code cannot read back (a bug, a bad value)
-        # undoes the claim of the whole batch rather than leaving it claimed and unsent:
-        # the worker then finds that row alone and sets it aside (roles.consume_loop).
-        async with self.db.native() as native, native.transaction():
-            if needs_device:
-                rows = await native.records(
-                    t.deliveries,
-                    CLAIM_NEEDS_DEVICE_SQL,
-                    list(delivery_ids),
-                    native.at(lease_until),
-                    native.at(now),
-                    DEVICE_GONE_REASON,
-                )
-            else:
-                rows = await native.records(
-                    t.deliveries,
-                    CLAIM_SQL,
-                    list(delivery_ids),
-                    native.at(lease_until),
-                    native.at(now),
-                )
-            found = [to_delivery(row) for row in rows]
-            skipped = [x for x in found if x.state == S.SKIPPED]
-            if skipped:  # rare: a device went away between planning and sending
-                detail = {"reason": DEVICE_GONE_REASON}
-                events = [
-                    DeliveryEvent(x.id, x.notification_id, S.SKIPPED, now, detail) for x in skipped
-                ]
-                await native.append_events([event_row(e) for e in events])
-        return Claim([x for x in found if x.state == S.SENDING], skipped)
+        ids = list(delivery_ids)
+        gone = DEVICE_GONE_REASON if needs_device else None
+        async with self.db.native() as native:
+            rows = await native.claim(ids, lease_until, now, gone)
+            try:
+                found = [to_delivery(row) for row in rows]
+            except Exception:
+                await native.undo_claim(ids, lease_until, now)
+                raise
+        return Claim(
+            [x for x in found if x.state == S.SENDING], [x for x in found if x.state == S.SKIPPED]
+        )
 
     async def extend_leases(self, delivery_ids: Sequence[str], lease_seconds: float) -> int:
         """Renew the lease of deliveries a live worker is still sending (or recording), so

@@ -83,6 +83,9 @@ SET_ASIDE = _guard("set aside what no worker can process", UNSENT_STATES, {S.FAI
 RELEASE_DUE = _guard("release a due deferral", {S.DEFERRED}, {S.QUEUED})
 LEASE_EXPIRED_REQUEUE = _guard("lease expired (at_least_once)", {S.SENDING}, {S.QUEUED})
 LEASE_EXPIRED_UNKNOWN = _guard("lease expired (at_most_once)", {S.SENDING}, {S.UNKNOWN})
+# A claim whose rows the worker could not read back is undone, so that nothing it claimed
+# waits out the lease unsent (storage/deliveries.py, DeliveryRepository.claim).
+UNDO_CLAIM = _guard("undo a claim that could not be read", {S.SENDING}, {S.QUEUED})
 # An operator's replay of a dead letter (not in ALL: it leaves a final state on purpose).
 REPLAY = _guard("replay a dead letter", REPLAYABLE_STATES, {S.QUEUED})
 WEBHOOK = {
@@ -102,5 +105,6 @@ ALL: tuple[Guard, ...] = (
     RELEASE_DUE,
     LEASE_EXPIRED_REQUEUE,
     LEASE_EXPIRED_UNKNOWN,
+    UNDO_CLAIM,
     *WEBHOOK.values(),
 )

@@ -41,6 +41,7 @@ from herald.storage.guards import (
     LEASE_EXPIRED_REQUEUE,
     OUTCOME,
     RELEASE_DUE,
+    UNDO_CLAIM,
     Guard,
     state_in_sql,
 )
@@ -92,6 +93,27 @@ UPDATE deliveries SET
     updated_at = $3
 WHERE {_CLAIMABLE}
 RETURNING {DELIVERY_COLUMNS}
+"""
+
+# The claim is one statement on its own, with no BEGIN and COMMIT: a push claim's skipped
+# deliveries enter the delivery log ($5, the event's detail) in the same statement. At a
+# light load a batch is one delivery, and the two round trips of a transaction were about a
+# tenth of a worker's CPU (docs/benchmarks.md, "2026-12-03, evening").
+CLAIM_NEEDS_DEVICE_SQL_POSTGRES = f"""
+WITH claimed AS ({CLAIM_NEEDS_DEVICE_SQL}), logged AS (
+    INSERT INTO delivery_events ({", ".join(EVENT_COLUMNS)})
+    SELECT id, notification_id, state, NULL, $5::jsonb, $3 FROM claimed
+    WHERE state = '{S.SKIPPED.value}'
+)
+SELECT * FROM claimed
+"""
+
+# Undoes the claim taken with the lease $2, for the rows the worker could not read back.
+UNDO_CLAIM_SQL = f"""
+UPDATE deliveries SET state = '{S.QUEUED.value}', lease_until = NULL,
+    attempts = attempts - 1, updated_at = $3
+WHERE id = ANY($1::text[]) AND {_in(UNDO_CLAIM)} AND lease_until = $2
+RETURNING id
 """
 
 _RECORD_SET = """
@@ -390,8 +412,10 @@ class Native(abc.ABC):
 
     async def records(self, table: sa.Table, sql: str, *args: Any) -> list[Record]:
         """Rows of `table` (all or some of its columns), as `Record`s."""
+        return self._as_records(table, await self.fetch(sql, *args))
+
+    def _as_records(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> list[Record]:
         convert = self._converters(table)
-        rows = await self.fetch(sql, *args)
         if not convert:
             return [Record(dict(row)) for row in rows]
         return [
@@ -425,6 +449,20 @@ class Native(abc.ABC):
     @abc.abstractmethod
     def transaction(self) -> Any:
         """`async with`: the statements inside commit together."""
+
+    @abc.abstractmethod
+    async def claim(
+        self, delivery_ids: list[str], lease_until: datetime, now: datetime, gone: str | None
+    ) -> list[Record]:
+        """The claim (herald.storage.deliveries), committed on its own; with `gone` (the
+        reason), a delivery whose device went away is skipped, with its log event."""
+
+    async def undo_claim(
+        self, delivery_ids: list[str], lease_until: datetime, now: datetime
+    ) -> int:
+        """Back to queued: what the claim with `lease_until` took of `delivery_ids`."""
+        rows = await self.fetch(UNDO_CLAIM_SQL, delivery_ids, self.at(lease_until), self.at(now))
+        return len(rows)
 
     @abc.abstractmethod
     async def record_outcomes(
@@ -497,6 +535,19 @@ class AsyncpgNative(Native):
 
     def transaction(self) -> Any:
         return self.connection.transaction()
+
+    async def claim(
+        self, delivery_ids: list[str], lease_until: datetime, now: datetime, gone: str | None
+    ) -> list[Record]:
+        times = (self.at(lease_until), self.at(now))
+        if gone is None:
+            return await self.records(schema.deliveries, CLAIM_SQL, delivery_ids, *times)
+        return await self.records(
+            schema.deliveries,
+            CLAIM_NEEDS_DEVICE_SQL_POSTGRES,
+            *(delivery_ids, *times, gone),
+            json_dumps({"reason": gone}),
+        )
 
     async def record_outcomes(
         self, updates: Sequence[DeliveryUpdate], events: Sequence[dict[str, Any]], now: datetime
@@ -700,6 +751,26 @@ class SqliteNative(Native):
             await self.connection.commit()
         finally:
             self._in_transaction = False
+
+    async def claim(
+        self, delivery_ids: list[str], lease_until: datetime, now: datetime, gone: str | None
+    ) -> list[Record]:
+        sql = sqlite_sql(CLAIM_SQL if gone is None else CLAIM_NEEDS_DEVICE_SQL)
+        values = self._args([delivery_ids, lease_until, now] + ([] if gone is None else [gone]))
+        detail, at = json_dumps({"reason": gone}), self.at(now)
+
+        def claim(connection: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = _sqlite_rows(connection, sql, values)
+            skipped = [
+                (row["id"], row["notification_id"], row["state"], None, detail, at)
+                for row in rows
+                if row["state"] == S.SKIPPED.value
+            ]
+            if skipped:
+                _sqlite_many(connection, INSERT_EVENT_SQLITE, skipped)
+            return rows
+
+        return self._as_records(schema.deliveries, await self._run(claim, commit=True))
 
     async def record_outcomes(
         self, updates: Sequence[DeliveryUpdate], events: Sequence[dict[str, Any]], now: datetime
