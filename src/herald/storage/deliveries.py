@@ -9,6 +9,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from herald.domain import Delivery, DeliveryEvent, DeliveryState
+from herald.outages import is_outage
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.guards import LEASE_RENEWAL, SET_ASIDE
@@ -67,11 +68,12 @@ class DeliveryRepository(Repository):
         ids = list(delivery_ids)
         gone = DEVICE_GONE_REASON if needs_device else None
         async with self.db.native() as native:
-            rows = await native.claim(ids, lease_until, now, gone)
             try:
+                rows = await native.claim(ids, lease_until, now, gone)
                 found = [to_delivery(row) for row in rows]
-            except Exception:
-                await native.undo_claim(ids, lease_until, now)
+            except Exception as error:
+                if not is_outage(error):  # else the connection is gone: the lease runs out
+                    await native.undo_claim(ids, lease_until, now)
                 raise
         return Claim(
             [x for x in found if x.state == S.SENDING], [x for x in found if x.state == S.SKIPPED]
