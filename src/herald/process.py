@@ -25,6 +25,7 @@ from herald.outages import is_outage
 from herald.roles import Backoff, describe_error, wait_for_event
 from herald.runtime import Runtime
 from herald.security import generate_key, key_from_secret
+from herald.storage import PlanMode
 from herald.storage.migrate import pending
 from herald.workers.worker import ChannelWorker
 
@@ -149,7 +150,8 @@ def postgres_plans(configured: str, roles: Sequence[str]) -> str:
     """HERALD_POSTGRES_PLANS for a process running `roles`, "auto" resolved."""
     if configured != "auto":
         return configured
-    return "generic" if set(roles) <= HOT_PATH_ROLES else "per_execution"
+    plans = PlanMode.GENERIC if set(roles) <= HOT_PATH_ROLES else PlanMode.PER_EXECUTION
+    return plans.value
 
 
 async def run(settings: Settings, plan: Plan) -> None:

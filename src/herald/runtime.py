@@ -229,7 +229,8 @@ class Runtime:
 def _plan_mode(settings: Settings) -> PlanMode:
     # "auto" is resolved by the role's process (herald.process.run); anything else that
     # opens a runtime (tests, tools) plans per execution.
-    return PlanMode.GENERIC if settings.postgres_plans == "generic" else PlanMode.PER_EXECUTION
+    plans = settings.postgres_plans
+    return PlanMode.PER_EXECUTION if plans == "auto" else PlanMode(plans)
 
 
 def _asyncpg_dsn(url: str) -> str:

@@ -108,6 +108,12 @@ WITH claimed AS ({CLAIM_NEEDS_DEVICE_SQL}), logged AS (
 SELECT * FROM claimed
 """
 
+
+def gone_detail(reason: str) -> str:
+    """The detail (JSON) of the log event of a delivery the claim skipped."""
+    return json_dumps({"reason": reason})
+
+
 # Undoes the claim taken with the lease $2, for the rows the worker could not read back.
 UNDO_CLAIM_SQL = f"""
 UPDATE deliveries SET state = '{S.QUEUED.value}', lease_until = NULL,
@@ -546,7 +552,7 @@ class AsyncpgNative(Native):
             schema.deliveries,
             CLAIM_NEEDS_DEVICE_SQL_POSTGRES,
             *(delivery_ids, *times, gone),
-            json_dumps({"reason": gone}),
+            gone_detail(gone),
         )
 
     async def record_outcomes(
@@ -757,14 +763,14 @@ class SqliteNative(Native):
     ) -> list[Record]:
         sql = sqlite_sql(CLAIM_SQL if gone is None else CLAIM_NEEDS_DEVICE_SQL)
         values = self._args([delivery_ids, lease_until, now] + ([] if gone is None else [gone]))
-        detail, at = json_dumps({"reason": gone}), self.at(now)
+        at = self.at(now)
 
         def claim(connection: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = _sqlite_rows(connection, sql, values)
             skipped = [
-                (row["id"], row["notification_id"], row["state"], None, detail, at)
+                (row["id"], row["notification_id"], row["state"], None, gone_detail(gone), at)
                 for row in rows
-                if row["state"] == S.SKIPPED.value
+                if gone is not None and row["state"] == S.SKIPPED.value
             ]
             if skipped:
                 _sqlite_many(connection, INSERT_EVENT_SQLITE, skipped)
