@@ -97,8 +97,8 @@ RETURNING {DELIVERY_COLUMNS}
 
 # The claim is one statement on its own, with no BEGIN and COMMIT: a push claim's skipped
 # deliveries enter the delivery log ($5, the event's detail) in the same statement. At a
-# light load a batch is one delivery, and the two round trips of a transaction were about a
-# tenth of a worker's CPU (docs/benchmarks.md, "2026-12-03, evening").
+# light load a batch is one delivery, and a transaction's two extra round trips showed in
+# a worker's profile (docs/benchmarks.md, "2026-12-03, evening").
 CLAIM_NEEDS_DEVICE_SQL_POSTGRES = f"""
 WITH claimed AS ({CLAIM_NEEDS_DEVICE_SQL}), logged AS (
     INSERT INTO delivery_events ({", ".join(EVENT_COLUMNS)})
