@@ -1,17 +1,20 @@
 """The router's repository on the driver: its load (everything a batch needs, in one
-statement, as the table-by-table reads returned it) and its save (what it writes, once, in
-one transaction with the shaping statements that run inside it)."""
+statement, as the table-by-table reads returned it) and its save (what it writes, once: in
+one statement, or in one transaction with the shaping statements that run inside it)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from herald.clock import SYSTEM_CLOCK
 from herald.config import Settings
 from herald.domain import (
     AddressKind,
@@ -22,13 +25,16 @@ from herald.domain import (
     FrequencyCap,
     NotificationState,
     Platform,
+    User,
 )
 from herald.router.planner import RoutingPlan, plan_routing
 from herald.runtime import Runtime
 from herald.storage import Released, RoutingInput, Storage, open_storage
 from herald.storage import schema as t
+from herald.storage.native import INSERT_DELIVERIES_SQL, delivery_arrays
 from herald.storage.rows import (
     category_from_json,
+    delivery_row,
     preferences_from_json,
     to_channel_address,
     to_device,
@@ -37,7 +43,12 @@ from herald.storage.rows import (
 )
 from herald.storage.shaping import caps_by_channel
 from tests.api.test_admin import TEMPLATE
-from tests.fixtures.activity import counting_driver_statements, counting_statements
+from tests.fixtures.activity import (
+    counting_driver_statements,
+    counting_round_trips,
+    counting_statements,
+)
+from tests.fixtures.herald import eventually
 from tests.router.test_poison import new_notification
 
 
@@ -117,6 +128,78 @@ async def test_of_a_batch_only_the_notification_cancelled_after_the_load_gets_no
     notification = await runtime.storage.notifications.get(cancelled)
     assert notification is not None
     assert notification.state == NotificationState.CANCELLED
+
+
+async def test_a_save_that_nothing_shapes_is_one_round_trip(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """The mark, the deliveries, their first events and the read for the publish: one
+    statement on PostgreSQL, one hop to SQLite's thread (Native.route). A regression to a
+    transaction of a statement each (six round trips) fails here."""
+    await api.put("/v1/users/u", json={"email": "u@example.com"})
+    later = (runtime.clock.now() + timedelta(hours=1)).isoformat()
+    ids = await accept(
+        api, {"channels": ["email", "in_app"]}, {"channels": ["in_app"], "send_at": later}
+    )
+    whole = await plan(runtime, ids)
+    database = runtime.storage.database
+    with (
+        counting_statements(database) as through_sqlalchemy,
+        counting_round_trips(database) as round_trips,
+    ):
+        released = await save(runtime, ids, whole)
+    assert through_sqlalchemy == []
+    assert len(round_trips) == 1, round_trips
+    assert sorted(r.channel for r in released) == ["email", "in_app"]
+    [event] = await runtime.storage.notifications.events_of(ids[1])
+    assert event.state == DeliveryState.DEFERRED
+
+
+@pytest.mark.production
+@pytest.mark.postgres
+async def test_on_postgresql_a_save_that_waited_for_another_routers_locks_returns_its_deliveries(
+    postgres_storage: Storage, postgres_test_url: str
+) -> None:
+    """Two routers on one batch (a message handed out twice around a rebalance): the second
+    one's statement waits for the first one's locks, then finds the notification routed.
+    It must still return what the first one wrote, which committed after that statement
+    began: the first one may die before its publish (separate connections)."""
+    await postgres_storage.directory.upsert_user(User("u1", email="u1@example.com"))
+    item = new_notification("twice", "u1")
+    await postgres_storage.notifications.accept([item])
+    ids = [item.notification.id]
+    whole = RoutingPlan()
+    for routing in await postgres_storage.routing.load(ids):
+        whole.extend(plan_routing(routing, SYSTEM_CLOCK.now()))
+    queued = sorted(d.id for d in whole.deliveries if d.state == DeliveryState.QUEUED)
+    assert queued
+
+    first = await asyncpg.connect(postgres_test_url)
+    try:
+        transaction = first.transaction()
+        await transaction.start()
+        await first.execute("UPDATE notifications SET state = 'routed' WHERE id = $1", ids[0])
+        now = SYSTEM_CLOCK.now()
+        await first.execute(
+            INSERT_DELIVERIES_SQL,
+            *delivery_arrays([delivery_row(d, now) for d in whole.deliveries]),
+        )
+        second = asyncio.create_task(postgres_storage.routing.save(ids, whole.deliveries))
+
+        async def second_waits_for_the_lock() -> bool:
+            waiting = await first.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            return bool(waiting)
+
+        await eventually(second_waits_for_the_lock)
+        await transaction.commit()
+        released = await asyncio.wait_for(second, 30)
+    finally:
+        await first.close()
+    assert sorted(r.delivery_id for r in released) == queued
+    assert len(await postgres_storage.notifications.deliveries_of(ids[0])) == len(whole.deliveries)
 
 
 class ShapingFails(Exception):

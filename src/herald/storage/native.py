@@ -487,6 +487,20 @@ class Native(abc.ABC):
         inserted now."""
 
     @abc.abstractmethod
+    async def route(
+        self,
+        notification_ids: list[str],
+        routed_at: datetime,
+        deliveries: Sequence[dict[str, Any]],
+        events: Sequence[dict[str, Any]],
+    ) -> list[Mapping[str, Any]]:
+        """The router's save of a batch that no digest or cap shapes
+        (herald.storage.routing), committed on its own: the notifications still accepted
+        marked routed, their deliveries (rows.delivery_row) inserted unless their id exists,
+        and of `events` those of the deliveries inserted now appended to the log. Returns
+        (id, user_id, channel, priority) of every queued delivery of the batch."""
+
+    @abc.abstractmethod
     async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
         """Insert notification rows (herald.storage.rows.notification_row), skipping those
         whose idempotency key is taken; the (id, api_key_id, idempotency_key) of those that
@@ -516,6 +530,16 @@ class Native(abc.ABC):
 
     def read_json(self, value: Any) -> Any:
         return value
+
+
+def delivery_arrays(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """Delivery rows as one array per column (DELIVERY_INSERT), the payload as JSON text."""
+    return [
+        [json_dumps(row[name]) for row in rows]
+        if name == "payload"
+        else [row[name] for row in rows]
+        for name, _ in DELIVERY_INSERT
+    ]
 
 
 def _event_arrays(events: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -595,13 +619,30 @@ class AsyncpgNative(Native):
     async def insert_deliveries(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         if not rows:
             return set()
-        arrays = [
-            [json_dumps(row[name]) for row in rows]
-            if name == "payload"
-            else [row[name] for row in rows]
-            for name, _ in DELIVERY_INSERT
-        ]
+        arrays = delivery_arrays(rows)
         return {r["id"] for r in await self.connection.fetch(INSERT_DELIVERIES_SQL, *arrays)}
+
+    async def route(
+        self,
+        notification_ids: list[str],
+        routed_at: datetime,
+        deliveries: Sequence[dict[str, Any]],
+        events: Sequence[dict[str, Any]],
+    ) -> list[Mapping[str, Any]]:
+        rows = await self.connection.fetch(
+            ROUTE_SQL_POSTGRES,
+            notification_ids,
+            routed_at,
+            *delivery_arrays(deliveries),
+            *_event_arrays(events),
+        )
+        routed = {row["id"] for row in rows if row["kind"] == "routed"}
+        if len(routed) < len(set(notification_ids)):
+            # Routed (or cancelled) by another transaction, perhaps one this statement
+            # waited for: what that one wrote committed after this statement's snapshot,
+            # so only a statement of its own sees it.
+            return await self.fetch(QUEUED_OF_SQL, notification_ids)
+        return [row for row in rows if row["kind"] == "queued"]
 
     async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
         columns = [
@@ -693,6 +734,23 @@ def _sqlite_many(connection: sqlite3.Connection, sql: str, rows: Sequence[Sequen
         return int(cursor.rowcount)
     finally:
         cursor.close()
+
+
+def _sqlite_insert_deliveries(
+    connection: sqlite3.Connection, values: Mapping[str, tuple[Any, ...]]
+) -> set[str]:
+    """An executemany of delivery rows unless their id exists (sqlite3 returns no rows from
+    one: what exists is read first, which no other writer can change before the commit);
+    the ids inserted now."""
+    if not values:
+        return set()
+    ids = orjson.dumps(list(values)).decode()
+    existing = {
+        row["id"] for row in _sqlite_rows(connection, sqlite_sql(EXISTING_DELIVERIES_SQL), [ids])
+    }
+    new = [row for delivery_id, row in values.items() if delivery_id not in existing]
+    _sqlite_many(connection, INSERT_DELIVERY_SQLITE, new)
+    return set(values) - existing
 
 
 class SqliteNative(Native):
@@ -829,13 +887,38 @@ class SqliteNative(Native):
             await self._run(lambda c: _sqlite_many(c, INSERT_EVENT_SQLITE, logged))
 
     async def insert_deliveries(self, rows: Sequence[dict[str, Any]]) -> set[str]:
-        """An executemany (sqlite3 returns no rows from one): what exists already is read
-        first, which no other writer can change before the commit."""
         if not rows:
             return set()
-        ids = [row["id"] for row in rows]
-        existing_sql, existing_args = sqlite_sql(EXISTING_DELIVERIES_SQL), self._args([ids])
-        values = {
+        values = self._delivery_values(rows)
+        return await self._run(lambda c: _sqlite_insert_deliveries(c, values))
+
+    async def route(
+        self,
+        notification_ids: list[str],
+        routed_at: datetime,
+        deliveries: Sequence[dict[str, Any]],
+        events: Sequence[dict[str, Any]],
+    ) -> list[Mapping[str, Any]]:
+        mark_sql, queued_sql = sqlite_sql(MARK_ROUTED_SQL), sqlite_sql(QUEUED_OF_SQL)
+        ids, at = self._args([notification_ids])[0], self.at(routed_at)
+        values = self._delivery_values(deliveries)
+        notification_of = {row["id"]: row["notification_id"] for row in deliveries}
+        logged = self._event_rows(events)
+
+        def route(connection: sqlite3.Connection) -> list[dict[str, Any]]:
+            routed = {row["id"] for row in _sqlite_rows(connection, mark_sql, [ids, at])}
+            new = _sqlite_insert_deliveries(
+                connection, {k: v for k, v in values.items() if notification_of[k] in routed}
+            )
+            if first := [event for event in logged if event[0] in new]:
+                _sqlite_many(connection, INSERT_EVENT_SQLITE, first)
+            return _sqlite_rows(connection, queued_sql, [ids])
+
+        return cast(list[Mapping[str, Any]], await self._run(route, commit=True))
+
+    def _delivery_values(self, rows: Sequence[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+        """Delivery id -> its row as INSERT_DELIVERY_SQLITE binds it."""
+        return {
             row["id"]: tuple(
                 json_dumps(row[name])
                 if name == "payload"
@@ -846,14 +929,6 @@ class SqliteNative(Native):
             )
             for row in rows
         }
-
-        def insert(connection: sqlite3.Connection) -> set[str]:
-            existing = {r["id"] for r in _sqlite_rows(connection, existing_sql, existing_args)}
-            new = [v for delivery_id, v in values.items() if delivery_id not in existing]
-            _sqlite_many(connection, INSERT_DELIVERY_SQLITE, new)
-            return set(ids) - existing
-
-        return await self._run(insert)
 
     async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
         columns = [
@@ -1103,13 +1178,60 @@ DELIVERY_INSERT: tuple[tuple[str, str], ...] = (
 _INSERT_NAMES = ", ".join(name for name, _ in DELIVERY_INSERT)
 
 # PostgreSQL: the whole batch in one statement, as arrays.
+_INSERT_VALUES = ", ".join(
+    "u.payload::jsonb" if n == "payload" else f"u.{n}" for n, _ in DELIVERY_INSERT
+)
+
+
+def _delivery_parameters(first: int) -> str:
+    """DELIVERY_INSERT's arrays as parameters, numbered from `first`."""
+    return ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(DELIVERY_INSERT, first))
+
+
 INSERT_DELIVERIES_SQL = f"""
 INSERT INTO deliveries ({_INSERT_NAMES})
-SELECT {", ".join("u.payload::jsonb" if n == "payload" else f"u.{n}" for n, _ in DELIVERY_INSERT)}
-FROM unnest({", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(DELIVERY_INSERT, 1))})
+SELECT {_INSERT_VALUES}
+FROM unnest({_delivery_parameters(1)})
     AS u({_INSERT_NAMES})
 ON CONFLICT (id) DO NOTHING
 RETURNING id
+"""
+
+# The router's save of a batch no digest or cap shapes, in one statement with no BEGIN and
+# COMMIT (at a light load a batch is one notification, and the transaction's six round
+# trips were a quarter of the router's time: docs/benchmarks.md): the mark ($1, $2), the
+# deliveries of the notifications marked now ($3-$21), the log events of those inserted
+# now ($22-$27), and what the publish needs. Its rows: `routed` ones (the notifications
+# marked now) and `queued` ones, the deliveries inserted now and those that existed already
+# (a rerun after a crash between the commit and the publish).
+_ROUTE_EVENTS = ", ".join(
+    f"${n}::{kind}[]"
+    for n, kind in enumerate(
+        ("text", "text", "text", "text", "text", "timestamptz"), len(DELIVERY_INSERT) + 3
+    )
+)
+ROUTE_SQL_POSTGRES = f"""
+WITH routed AS ({MARK_ROUTED_SQL}), inserted AS (
+    INSERT INTO deliveries ({_INSERT_NAMES})
+    SELECT {_INSERT_VALUES}
+    FROM unnest({_delivery_parameters(3)}) AS u({_INSERT_NAMES})
+    WHERE u.notification_id IN (SELECT id FROM routed)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, user_id, channel, priority, state
+), logged AS (
+    INSERT INTO delivery_events ({", ".join(EVENT_COLUMNS)})
+    SELECT e.delivery_id, e.notification_id, e.state, e.provider, e.detail::jsonb, e.created_at
+    FROM unnest({_ROUTE_EVENTS}) AS e({", ".join(EVENT_COLUMNS)})
+    WHERE e.delivery_id IN (SELECT id FROM inserted)
+)
+SELECT 'routed' AS kind, id, NULL::text AS user_id, NULL::text AS channel,
+       NULL::text AS priority
+FROM routed
+UNION ALL
+SELECT 'queued', id, user_id, channel, priority FROM inserted WHERE state = '{S.QUEUED.value}'
+UNION ALL
+SELECT 'queued', id, user_id, channel, priority FROM deliveries
+WHERE notification_id = ANY($1::text[]) AND state = '{S.QUEUED.value}'
 """
 
 # SQLite: one row per execution (an executemany).

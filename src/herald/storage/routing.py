@@ -3,9 +3,10 @@ the deliveries the plan makes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -108,20 +109,40 @@ class RoutingRepository(Repository):
         of these notifications, so a rerun after a crash publishes what the first run wrote
         but did not publish.
 
-        One transaction on the driver (herald.storage.native): the mark, the insert, the
-        events and the read are its statements; shaping, rare, runs its Core statements
-        on the same connection inside it."""
+        The mark comes first, and is conditional: a notification cancelled since it was
+        loaded stays cancelled and gets no deliveries (its row stays locked until the
+        commit, so a cancel running now waits for this and then skips what it wrote). A
+        batch no digest or cap shapes, nearly every one, is one statement on the driver
+        (Native.route); shaping, rare, runs its Core statements inside a transaction on the
+        driver (`_save_shaped`)."""
+        if not notification_ids:
+            return []
+        if folds or claims:
+            return await self._save_shaped(notification_ids, deliveries, folds, claims)
+        now = self.clock.now()
+        async with self.db.native() as native:
+            rows = await native.route(
+                list(notification_ids),
+                now,
+                [delivery_row(d, now) for d in deliveries],
+                _first_events(deliveries, now),
+            )
+        return _released(rows)
+
+    async def _save_shaped(
+        self,
+        notification_ids: Sequence[str],
+        deliveries: Sequence[Delivery],
+        folds: Sequence[DigestFold],
+        claims: Sequence[CapClaim],
+    ) -> list[Released]:
+        """`save`, for a batch with digest folds or cap claims: one transaction on the
+        driver, whose statements are the mark, the insert, the shaping's, the events and
+        the read."""
         now = self.clock.now()
         ids = list(notification_ids)
         async with self.db.native_transaction() as (native, db):
-            # First, and conditionally: a notification cancelled since it was loaded stays
-            # cancelled and gets no deliveries (the rows stay locked until the commit, so a
-            # cancel running now waits for this and then skips what it wrote).
-            routed = (
-                {r["id"] for r in await native.fetch(MARK_ROUTED_SQL, ids, native.at(now))}
-                if ids
-                else set()
-            )
+            routed = {r["id"] for r in await native.fetch(MARK_ROUTED_SQL, ids, native.at(now))}
             if len(routed) < len(set(ids)):
                 deliveries = [d for d in deliveries if d.notification_id in routed]
                 folds = [f for f in folds if f.notification_id in routed]
@@ -131,24 +152,14 @@ class RoutingRepository(Repository):
                 changes = await self.shaping.apply(db, folds, claims, new_ids)
                 deliveries = await self._record_shaping(db, deliveries, changes, now)
             await native.append_events(
-                [
-                    event_row(
-                        DeliveryEvent(
-                            d.id, d.notification_id, d.state, now, routing_detail(d), None
-                        )
-                    )
-                    for d in deliveries
-                    # A plain `queued` says nothing the delivery row does not: the log shows
-                    # it from the row's created_at (NotificationRepository.events_of).
-                    if d.id in new_ids and (d.state != S.QUEUED or routing_detail(d))
-                ]
+                [e for e in _first_events(deliveries, now) if e["delivery_id"] in new_ids]
             )
             # Of every notification in the batch, not only those routed now: a batch handed
             # out again after a crash between this commit and the publish finds them routed
             # already, and must still publish what the first run wrote. (A cancelled one
             # has no queued delivery left.)
             rows = await native.fetch(QUEUED_OF_SQL, ids)
-        return [Released(r["id"], r["user_id"], r["channel"], r["priority"]) for r in rows]
+        return _released(rows)
 
     async def set_aside(self, notification_ids: Sequence[str], reason: str) -> int:
         """Notifications the router cannot route become `failed`, with an event naming the
@@ -195,3 +206,18 @@ class RoutingRepository(Repository):
             else d
             for d in deliveries
         ]
+
+
+def _first_events(deliveries: Sequence[Delivery], now: datetime) -> list[dict[str, Any]]:
+    """The log events routing writes: one per delivery whose plan said more than `queued`.
+    A plain `queued` says nothing the delivery row does not: the log shows it from the
+    row's created_at (NotificationRepository.events_of)."""
+    return [
+        event_row(DeliveryEvent(d.id, d.notification_id, d.state, now, detail, None))
+        for d in deliveries
+        if (detail := routing_detail(d)) or d.state != S.QUEUED
+    ]
+
+
+def _released(rows: Sequence[Mapping[str, Any]]) -> list[Released]:
+    return [Released(r["id"], r["user_id"], r["channel"], r["priority"]) for r in rows]
