@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from herald.bench import REPORT_KEYS
+from herald.bench import REPORT_KEYS, server
 from herald.bench.memory import MemoryTimeline, slope_per_minute
 from herald.bench.peer import PeerResult, peer_block
 from herald.bench.pgstats import Snapshot, statements, written
 from herald.bench.profile import Profiler
-from herald.bench.server import PostgresCpu, read_stat
+from herald.bench.server import PostgresCpu, Stat, read_stat
 from herald.bench.sweep import markdown, parse_counts
 
 pytestmark = pytest.mark.slow
@@ -261,6 +261,17 @@ def test_server_cpu_counts_a_child_that_exits_within_the_window() -> None:
     # The child is gone: its 0.3 s of CPU reached the total through the parent's cutime.
     assert spent["cpu_s"] >= 0.25
     assert spent["pid"] == parent.pid
+
+
+def test_server_cpu_counts_a_child_reaped_while_proc_is_scanned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The child (0.3 s) is alive when the parent is read and reaped before the scan
+    # reaches it: neither the parent's first reading nor the scan holds its time.
+    parent_readings = iter([Stat(1, 0, 0.1, 0.0), Stat(1, 0, 0.1, 0.3), Stat(1, 0, 0.1, 0.3)])
+    monkeypatch.setattr(server, "read_stat", lambda pid: next(parent_readings))
+    monkeypatch.setattr(server, "children_of", lambda pid: [])
+    assert server.consistent_children(1) == (Stat(1, 0, 0.1, 0.3), [])
 
 
 def test_bench_clients_sends_real_fcm_and_apns_requests_through_each_client(

@@ -69,6 +69,26 @@ def children_of(parent: int) -> list[Stat]:
     return found
 
 
+def consistent_children(parent: int, attempts: int = 5) -> tuple[Stat, list[Stat]] | None:
+    """The parent's stat and its live children, read so that no child is missed: a child
+    reaped while /proc is scanned would be in neither the parent's `cutime` read before the
+    scan nor the scan (a busy server reaps backends all the time), so the scan is retried
+    until the parent's reaped-children time is the same on both sides of it. None when the
+    parent is gone."""
+    before = read_stat(parent)
+    for _ in range(attempts):
+        if before is None:
+            return None
+        children = children_of(parent)
+        after = read_stat(parent)
+        if after is None:
+            return None
+        if after.children_s == before.children_s:
+            return after, children
+        before = after
+    return before, children  # still churning: the last scan, at worst a reaped child short
+
+
 def process_title(pid: int) -> str:
     with contextlib.suppress(OSError):
         return (
@@ -114,10 +134,10 @@ class PostgresCpu:
 
     def _server(self) -> tuple[float, dict[int, float]]:
         """(the whole server's CPU so far, the excluded backends' CPU)."""
-        master = read_stat(self.postmaster)
-        if master is None:
+        snapshot = consistent_children(self.postmaster)
+        if snapshot is None:
             return 0.0, {}
-        children = children_of(self.postmaster)
+        master, children = snapshot
         total = master.self_s + master.children_s + sum(c.self_s for c in children)
         excluded = {c.pid: c.self_s for c in children if c.pid in self.exclude}
         self._note_bench_backends(children)
