@@ -76,17 +76,15 @@ def consistent_children(parent: int, attempts: int = 5) -> tuple[Stat, list[Stat
     until the parent's reaped-children time is the same on both sides of it. None when the
     parent is gone."""
     before = read_stat(parent)
-    for _ in range(attempts):
-        if before is None:
-            return None
+    while before is not None:
         children = children_of(parent)
         after = read_stat(parent)
-        if after is None:
-            return None
-        if after.children_s == before.children_s:
-            return after, children
+        attempts -= 1
+        if after is None or after.children_s == before.children_s or attempts == 0:
+            # (still churning after the last attempt: at worst one reaped child twice)
+            return (after, children) if after is not None else None
         before = after
-    return before, children  # still churning: the last scan, at worst a reaped child short
+    return None
 
 
 def process_title(pid: int) -> str:
