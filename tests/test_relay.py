@@ -107,7 +107,15 @@ async def test_wake_ups_within_the_linger_make_one_pass(
     await api.put("/v1/users/u", json={})
     bus = FailingBus(runtime.bus)
     clock = GatedClock()
-    relay = Relay(runtime.storage.outbox, bus, linger_seconds=0.003, clock=clock)  # type: ignore[arg-type]
+    # No fallback poll within the test: a poll that happened to run while a request
+    # committed would take its row without the wake-up's linger.
+    relay = Relay(
+        runtime.storage.outbox,
+        bus,  # type: ignore[arg-type]
+        linger_seconds=0.003,
+        idle_poll_seconds=3600,
+        clock=clock,
+    )
     runtime.relay = relay  # the API's accepts wake this relay
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))

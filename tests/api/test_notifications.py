@@ -4,6 +4,7 @@ import httpx
 import pytest
 
 from herald.runtime import Runtime
+from tests.fixtures.activity import counting_round_trips, counting_statements
 
 USER = {"email": "ada@example.com", "timezone": "UTC"}
 
@@ -88,7 +89,8 @@ async def test_concurrent_replays_make_one_notification(
         ({"user_id": "42", "title": "x", "ttl_seconds": 0}, 422, "greater than or equal to 1"),
         ({"user_id": "42", "title": "x", "send_at": "2026-01-01T09:00:00"}, 422, "time zone"),
         ({"user_id": "42", "title": "x", "data": {"blob": "y" * 9000}}, 422, "bytes as JSON"),
-        ({"user_id": "nobody", "title": "x"}, 422, "does not exist"),
+        ({"user_id": "nobody", "title": "x"}, 422, "user 'nobody' does not exist"),
+        ({"user_id": "nobody", "template": "missing"}, 422, "user 'nobody' does not exist"),
         ({"user_id": "42", "title": "x", "template": "missing"}, 422, "does not exist"),
         ({"user_id": "42", "title": "x", "colour": "red"}, 422, "Extra inputs"),
     ],
@@ -158,6 +160,7 @@ async def test_batch_accepts_each_item_on_its_own(
     statuses = [item["status"] for item in body["items"]]
     assert statuses == ["accepted", "accepted", "rejected", "rejected", "duplicate", "rejected"]
     assert body["items"][4]["id"] == body["items"][0]["id"]
+    assert body["items"][3]["error"]["code"] == "unknown_user"
     assert body["items"][5]["error"]["code"] == "idempotency_conflict"
     assert (body["accepted"], body["duplicate"], body["rejected"]) == (2, 1, 3)
     assert await runtime.storage.outbox.size() == 2
@@ -312,3 +315,20 @@ async def test_idempotency_keys_are_each_api_keys_own(
     assert await _post_with_key(a, kind, "order-1", "for a") == (200, id_a)
     assert await _post_with_key(b, kind, "order-1", "for b") == (200, id_b)
     assert (await _post_with_key(a, kind, "order-1", "for b"))[0] == 409
+
+
+async def test_an_accepted_notification_costs_one_statement(
+    api: httpx.AsyncClient, user: str, runtime: Runtime
+) -> None:
+    """The user's existence is a condition of the accept's insert, not a read before it
+    (a refused one costs the read-back that tells it from a replay); the API key is
+    cached after its first use."""
+    await api.post("/v1/notifications", json={"user_id": user, "title": "warm-up"})
+    database = runtime.storage.database
+    with counting_statements(database) as through_sqlalchemy:
+        with counting_round_trips(database) as accept_trips:
+            accepted = await api.post("/v1/notifications", json={"user_id": user, "title": "x"})
+        with counting_round_trips(database) as refuse_trips:
+            refused = await api.post("/v1/notifications", json={"user_id": "ghost", "title": "x"})
+    assert (accepted.status_code, refused.status_code) == (202, 422)
+    assert (len(accept_trips), len(refuse_trips), through_sqlalchemy) == (1, 2, [])

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from herald.bus.interface import Record
-from herald.domain import Priority
+from herald.domain import Priority, User
 from herald.relay import Relay
 from herald.storage import Storage, open_storage
 from herald.storage.native import (
@@ -25,7 +25,7 @@ from herald.storage.native import (
     ROUTING_LOAD_SQL,
 )
 from herald.storage.statements import insert_notifications
-from tests.fixtures.activity import counting_statements, explaining
+from tests.fixtures.activity import counting_round_trips, counting_statements, explaining
 from tests.fixtures.herald import eventually
 from tests.router.test_poison import new_notification
 
@@ -37,7 +37,10 @@ def ids(records: list[tuple[str, str, bytes]]) -> list[str]:
 
 
 async def accept(storage: Storage, *keys: str, priority: Priority = Priority.NORMAL) -> None:
-    await storage.notifications.accept([new_notification(k, "u", priority=priority) for k in keys])
+    """Notifications of a user who was never written: the outbox does not look."""
+    await storage.notifications.accept(
+        [new_notification(k, "u", priority=priority) for k in keys], of_known_users=False
+    )
 
 
 async def taken(storage: Storage, limit: int = 1000) -> list[str]:
@@ -295,14 +298,24 @@ async def test_a_rolled_back_transaction_leaves_no_notification_to_relay(
     assert await taken(storage) == []
 
 
-async def test_the_accept_inserts_on_the_driver_and_a_replay_reads_back_its_id(
+async def test_the_accept_is_one_round_trip_and_a_replay_reads_back_its_id(
     storage: Storage,
 ) -> None:
-    with counting_statements(storage.database) as through_sqlalchemy:
-        first = await storage.notifications.accept([new_notification("k", "u")])
-        again = await storage.notifications.accept([new_notification("k", "u")])
+    """The users check is a condition of the insert: a notification of a user who does not
+    exist is not written, and says so; a replay costs the read-back of its id."""
+    await storage.directory.upsert_user(User("u"))
+    database = storage.database
+    with counting_statements(database) as through_sqlalchemy:
+        with counting_round_trips(database) as first_trips:
+            first = await storage.notifications.accept([new_notification("k", "u")])
+        with counting_round_trips(database) as replay_trips:
+            again = await storage.notifications.accept([new_notification("k", "u")])
+        unknown = await storage.notifications.accept([new_notification("x", "nobody")])
     assert [(r.id, r.created) for r in first + again] == [("n-k", True), ("n-k", False)]
+    assert (len(first_trips), len(replay_trips)) == (1, 2)
+    assert [(r.id, r.created, r.unknown_user) for r in unknown] == [("", False, True)]
     assert [s for s in through_sqlalchemy if "notifications" in s] == []
+    assert await storage.notifications.get("n-x") is None
     assert await relayed(storage) == ["n-k"]
 
 

@@ -368,7 +368,9 @@ async def mixed_batch(api: httpx.AsyncClient, runtime: Runtime) -> list[str]:
     )
     assert (await api.post(f"/v1/notifications/{ids[-1]}/cancel")).status_code == 200
     assert (await api.delete("/v1/templates/gone")).status_code == 204
-    [ghost] = await storage.notifications.accept([new_notification("ghost", "nobody")])
+    [ghost] = await storage.notifications.accept(
+        [new_notification("ghost", "nobody")], of_known_users=False
+    )
     return [*ids, ghost.id]
 
 

@@ -338,13 +338,26 @@ _VALUES = ", ".join(f"{c}::jsonb" if c in _JSON_COLUMNS else c for c in NOTIFICA
 _ON_CONFLICT = (
     "ON CONFLICT (api_key_id, idempotency_key) DO NOTHING RETURNING id, api_key_id, idempotency_key"
 )
-INSERT_NOTIFICATIONS_POSTGRES = f"""
+# The API's accept inserts only the rows of users that exist (`of_known_users`): the
+# check is a condition of the insert, not a statement before it (docs/benchmarks.md,
+# "2026-12-04"). What it leaves out, the caller tells from an idempotent replay by reading
+# the keys back.
+_OF_KNOWN_USERS = "WHERE EXISTS (SELECT 1 FROM users WHERE users.id = {user_id})"
+
+
+def _insert_notifications_postgres(of_known_users: bool) -> str:
+    return f"""
 INSERT INTO notifications ({", ".join(NOTIFICATION_COLUMNS)})
 SELECT {_VALUES}
 FROM unnest({_ARRAYS})
     AS u({", ".join(NOTIFICATION_COLUMNS)})
+{_OF_KNOWN_USERS.format(user_id="u.user_id") if of_known_users else ""}
 {_ON_CONFLICT}
 """
+
+
+INSERT_NOTIFICATIONS_POSTGRES = _insert_notifications_postgres(of_known_users=False)
+INSERT_KNOWN_USERS_NOTIFICATIONS_POSTGRES = _insert_notifications_postgres(of_known_users=True)
 STORED_NOTIFICATIONS_SQL = (
     "SELECT id, idempotency_key, request_hash FROM notifications "
     "WHERE api_key_id = $1 AND idempotency_key = ANY($2::text[])"
@@ -365,11 +378,19 @@ SELECT max(coalesce((SELECT max(relay_seq) FROM notifications
 _SQLITE_NOTIFICATION_COLUMNS = (*NOTIFICATION_COLUMNS, "relay_xid", "relay_seq")
 
 
-def _sqlite_insert_notifications(rows: int) -> str:
+# SQLite names the columns of a VALUES list column1, column2, ...
+_SQLITE_VALUES_USER_ID = f"column{_SQLITE_NOTIFICATION_COLUMNS.index('user_id') + 1}"
+
+
+def _sqlite_insert_notifications(rows: int, of_known_users: bool) -> str:
     one = f"({', '.join('?' * len(_SQLITE_NOTIFICATION_COLUMNS))})"
+    values = f"VALUES {', '.join([one] * rows)}"
+    if of_known_users:
+        known = _OF_KNOWN_USERS.format(user_id=f"v.{_SQLITE_VALUES_USER_ID}")
+        values = f"SELECT * FROM ({values}) AS v {known}"
     return (
         f"INSERT INTO notifications ({', '.join(_SQLITE_NOTIFICATION_COLUMNS)}) "
-        f"VALUES {', '.join([one] * rows)} {_ON_CONFLICT}"
+        f"{values} {_ON_CONFLICT}"
     )
 
 
@@ -501,10 +522,12 @@ class Native(abc.ABC):
         (id, user_id, channel, priority) of every queued delivery of the batch."""
 
     @abc.abstractmethod
-    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+    async def insert_notifications(
+        self, rows: Sequence[dict[str, Any]], *, of_known_users: bool = False
+    ) -> list[Record]:
         """Insert notification rows (herald.storage.rows.notification_row), skipping those
-        whose idempotency key is taken; the (id, api_key_id, idempotency_key) of those that
-        went in."""
+        whose idempotency key is taken (and, `of_known_users`, those whose user does not
+        exist); the (id, api_key_id, idempotency_key) of those that went in."""
 
     async def stored_notifications(self, api_key_id: str, keys: Sequence[str]) -> list[Record]:
         """(id, idempotency_key, request_hash) of an API key's notifications by key."""
@@ -644,15 +667,19 @@ class AsyncpgNative(Native):
             return await self.fetch(QUEUED_OF_SQL, notification_ids)
         return [row for row in rows if row["kind"] == "queued"]
 
-    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+    async def insert_notifications(
+        self, rows: Sequence[dict[str, Any]], *, of_known_users: bool = False
+    ) -> list[Record]:
         columns = [
             [json_dumps(r[c]) for r in rows] if c in _JSON_COLUMNS else [r[c] for r in rows]
             for c in NOTIFICATION_COLUMNS
         ]
-        return [
-            Record(dict(row))
-            for row in await self.connection.fetch(INSERT_NOTIFICATIONS_POSTGRES, *columns)
-        ]
+        sql = (
+            INSERT_KNOWN_USERS_NOTIFICATIONS_POSTGRES
+            if of_known_users
+            else INSERT_NOTIFICATIONS_POSTGRES
+        )
+        return [Record(dict(row)) for row in await self.connection.fetch(sql, *columns)]
 
     async def relay_take(self, limit: int) -> RelayBatch:
         batch = RelayBatch(limit)
@@ -930,7 +957,9 @@ class SqliteNative(Native):
             for row in rows
         }
 
-    async def insert_notifications(self, rows: Sequence[dict[str, Any]]) -> list[Record]:
+    async def insert_notifications(
+        self, rows: Sequence[dict[str, Any]], *, of_known_users: bool = False
+    ) -> list[Record]:
         columns = [
             [
                 json_dumps(row[c])
@@ -942,7 +971,7 @@ class SqliteNative(Native):
             ]
             for row in rows
         ]
-        insert_sql = _sqlite_insert_notifications(len(rows))
+        insert_sql = _sqlite_insert_notifications(len(rows), of_known_users)
         top_sql = sqlite_sql(SQLITE_TOP_RELAY_SEQ)
 
         def insert(connection: sqlite3.Connection) -> list[Record]:
@@ -998,7 +1027,8 @@ class SqliteNative(Native):
         return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
-# The API's accept: which of the users named exist (DirectoryRepository.existing_user_ids).
+# Which of the users named exist (DirectoryRepository.existing_user_ids: a workflow's
+# trigger asks).
 EXISTING_USERS_SQL = "SELECT id FROM users WHERE id = ANY($1::text[])"
 
 # The router's read for a batch (RoutingRepository.load), in one round trip: the batch's

@@ -27,7 +27,9 @@ Row = sa.Row[Any]
 
 
 class NotificationRepository(Repository):
-    async def accept(self, items: Sequence[NewNotification]) -> list[AcceptResult]:
+    async def accept(
+        self, items: Sequence[NewNotification], *, of_known_users: bool = True
+    ) -> list[AcceptResult]:
         """Insert notifications in one transaction (the relay reads the rows themselves).
 
         Idempotency rests on the unique (api_key_id, idempotency_key): a key is one API
@@ -35,6 +37,10 @@ class NotificationRepository(Repository):
         compared by request hash (same body: a replay; another body: a conflict). No
         read-then-write race. A key repeated inside one batch is judged against its first
         occurrence.
+
+        Only notifications of users that exist go in (`unknown_user` otherwise), checked
+        by the insert itself; a replay of one stored before is a replay still. Tests put
+        in notifications the API would refuse with `of_known_users=False`.
         """
         firsts: dict[tuple[str, str], NewNotification] = {}
         for item in items:
@@ -45,9 +51,16 @@ class NotificationRepository(Repository):
             # trips (the replays' read-back after it reads committed rows either way).
             atomic = len(new) <= BATCH_ROWS
             async with contextlib.nullcontext() if atomic else native.transaction():
-                stored = await insert_notifications_natively(native, new, self.clock.now())
+                stored = await insert_notifications_natively(
+                    native, new, self.clock.now(), of_known_users=of_known_users
+                )
         results = []
         for item in items:
+            if item.idempotency_scope not in stored:
+                results.append(
+                    AcceptResult("", item.idempotency_key, created=False, unknown_user=True)
+                )
+                continue
             notification_id, stored_hash, created = stored[item.idempotency_scope]
             is_first = firsts[item.idempotency_scope] is item
             results.append(

@@ -46,12 +46,14 @@ class NewNotification:
 
 @dataclass(frozen=True, slots=True)
 class AcceptResult:
-    """`created` is False for a replay with the same body; `conflict` for another body."""
+    """`created` is False for a replay with the same body; `conflict` for another body;
+    `unknown_user`: not accepted, its user does not exist (and `id` is empty)."""
 
     id: str
     idempotency_key: str
     created: bool
     conflict: bool = False
+    unknown_user: bool = False
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ async def insert_notifications(
     through SQLAlchemy (PostgreSQL, before the transaction's first statement)."""
     native = await dialect.native_in_transaction(db)
     if native is not None:
-        return await insert_notifications_natively(native, items, now)
+        return await insert_notifications_natively(native, items, now, of_known_users=False)
     n = t.notifications.c
     stored: Stored = {}
     for chunk in chunks(items, BATCH_ROWS):
@@ -63,13 +63,17 @@ async def insert_notifications(
 
 
 async def insert_notifications_natively(
-    native: Native, items: Sequence[NewNotification], now: datetime
+    native: Native, items: Sequence[NewNotification], now: datetime, *, of_known_users: bool
 ) -> Stored:
     """`insert_notifications` on a driver connection, in its current transaction: one
-    statement per batch, and the read-back of idempotent replays when there are any."""
+    statement per batch, and the read-back of idempotent replays when there are any. With
+    `of_known_users`, a notification whose user does not exist goes in only as a replay
+    of one stored before: one neither inserted nor stored is not in the answer."""
     stored: Stored = {}
     for chunk in chunks(items, BATCH_ROWS):
-        inserted = await native.insert_notifications([notification_row(i, now) for i in chunk])
+        inserted = await native.insert_notifications(
+            [notification_row(i, now) for i in chunk], of_known_users=of_known_users
+        )
         created = {(row.api_key_id, row.idempotency_key) for row in inserted}
         for api_key_id, keys in _settle(stored, chunk, created).items():
             for row in await native.stored_notifications(api_key_id, keys):

@@ -82,13 +82,20 @@ def _new_notification(candidate: _Candidate) -> NewNotification:
     )
 
 
+def unknown_user_error(user_id: str) -> ApiError:
+    return ApiError(
+        422, "unknown_user", f"user {user_id!r} does not exist; PUT /v1/users/{{id}} first"
+    )
+
+
 async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dict[int, ApiError]:
-    """What the schema cannot see: times out of range, unknown users, templates that do
-    not render for the user's locale, a push too big for APNs or FCM when the caller asks
-    for push by name or gives rich push options. (Otherwise each channel's own limit is
-    the router's, for the channels a notification really goes out on.)"""
+    """What the schema cannot see: times out of range, templates that do not render for
+    the user's locale (or a templated notification's unknown user), a push too big for
+    APNs or FCM when the caller asks for push by name or gives rich push options.
+    (Otherwise each channel's own limit is the router's, for the channels a notification
+    really goes out on.) An unknown user of any other notification is found by the
+    accept's insert itself (`_accept`): one statement per request, not two."""
     errors: dict[int, ApiError] = {}
-    known = await rt.storage.directory.existing_user_ids(c.body.user_id for c in candidates)
     templates: dict[str, Template | None] = {}
     now = rt.clock.now()
     for index, candidate in enumerate(candidates):
@@ -101,14 +108,11 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
         if too_big is not None:
             errors[index] = too_big
             continue
-        if body.user_id not in known:
-            errors[index] = ApiError(
-                422,
-                "unknown_user",
-                f"user {body.user_id!r} does not exist; PUT /v1/users/{{id}} first",
-            )
-            continue
         if body.template is None:
+            continue
+        user = await rt.storage.directory.get_user(body.user_id)
+        if user is None:
+            errors[index] = unknown_user_error(body.user_id)
             continue
         if body.template not in templates:
             raw = await rt.storage.directory.get_template(body.template)
@@ -119,9 +123,8 @@ async def _semantic_errors(rt: Runtime, candidates: Sequence[_Candidate]) -> dic
                 422, "unknown_template", f"template {body.template!r} does not exist"
             )
             continue
-        user = await rt.storage.directory.get_user(body.user_id)
         try:
-            template.render_all(user.locale if user else template.default_locale, body.variables)
+            template.render_all(user.locale, body.variables)
         except TemplateError as error:
             errors[index] = ApiError(
                 422,
@@ -162,7 +165,7 @@ async def _accept(rt: Runtime, candidates: Sequence[_Candidate]) -> list[AcceptR
     results = await rt.storage.notifications.accept([_new_notification(c) for c in candidates])
     created = sum(1 for r in results if r.created)
     METRICS.accepted.inc(created)
-    METRICS.replayed.inc(len(results) - created)
+    METRICS.replayed.inc(sum(1 for r in results if not r.created and not r.unknown_user))
     if created:
         rt.wake_relay()
     return results
@@ -191,6 +194,8 @@ async def post_notification(
     if problem:
         raise problem
     (result,) = await _accept(rt, [candidate])
+    if result.unknown_user:
+        raise unknown_user_error(body.user_id)
     if result.conflict:
         raise ApiError(
             409, "idempotency_conflict", "this Idempotency-Key was used with another body"
@@ -227,8 +232,20 @@ async def post_batch(
             error={"code": problem.code, "message": problem.message, "details": problem.details},
         )
     valid = [(i, c) for position, (i, c) in enumerate(candidates) if position not in problems]
-    for (index, _), result in zip(valid, await _accept(rt, [c for _, c in valid]), strict=True):
-        if result.conflict:
+    for (index, candidate), result in zip(
+        valid, await _accept(rt, [c for _, c in valid]), strict=True
+    ):
+        if result.unknown_user:
+            problem = unknown_user_error(candidate.body.user_id)
+            outcomes[index].update(
+                status="rejected",
+                error={
+                    "code": problem.code,
+                    "message": problem.message,
+                    "details": problem.details,
+                },
+            )
+        elif result.conflict:
             outcomes[index].update(
                 status="rejected",
                 error={
