@@ -24,6 +24,7 @@ from herald.storage import Storage
 from herald.storage import schema as t
 from herald.storage.records import RoutingInput
 from herald.workers.worker import ChannelWorker
+from tests.fixtures.activity import waits_for_a_lock
 from tests.fixtures.herald import eventually
 from tests.router.test_poison import new_notification
 from tests.test_broadcasts import add_subscribers
@@ -201,14 +202,7 @@ async def test_on_postgresql_a_router_waiting_on_a_cancels_lock_routes_nothing(
         )
         routing = asyncio.create_task(router.route([item.notification.id]))
 
-        async def router_waits_for_the_lock() -> bool:
-            waiting = await cancelling.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            )
-            return bool(waiting)
-
-        await eventually(router_waits_for_the_lock)
+        await eventually(lambda: waits_for_a_lock(cancelling))
         await transaction.commit()
         await asyncio.wait_for(routing, 30)
     finally:

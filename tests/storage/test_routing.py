@@ -47,6 +47,7 @@ from tests.fixtures.activity import (
     counting_driver_statements,
     counting_round_trips,
     counting_statements,
+    waits_for_a_lock,
 )
 from tests.fixtures.herald import eventually
 from tests.router.test_poison import new_notification
@@ -186,14 +187,7 @@ async def test_on_postgresql_a_save_that_waited_for_another_routers_locks_return
         )
         second = asyncio.create_task(postgres_storage.routing.save(ids, whole.deliveries))
 
-        async def second_waits_for_the_lock() -> bool:
-            waiting = await first.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            )
-            return bool(waiting)
-
-        await eventually(second_waits_for_the_lock)
+        await eventually(lambda: waits_for_a_lock(first))
         await transaction.commit()
         released = await asyncio.wait_for(second, 30)
     finally:
