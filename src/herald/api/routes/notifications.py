@@ -204,6 +204,14 @@ async def post_notification(
     return AcceptedOut(id=result.id)
 
 
+def _reject(outcome: dict[str, Any], problem: ApiError) -> None:
+    """A batch item refused: its outcome carries the error a request of its own would get."""
+    outcome.update(
+        status="rejected",
+        error={"code": problem.code, "message": problem.message, "details": problem.details},
+    )
+
+
 @router.post("/batch", response_model=BatchOut)
 async def post_batch(
     body: BatchIn, rt: RuntimeDep, caller: Annotated[Caller, require("send")]
@@ -218,41 +226,25 @@ async def post_batch(
             item = BatchItemIn.model_validate(raw)
         except ValidationError as invalid:
             details = validation_details(invalid.errors())
-            outcomes[index].update(
-                status="rejected",
-                error={"code": "invalid", "message": details[0]["message"], "details": details},
-            )
+            _reject(outcomes[index], ApiError(422, "invalid", details[0]["message"], details))
             continue
         outcomes[index]["idempotency_key"] = item.idempotency_key
         candidates.append((index, _Candidate(item, item.idempotency_key, caller.key_id or "")))
     problems = await _semantic_errors(rt, [c for _, c in candidates])
     for position, problem in problems.items():
-        outcomes[candidates[position][0]].update(
-            status="rejected",
-            error={"code": problem.code, "message": problem.message, "details": problem.details},
-        )
+        _reject(outcomes[candidates[position][0]], problem)
     valid = [(i, c) for position, (i, c) in enumerate(candidates) if position not in problems]
     for (index, candidate), result in zip(
         valid, await _accept(rt, [c for _, c in valid]), strict=True
     ):
         if result.unknown_user:
-            problem = unknown_user_error(candidate.body.user_id)
-            outcomes[index].update(
-                status="rejected",
-                error={
-                    "code": problem.code,
-                    "message": problem.message,
-                    "details": problem.details,
-                },
-            )
+            _reject(outcomes[index], unknown_user_error(candidate.body.user_id))
         elif result.conflict:
-            outcomes[index].update(
-                status="rejected",
-                error={
-                    "code": "idempotency_conflict",
-                    "message": "this idempotency_key was used with another body",
-                    "details": [],
-                },
+            _reject(
+                outcomes[index],
+                ApiError(
+                    409, "idempotency_conflict", "this idempotency_key was used with another body"
+                ),
             )
         else:
             outcomes[index].update(
