@@ -66,6 +66,14 @@ async def send_batches(client: httpx.AsyncClient, users: int, per_user: int, tag
     return ids
 
 
+# The delivery log's rows: the events written, and the sends the delivery rows tell.
+LOG_ROWS = (
+    "SELECT delivery_id, state, coalesce(detail->>'reason', '') AS reason, created_at AS at, "
+    "detail ? 'claimed_at' AS claimed FROM delivery_events "
+    "UNION ALL SELECT id, 'sent', '', sent_at, true FROM deliveries WHERE sent_at IS NOT NULL"
+)
+
+
 async def delivery_counts(url: str) -> dict[str, int]:
     connection = await asyncpg.connect(url)
     try:
@@ -110,18 +118,18 @@ async def test_a_fleet_delivers_everything_once_through_a_worker_kill(
         history = {
             row["delivery_id"]: list(zip(row["states"], row["reasons"], strict=True))
             for row in await connection.fetch(
-                "SELECT delivery_id, array_agg(state ORDER BY id) AS states, "
-                "array_agg(coalesce(detail->>'reason', '') ORDER BY id) AS reasons "
-                "FROM delivery_events GROUP BY delivery_id"
+                "SELECT delivery_id, array_agg(state ORDER BY at) AS states, "
+                "array_agg(reason ORDER BY at) AS reasons "
+                f"FROM ({LOG_ROWS}) AS log GROUP BY delivery_id"
             )
         }
-        # A claim writes no log row: each attempt's end (outcome, expired lease) carries
-        # its claim time, so these count the claims.
+        # A claim writes no log row: each attempt's end (outcome, expired lease, the send
+        # a row tells) carries its claim time, so these count the claims.
         claims = {
             row["delivery_id"]: row["n"]
             for row in await connection.fetch(
-                "SELECT delivery_id, count(*) AS n FROM delivery_events "
-                "WHERE detail ? 'claimed_at' GROUP BY delivery_id"
+                f"SELECT delivery_id, count(*) AS n FROM ({LOG_ROWS}) AS log "
+                "WHERE claimed GROUP BY delivery_id"
             )
         }
         sends = {
@@ -140,8 +148,8 @@ async def test_a_fleet_delivers_everything_once_through_a_worker_kill(
     # database when it was frozen may still commit.)
     assert held & recovered, "no claim of the killed worker was recovered by its lease"
     for delivery in recovered:
-        # The rows written: the expiry that ended attempt 1, the outcome of attempt 2 (the
-        # first `queued` and the claims are kept in the delivery row).
+        # The log: the expiry that ended attempt 1, the outcome of attempt 2 (the first
+        # `queued`, the claims and the send are kept in the delivery row).
         steps = history[delivery]
         assert steps == [("queued", "lease expired"), ("sent", "")], (delivery, steps)
         assert claims[delivery] == 2

@@ -328,21 +328,14 @@ async def follow_log(
     poll: float = 1.0,
 ) -> None:
     async with storage_of(settings) as storage:
-        events = await storage.operations.events_after(None, where, limit=max(last, 1))
-        events = events[-last:] if last else []
-        after = events[-1].id if events else await _newest_id(storage, where)
-        for event in events:
+        events, position = await storage.operations.log_after(None, where, limit=max(last, 1))
+        for event in events[-last:] if last else []:
             emit(event)
         while follow:
             await asyncio.sleep(poll)
-            for event in await storage.operations.events_after(after, where):
+            events, position = await storage.operations.log_after(position, where)
+            for event in events:
                 emit(event)
-                after = event.id
-
-
-async def _newest_id(storage: Storage, where: TailFilter) -> int:
-    newest = await storage.operations.events_after(None, where, limit=1)
-    return newest[-1].id if newest else 0
 
 
 def event_line(event: LoggedEvent) -> str:

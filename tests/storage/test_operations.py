@@ -11,7 +11,8 @@ import pytest
 from herald.clock import FakeClock
 from herald.domain import DeliveryState
 from herald.runtime import Runtime
-from herald.storage.operations import TailFilter
+from herald.storage.operations import LoggedEvent, LogPosition, TailFilter
+from herald.storage.records import ProviderReport
 from tests.fixtures.herald import Pipeline, eventually
 
 
@@ -92,14 +93,60 @@ async def test_the_log_after_an_entry_filtered_by_user_and_state(
     operations = runtime.storage.operations
 
     async def sent_to_both() -> bool:
-        found = await operations.events_after(None, TailFilter(state="sent"))
+        found, _ = await operations.log_after(None, TailFilter(state="sent"))
         return len(found) == 2
 
     await eventually(sent_to_both)
-    only_42 = await operations.events_after(None, TailFilter(user_id="42", state="sent"))
+    only_42, _ = await operations.log_after(None, TailFilter(user_id="42", state="sent"))
     assert [(e.user_id, e.channel, e.state) for e in only_42] == [("42", "email", "sent")]
-    everything = await operations.events_after(None, TailFilter())
-    first = everything[0]
-    after_first = await operations.events_after(first.id, TailFilter())
-    assert [e.id for e in after_first] == [e.id for e in everything[1:]]
-    assert await operations.events_after(everything[-1].id, TailFilter()) == []
+    # A send the row tells is an entry with no event id, with what its event would say.
+    assert only_42[0].id is None
+    assert only_42[0].provider
+    assert set(only_42[0].detail) == {"attempt", "claimed_at", "provider_message_id"}
+    assert await operations.log_after(None, TailFilter(state="queued")) == ([], LogPosition())
+    everything, newest = await operations.log_after(None, TailFilter())
+    assert [e.state for e in everything] == ["sent", "sent"]
+    assert await operations.log_after(newest, TailFilter()) == ([], newest)
+    after_first, _ = await operations.log_after(LogPosition().after(everything[:1]), TailFilter())
+    assert after_first == everything[1:]
+
+
+async def test_the_log_merges_written_events_and_told_sends_in_time_order(
+    api: httpx.AsyncClient, pipeline: Pipeline, runtime: Runtime, clock: FakeClock
+) -> None:
+    """A webhook's word on a send is a written event after the send the row tells; each
+    call hands out only what the other source cannot still precede, at most `limit`."""
+    await api.put("/v1/users/42", json={"email": "ada@example.com"})
+    operations = runtime.storage.operations
+    for count, title in enumerate(("a", "b", "c"), start=1):
+        await api.post(
+            "/v1/notifications", json={"user_id": "42", "title": title, "channels": ["email"]}
+        )
+
+        async def sent(count: int = count) -> bool:
+            found, _ = await operations.log_after(None, TailFilter(state="sent"))
+            return len(found) == count
+
+        await eventually(sent)
+        clock.advance(1)
+    first, _ = await operations.log_after(None, TailFilter(), limit=1)
+    [send] = first
+    delivery = (await runtime.storage.notifications.deliveries_of(send.notification_id))[0]
+    clock.advance(1)
+    await runtime.storage.feedback.record_provider_events(
+        [ProviderReport(delivery.id, None, DeliveryState.DELIVERED, "smtp")]
+    )
+    everything, _ = await operations.log_after(None, TailFilter())
+    assert [(e.state, e.id is None) for e in everything] == [
+        ("sent", True),
+        ("sent", True),
+        ("sent", True),
+        ("delivered", False),
+    ]
+    seen: list[LoggedEvent] = []
+    position = LogPosition()
+    for _ in range(6):
+        page, position = await operations.log_after(position, TailFilter(), limit=2)
+        assert len(page) <= 2
+        seen += page
+    assert seen == everything

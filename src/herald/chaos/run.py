@@ -620,6 +620,13 @@ class Chaos:
             events[row["delivery_id"]].append(
                 (row["created_at"].timestamp(), row["state"], row["reason"] or "")
             )
+        # A send its row tells (its `sent_at`) wrote no event: the row stands for its claim
+        # and its outcome.
+        for row in await pg_fetch(
+            url, "SELECT id, claimed_at, sent_at FROM deliveries WHERE sent_at IS NOT NULL"
+        ):
+            events[row["id"]].append((row["claimed_at"].timestamp(), "sending", ""))
+            events[row["id"]].append((row["sent_at"].timestamp(), "sent", ""))
 
         policy_of = {"push": "at_least_once", "in_app": "at_least_once", "sms": "at_most_once"}
         lost: list[str] = []

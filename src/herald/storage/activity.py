@@ -28,7 +28,16 @@ from herald.storage.guards import REPLAY
 from herald.storage.notifications import NotificationRepository
 from herald.storage.records import Page
 from herald.storage.repository import Repository
-from herald.storage.rows import InvalidCursor, event_row, lane_order, page, paged, to_delivery
+from herald.storage.rows import (
+    SENT_COLUMNS,
+    InvalidCursor,
+    event_row,
+    lane_order,
+    page,
+    paged,
+    sent_event,
+    to_delivery,
+)
 
 S = DeliveryState
 Row = sa.Row[Any]
@@ -307,10 +316,17 @@ class ActivityRepository(Repository):
     async def replay(self, delivery_ids: Sequence[str], reason: str) -> list[Replay]:
         """Queue dead letters again, each with a fresh retry budget, in one transaction with
         their outbox rows (the relay puts them on the bus). Only a delivery still failed is
-        replayed: replaying twice sends once."""
+        replayed: replaying twice sends once. A delivery that was sent before a webhook
+        failed it gets its send's event written first, as the row stops telling it."""
         d = t.deliveries.c
         now = self.clock.now()
         async with self.db.transaction() as db:
+            told = await db.execute(
+                sa.select(*(d[c] for c in SENT_COLUMNS))
+                .where(d.id.in_(delivery_ids), REPLAY.holds(d.state), d.sent_at.is_not(None))
+                .with_for_update()
+            )
+            await self.dialect.insert_events(db, [event_row(sent_event(row)) for row in told])
             rows = list(
                 await db.execute(
                     t.deliveries.update()
@@ -321,6 +337,7 @@ class ActivityRepository(Repository):
                         last_error=None,
                         due_at=None,
                         lease_until=None,
+                        sent_at=None,
                         updated_at=now,
                     )
                     .returning(d.id, d.notification_id, d.user_id, d.channel, d.priority)

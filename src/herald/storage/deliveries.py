@@ -15,7 +15,7 @@ from herald.storage.database import Database
 from herald.storage.guards import LEASE_RENEWAL, SET_ASIDE
 from herald.storage.records import DeliveryUpdate
 from herald.storage.repository import Repository
-from herald.storage.rows import event_row, to_delivery
+from herald.storage.rows import attempt_detail, event_row, to_delivery
 from herald.storage.suppressions import SuppressionRepository
 from herald.util import chunks
 
@@ -100,7 +100,8 @@ class DeliveryRepository(Repository):
         """Record what happened to claimed deliveries, with their events, together (on
         PostgreSQL in one statement). Only deliveries still `sending` change (a late answer
         for a delivery whose lease expired and was recovered is logged but does not
-        overwrite)."""
+        overwrite). A send the row tells by itself (DeliveryUpdate.told_by_row) sets the
+        row's `sent_at` instead of writing its event."""
         if not updates:
             return 0
         now = self.clock.now()
@@ -111,17 +112,9 @@ class DeliveryRepository(Repository):
                     u.notification_id,
                     u.state,
                     now,
-                    {
-                        k: v
-                        for k, v in {
-                            **u.detail,
-                            "attempt": u.attempt,
-                            "claimed_at": u.claimed_at.isoformat() if u.claimed_at else None,
-                            "error": u.last_error,
-                            "provider_message_id": u.provider_message_id,
-                        }.items()
-                        if v is not None
-                    },
+                    attempt_detail(
+                        u.attempt, u.claimed_at, u.provider_message_id, u.last_error, u.detail
+                    ),
                     u.provider,
                 )
             )

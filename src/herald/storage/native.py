@@ -142,20 +142,26 @@ def _late_answer_guard(row: str) -> str:
 # every attempt's, a late answer's too) in the same statement: written together or not at
 # all, with no BEGIN and COMMIT. At a light load a batch is one or two outcomes, and the
 # round trips were most of its cost (docs/benchmarks.md, "Figures behind code choices").
+# A send the row tells by itself ($15, DeliveryUpdate.told_by_row) sets `sent_at` and writes
+# no event, when it answers the claimed attempt (the row was sending); any other outcome,
+# and one the guard refused (a late answer that does not overwrite), is logged.
+_TOLD_SET = f"sent_at = CASE WHEN u.told AND d.{_in(OUTCOME)} THEN $8 ELSE d.sent_at END"
+
 RECORD_SQL_POSTGRES = f"""
 WITH changed AS (
-    UPDATE deliveries AS d SET {_RECORD_SET}
+    UPDATE deliveries AS d SET {_RECORD_SET}, {_TOLD_SET}
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                $6::timestamptz[], $7::int[])
-        AS u(id, state, provider, message_id, error, due, refund)
+                $6::timestamptz[], $7::int[], $15::bool[])
+        AS u(id, state, provider, message_id, error, due, refund, told)
     WHERE d.id = u.id AND {_late_answer_guard("u")}
-    RETURNING 1
+    RETURNING d.id, u.told AND d.sent_at IS NOT DISTINCT FROM $8 AS told
 ), logged AS (
     INSERT INTO delivery_events ({", ".join(EVENT_COLUMNS)})
     SELECT e.delivery_id, e.notification_id, e.state, e.provider, e.detail::jsonb, e.created_at
     FROM unnest($9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
                 $14::timestamptz[])
         AS e({", ".join(EVENT_COLUMNS)})
+    WHERE e.delivery_id NOT IN (SELECT id FROM changed WHERE told)
 )
 SELECT count(*) FROM changed
 """
@@ -164,7 +170,8 @@ SELECT count(*) FROM changed
 RECORD_SQL_SQLITE = f"""
 UPDATE deliveries SET state = ?2, provider = coalesce(?3, provider),
     provider_message_id = coalesce(?4, provider_message_id), last_error = ?5, due_at = ?6,
-    lease_until = NULL, attempts = attempts - ?7, updated_at = ?8
+    lease_until = NULL, attempts = attempts - ?7, updated_at = ?8,
+    sent_at = CASE WHEN ?9 AND {_in(OUTCOME)} THEN ?8 ELSE sent_at END
 WHERE id = ?1 AND ({_in(OUTCOME)} OR ({_in(LATE_ANSWER)} AND ?2 IN ({
     ", ".join(repr(s.value) for s in sorted(LATE_ANSWER.targets))
 })))
@@ -616,6 +623,7 @@ class AsyncpgNative(Native):
             [1 if u.attempts_refund else 0 for u in updates],
             now,
             *_event_arrays(events),
+            [u.told_by_row for u in updates],
         )
         return int(changed)
 
@@ -731,6 +739,14 @@ INSERT_EVENT_SQLITE = (
     "INSERT INTO delivery_events "
     "(delivery_id, notification_id, state, provider, detail, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
+)
+# After RECORD_SQL_SQLITE, in its transaction: an outcome's event, unless the row now tells
+# it (?7: told by the row, and the update set its `sent_at` to the event's time).
+INSERT_OUTCOME_EVENT_SQLITE = (
+    "INSERT INTO delivery_events "
+    "(delivery_id, notification_id, state, provider, detail, created_at) "
+    "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT (?7 AND EXISTS "
+    "(SELECT 1 FROM deliveries WHERE id = ?1 AND sent_at = ?6))"
 )
 
 
@@ -867,12 +883,15 @@ class SqliteNative(Native):
         self, updates: Sequence[DeliveryUpdate], events: Sequence[dict[str, Any]], now: datetime
     ) -> int:
         states = self._record_rows(updates, now)
-        logged = self._event_rows(events)
+        logged = [
+            (*event, u.told_by_row)
+            for event, u in zip(self._event_rows(events), updates, strict=True)
+        ]
 
         def record(connection: sqlite3.Connection) -> int:
             changed = _sqlite_many(connection, RECORD_SQL_SQLITE, states)
             if logged:
-                _sqlite_many(connection, INSERT_EVENT_SQLITE, logged)
+                _sqlite_many(connection, INSERT_OUTCOME_EVENT_SQLITE, logged)
             return changed
 
         return await self._run(record, commit=True)
@@ -891,6 +910,7 @@ class SqliteNative(Native):
                 self.at(u.due_at),
                 1 if u.attempts_refund else 0,
                 at,
+                u.told_by_row,
             )
             for u in updates
         ]

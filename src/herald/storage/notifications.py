@@ -18,7 +18,7 @@ from herald.storage.broadcasts import mark_broadcast_cancelled
 from herald.storage.guards import CANCEL, CANCEL_DIGESTED
 from herald.storage.records import AcceptResult, NewNotification
 from herald.storage.repository import Repository
-from herald.storage.rows import event_row, to_delivery, to_notification
+from herald.storage.rows import SENT_COLUMNS, event_row, sent_event, to_delivery, to_notification
 from herald.storage.shaping import Shaping
 from herald.storage.statements import BATCH_ROWS, insert_notifications_natively, lock_accepted
 
@@ -92,11 +92,12 @@ class NotificationRepository(Repository):
         return [to_delivery(row) for row in rows]
 
     async def events_of(self, notification_id: str) -> list[DeliveryEvent]:
-        """The notification's delivery log, oldest first: the events written, and the two
-        kinds of entry the delivery rows hold instead of writing them (see migration 0009):
-        `queued` when a delivery was made (unless its routing wrote an event: a plan that
-        said more than queued) and `sending` for each claim, at the claim time that each
-        attempt's outcome event (or the row, for the attempt in flight) carries."""
+        """The notification's delivery log, oldest first: the events written, and the
+        three kinds of entry the delivery rows hold instead of writing them (migrations
+        0009 and 0017): `queued` when a delivery was made (unless its routing wrote an
+        event: a plan that said more than queued), `sending` for each claim, at the claim
+        time that each attempt's outcome event (or the row, for the attempt in flight or
+        the send it tells) carries, and `sent` for the send a row tells (`sent_at`)."""
         async with self.db.reading() as db:
             rows = await db.execute(
                 sa.select(t.delivery_events)
@@ -117,7 +118,7 @@ class NotificationRepository(Repository):
             d = t.deliveries.c
             deliveries = list(
                 await db.execute(
-                    sa.select(d.id, d.state, d.attempts, d.created_at, d.claimed_at).where(
+                    sa.select(d.state, d.created_at, *(d[column] for column in SENT_COLUMNS)).where(
                         d.notification_id == notification_id
                     )
                 )
@@ -201,18 +202,20 @@ def timeline(
     """The log entries the delivery rows stand for, merged with those written, in time
     order; only for deliveries made within the log's retention (`kept_since`), as the
     written events are. At one instant (a test's frozen clock): queued, then sending,
-    then what was written."""
+    then the send a row tells, then what was written (a webhook's word comes after the
+    send it reports on)."""
     planned = {S.QUEUED, S.DEFERRED, S.SKIPPED, S.DIGESTED}
     first: dict[str, DeliveryEvent] = {}
     for event in written:
         first.setdefault(event.delivery_id, event)
     keyed: list[tuple[datetime, float, int, DeliveryEvent]] = []
-    claims: set[tuple[str, int]] = set()
+    # The claims the written events carry, (delivery, attempt, claim time): a replay
+    # numbers its attempts from 1 again.
+    claims: set[tuple[str, int, datetime]] = set()
     for n, event in enumerate(written):
         keyed.append((event.at, 1, n, event))
         attempt, claimed_at = event.detail.get("attempt"), event.detail.get("claimed_at")
         if isinstance(attempt, int) and isinstance(claimed_at, str):
-            claims.add((event.delivery_id, attempt))
             sending = DeliveryEvent(
                 event.delivery_id,
                 notification_id,
@@ -220,6 +223,7 @@ def timeline(
                 datetime.fromisoformat(claimed_at),
                 {"attempt": attempt},
             )
+            claims.add((event.delivery_id, attempt, sending.at))
             keyed.append((sending.at, 0.5, n, sending))
     for row in deliveries:
         if row.created_at < kept_since:
@@ -234,10 +238,15 @@ def timeline(
         if not routed_with_event:
             queued = DeliveryEvent(row.id, notification_id, S.QUEUED, row.created_at)
             keyed.append((queued.at, 0, 0, queued))
-        in_flight = row.state == S.SENDING.value and (row.id, row.attempts) not in claims
-        if in_flight and row.claimed_at is not None:
+        told = row.sent_at is not None
+        in_flight = row.state == S.SENDING.value or told
+        claim = (row.id, row.attempts, row.claimed_at)
+        if in_flight and row.claimed_at is not None and claim not in claims:
             sending = DeliveryEvent(
                 row.id, notification_id, S.SENDING, row.claimed_at, {"attempt": row.attempts}
             )
             keyed.append((sending.at, 0.5, len(written), sending))
+        if told:
+            sent = sent_event(row)
+            keyed.append((sent.at, 0.75, 0, sent))
     return [event for *_, event in sorted(keyed, key=lambda item: item[:3])]

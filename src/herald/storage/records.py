@@ -86,6 +86,13 @@ class DeliveryUpdate:
     attempt: int | None = None
     claimed_at: datetime | None = None
 
+    @property
+    def told_by_row(self) -> bool:
+        """A send with nothing to say beyond what the delivery row keeps (state, provider,
+        the provider's message id, the attempt, its claim time and `sent_at`): it writes
+        no log event, and the log shows it from the row (rows.sent_event)."""
+        return self.state == DeliveryState.SENT and not self.detail and self.last_error is None
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderReport:

@@ -233,6 +233,50 @@ def lane_order(priority: Priority) -> int:
     return t.URGENT_LANE_ORDER if lane_for(priority) == Lane.PRIORITY else t.BULK_LANE_ORDER
 
 
+def attempt_detail(
+    attempt: int | None,
+    claimed_at: datetime | None,
+    provider_message_id: str | None,
+    error: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The detail of an attempt's outcome event: what the worker said, the attempt and its
+    claim time (which stands for the attempt's `sending` entry), without empty values."""
+    detail = {
+        **(extra or {}),
+        "attempt": attempt,
+        "claimed_at": claimed_at.isoformat() if claimed_at else None,
+        "error": error,
+        "provider_message_id": provider_message_id,
+    }
+    return {k: v for k, v in detail.items() if v is not None}
+
+
+# What a delivery row needs to stand for its send's log event (sent_event).
+SENT_COLUMNS = (
+    "id",
+    "notification_id",
+    "provider",
+    "provider_message_id",
+    "attempts",
+    "claimed_at",
+    "sent_at",
+)
+
+
+def sent_event(row: Row) -> DeliveryEvent:
+    """The `sent` entry a delivery row with `sent_at` stands for: the event its worker did
+    not write (DeliveryUpdate.told_by_row, migration 0017), as it would have written it."""
+    return DeliveryEvent(
+        row.id,
+        row.notification_id,
+        DeliveryState.SENT,
+        row.sent_at,
+        attempt_detail(row.attempts, row.claimed_at, row.provider_message_id),
+        row.provider,
+    )
+
+
 def event_row(event: DeliveryEvent) -> dict[str, Any]:
     return {
         "delivery_id": event.delivery_id,

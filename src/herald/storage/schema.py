@@ -227,6 +227,8 @@ deliveries = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("claimed_at", UtcDateTime),  # the last claim (attempt number `attempts`)
+    # When the provider took it (a worker's `sent` that wrote no log event: migration 0017).
+    sa.Column("sent_at", UtcDateTime),
     # What the recipient did: each the first report of its kind (migration 0010).
     sa.Column("opened_at", UtcDateTime),
     sa.Column("clicked_at", UtcDateTime),
@@ -277,6 +279,14 @@ sa.Index(
     "ix_deliveries_provider_message",
     deliveries.c.provider_message_id,
     **_partial(deliveries.c.provider_message_id.is_not(None)),
+)
+
+# The sends the log shows from the row (`herald tail` follows them by time).
+sa.Index(
+    "ix_deliveries_sent",
+    deliveries.c.sent_at,
+    deliveries.c.id,
+    **_partial(deliveries.c.sent_at.is_not(None)),
 )
 
 # Partitioned by created_at on PostgreSQL (see the migration); the primary key includes it.
