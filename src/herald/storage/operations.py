@@ -109,8 +109,9 @@ class OperationsRepository(Repository):
                 if where.state in (None, S.SENT.value)
                 else []
             )
+        # At one instant a send comes before the written events (a webhook's word on it).
         merged = sorted(
-            events + sends, key=lambda e: (e.at, e.id is None, e.id or 0, e.delivery_id)
+            events + sends, key=lambda e: (e.at, e.id is not None, e.id or 0, e.delivery_id)
         )
         if position is None:
             merged = merged[-limit:]
@@ -195,7 +196,8 @@ def _sends(position: LogPosition | None, where: TailFilter, limit: int) -> sa.Se
         return query.order_by(d.sent_at.desc(), d.id.desc()).limit(limit)
     if position.sent_at is not None:
         at, last = position.sent_at, position.sent_id
-        query = query.where(sa.or_(d.sent_at > at, sa.and_(d.sent_at == at, d.id > last)))
+        # (sent_at, id) after the position's, with the index's range spelled out.
+        query = query.where(d.sent_at >= at, sa.or_(d.sent_at > at, d.id > last))
     return query.order_by(d.sent_at, d.id).limit(limit)
 
 
