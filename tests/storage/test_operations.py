@@ -114,11 +114,13 @@ async def test_the_log_after_an_entry_filtered_by_user_and_state(
 async def test_the_log_merges_written_events_and_told_sends_in_time_order(
     api: httpx.AsyncClient, pipeline: Pipeline, runtime: Runtime, clock: FakeClock
 ) -> None:
-    """A webhook's word on a send is a written event after the send the row tells; each
-    call hands out only what the other source cannot still precede, at most `limit`."""
+    """A webhook's word on a send is a written event after the send the row tells (at
+    the same instant too); each call hands out only what the other source cannot still
+    precede, at most `limit`."""
     await api.put("/v1/users/42", json={"email": "ada@example.com"})
     operations = runtime.storage.operations
     for count, title in enumerate(("a", "b", "c"), start=1):
+        clock.advance(1)
         await api.post(
             "/v1/notifications", json={"user_id": "42", "title": title, "channels": ["email"]}
         )
@@ -128,11 +130,10 @@ async def test_the_log_merges_written_events_and_told_sends_in_time_order(
             return len(found) == count
 
         await eventually(sent)
-        clock.advance(1)
     first, _ = await operations.log_after(None, TailFilter(), limit=1)
     [send] = first
     delivery = (await runtime.storage.notifications.deliveries_of(send.notification_id))[0]
-    clock.advance(1)
+    assert send.at == clock.now()  # the webhook's word comes at the instant of the send
     await runtime.storage.feedback.record_provider_events(
         [ProviderReport(delivery.id, None, DeliveryState.DELIVERED, "smtp")]
     )
