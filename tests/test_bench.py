@@ -10,12 +10,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from herald.bench import REPORT_KEYS, server
+from herald.bench.errors import BenchError
+from herald.bench.harness import HeraldProcess, wait_ready
 from herald.bench.memory import MemoryTimeline, slope_per_minute
 from herald.bench.peer import PeerResult, peer_block
 from herald.bench.pgstats import Snapshot, statements, written
@@ -391,3 +394,33 @@ def test_a_profile_stopped_as_soon_as_it_started_still_writes_its_file(tmp_path:
         busy.wait(10)
     assert notes == []
     assert Path(files["busy"]).read_text().startswith("<?xml")
+
+
+def test_a_process_that_never_gets_ready_is_named_with_its_log_and_stacks(tmp_path: Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import time\nprint('migrating', flush=True)\n"
+        "def waiting_for_a_lock():\n    time.sleep(60)\nwaiting_for_a_lock()\n"
+    )
+    log = tmp_path / "stuck.log"
+    ready = HeraldProcess("ready-one", [], tmp_path / "ready.log")
+    ready.log_path.write_text('{"event": "ready"}\n')
+    stuck = HeraldProcess("serve", [], log)
+    with log.open("ab") as out:
+        stuck.popen = subprocess.Popen([sys.executable, str(script)], stdout=out)
+    ready.popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = time.monotonic()  # in its stuck call before the wait begins, however loaded
+        while not stuck.logged("migrating") and time.monotonic() - started < 60:
+            time.sleep(0.05)
+        with pytest.raises(BenchError) as raised:
+            asyncio.run(wait_ready([ready, stuck], timeout=1.5))
+    finally:
+        for process in (stuck.popen, ready.popen):
+            process.kill()
+            process.wait(10)
+    message = str(raised.value)
+    assert message.startswith("Herald did not become ready within 1.5 s: serve\n")
+    assert "ready-one" not in message
+    assert "migrating" in message  # its log
+    assert "waiting_for_a_lock" in message  # where it is stuck (py-spy dump)

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -54,7 +54,7 @@ from herald.bench.figures import Delivered, Receipts, baseline_block, delivered
 from herald.bench.memory import MemoryTimeline
 from herald.bench.peer import FCM_MULTICAST_LIMIT, PeerResult, peer_block, run_peer
 from herald.bench.pgstats import STATS_SETTLE_S, Calls, PgCounters, Snapshot, statements, written
-from herald.bench.profile import Profiler
+from herald.bench.profile import Profiler, py_spy
 from herald.bench.report import Progress, percentiles, stage
 from herald.bench.server import ServerMeter, server_meter, with_rates
 from herald.bench.sink import SinkFleet
@@ -147,6 +147,25 @@ class HeraldProcess:
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
 
+    def diagnosis(self) -> str:
+        """Its log's tail and, where py-spy is installed, its threads' stacks (what a
+        process that never got ready is waiting for)."""
+        return f"{self.tail()}\n{self.stacks()}"
+
+    def stacks(self) -> str:
+        if self.popen is None:
+            return ""
+        try:
+            dumped = subprocess.run(
+                [py_spy(), "dump", "--pid", str(self.popen.pid)],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+        except (BenchError, OSError, subprocess.TimeoutExpired) as error:
+            return f"(no stacks: {error})"
+        return (dumped.stdout or dumped.stderr).decode(errors="replace")[-6000:]
+
     def cpu(self) -> float:
         try:
             assert self.ps is not None
@@ -173,6 +192,26 @@ class HeraldProcess:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(10)
+
+
+async def wait_ready(processes: Sequence[HeraldProcess], timeout: float = 90.0) -> None:
+    """Until every process has logged `ready`; a process that exits, or the timeout, is a
+    BenchError that says why (the log, and where a process still starting is stuck)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            if not process.alive():
+                raise BenchError(f"herald {process.name} exited:\n{process.tail()}")
+        if all(p.logged('"ready"') for p in processes):
+            stage("Herald ready: " + ", ".join(p.name for p in processes))
+            return
+        await asyncio.sleep(0.2)
+    waiting = [p for p in processes if not p.logged('"ready"')]
+    raise BenchError(
+        f"Herald did not become ready within {timeout:g} s: "
+        + ", ".join(p.name for p in waiting)
+        + "".join(f"\n--- {p.name}: its log, then where it is\n{p.diagnosis()}" for p in waiting)
+    )
 
 
 def _free_port() -> int:
@@ -343,17 +382,8 @@ class Bench:
             ("worker-priority", ["worker", "--channel", "push", "--lane", "priority"]),
         ]
 
-    async def _wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for process in self.processes:
-                if not process.alive():
-                    raise BenchError(f"herald {process.name} exited:\n{process.tail()}")
-            if all(p.logged('"ready"') for p in self.processes):
-                stage("Herald ready: " + ", ".join(p.name for p in self.processes))
-                return
-            await asyncio.sleep(0.2)
-        raise BenchError("Herald did not become ready within 90 s")
+    async def _wait_ready(self) -> None:
+        await wait_ready(self.processes)
 
     async def _sample_rss(self) -> None:
         while True:
