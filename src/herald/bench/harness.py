@@ -207,10 +207,14 @@ async def wait_ready(processes: Sequence[HeraldProcess], timeout: float = 90.0) 
             return
         await asyncio.sleep(0.2)
     waiting = [p for p in processes if not p.logged('"ready"')]
+    found = [await asyncio.to_thread(p.diagnosis) for p in waiting]  # py-spy takes a moment
     raise BenchError(
         f"Herald did not become ready within {timeout:g} s: "
         + ", ".join(p.name for p in waiting)
-        + "".join(f"\n--- {p.name}: its log, then where it is\n{p.diagnosis()}" for p in waiting)
+        + "".join(
+            f"\n--- {p.name}: its log, then where it is\n{diagnosis}"
+            for p, diagnosis in zip(waiting, found, strict=True)
+        )
     )
 
 
