@@ -358,7 +358,7 @@ class Bench:
             self.processes.append(process)
         sampler = asyncio.create_task(self._sample_rss())
         try:
-            await self._wait_ready()
+            await wait_ready(self.processes)
             yield
         finally:
             sampler.cancel()
@@ -385,9 +385,6 @@ class Bench:
             ("router-priority", ["router", "--lane", "priority"]),
             ("worker-priority", ["worker", "--channel", "push", "--lane", "priority"]),
         ]
-
-    async def _wait_ready(self) -> None:
-        await wait_ready(self.processes)
 
     async def _sample_rss(self) -> None:
         while True:
