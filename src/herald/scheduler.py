@@ -6,7 +6,8 @@
 - deliveries whose worker died mid-send (lease expired): the channel policy decides
   between sending again (at_least_once) and `unknown` (at_most_once);
 - a sweep for work whose bus message was lost (the in-process bus across a restart):
-  notifications accepted but never routed, deliveries queued but never claimed.
+  notifications published but never routed (read from a position per lane, so a sweep
+  reads what was published since the one before), deliveries queued but never claimed.
 Several schedulers may run: every step is one atomic statement (SKIP LOCKED on PostgreSQL).
 
 A pass first asks one cheap question (SchedulingRepository.anything_due), and runs its

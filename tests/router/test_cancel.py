@@ -24,7 +24,7 @@ from herald.storage import Storage
 from herald.storage import schema as t
 from herald.storage.records import RoutingInput
 from herald.workers.worker import ChannelWorker
-from tests.fixtures.activity import waits_for_a_lock
+from tests.fixtures.activity import routing_held_open, waits_for_a_lock
 from tests.fixtures.herald import eventually
 from tests.router.test_poison import new_notification
 from tests.test_broadcasts import add_subscribers
@@ -208,6 +208,32 @@ async def test_on_postgresql_a_router_waiting_on_a_cancels_lock_routes_nothing(
     finally:
         await cancelling.close()
     assert await postgres_storage.notifications.deliveries_of(item.notification.id) == []
+    notification = await postgres_storage.notifications.get(item.notification.id)
+    assert notification is not None
+    assert notification.state == NotificationState.CANCELLED
+
+
+@pytest.mark.production
+@pytest.mark.postgres
+async def test_on_postgresql_a_cancel_waiting_on_a_routers_lock_skips_what_it_wrote(
+    postgres_storage: Storage, postgres_test_url: str
+) -> None:
+    """The router's write still open while the cancel runs: the router writes no row of the
+    notification, but its lock (FOR SHARE) makes the cancel wait, and the cancel then
+    skips the deliveries that committed meanwhile (separate connections; the router's
+    statement is split in two here, so that its transaction can be held open)."""
+    await postgres_storage.directory.upsert_user(User("u1", email="u1@example.com"))
+    item = new_notification("race", "u1")
+    await postgres_storage.notifications.accept([item])
+    ids = [item.notification.id]
+    async with routing_held_open(postgres_storage, postgres_test_url, ids) as (router, written):
+        cancel = asyncio.create_task(postgres_storage.notifications.cancel(ids))
+        await eventually(lambda: waits_for_a_lock(router))
+        await router.execute("COMMIT")
+        cancelled = await asyncio.wait_for(cancel, 30)
+    assert cancelled == sum(d.state != DeliveryState.SKIPPED for d in written) > 0
+    deliveries = await postgres_storage.notifications.deliveries_of(item.notification.id)
+    assert {d.state for d in deliveries} == {DeliveryState.SKIPPED}
     notification = await postgres_storage.notifications.get(item.notification.id)
     assert notification is not None
     assert notification.state == NotificationState.CANCELLED

@@ -36,6 +36,7 @@ NOT_PERSONAL = {
     "broadcasts": "the broadcast itself; its recipients are user-keyed",
     "outbox": "transient bus records, gone once relayed",
     "relay_positions": "how far the relay has published each lane: two numbers per lane",
+    "sweep_positions": "how far the sweep has found notifications routed: two numbers per lane",
     "suppressions": "kept on purpose: an address that bounced or said STOP stays suppressed",
     "webhook_events": "provider event ids seen, kept to refuse replays; no address or user",
     "workflows": "shared configuration",

@@ -15,12 +15,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from herald.bus.interface import Lane, notifications_topic
+from herald.domain import Priority
 from herald.runtime import Runtime
 from herald.storage import open_storage
 from herald.storage import schema as t
 from herald.storage.migrate import upgrade
-from herald.storage.schema import metadata
+from herald.storage.schema import BULK_LANE_ORDER, URGENT_LANE_ORDER, metadata
 from tests.fixtures.herald import eventually
+from tests.storage.test_outbox import accept, relayed
+from tests.storage.test_scheduling import relay_order, sweep_position, swept
 
 
 def _differences(connection: Any) -> list[Any]:
@@ -112,5 +115,52 @@ async def test_notifications_pending_in_the_old_outbox_are_relayed_after_0014(
             (notifications_topic(Lane.PRIORITY), orjson.dumps({"notification_id": "n-otp"})),
         ]
         assert await storage.outbox.size() == 0
+    finally:
+        await storage.database.close()
+
+
+async def test_after_0018_the_sweep_starts_before_each_lanes_first_notification_to_route(
+    empty_database_url: str,
+) -> None:
+    """Before 0018 a routed notification was marked `routed`, so the `accepted` ones are
+    those still to route. One from before 0014 (no relay order) is swept too."""
+    storage = open_storage(empty_database_url)
+    try:
+        await upgrade(storage.database.engine, "0017")
+        await accept(storage, "otp-routed", "otp-lost", priority=Priority.HIGH)
+        await accept(storage, "routed", "later")
+        assert sorted(await relayed(storage)) == [
+            "n-later",
+            "n-otp-lost",
+            "n-otp-routed",
+            "n-routed",
+        ]
+        n = t.notifications.c
+        async with storage.database.transaction() as db:
+            await db.execute(
+                t.notifications.update()
+                .where(n.id.in_(["n-otp-routed", "n-routed", "n-later"]))
+                .values(state="routed")
+            )
+            await db.execute(  # accepted before 0014, and lost
+                t.notifications.insert().values(
+                    id="n-old",
+                    idempotency_key="old",
+                    request_hash="",
+                    user_id="u",
+                    category="default",
+                    priority="normal",
+                    content={},
+                    state="accepted",
+                    created_at=storage.database.clock.now(),
+                    relay_xid=None,
+                    relay_seq=None,
+                )
+            )
+        await upgrade(storage.database.engine)
+        xid, seq = await relay_order(storage, "n-otp-lost")
+        assert await sweep_position(storage, URGENT_LANE_ORDER) == (xid, seq - 1)
+        assert await sweep_position(storage, BULK_LANE_ORDER) == (0, -1)
+        assert sorted(await swept(storage)) == ["n-old", "n-otp-lost"]
     finally:
         await storage.database.close()

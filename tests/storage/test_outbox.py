@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import orjson
@@ -17,7 +15,7 @@ import sqlalchemy as sa
 from herald.bus.interface import Record
 from herald.domain import Priority, User
 from herald.relay import Relay
-from herald.storage import Storage, open_storage
+from herald.storage import Storage
 from herald.storage.native import (
     RELAY_LANE_SQLITE,
     RELAY_LANES,
@@ -228,25 +226,6 @@ async def test_a_relay_does_not_take_a_lane_another_relay_is_publishing(
     release.set()
     assert len(await task) == 10
     assert await taken(postgres_storage) == []
-
-
-@pytest.fixture
-async def embedded_storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    storage = open_storage(f"sqlite:///{tmp_path / 'herald.db'}")
-    await storage.database.migrate()
-    try:
-        yield storage
-    finally:
-        await storage.database.close()
-
-
-@pytest.fixture(
-    params=["embedded_storage", pytest.param("postgres_storage", marks=pytest.mark.postgres)]
-)
-def storage(request: pytest.FixtureRequest) -> Storage:
-    """The store alone on either database (the relay's statements need no bus)."""
-    found: Storage = request.getfixturevalue(request.param)
-    return found
 
 
 async def test_a_crash_after_publishing_publishes_the_same_rows_again(storage: Storage) -> None:

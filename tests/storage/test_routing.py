@@ -9,12 +9,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from herald.clock import SYSTEM_CLOCK
 from herald.config import Settings
 from herald.domain import (
     AddressKind,
@@ -26,15 +24,14 @@ from herald.domain import (
     NotificationState,
     Platform,
     User,
+    state_told,
 )
 from herald.router.planner import RoutingPlan, plan_routing
 from herald.runtime import Runtime
 from herald.storage import Released, RoutingInput, Storage, open_storage
 from herald.storage import schema as t
-from herald.storage.native import INSERT_DELIVERIES_SQL, delivery_arrays
 from herald.storage.rows import (
     category_from_json,
-    delivery_row,
     preferences_from_json,
     to_channel_address,
     to_device,
@@ -42,11 +39,13 @@ from herald.storage.rows import (
     to_user,
 )
 from herald.storage.shaping import caps_by_channel
+from herald.storage.statements import told_state
 from tests.api.test_admin import TEMPLATE
 from tests.fixtures.activity import (
     counting_driver_statements,
     counting_round_trips,
     counting_statements,
+    routing_held_open,
     waits_for_a_lock,
 )
 from tests.fixtures.herald import eventually
@@ -158,42 +157,28 @@ async def test_a_save_that_nothing_shapes_is_one_round_trip(
 
 @pytest.mark.production
 @pytest.mark.postgres
-async def test_on_postgresql_a_save_that_waited_for_another_routers_locks_returns_its_deliveries(
+async def test_on_postgresql_a_save_that_waited_for_another_routers_insert_returns_its_deliveries(
     postgres_storage: Storage, postgres_test_url: str
 ) -> None:
-    """Two routers on one batch (a message handed out twice around a rebalance): the second
-    one's statement waits for the first one's locks, then finds the notification routed.
-    It must still return what the first one wrote, which committed after that statement
-    began: the first one may die before its publish (separate connections)."""
+    """Two routers on one batch (a message handed out twice around a rebalance): both find
+    the notification still to route (their locks are shared), and the second one's insert
+    of the same ids waits for the first one's. It must still return what the first one
+    wrote, which committed after its statement began: the first one may die before its
+    publish (separate connections; the first router's statement is split in two here, so
+    that its transaction can be held open)."""
     await postgres_storage.directory.upsert_user(User("u1", email="u1@example.com"))
     item = new_notification("twice", "u1")
     await postgres_storage.notifications.accept([item])
     ids = [item.notification.id]
-    whole = RoutingPlan()
-    for routing in await postgres_storage.routing.load(ids):
-        whole.extend(plan_routing(routing, SYSTEM_CLOCK.now()))
-    queued = sorted(d.id for d in whole.deliveries if d.state == DeliveryState.QUEUED)
-    assert queued
-
-    first = await asyncpg.connect(postgres_test_url)
-    try:
-        transaction = first.transaction()
-        await transaction.start()
-        await first.execute("UPDATE notifications SET state = 'routed' WHERE id = $1", ids[0])
-        now = SYSTEM_CLOCK.now()
-        await first.execute(
-            INSERT_DELIVERIES_SQL,
-            *delivery_arrays([delivery_row(d, now) for d in whole.deliveries]),
-        )
-        second = asyncio.create_task(postgres_storage.routing.save(ids, whole.deliveries))
-
+    async with routing_held_open(postgres_storage, postgres_test_url, ids) as (first, written):
+        second = asyncio.create_task(postgres_storage.routing.save(ids, written))
         await eventually(lambda: waits_for_a_lock(first))
-        await transaction.commit()
+        await first.execute("COMMIT")
         released = await asyncio.wait_for(second, 30)
-    finally:
-        await first.close()
+    queued = sorted(d.id for d in written if d.state == DeliveryState.QUEUED)
+    assert queued
     assert sorted(r.delivery_id for r in released) == queued
-    assert len(await postgres_storage.notifications.deliveries_of(ids[0])) == len(whole.deliveries)
+    assert len(await postgres_storage.notifications.deliveries_of(ids[0])) == len(written)
 
 
 class ShapingFails(Exception):
@@ -454,3 +439,66 @@ async def test_a_changed_category_template_or_cap_is_seen_by_the_next_load(
     assert after.template is not None
     assert after.template["default_locale"] == "de"
     assert after.channel_caps == {Channel.EMAIL: FrequencyCap(3, 60)}
+
+
+async def test_routing_leaves_the_row_accepted_and_reads_routed_unless_it_planned_nothing(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """A notification's deliveries say it was routed: its row gets no mark (migration
+    0018). One planned no delivery (a channel the user has no address on) is marked."""
+    await api.put("/v1/users/u", json={"timezone": "UTC"})
+    given, nothing = await accept(api, {"channels": ["in_app"]}, {"channels": ["webhook"]})
+    await save(runtime, [given, nothing], await plan(runtime, [given, nothing]))
+    n = t.notifications.c
+    async with runtime.storage.database.reading() as db:
+        rows = await db.execute(
+            sa.select(n.id, n.state, n.routed_at).where(n.id.in_([given, nothing]))
+        )
+        stored = {row.id: (row.state, row.routed_at is not None) for row in rows}
+    assert stored == {given: ("accepted", False), nothing: ("routed", True)}
+    for notification_id in (given, nothing):
+        notification = await runtime.storage.notifications.get(notification_id)
+        assert notification is not None
+        assert notification.state == NotificationState.ROUTED
+    page = await api.get("/v1/notifications", params={"user_id": "u"})
+    assert {item["status"] for item in page.json()["items"]} == {"routed"}
+
+
+async def test_a_notification_handed_out_again_after_its_plan_changed_gets_no_new_delivery(
+    api: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """Routed once: a rerun (a redelivered message) after the user gained an address
+    writes nothing, although its plan now has a delivery the first one did not."""
+    await api.put("/v1/users/u", json={"timezone": "UTC"})
+    [notification_id] = await accept(api, {"channels": ["in_app", "webhook"]})
+    await save(runtime, [notification_id], await plan(runtime, [notification_id]))
+    url = "https://hooks.example.com/u"
+    assert (await api.put("/v1/users/u/channels/webhook", json={"url": url})).status_code == 201
+    again = await plan(runtime, [notification_id])
+    assert {d.channel for d in again.deliveries} == {Channel.IN_APP, Channel.WEBHOOK}
+    await save(runtime, [notification_id], again)
+    deliveries = await runtime.storage.notifications.deliveries_of(notification_id)
+    assert [d.channel for d in deliveries] == [Channel.IN_APP]
+
+
+@pytest.mark.parametrize("has_deliveries", [False, True], ids=["no deliveries", "deliveries"])
+@pytest.mark.parametrize("stored", list(NotificationState))
+async def test_the_state_clients_read_in_sql_is_the_domains_rule(
+    api: httpx.AsyncClient, runtime: Runtime, stored: NotificationState, has_deliveries: bool
+) -> None:
+    """statements.told_state (broadcast progress, the sweep) and the repository's read
+    against domain.state_told."""
+    await api.put("/v1/users/u", json={"timezone": "UTC"})
+    [notification_id] = await accept(api, {"channels": ["in_app"]})
+    if has_deliveries:
+        await save(runtime, [notification_id], await plan(runtime, [notification_id]))
+    storage = runtime.storage
+    n = t.notifications.c
+    async with storage.database.transaction() as db:
+        await db.execute(t.notifications.update().values(state=stored.value))
+    async with storage.database.reading() as db:
+        told = await db.scalar(sa.select(told_state()).where(n.id == notification_id))
+    assert told == state_told(stored, has_deliveries).value
+    notification = await storage.notifications.get(notification_id)
+    assert notification is not None
+    assert notification.state == state_told(stored, has_deliveries)

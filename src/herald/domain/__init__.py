@@ -23,7 +23,7 @@ from herald.domain.deliveries import (
     delivery_id,
     mask_target,
 )
-from herald.domain.notifications import Notification, NotificationState
+from herald.domain.notifications import Notification, NotificationState, state_told
 from herald.domain.outcomes import Accepted, InvalidTarget, Outcome, ProviderDown, Rejected, Retry
 from herald.domain.preferences import (
     CategorySettings,
@@ -100,4 +100,5 @@ __all__ = [
     "mask_target",
     "next_occurrence",
     "parse_wall_time",
+    "state_told",
 ]

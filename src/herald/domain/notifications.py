@@ -17,6 +17,16 @@ class NotificationState(StrEnum):
     FAILED = "failed"  # could not be routed: set aside, the reason in its delivery log
 
 
+def state_told(stored: NotificationState, has_deliveries: bool) -> NotificationState:
+    """A notification's state as clients see it. Routing it gives it deliveries, and
+    those say that it was routed: its row stays `accepted` (one write fewer per
+    notification; migration 0018). Only a notification planned no delivery at all (no
+    user, no channel of theirs) is stored as `routed`."""
+    if stored == NotificationState.ACCEPTED and has_deliveries:
+        return NotificationState.ROUTED
+    return stored
+
+
 @dataclass(slots=True)
 class Notification:
     id: str

@@ -7,9 +7,10 @@ same transaction; publish the queued ones to their channel topics; then commit. 
 anywhere before the commit replays the batch, which writes nothing new and republishes
 what is still queued.
 
-The write is conditional: only notifications still `accepted` in that transaction are marked
-routed and get deliveries (their rows locked, in id order, as a cancel locks them), so a
-cancel that commits after the read is never overwritten. A notification that cannot be
+The write is conditional: only notifications still to route in that statement (accepted,
+no delivery yet) get deliveries, their rows locked in id order as a cancel locks them, so a
+cancel that commits after the read is never overwritten. The deliveries are what says a
+notification was routed; one planned none is marked `routed`. A notification that cannot be
 routed at all (its batch raised, and it raises alone) is set aside by the consume loop:
 `failed`, with the reason in its delivery log and on the dead-letter topic.
 """

@@ -21,7 +21,14 @@ import orjson
 import sqlalchemy as sa
 
 from herald.bus.messages import delivery_record
-from herald.domain import Delivery, DeliveryEvent, DeliveryState, Priority
+from herald.domain import (
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    NotificationState,
+    Priority,
+    state_told,
+)
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.guards import REPLAY
@@ -191,7 +198,7 @@ class ActivityRepository(Repository):
                     r.user_id,
                     r.category,
                     r.priority,
-                    r.state,
+                    state_told(NotificationState(r.state), bool(briefs.get(r.id))).value,
                     (r.content or {}).get("title"),
                     r.created_at,
                     r.broadcast_id,

@@ -14,7 +14,7 @@ from herald.domain import NotificationState
 from herald.storage import schema as t
 from herald.storage.records import NewNotification
 from herald.storage.repository import Repository
-from herald.storage.statements import insert_notifications
+from herald.storage.statements import insert_notifications, told_state
 from herald.util import chunks
 
 CANCELLED = "cancelled"
@@ -177,11 +177,12 @@ class BroadcastRepository(Repository):
     async def broadcast_progress(self, broadcast_id: str) -> dict[str, int]:
         """Notifications routed, and the broadcast's deliveries by state."""
         n = t.notifications.c
+        state = told_state()
         async with self.db.reading() as db:
             notifications = await db.execute(
-                sa.select(n.state, sa.func.count())
+                sa.select(state, sa.func.count())
                 .where(n.broadcast_id == broadcast_id)
-                .group_by(n.state)
+                .group_by(state)
             )
             by_notification = {row[0]: int(row[1]) for row in notifications}
             deliveries = await db.execute(

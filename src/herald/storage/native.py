@@ -11,9 +11,9 @@ caches them per connection) or sqlite3 through aiosqlite, on the same pooled con
 SQLAlchemy uses (SQLite: the one connection that serialises the process's writes).
 
 SQLite takes the same text with four translations (`$n` → `?n`, `= ANY($n::text[])` →
-`IN (SELECT value FROM json_each(?n))`, casts and `FOR UPDATE` dropped: it runs one writer
-at a time), and its values in the form SQLAlchemy stores them (datetimes as naive UTC text,
-JSON as text): see the `Native` implementations.
+`IN (SELECT value FROM json_each(?n))`, casts and row locks (`FOR UPDATE`, `FOR SHARE`)
+dropped: it runs one writer at a time), and its values in the form SQLAlchemy stores them
+(datetimes as naive UTC text, JSON as text): see the `Native` implementations.
 The state guards in the text come from herald.storage.guards, like every other guard."""
 
 from __future__ import annotations
@@ -523,9 +523,10 @@ class Native(abc.ABC):
         events: Sequence[dict[str, Any]],
     ) -> list[Mapping[str, Any]]:
         """The router's save of a batch that no digest or cap shapes
-        (herald.storage.routing), committed on its own: the notifications still accepted
-        marked routed, their deliveries (rows.delivery_row) inserted unless their id exists,
-        and of `events` those of the deliveries inserted now appended to the log. Returns
+        (herald.storage.routing), committed on its own: of the notifications still to route
+        (accepted, no delivery yet), those `deliveries` has none for are marked routed and
+        the others get theirs (rows.delivery_row, inserted unless their id exists), and of
+        `events` those of the deliveries inserted now are appended to the log. Returns
         (id, user_id, channel, priority) of every queued delivery of the batch."""
 
     @abc.abstractmethod
@@ -660,20 +661,26 @@ class AsyncpgNative(Native):
         deliveries: Sequence[dict[str, Any]],
         events: Sequence[dict[str, Any]],
     ) -> list[Mapping[str, Any]]:
+        planned = {row["notification_id"] for row in deliveries}
+        if empty := [i for i in notification_ids if i not in planned]:
+            await self.connection.fetch(MARK_ROUTED_SQL, empty, routed_at)
         rows = await self.connection.fetch(
             ROUTE_SQL_POSTGRES,
             notification_ids,
-            routed_at,
             *delivery_arrays(deliveries),
             *_event_arrays(events),
         )
         routed = {row["id"] for row in rows if row["kind"] == "routed"}
-        if len(routed) < len(set(notification_ids)):
+        inserted = [row for row in rows if row["kind"] == "inserted"]
+        if planned - routed or len(inserted) < sum(
+            1 for row in deliveries if row["notification_id"] in routed
+        ):
             # Routed (or cancelled) by another transaction, perhaps one this statement
-            # waited for: what that one wrote committed after this statement's snapshot,
-            # so only a statement of its own sees it.
+            # waited for (a second router's lock, or its insert of the same ids): what that
+            # one wrote committed after this statement's snapshot, so only a statement of
+            # its own sees it.
             return await self.fetch(QUEUED_OF_SQL, notification_ids)
-        return [row for row in rows if row["kind"] == "queued"]
+        return [row for row in rows if row["kind"] != "routed" and row["state"] == _QUEUED]
 
     async def insert_notifications(
         self, rows: Sequence[dict[str, Any]], *, of_known_users: bool = False
@@ -721,6 +728,7 @@ class AsyncpgNative(Native):
 _POSITIONAL = re.compile(r"\$(\d+)")
 _CAST = re.compile(r"::[a-z]+(\[\])?")
 _ANY_TEXT_ARRAY = re.compile(r"= ANY\(\$(\d+)::text\[\]\)")
+_ROW_LOCK = re.compile(r" FOR (UPDATE|SHARE)\b")
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a DateTime in SQLite
 
 
@@ -732,7 +740,7 @@ def sqlite_sql(sql: str) -> str:
     """PostgreSQL's text for SQLite: numbered parameters, no casts, and arrays as JSON
     arrays."""
     arrays = _ANY_TEXT_ARRAY.sub(r"IN (SELECT value FROM json_each($\1))", sql)
-    return _POSITIONAL.sub(r"?\1", _CAST.sub("", arrays)).replace(" FOR UPDATE", "")
+    return _ROW_LOCK.sub("", _POSITIONAL.sub(r"?\1", _CAST.sub("", arrays)))
 
 
 INSERT_EVENT_SQLITE = (
@@ -748,6 +756,11 @@ INSERT_OUTCOME_EVENT_SQLITE = (
     "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT (?7 AND EXISTS "
     "(SELECT 1 FROM deliveries WHERE id = ?1 AND sent_at = ?6))"
 )
+
+
+def _begin_immediate(connection: sqlite3.Connection) -> None:
+    if not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")
 
 
 def _sqlite_rows(
@@ -848,6 +861,12 @@ class SqliteNative(Native):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
+        """Begun IMMEDIATE: every transaction on the driver writes, and its reads must see
+        what it will write over. Python's sqlite3 would begin only at the first write, so
+        another connection to the file (a second process, a peer in the tests) could
+        commit between this one's reads and its writes: two routers would both read a
+        notification as not routed and fold it into its digest twice."""
+        await self._run(_begin_immediate)
         self._in_transaction = True
         try:
             yield
@@ -946,14 +965,19 @@ class SqliteNative(Native):
         deliveries: Sequence[dict[str, Any]],
         events: Sequence[dict[str, Any]],
     ) -> list[Mapping[str, Any]]:
-        mark_sql, queued_sql = sqlite_sql(MARK_ROUTED_SQL), sqlite_sql(QUEUED_OF_SQL)
+        mark_sql, route_sql = sqlite_sql(MARK_ROUTED_SQL), sqlite_sql(TO_ROUTE_SQL)
+        queued_sql = sqlite_sql(QUEUED_OF_SQL)
         ids, at = self._args([notification_ids])[0], self.at(routed_at)
         values = self._delivery_values(deliveries)
         notification_of = {row["id"]: row["notification_id"] for row in deliveries}
+        planned = set(notification_of.values())
+        empty = self._args([[i for i in notification_ids if i not in planned]])[0]
         logged = self._event_rows(events)
 
         def route(connection: sqlite3.Connection) -> list[dict[str, Any]]:
-            routed = {row["id"] for row in _sqlite_rows(connection, mark_sql, [ids, at])}
+            if planned != set(notification_ids):
+                _sqlite_rows(connection, mark_sql, [empty, at])
+            routed = {row["id"] for row in _sqlite_rows(connection, route_sql, [ids])}
             new = _sqlite_insert_deliveries(
                 connection, {k: v for k, v in values.items() if notification_of[k] in routed}
             )
@@ -1183,24 +1207,50 @@ WITH batch AS (
 ORDER BY source, kind, created_at, id
 """
 
-# The router's save (RoutingRepository.save). Only notifications still accepted move, locked
-# in id order first as a cancel locks them (statements.lock_accepted), so that the router and
-# a cancel queue behind each other instead of deadlocking.
+# The router's save (RoutingRepository.save). A notification is routed once: while it is
+# accepted and has no delivery yet. Its deliveries are what say it was routed (migration
+# 0018): the router writes no mark on a notification it gives deliveries, and only one it
+# plans none for becomes `routed`. Either way the rows are locked in id order first, as a
+# cancel locks them (statements.lock_accepted), so that the router and a cancel queue
+# behind each other instead of deadlocking.
 _ACCEPTED = NotificationState.ACCEPTED.value
+_QUEUED = S.QUEUED.value
+_NO_DELIVERY = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = notifications.id)"
 
 
-def _from_accepted(state: NotificationState, also: str = "") -> str:
+def _from_unrouted(state: NotificationState, also: str = "") -> str:
     return f"""
 UPDATE notifications SET state = '{state.value}'{also}
 WHERE id IN (SELECT id FROM notifications WHERE id = ANY($1::text[]) AND state = '{_ACCEPTED}'
              ORDER BY id FOR UPDATE)
-  AND state = '{_ACCEPTED}'
+  AND state = '{_ACCEPTED}' AND {_NO_DELIVERY}
 RETURNING id
 """
 
 
-MARK_ROUTED_SQL = _from_accepted(NotificationState.ROUTED, ", routed_at = $2")
-SET_ASIDE_SQL = _from_accepted(NotificationState.FAILED)
+# A notification planned no delivery (no user, no channel of theirs) is marked routed.
+MARK_ROUTED_SQL = _from_unrouted(NotificationState.ROUTED, ", routed_at = $2")
+SET_ASIDE_SQL = _from_unrouted(NotificationState.FAILED)
+
+# The notifications of a batch still to route, locked FOR SHARE: a cancel (FOR UPDATE) and
+# the router wait for each other, two routers handed one notification do not (their
+# inserts of the same deterministic ids settle it). A cancel that committed first leaves
+# the row `cancelled`, which the lock's recheck of the state excludes.
+TO_ROUTE_SQL = f"""
+SELECT id FROM notifications
+WHERE id = ANY($1::text[]) AND state = '{_ACCEPTED}' AND {_NO_DELIVERY}
+ORDER BY id FOR SHARE
+"""
+
+# A batch with digest folds or cap claims (RoutingRepository._save_shaped) counts each
+# notification once, so a second router of it must wait and then see the first one's
+# deliveries: the accepted rows are locked FOR UPDATE, and which of them have no delivery
+# is asked in a statement of its own, whose snapshot is taken after the lock was granted.
+LOCK_ACCEPTED_SQL = f"""
+SELECT id FROM notifications WHERE id = ANY($1::text[]) AND state = '{_ACCEPTED}'
+ORDER BY id FOR UPDATE
+"""
+UNROUTED_OF_SQL = f"SELECT id FROM notifications WHERE id = ANY($1::text[]) AND {_NO_DELIVERY}"
 
 # The columns of rows.delivery_row, with their PostgreSQL array types (the payload is sent
 # as JSON text and cast).
@@ -1249,22 +1299,22 @@ RETURNING id
 
 # The router's save of a batch no digest or cap shapes, in one statement with no BEGIN and
 # COMMIT (at a light load a batch is one notification, and the transaction's six round
-# trips were a quarter of the router's time: docs/benchmarks.md): the mark ($1, $2), the
-# deliveries of the notifications marked now ($3-$21), the log events of those inserted
-# now ($22-$27), and what the publish needs. Its rows: `routed` ones (the notifications
-# marked now) and `queued` ones, the deliveries inserted now and those that existed already
-# (a rerun after a crash between the commit and the publish).
+# trips were a quarter of the router's time: docs/benchmarks.md): the notifications to
+# route ($1), the deliveries of those ($2-$20), the log events of those inserted now
+# ($21-$26), and what the publish needs. Its rows: `routed` ones (the notifications it
+# found still to route), `inserted` ones (the deliveries it wrote) and `queued` ones (those
+# that existed already: a rerun after a crash between the commit and the publish).
 _ROUTE_EVENTS = ", ".join(
     f"${n}::{kind}[]"
     for n, kind in enumerate(
-        ("text", "text", "text", "text", "text", "timestamptz"), len(DELIVERY_INSERT) + 3
+        ("text", "text", "text", "text", "text", "timestamptz"), len(DELIVERY_INSERT) + 2
     )
 )
 ROUTE_SQL_POSTGRES = f"""
-WITH routed AS ({MARK_ROUTED_SQL}), inserted AS (
+WITH routed AS ({TO_ROUTE_SQL}), inserted AS (
     INSERT INTO deliveries ({_INSERT_NAMES})
     SELECT {_INSERT_VALUES}
-    FROM unnest({_delivery_parameters(3)}) AS u({_INSERT_NAMES})
+    FROM unnest({_delivery_parameters(2)}) AS u({_INSERT_NAMES})
     WHERE u.notification_id IN (SELECT id FROM routed)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, user_id, channel, priority, state
@@ -1275,12 +1325,12 @@ WITH routed AS ({MARK_ROUTED_SQL}), inserted AS (
     WHERE e.delivery_id IN (SELECT id FROM inserted)
 )
 SELECT 'routed' AS kind, id, NULL::text AS user_id, NULL::text AS channel,
-       NULL::text AS priority
+       NULL::text AS priority, NULL::text AS state
 FROM routed
 UNION ALL
-SELECT 'queued', id, user_id, channel, priority FROM inserted WHERE state = '{S.QUEUED.value}'
+SELECT 'inserted', id, user_id, channel, priority, state FROM inserted
 UNION ALL
-SELECT 'queued', id, user_id, channel, priority FROM deliveries
+SELECT 'queued', id, user_id, channel, priority, state FROM deliveries
 WHERE notification_id = ANY($1::text[]) AND state = '{S.QUEUED.value}'
 """
 

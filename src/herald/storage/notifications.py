@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from herald.domain import Delivery, DeliveryEvent, DeliveryState, Notification, NotificationState
+from herald.domain import (
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    Notification,
+    NotificationState,
+    state_told,
+)
 from herald.domain.engagement import log_state
 from herald.storage import schema as t
 from herald.storage.broadcasts import mark_broadcast_cancelled
@@ -20,7 +28,12 @@ from herald.storage.records import AcceptResult, NewNotification
 from herald.storage.repository import Repository
 from herald.storage.rows import SENT_COLUMNS, event_row, sent_event, to_delivery, to_notification
 from herald.storage.shaping import Shaping
-from herald.storage.statements import BATCH_ROWS, insert_notifications_natively, lock_accepted
+from herald.storage.statements import (
+    BATCH_ROWS,
+    has_deliveries,
+    insert_notifications_natively,
+    lock_accepted,
+)
 
 S = DeliveryState
 Row = sa.Row[Any]
@@ -74,13 +87,20 @@ class NotificationRepository(Repository):
         return results
 
     async def get(self, notification_id: str) -> Notification | None:
+        """The notification, in the state clients see (herald.domain.state_told)."""
+        n = t.notifications.c
         async with self.db.reading() as db:
             row = (
                 await db.execute(
-                    sa.select(t.notifications).where(t.notifications.c.id == notification_id)
+                    sa.select(t.notifications, has_deliveries(n.id).label("has_deliveries")).where(
+                        n.id == notification_id
+                    )
                 )
             ).first()
-        return to_notification(row) if row else None
+        if row is None:
+            return None
+        notification = to_notification(row)
+        return replace(notification, state=state_told(notification.state, row.has_deliveries))
 
     async def deliveries_of(self, notification_id: str) -> list[Delivery]:
         async with self.db.reading() as db:
@@ -132,7 +152,11 @@ class NotificationRepository(Repository):
         """Stop what has not been sent: notifications not yet routed are cancelled, their
         queued and deferred deliveries skipped, and what waits in an open digest taken out.
         Races with a worker's claim are settled by the two atomic UPDATEs: a delivery is
-        either claimed or cancelled, never both. Returns how many deliveries were cancelled."""
+        either claimed or cancelled, never both. A router writing deliveries holds its
+        notification's row, so the lock here waits for it; the row then still reads as
+        not routed in this statement's snapshot and becomes cancelled, and the next
+        statement, which sees the router's deliveries, skips them. Returns how many
+        deliveries were cancelled."""
         n = t.notifications.c
         which = n.broadcast_id == broadcast_id if broadcast_id else n.id.in_(notification_ids)
         ids = sa.select(n.id).where(which).scalar_subquery()
@@ -145,6 +169,7 @@ class NotificationRepository(Repository):
                 .where(
                     n.id.in_(lock_accepted(which)),
                     n.state == NotificationState.ACCEPTED.value,
+                    ~has_deliveries(n.id),
                 )
                 .values(state=NotificationState.CANCELLED.value)
             )

@@ -24,11 +24,13 @@ from herald.domain import (
 from herald.storage import schema as t
 from herald.storage.database import Database
 from herald.storage.native import (
+    LOCK_ACCEPTED_SQL,
     MARK_ROUTED_SQL,
     QUEUED_OF_SQL,
     ROUTING_LOAD_SQL,
     ROUTING_ROW,
     SET_ASIDE_SQL,
+    UNROUTED_OF_SQL,
     Record,
 )
 from herald.storage.records import Released, RoutingInput
@@ -104,15 +106,16 @@ class RoutingRepository(Repository):
         folds: Sequence[DigestFold] = (),
         claims: Sequence[CapClaim] = (),
     ) -> list[Released]:
-        """Write the deliveries (idempotently), fold and count them (digests, caps), write
-        their first events, and mark the notifications routed. Returns every queued delivery
-        of these notifications, so a rerun after a crash publishes what the first run wrote
-        but did not publish.
+        """Write the deliveries (idempotently), fold and count them (digests, caps), and
+        write their first events. Returns every queued delivery of these notifications, so
+        a rerun after a crash publishes what the first run wrote but did not publish.
 
-        The mark comes first, and is conditional: a notification cancelled since it was
-        loaded stays cancelled and gets no deliveries (its row stays locked until the
-        commit, so a cancel running now waits for this and then skips what it wrote). A
-        batch no digest or cap shapes, nearly every one, is one statement on the driver
+        Only notifications still to route get deliveries: accepted, with none yet. Their
+        deliveries are what says they were routed; the row of one planned no delivery at
+        all is marked `routed` (migration 0018). A notification cancelled since it was
+        loaded stays cancelled and gets no deliveries (its row is locked until the commit,
+        so a cancel running now waits for this and then skips what it wrote). A batch no
+        digest or cap shapes, nearly every one, is one statement on the driver
         (Native.route); shaping, rare, runs its Core statements inside a transaction on the
         driver (`_save_shaped`)."""
         if not notification_ids:
@@ -137,12 +140,18 @@ class RoutingRepository(Repository):
         claims: Sequence[CapClaim],
     ) -> list[Released]:
         """`save`, for a batch with digest folds or cap claims: one transaction on the
-        driver, whose statements are the mark, the insert, the shaping's, the events and
-        the read."""
+        driver, whose statements are the lock, the question which of the locked have no
+        delivery yet, the mark of those planned none, the insert, the shaping's, the events
+        and the read. The question follows the lock in a statement of its own: a router
+        that waited for another one's lock then sees what that one wrote, and folds and
+        counts nothing twice."""
         now = self.clock.now()
         ids = list(notification_ids)
         async with self.db.native_transaction() as (native, db):
-            routed = {r["id"] for r in await native.fetch(MARK_ROUTED_SQL, ids, native.at(now))}
+            locked = [r["id"] for r in await native.fetch(LOCK_ACCEPTED_SQL, ids)]
+            routed = {r["id"] for r in await native.fetch(UNROUTED_OF_SQL, locked)}
+            if empty := routed - {d.notification_id for d in deliveries}:
+                await native.fetch(MARK_ROUTED_SQL, sorted(empty), native.at(now))
             if len(routed) < len(set(ids)):
                 deliveries = [d for d in deliveries if d.notification_id in routed]
                 folds = [f for f in folds if f.notification_id in routed]
@@ -164,7 +173,8 @@ class RoutingRepository(Repository):
     async def set_aside(self, notification_ids: Sequence[str], reason: str) -> int:
         """Notifications the router cannot route become `failed`, with an event naming the
         reason in their delivery log (its delivery id is the notification's own: there is no
-        delivery). Only accepted ones: one routed or cancelled meanwhile keeps its state."""
+        delivery). Only those still to route: one routed or cancelled meanwhile keeps its
+        state."""
         if not notification_ids:
             return 0
         now = self.clock.now()

@@ -18,7 +18,7 @@ from herald.storage.records import Released
 from herald.storage.repository import Repository
 from herald.storage.rows import digest_notification, event_row
 from herald.storage.shaping import Shaping
-from herald.storage.statements import insert_notifications
+from herald.storage.statements import insert_notifications, told_state
 
 S = DeliveryState
 
@@ -109,19 +109,46 @@ class SchedulingRepository(Repository):
     async def stale_notifications(
         self, older_than: datetime, limit: int
     ) -> list[tuple[str, str, str]]:
-        """Accepted notifications not routed since `older_than`: (id, user id, priority)."""
+        """Notifications the relay published that are still not routed, accepted before
+        `older_than`: (id, user id, priority), up to `limit`.
+
+        Each lane is read from its sweep position (schema.sweep_positions) up to the
+        relay's, in relay order, in pages of `limit` and at most SWEEP_PAGES of them. The
+        position then moves over the leading notifications that are settled (routed,
+        cancelled or set aside) and stops before the first one that is not, young or
+        stale: the next sweep reads what was published since that one, not every
+        notification ever accepted. The reads take no lock; two schedulers sweeping at
+        once republish the same notifications (the router's deterministic ids absorb
+        that), and a position only ever moves forward."""
+        found: list[tuple[str, str, str]] = []
+        moved: dict[int, tuple[int, int]] = {}
         async with self.db.reading() as db:
-            rows = await db.execute(
-                sa.select(
-                    t.notifications.c.id, t.notifications.c.user_id, t.notifications.c.priority
+            for lane, start, end in await _sweep_ranges(db):
+                if len(found) >= limit:
+                    break
+                position, stale = await _sweep_lane(
+                    db, lane, start, end, older_than, limit - len(found)
                 )
-                .where(
-                    t.notifications.c.state == NotificationState.ACCEPTED.value,
-                    t.notifications.c.created_at <= older_than,
+                found += stale
+                if position != start:
+                    moved[lane] = position
+        if moved:
+            await self._move_sweep_positions(moved)
+        return found
+
+    async def _move_sweep_positions(self, moved: dict[int, tuple[int, int]]) -> None:
+        s = t.sweep_positions.c
+        async with self.db.transaction() as db:
+            for lane, (xid, seq) in sorted(moved.items()):
+                await db.execute(
+                    t.sweep_positions.update()
+                    .where(
+                        s.lane == lane,
+                        sa.tuple_(s.position_xid, s.position_seq)
+                        < sa.tuple_(sa.literal(xid), sa.literal(seq)),
+                    )
+                    .values(position_xid=xid, position_seq=seq)
                 )
-                .limit(limit)
-            )
-            return [(r.id, r.user_id, r.priority) for r in rows]
 
     async def _transition_returning(
         self, ids: sa.Select[Any], guard: Guard, new: DeliveryState, detail: dict[str, Any]
@@ -200,3 +227,73 @@ def _attempt(row: Any, detail: dict[str, Any]) -> dict[str, Any]:
     if row.claimed_at is None or detail.get("reason") == "due":
         return detail
     return {**detail, "attempt": row.attempts, "claimed_at": row.claimed_at.isoformat()}
+
+
+# How many pages of notifications one sweep reads per lane at most: a backlog the router
+# has not reached yet is read again by every sweep, from the first notification in it.
+SWEEP_PAGES = 20
+
+Position = tuple[int, int]
+
+
+async def _sweep_ranges(db: AsyncConnection) -> list[tuple[int, Position, Position]]:
+    """Per lane the relay publishes: (lane, the sweep's position, the relay's position).
+    A lane with no sweep position (its row was lost) is read from the start."""
+    s, r = t.sweep_positions.c, t.relay_positions.c
+    rows = await db.execute(
+        sa.select(
+            r.lane,
+            sa.func.coalesce(s.position_xid, 0).label("xid"),
+            sa.func.coalesce(s.position_seq, -1).label("seq"),
+            r.position_xid,
+            r.position_seq,
+        )
+        .outerjoin(t.sweep_positions, s.lane == r.lane)
+        .order_by(r.lane)
+    )
+    return [(row.lane, (row.xid, row.seq), (row.position_xid, row.position_seq)) for row in rows]
+
+
+async def _sweep_lane(
+    db: AsyncConnection,
+    lane: int,
+    start: Position,
+    end: Position,
+    older_than: datetime,
+    limit: int,
+) -> tuple[Position, list[tuple[str, str, str]]]:
+    """One lane's part of a sweep: where its position goes, and its stale notifications."""
+    n = t.notifications.c
+    order = sa.tuple_(n.relay_xid, n.relay_seq)
+    settled = (told_state() != NotificationState.ACCEPTED.value).label("settled")
+    position, after, blocked = start, start, False
+    stale: list[tuple[str, str, str]] = []
+    for _ in range(SWEEP_PAGES):
+        rows = list(
+            await db.execute(
+                sa.select(
+                    n.id, n.user_id, n.priority, n.created_at, n.relay_xid, n.relay_seq, settled
+                )
+                .where(
+                    n.lane_order == lane,
+                    order > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])),
+                    order <= sa.tuple_(sa.literal(end[0]), sa.literal(end[1])),
+                )
+                .order_by(n.relay_xid, n.relay_seq)
+                .limit(limit)
+            )
+        )
+        for row in rows:
+            if row.settled:
+                if not blocked:
+                    position = (row.relay_xid, row.relay_seq)
+                continue
+            blocked = True
+            if row.created_at <= older_than:
+                stale.append((row.id, row.user_id, row.priority))
+                if len(stale) >= limit:
+                    return position, stale
+        if len(rows) < limit:
+            break
+        after = (rows[-1].relay_xid, rows[-1].relay_seq)
+    return position, stale

@@ -179,6 +179,18 @@ relay_positions = sa.Table(
     sa.Column("position_seq", sa.BigInteger, nullable=False),
 )
 
+# How far the scheduler's sweep for lost notifications has found every published
+# notification settled (routed, cancelled or set aside), per lane: the (relay_xid,
+# relay_seq) of the last one (migration 0018). A sweep reads from there up to the relay's
+# position, so it reads what was published since the sweep before, not every notification.
+sweep_positions = sa.Table(
+    "sweep_positions",
+    metadata,
+    sa.Column("lane", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("position_xid", sa.BigInteger, nullable=False),
+    sa.Column("position_seq", sa.BigInteger, nullable=False),
+)
+
 # Records other than a new notification's that must reach the bus with the transaction that
 # made them (a broadcast's first fan-out page, a dead letter's replay): rare, and deleted by
 # the relay once published.

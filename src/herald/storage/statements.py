@@ -1,6 +1,7 @@
 """Statements several repositories run inside their own transactions: inserting
-notifications (the API's accept, a broadcast's page, a closing digest) and locking the
-still-accepted ones (the router and a cancel)."""
+notifications (the API's accept, a broadcast's page, a closing digest), locking the
+still-accepted ones (the router and a cancel), and a notification's state as clients see
+it."""
 
 from __future__ import annotations
 
@@ -107,3 +108,15 @@ def lock_accepted(which: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:
         .with_for_update()
         .scalar_subquery()
     )
+
+
+def has_deliveries(notification_id: sa.ColumnElement[Any]) -> sa.Exists:
+    """Whether the notification has deliveries: a routed one does (herald.domain.state_told)."""
+    return sa.exists().where(t.deliveries.c.notification_id == notification_id)
+
+
+def told_state() -> sa.ColumnElement[str]:
+    """herald.domain.state_told in SQL, for a query over notifications."""
+    n = t.notifications.c
+    accepted, routed = NotificationState.ACCEPTED.value, NotificationState.ROUTED.value
+    return sa.case((sa.and_(n.state == accepted, has_deliveries(n.id)), routed), else_=n.state)
