@@ -758,9 +758,15 @@ INSERT_OUTCOME_EVENT_SQLITE = (
 )
 
 
-def _begin_immediate(connection: sqlite3.Connection) -> None:
-    if not connection.in_transaction:
-        connection.execute("BEGIN IMMEDIATE")
+def _begun_immediate(work: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """`work`, in a transaction begun IMMEDIATE first unless one is open already."""
+
+    def begun(connection: sqlite3.Connection) -> T:
+        if not connection.in_transaction:
+            connection.execute("BEGIN IMMEDIATE")
+        return work(connection)
+
+    return begun
 
 
 def _sqlite_rows(
@@ -823,6 +829,8 @@ class SqliteNative(Native):
         self.connection = connection
         # True: inside a transaction SQLAlchemy opened and will end (commit nothing here).
         self._in_transaction = in_transaction
+        # `transaction()` began and no statement has run in it yet.
+        self._begin_pending = False
 
     async def _run(self, work: Callable[[sqlite3.Connection], T], *, commit: bool = False) -> T:
         """`work(connection)` on the connection's thread; with `commit` (outside a
@@ -830,6 +838,8 @@ class SqliteNative(Native):
         `_execute` is its one way to run a function on that thread (private API of the
         version uv.lock pins; the whole embedded suite runs through it)."""
         driver = self.connection
+        if self._begin_pending:
+            self._begin_pending, work = False, _begun_immediate(work)
         if not commit or self._in_transaction:
             return cast(T, await driver._execute(work, driver._conn))
 
@@ -866,7 +876,7 @@ class SqliteNative(Native):
         another connection to the file (a second process, a peer in the tests) could
         commit between this one's reads and its writes: two routers would both read a
         notification as not routed and fold it into its digest twice."""
-        await self._run(_begin_immediate)
+        self._begin_pending = True  # sent with the first statement: no hop of its own
         self._in_transaction = True
         try:
             yield
@@ -876,7 +886,7 @@ class SqliteNative(Native):
         else:
             await self.connection.commit()
         finally:
-            self._in_transaction = False
+            self._in_transaction = self._begin_pending = False
 
     async def claim(
         self, delivery_ids: list[str], lease_until: datetime, now: datetime, gone: str | None
