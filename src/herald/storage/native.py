@@ -480,6 +480,11 @@ class Native(abc.ABC):
     async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
         """Run a statement that returns rows (as mappings of column name to value)."""
 
+    async def fetch_locking(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+        """`fetch` of rows the transaction will write over, as the first statement of a
+        transaction: locked until it ends (PostgreSQL: the text's FOR UPDATE)."""
+        return await self.fetch(sql, *args)
+
     @abc.abstractmethod
     def transaction(self) -> Any:
         """`async with`: the statements inside commit together."""
@@ -869,14 +874,17 @@ class SqliteNative(Native):
         rows = await self._run(lambda c: _sqlite_rows(c, query, values), commit=True)
         return cast(list[Mapping[str, Any]], rows)  # the dicts, read as mappings
 
+    async def fetch_locking(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+        """The transaction begins IMMEDIATE with this statement (in the same hop): SQLite
+        has no row locks, and Python's sqlite3 would begin only at the first write, so
+        another connection to the file (a second process, a peer in the tests) could
+        commit between these reads and this transaction's writes: two routers would both
+        read a notification as not routed and fold it into its digest twice."""
+        self._begin_pending = self._in_transaction
+        return await self.fetch(sql, *args)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """Begun IMMEDIATE: every transaction on the driver writes, and its reads must see
-        what it will write over. Python's sqlite3 would begin only at the first write, so
-        another connection to the file (a second process, a peer in the tests) could
-        commit between this one's reads and its writes: two routers would both read a
-        notification as not routed and fold it into its digest twice."""
-        self._begin_pending = True  # sent with the first statement: no hop of its own
         self._in_transaction = True
         try:
             yield

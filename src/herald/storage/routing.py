@@ -148,7 +148,7 @@ class RoutingRepository(Repository):
         now = self.clock.now()
         ids = list(notification_ids)
         async with self.db.native_transaction() as (native, db):
-            locked = [r["id"] for r in await native.fetch(LOCK_ACCEPTED_SQL, ids)]
+            locked = [r["id"] for r in await native.fetch_locking(LOCK_ACCEPTED_SQL, ids)]
             routed = {r["id"] for r in await native.fetch(UNROUTED_OF_SQL, locked)}
             if empty := routed - {d.notification_id for d in deliveries}:
                 await native.fetch(MARK_ROUTED_SQL, sorted(empty), native.at(now))
