@@ -127,7 +127,7 @@ class SchedulingRepository(Repository):
                 if len(found) >= limit:
                     break
                 position, stale = await _sweep_lane(
-                    db, lane, start, end, older_than, limit - len(found)
+                    db, lane, (start, end), older_than, page=limit, wanted=limit - len(found)
                 )
                 found += stale
                 if position != start:
@@ -257,12 +257,15 @@ async def _sweep_ranges(db: AsyncConnection) -> list[tuple[int, Position, Positi
 async def _sweep_lane(
     db: AsyncConnection,
     lane: int,
-    start: Position,
-    end: Position,
+    span: tuple[Position, Position],
     older_than: datetime,
-    limit: int,
+    *,
+    page: int,
+    wanted: int,
 ) -> tuple[Position, list[tuple[str, str, str]]]:
-    """One lane's part of a sweep: where its position goes, and its stale notifications."""
+    """One lane's part of a sweep, from its position to the relay's (`span`), in pages of
+    `page`: where its position goes, and up to `wanted` stale notifications."""
+    start, end = span
     n = t.notifications.c
     order = sa.tuple_(n.relay_xid, n.relay_seq)
     settled = (told_state() != NotificationState.ACCEPTED.value).label("settled")
@@ -280,7 +283,7 @@ async def _sweep_lane(
                     order <= sa.tuple_(sa.literal(end[0]), sa.literal(end[1])),
                 )
                 .order_by(n.relay_xid, n.relay_seq)
-                .limit(limit)
+                .limit(page)
             )
         )
         for row in rows:
@@ -291,9 +294,9 @@ async def _sweep_lane(
             blocked = True
             if row.created_at <= older_than:
                 stale.append((row.id, row.user_id, row.priority))
-                if len(stale) >= limit:
+                if len(stale) >= wanted:
                     return position, stale
-        if len(rows) < limit:
+        if len(rows) < page:
             break
         after = (rows[-1].relay_xid, rows[-1].relay_seq)
     return position, stale
