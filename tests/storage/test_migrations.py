@@ -21,6 +21,7 @@ from herald.storage import open_storage
 from herald.storage import schema as t
 from herald.storage.migrate import upgrade
 from herald.storage.schema import BULK_LANE_ORDER, URGENT_LANE_ORDER, metadata
+from tests.fixtures.activity import insert_notifications, notification_rows
 from tests.fixtures.herald import eventually
 from tests.storage.test_outbox import accept, relayed
 from tests.storage.test_scheduling import relay_order, sweep_position, swept
@@ -142,25 +143,13 @@ async def test_after_0018_the_sweep_starts_before_each_lanes_first_notification_
                 .where(n.id.in_(["n-otp-routed", "n-routed", "n-later"]))
                 .values(state="routed")
             )
-            await db.execute(  # accepted before 0014, and lost
-                t.notifications.insert().values(
-                    id="n-old",
-                    idempotency_key="old",
-                    request_hash="",
-                    user_id="u",
-                    category="default",
-                    priority="normal",
-                    content={},
-                    state="accepted",
-                    created_at=storage.database.clock.now(),
-                    relay_xid=None,
-                    relay_seq=None,
-                )
-            )
+        [old] = notification_rows(1, start=storage.database.clock.now())
+        old |= {"state": "accepted", "relay_xid": None, "relay_seq": None}  # before 0014, lost
+        await insert_notifications(storage.database, [old])
         await upgrade(storage.database.engine)
         xid, seq = await relay_order(storage, "n-otp-lost")
         assert await sweep_position(storage, URGENT_LANE_ORDER) == (xid, seq - 1)
         assert await sweep_position(storage, BULK_LANE_ORDER) == (0, -1)
-        assert sorted(await swept(storage)) == ["n-old", "n-otp-lost"]
+        assert sorted(await swept(storage)) == sorted([old["id"], "n-otp-lost"])
     finally:
         await storage.database.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -34,19 +35,17 @@ async def swept(storage: Storage, *, older_than_seconds: float = -1) -> list[str
 
 async def relay_order(storage: Storage, notification_id: str) -> tuple[int, int]:
     n = t.notifications.c
-    async with storage.database.reading() as db:
-        row = (
-            await db.execute(sa.select(n.relay_xid, n.relay_seq).where(n.id == notification_id))
-        ).one()
-    return int(row[0]), int(row[1])
+    return await _pair(storage, sa.select(n.relay_xid, n.relay_seq).where(n.id == notification_id))
 
 
 async def sweep_position(storage: Storage, lane: int = BULK_LANE_ORDER) -> tuple[int, int]:
     s = t.sweep_positions.c
+    return await _pair(storage, sa.select(s.position_xid, s.position_seq).where(s.lane == lane))
+
+
+async def _pair(storage: Storage, query: sa.Select[Any]) -> tuple[int, int]:
     async with storage.database.reading() as db:
-        row = (
-            await db.execute(sa.select(s.position_xid, s.position_seq).where(s.lane == lane))
-        ).one()
+        row = (await db.execute(query)).one()
     return int(row[0]), int(row[1])
 
 

@@ -168,28 +168,28 @@ notifications = sa.Table(
 URGENT_LANE_ORDER = 0
 BULK_LANE_ORDER = 1
 
+
+def _lane_positions(name: str) -> sa.Table:
+    """A (relay_xid, relay_seq) per relay lane: how far a reader of the relay order got."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("lane", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("position_xid", sa.BigInteger, nullable=False),
+        sa.Column("position_seq", sa.BigInteger, nullable=False),
+    )
+
+
 # How far the relay has published each lane's notifications: the (relay_xid, relay_seq) of
 # the last one. A relay pass on PostgreSQL holds the lane's advisory lock, so two relays
 # never publish the same lane at once.
-relay_positions = sa.Table(
-    "relay_positions",
-    metadata,
-    sa.Column("lane", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("position_xid", sa.BigInteger, nullable=False),
-    sa.Column("position_seq", sa.BigInteger, nullable=False),
-)
+relay_positions = _lane_positions("relay_positions")
 
 # How far the scheduler's sweep for lost notifications has found every published
 # notification settled (routed, cancelled or set aside), per lane: the (relay_xid,
 # relay_seq) of the last one (migration 0018). A sweep reads from there up to the relay's
 # position, so it reads what was published since the sweep before, not every notification.
-sweep_positions = sa.Table(
-    "sweep_positions",
-    metadata,
-    sa.Column("lane", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("position_xid", sa.BigInteger, nullable=False),
-    sa.Column("position_seq", sa.BigInteger, nullable=False),
-)
+sweep_positions = _lane_positions("sweep_positions")
 
 # Records other than a new notification's that must reach the bus with the transaction that
 # made them (a broadcast's first fan-out page, a dead letter's replay): rare, and deleted by
