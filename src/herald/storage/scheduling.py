@@ -121,7 +121,7 @@ class SchedulingRepository(Repository):
         once republish the same notifications (the router's deterministic ids absorb
         that), and a position only ever moves forward."""
         found: list[tuple[str, str, str]] = []
-        moved: dict[int, tuple[int, int]] = {}
+        moved: dict[int, Position] = {}
         async with self.db.reading() as db:
             for lane, start, end in await _sweep_ranges(db):
                 if len(found) >= limit:
@@ -136,7 +136,7 @@ class SchedulingRepository(Repository):
             await self._move_sweep_positions(moved)
         return found
 
-    async def _move_sweep_positions(self, moved: dict[int, tuple[int, int]]) -> None:
+    async def _move_sweep_positions(self, moved: dict[int, Position]) -> None:
         s = t.sweep_positions.c
         async with self.db.transaction() as db:
             for lane, (xid, seq) in sorted(moved.items()):
